@@ -1,0 +1,156 @@
+//! Length-prefixed frames.
+//!
+//! ```text
+//! frame   = len:u32be body            len = length of body, at most the receiver's maximum
+//! body    = control_len:u32be control raw
+//! control = a postcard-encoded Request or Response
+//! raw     = record batches as bytes (produce: one batch; fetch: the batches served), or empty
+//! ```
+//!
+//! A bidirectional QUIC stream carries request frames one way and response frames the other,
+//! answered in order; a client may pipeline several requests on one stream.
+
+use bytes::{Bytes, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::ProtoError;
+
+/// Default largest frame either side accepts: room for a 8 MiB batch plus a control message.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Encodes the body of a frame (without the outer length prefix) into `out`.
+pub fn encode_body<T: Serialize>(
+    control: &T,
+    raw: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), ProtoError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let out_vec = std::mem::take(out);
+    let mut with_control = postcard::to_extend(control, out_vec)?;
+    let control_len = (with_control.len() - start - 4) as u32;
+    with_control[start..start + 4].copy_from_slice(&control_len.to_be_bytes());
+    with_control.extend_from_slice(raw);
+    *out = with_control;
+    Ok(())
+}
+
+/// Encodes a whole frame: length prefix and body.
+pub fn encode_frame<T: Serialize>(control: &T, raw: &[u8]) -> Result<Vec<u8>, ProtoError> {
+    let mut out = vec![0; 4];
+    encode_body(control, raw, &mut out)?;
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// Splits a frame body into its decoded control message and its raw bytes.
+pub fn decode_body<T: DeserializeOwned>(mut body: Bytes) -> Result<(T, Bytes), ProtoError> {
+    if body.len() < 4 {
+        return Err(ProtoError::Malformed(
+            "frame body shorter than its control length",
+        ));
+    }
+    let control_len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    if control_len > body.len() - 4 {
+        return Err(ProtoError::Malformed("control length exceeds the frame"));
+    }
+    let _ = body.split_to(4);
+    let control = body.split_to(control_len);
+    let msg = postcard::from_bytes(&control)?;
+    Ok((msg, body))
+}
+
+/// Reads one frame body. Returns `Ok(None)` when the stream ends cleanly between frames.
+/// A frame longer than `max` is refused without reading its body.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<Bytes>, ProtoError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(ProtoError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(ProtoError::FrameTooLarge { len, max });
+    }
+    let mut body = BytesMut::zeroed(len);
+    match r.read_exact(&mut body).await {
+        Ok(_) => Ok(Some(body.freeze())),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ProtoError::Truncated),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes one frame. The raw bytes are written as they are, without copying them into a
+/// second buffer.
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    control: &T,
+    raw: &[u8],
+) -> Result<(), ProtoError> {
+    let mut head = vec![0; 8];
+    let mut head = postcard::to_extend(control, std::mem::take(&mut head))?;
+    let control_len = (head.len() - 8) as u32;
+    let len = u32::try_from(head.len() - 4 + raw.len())
+        .map_err(|_| ProtoError::Malformed("frame longer than 4 GiB"))?;
+    head[..4].copy_from_slice(&len.to_be_bytes());
+    head[4..8].copy_from_slice(&control_len.to_be_bytes());
+    w.write_all(&head).await?;
+    if !raw.is_empty() {
+        w.write_all(raw).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::*;
+
+    #[tokio::test]
+    async fn write_then_read() {
+        let req = Request::DeleteTopic { name: "t".into() };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &req, b"raw bytes").await.unwrap();
+        assert_eq!(buf, encode_frame(&req, b"raw bytes").unwrap());
+        let mut r = buf.as_slice();
+        let body = read_frame(&mut r, 1024).await.unwrap().unwrap();
+        let (back, raw): (Request, Bytes) = decode_body(body).unwrap();
+        assert_eq!(back, req);
+        assert_eq!(&raw[..], b"raw bytes");
+        assert!(read_frame(&mut r, 1024).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated() {
+        let frame = encode_frame(&Request::ListTopics, &[7; 100]).unwrap();
+        let mut r = frame.as_slice();
+        assert!(matches!(
+            read_frame(&mut r, 50).await,
+            Err(ProtoError::FrameTooLarge { .. })
+        ));
+        let mut r = &frame[..frame.len() - 1];
+        assert!(matches!(
+            read_frame(&mut r, 1024).await,
+            Err(ProtoError::Truncated)
+        ));
+        let mut r = &frame[..2];
+        assert!(matches!(
+            read_frame(&mut r, 1024).await,
+            Err(ProtoError::Truncated)
+        ));
+    }
+}

@@ -1,0 +1,629 @@
+//! Requests and responses. Each is the control part of a frame (see [`crate::frame`]); record
+//! batches travel beside them as raw bytes.
+//!
+//! Compatibility rule: within a protocol version, messages never change. A new version may add
+//! request variants at the end of [`Request`] and response variants at the end of
+//! [`ResponseBody`]; the `Hello` exchange tells each side which version the other speaks.
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::Compression;
+use crate::error::WireError;
+
+/// A request, sent by a client on a bidirectional stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// First request on every connection: negotiates the protocol version.
+    Hello(HelloRequest),
+    /// Brokers, topics, partitions and their leaders.
+    Metadata {
+        topics: Option<Vec<String>>,
+    },
+    CreateTopic(CreateTopicRequest),
+    DeleteTopic {
+        name: String,
+    },
+    ListTopics,
+    DescribeTopic {
+        name: String,
+    },
+    /// Adds `count` partitions to a topic (the number to add, not the new total).
+    AddPartitions {
+        name: String,
+        count: u32,
+    },
+    /// Appends the one record batch carried as the frame's raw bytes.
+    Produce(ProduceRequest),
+    /// Reads batches from one or more partitions; the response's raw bytes hold them.
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
+}
+
+impl Request {
+    /// Short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Hello(_) => "hello",
+            Request::Metadata { .. } => "metadata",
+            Request::CreateTopic(_) => "create_topic",
+            Request::DeleteTopic { .. } => "delete_topic",
+            Request::ListTopics => "list_topics",
+            Request::DescribeTopic { .. } => "describe_topic",
+            Request::AddPartitions { .. } => "add_partitions",
+            Request::Produce(_) => "produce",
+            Request::Fetch(_) => "fetch",
+            Request::ListOffsets(_) => "list_offsets",
+        }
+    }
+}
+
+/// The control part of a response frame.
+pub type Response = Result<ResponseBody, WireError>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseBody {
+    Hello(HelloResponse),
+    Metadata(MetadataResponse),
+    /// Create, delete and add-partitions answer with the topic as it now is (delete: as it was).
+    Topic(TopicDescription),
+    Topics(Vec<TopicDescription>),
+    Produced(ProduceResponse),
+    Fetched(FetchResponse),
+    Offsets(Vec<PartitionOffset>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloRequest {
+    pub min_version: u16,
+    pub max_version: u16,
+    /// Free text identifying the client, for the broker's logs.
+    pub client_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResponse {
+    /// The version both sides now speak.
+    pub version: u16,
+    pub node_id: u32,
+    pub cluster_id: String,
+    /// Largest frame the broker accepts.
+    pub max_frame_bytes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    pub node_id: u32,
+    /// Address clients connect to, `host:port`.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataResponse {
+    pub cluster_id: String,
+    pub controller: Option<u32>,
+    pub brokers: Vec<BrokerInfo>,
+    pub topics: Vec<TopicMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMetadata {
+    pub name: String,
+    pub topic_id: u64,
+    pub partitions: Vec<PartitionMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMetadata {
+    pub partition: u32,
+    /// Node id of the leader; `None` while no leader is elected.
+    pub leader: Option<u32>,
+    pub leader_epoch: u32,
+    pub replicas: Vec<u32>,
+    pub in_sync: Vec<u32>,
+}
+
+/// How long a topic keeps its data safe before an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Durability {
+    /// Every acknowledged batch has been fsync'd.
+    #[default]
+    Fsync,
+    /// Batches are acknowledged once written; fsync runs at least every `ms` milliseconds.
+    IntervalMs(u64),
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::Fsync => f.write_str("fsync"),
+            Durability::IntervalMs(ms) => write!(f, "interval:{ms}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "fsync" {
+            return Ok(Durability::Fsync);
+        }
+        if let Some(ms) = s.strip_prefix("interval:") {
+            return match ms.parse::<u64>() {
+                Ok(ms) if ms > 0 => Ok(Durability::IntervalMs(ms)),
+                _ => Err(format!(
+                    "durability {s:?}: the interval must be a positive number of ms"
+                )),
+            };
+        }
+        Err(format!("durability {s:?}: expected fsync or interval:<ms>"))
+    }
+}
+
+/// Per-topic settings. `None` means "no limit".
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// Delete batches whose newest record is older than this.
+    pub retention_ms: Option<u64>,
+    /// Delete the oldest batches while a partition holds more than this.
+    pub retention_bytes: Option<u64>,
+    pub durability: Durability,
+    /// Largest batch the topic accepts; `None` uses the broker's limit.
+    pub max_batch_bytes: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTopicRequest {
+    pub name: String,
+    pub partitions: u32,
+    pub config: TopicConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicDescription {
+    pub name: String,
+    pub topic_id: u64,
+    pub config: TopicConfig,
+    pub partitions: Vec<PartitionDescription>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionDescription {
+    pub partition: u32,
+    pub leader: Option<u32>,
+    pub leader_epoch: u32,
+    /// Earliest offset still stored.
+    pub log_start: u64,
+    /// Offset the next record will get.
+    pub log_end: u64,
+    /// Offset up to which records are committed and visible to consumers.
+    pub high_watermark: u64,
+    /// Bytes of stored batches.
+    pub size_bytes: u64,
+}
+
+/// How many acknowledgements a producer waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Acks {
+    /// Fire and forget: the broker sends no response.
+    None,
+    /// The leader has appended the batch (under the topic's durability setting).
+    Leader,
+    /// The high watermark has passed the batch: every in-sync replica has it.
+    #[default]
+    All,
+}
+
+impl std::str::FromStr for Acks {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "0" => Ok(Acks::None),
+            "1" => Ok(Acks::Leader),
+            "all" | "-1" => Ok(Acks::All),
+            other => Err(format!("acks {other:?}: expected 0, 1 or all")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProduceRequest {
+    pub topic: String,
+    pub partition: u32,
+    pub acks: Acks,
+    /// How long the broker may wait for the acknowledgement condition.
+    pub timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProduceResponse {
+    /// Offset given to the first record of the batch.
+    pub base_offset: u64,
+    pub log_start: u64,
+    /// Broker time at append, ms since the Unix epoch.
+    pub append_time: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// Longest time to wait for `min_bytes` to arrive (long-poll).
+    pub max_wait_ms: u32,
+    pub min_bytes: u32,
+    /// Upper bound on the whole response's batches; at least one batch is returned even if
+    /// it alone is larger, so a consumer always makes progress.
+    pub max_bytes: u32,
+    pub partitions: Vec<FetchPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchPartition {
+    pub topic: String,
+    pub partition: u32,
+    /// First offset wanted; the first batch returned may start before it.
+    pub offset: u64,
+    pub max_bytes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchResponse {
+    /// One entry per requested partition, in request order. The raw bytes of the frame are
+    /// the concatenation of each entry's `bytes` worth of batches, in the same order.
+    pub partitions: Vec<FetchedPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchedPartition {
+    pub topic: String,
+    pub partition: u32,
+    pub error: Option<WireError>,
+    pub high_watermark: u64,
+    pub log_start: u64,
+    /// Length of this partition's batches in the frame's raw bytes.
+    pub bytes: u32,
+}
+
+/// Which offset [`Request::ListOffsets`] looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    /// First offset whose record timestamp is at or after this time (ms since the Unix epoch);
+    /// the log end if there is none.
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListOffsetsRequest {
+    pub topic: String,
+    pub partitions: Vec<(u32, OffsetSpec)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionOffset {
+    pub partition: u32,
+    pub result: Result<u64, WireError>,
+}
+
+/// Every compression codec, for listings.
+pub const COMPRESSIONS: [Compression; 3] = [Compression::None, Compression::Lz4, Compression::Zstd];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::frame::{decode_body, encode_body};
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    fn arb_wire_error() -> impl Strategy<Value = WireError> {
+        (
+            any::<bool>(),
+            ".{0,20}",
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u32>()),
+        )
+            .prop_map(|(b, message, offset, leader)| WireError {
+                code: if b {
+                    ErrorCode::OffsetOutOfRange
+                } else {
+                    ErrorCode::NotLeader
+                },
+                message,
+                offset,
+                leader,
+            })
+    }
+
+    fn arb_config() -> impl Strategy<Value = TopicConfig> {
+        (
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            prop_oneof![
+                Just(Durability::Fsync),
+                any::<u64>().prop_map(Durability::IntervalMs)
+            ],
+            proptest::option::of(any::<u32>()),
+        )
+            .prop_map(
+                |(retention_ms, retention_bytes, durability, max_batch_bytes)| TopicConfig {
+                    retention_ms,
+                    retention_bytes,
+                    durability,
+                    max_batch_bytes,
+                },
+            )
+    }
+
+    fn arb_partition_desc() -> impl Strategy<Value = PartitionDescription> {
+        (
+            any::<u32>(),
+            proptest::option::of(any::<u32>()),
+            any::<u32>(),
+            any::<[u64; 4]>(),
+        )
+            .prop_map(|(partition, leader, leader_epoch, [a, b, c, d])| {
+                PartitionDescription {
+                    partition,
+                    leader,
+                    leader_epoch,
+                    log_start: a,
+                    log_end: b,
+                    high_watermark: c,
+                    size_bytes: d,
+                }
+            })
+    }
+
+    fn arb_topic() -> impl Strategy<Value = TopicDescription> {
+        (
+            "[a-z]{1,10}",
+            any::<u64>(),
+            arb_config(),
+            proptest::collection::vec(arb_partition_desc(), 0..4),
+        )
+            .prop_map(|(name, topic_id, config, partitions)| TopicDescription {
+                name,
+                topic_id,
+                config,
+                partitions,
+            })
+    }
+
+    fn arb_acks() -> impl Strategy<Value = Acks> {
+        prop_oneof![Just(Acks::None), Just(Acks::Leader), Just(Acks::All)]
+    }
+
+    fn arb_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (any::<u16>(), any::<u16>(), ".{0,10}").prop_map(
+                |(min_version, max_version, client_id)| {
+                    Request::Hello(HelloRequest {
+                        min_version,
+                        max_version,
+                        client_id,
+                    })
+                }
+            ),
+            proptest::option::of(proptest::collection::vec("[a-z]{1,5}", 0..3))
+                .prop_map(|topics| Request::Metadata { topics }),
+            ("[a-z]{1,10}", any::<u32>(), arb_config()).prop_map(|(name, partitions, config)| {
+                Request::CreateTopic(CreateTopicRequest {
+                    name,
+                    partitions,
+                    config,
+                })
+            }),
+            "[a-z]{1,10}".prop_map(|name| Request::DeleteTopic { name }),
+            Just(Request::ListTopics),
+            "[a-z]{1,10}".prop_map(|name| Request::DescribeTopic { name }),
+            ("[a-z]{1,10}", any::<u32>())
+                .prop_map(|(name, count)| Request::AddPartitions { name, count }),
+            ("[a-z]{1,10}", any::<u32>(), arb_acks(), any::<u32>()).prop_map(
+                |(topic, partition, acks, timeout_ms)| {
+                    Request::Produce(ProduceRequest {
+                        topic,
+                        partition,
+                        acks,
+                        timeout_ms,
+                    })
+                }
+            ),
+            (
+                any::<[u32; 3]>(),
+                proptest::collection::vec(
+                    ("[a-z]{1,5}", any::<u32>(), any::<u64>(), any::<u32>()),
+                    0..4
+                )
+            )
+                .prop_map(|([max_wait_ms, min_bytes, max_bytes], ps)| Request::Fetch(
+                    FetchRequest {
+                        max_wait_ms,
+                        min_bytes,
+                        max_bytes,
+                        partitions: ps
+                            .into_iter()
+                            .map(|(topic, partition, offset, max_bytes)| FetchPartition {
+                                topic,
+                                partition,
+                                offset,
+                                max_bytes
+                            })
+                            .collect(),
+                    }
+                )),
+            (
+                "[a-z]{1,5}",
+                proptest::collection::vec(
+                    (
+                        any::<u32>(),
+                        prop_oneof![
+                            Just(OffsetSpec::Earliest),
+                            Just(OffsetSpec::Latest),
+                            any::<i64>().prop_map(OffsetSpec::Timestamp)
+                        ]
+                    ),
+                    0..4
+                )
+            )
+                .prop_map(|(topic, partitions)| Request::ListOffsets(
+                    ListOffsetsRequest { topic, partitions }
+                )),
+        ]
+    }
+
+    fn arb_response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            arb_wire_error().prop_map(Err),
+            (any::<u16>(), any::<u32>(), "[a-z0-9-]{0,12}", any::<u32>()).prop_map(
+                |(version, node_id, cluster_id, max_frame_bytes)| Ok(ResponseBody::Hello(
+                    HelloResponse {
+                        version,
+                        node_id,
+                        cluster_id,
+                        max_frame_bytes
+                    }
+                ))
+            ),
+            (
+                "[a-z]{0,5}",
+                proptest::option::of(any::<u32>()),
+                proptest::collection::vec((any::<u32>(), "[0-9.:]{0,12}"), 0..3),
+                proptest::collection::vec(
+                    (
+                        "[a-z]{1,5}",
+                        any::<u64>(),
+                        proptest::collection::vec(
+                            (
+                                any::<u32>(),
+                                proptest::option::of(any::<u32>()),
+                                any::<u32>(),
+                                proptest::collection::vec(any::<u32>(), 0..3)
+                            ),
+                            0..3
+                        )
+                    ),
+                    0..3
+                )
+            )
+                .prop_map(|(cluster_id, controller, brokers, topics)| Ok(
+                    ResponseBody::Metadata(MetadataResponse {
+                        cluster_id,
+                        controller,
+                        brokers: brokers
+                            .into_iter()
+                            .map(|(node_id, addr)| BrokerInfo { node_id, addr })
+                            .collect(),
+                        topics: topics
+                            .into_iter()
+                            .map(|(name, topic_id, ps)| TopicMetadata {
+                                name,
+                                topic_id,
+                                partitions: ps
+                                    .into_iter()
+                                    .map(|(partition, leader, leader_epoch, replicas)| {
+                                        PartitionMetadata {
+                                            partition,
+                                            leader,
+                                            leader_epoch,
+                                            in_sync: replicas.clone(),
+                                            replicas,
+                                        }
+                                    })
+                                    .collect(),
+                            })
+                            .collect(),
+                    })
+                )),
+            arb_topic().prop_map(|t| Ok(ResponseBody::Topic(t))),
+            proptest::collection::vec(arb_topic(), 0..3).prop_map(|t| Ok(ResponseBody::Topics(t))),
+            (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(
+                |(base_offset, log_start, append_time)| {
+                    Ok(ResponseBody::Produced(ProduceResponse {
+                        base_offset,
+                        log_start,
+                        append_time,
+                    }))
+                }
+            ),
+            proptest::collection::vec(
+                (
+                    "[a-z]{1,5}",
+                    any::<u32>(),
+                    proptest::option::of(arb_wire_error()),
+                    any::<u64>(),
+                    any::<u64>(),
+                    any::<u32>()
+                ),
+                0..4
+            )
+            .prop_map(|ps| Ok(ResponseBody::Fetched(FetchResponse {
+                partitions: ps
+                    .into_iter()
+                    .map(
+                        |(topic, partition, error, high_watermark, log_start, bytes)| {
+                            FetchedPartition {
+                                topic,
+                                partition,
+                                error,
+                                high_watermark,
+                                log_start,
+                                bytes,
+                            }
+                        }
+                    )
+                    .collect(),
+            }))),
+            proptest::collection::vec(
+                (
+                    any::<u32>(),
+                    prop_oneof![any::<u64>().prop_map(Ok), arb_wire_error().prop_map(Err)]
+                ),
+                0..4
+            )
+            .prop_map(|ps| Ok(ResponseBody::Offsets(
+                ps.into_iter()
+                    .map(|(partition, result)| PartitionOffset { partition, result })
+                    .collect()
+            ))),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn request_roundtrip(req in arb_request(), raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut body = Vec::new();
+            encode_body(&req, &raw, &mut body).unwrap();
+            let (back, back_raw): (Request, Bytes) = decode_body(Bytes::from(body)).unwrap();
+            prop_assert_eq!(back, req);
+            prop_assert_eq!(&back_raw[..], &raw[..]);
+        }
+
+        #[test]
+        fn response_roundtrip(resp in arb_response(), raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut body = Vec::new();
+            encode_body(&resp, &raw, &mut body).unwrap();
+            let (back, back_raw): (Response, Bytes) = decode_body(Bytes::from(body)).unwrap();
+            prop_assert_eq!(back, resp);
+            prop_assert_eq!(&back_raw[..], &raw[..]);
+        }
+
+        #[test]
+        fn garbage_bodies_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_body::<Request>(Bytes::from(data.clone()));
+            let _ = decode_body::<Response>(Bytes::from(data));
+        }
+    }
+
+    #[test]
+    fn parse_cli_values() {
+        assert_eq!("fsync".parse::<Durability>().unwrap(), Durability::Fsync);
+        assert_eq!(
+            "interval:50".parse::<Durability>().unwrap(),
+            Durability::IntervalMs(50)
+        );
+        assert!("interval:0".parse::<Durability>().is_err());
+        assert!("sometimes".parse::<Durability>().is_err());
+        assert_eq!("all".parse::<Acks>().unwrap(), Acks::All);
+        assert_eq!("0".parse::<Acks>().unwrap(), Acks::None);
+        assert!("2".parse::<Acks>().is_err());
+    }
+}
