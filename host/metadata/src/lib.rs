@@ -1,1 +1,518 @@
-//! placeholder
+//! Cluster metadata as a deterministic state machine.
+//!
+//! Every change — a broker registering, a topic created or deleted, partitions added, a
+//! leader elected — is a [`MetadataCommand`]. Commands are appended to a metadata log and
+//! applied in log order by [`MetadataState::apply`], which depends on nothing but the state
+//! and the command. On a single node the broker persists the log in its redb store; in a
+//! cluster, Raft replicates the same log and every node applies the same commands, reaching the
+//! same state, without this crate changing.
+//!
+//! Data enters as commands (from the broker's controller) and leaves as read-only views of
+//! topics, partitions and brokers.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sluice_proto::TopicConfig;
+
+/// A node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRecord {
+    pub node_id: u32,
+    /// Address clients reach the node at, `host:port`.
+    pub addr: String,
+}
+
+/// One partition's placement and leadership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// Nodes holding a replica, preferred leader first.
+    pub replicas: Vec<u32>,
+    /// The node that accepts produce and serves fetch; `None` while none is elected.
+    pub leader: Option<u32>,
+    /// Bumped on every leadership change; batches carry the epoch of the leader that wrote
+    /// them, which lets a new follower truncate what a dead leader never committed.
+    pub leader_epoch: u32,
+    /// Replicas caught up with the leader; leaders are elected only from this set.
+    pub in_sync: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    /// Unique for the life of the cluster: a topic deleted and created again gets a new id,
+    /// so its old data can never be mistaken for the new topic's.
+    pub topic_id: u64,
+    pub config: TopicConfig,
+    pub partitions: Vec<PartitionRecord>,
+}
+
+/// A change to the metadata. Validated by [`MetadataState::validate`] before it is appended
+/// to the log; applying a validated command cannot fail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataCommand {
+    /// A node joins, or announces a new address.
+    RegisterBroker {
+        node_id: u32,
+        addr: String,
+    },
+    /// Creates a topic; `assignments[p]` lists partition `p`'s replicas, the first leading.
+    CreateTopic {
+        name: String,
+        config: TopicConfig,
+        assignments: Vec<Vec<u32>>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// Appends partitions to a topic, placed as `assignments` says.
+    AddPartitions {
+        name: String,
+        assignments: Vec<Vec<u32>>,
+    },
+    /// Changes a partition's leader and in-sync set; bumps its leader epoch.
+    SetLeader {
+        topic: String,
+        partition: u32,
+        leader: Option<u32>,
+        in_sync: Vec<u32>,
+    },
+    /// Replaces a topic's configuration.
+    SetTopicConfig {
+        name: String,
+        config: TopicConfig,
+    },
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("invalid topic name: {0}")]
+    InvalidName(String),
+    #[error("topic {topic:?} has no partition {partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    #[error("invalid partition count: {0}")]
+    InvalidPartitions(String),
+    #[error("invalid topic configuration: {0}")]
+    InvalidConfig(String),
+    #[error("node {0} is not a registered broker")]
+    UnknownBroker(u32),
+}
+
+/// Most partitions one topic may have; a guard against typos such as `--partitions 1000000`.
+pub const MAX_PARTITIONS: usize = 10_000;
+
+/// The state every node reaches by applying the metadata log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataState {
+    brokers: BTreeMap<u32, BrokerRecord>,
+    topics: BTreeMap<String, TopicRecord>,
+    next_topic_id: u64,
+    /// Index of the last applied log entry (0 before any).
+    applied_index: u64,
+}
+
+impl MetadataState {
+    pub fn new() -> Self {
+        MetadataState {
+            next_topic_id: 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&TopicRecord> {
+        self.topics.get(name)
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &TopicRecord> {
+        self.topics.values()
+    }
+
+    pub fn broker(&self, node_id: u32) -> Option<&BrokerRecord> {
+        self.brokers.get(&node_id)
+    }
+
+    pub fn brokers(&self) -> impl Iterator<Item = &BrokerRecord> {
+        self.brokers.values()
+    }
+
+    /// Checks that `cmd` can be applied to the current state.
+    pub fn validate(&self, cmd: &MetadataCommand) -> Result<(), MetadataError> {
+        match cmd {
+            MetadataCommand::RegisterBroker { .. } => Ok(()),
+            MetadataCommand::CreateTopic {
+                name,
+                config,
+                assignments,
+            } => {
+                sluice_proto::validate_topic_name(name).map_err(MetadataError::InvalidName)?;
+                if self.topics.contains_key(name) {
+                    return Err(MetadataError::TopicExists(name.clone()));
+                }
+                if assignments.is_empty() {
+                    return Err(MetadataError::InvalidPartitions(
+                        "a topic needs at least one partition".into(),
+                    ));
+                }
+                self.validate_assignments(assignments, 0)?;
+                validate_config(config)
+            }
+            MetadataCommand::DeleteTopic { name } => self.existing(name).map(|_| ()),
+            MetadataCommand::AddPartitions { name, assignments } => {
+                let topic = self.existing(name)?;
+                if assignments.is_empty() {
+                    return Err(MetadataError::InvalidPartitions(
+                        "add at least one partition".into(),
+                    ));
+                }
+                self.validate_assignments(assignments, topic.partitions.len())
+            }
+            MetadataCommand::SetLeader {
+                topic,
+                partition,
+                leader,
+                in_sync,
+            } => {
+                let t = self.existing(topic)?;
+                let p = t.partitions.get(*partition as usize).ok_or_else(|| {
+                    MetadataError::UnknownPartition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                    }
+                })?;
+                for node in leader.iter().chain(in_sync) {
+                    if !p.replicas.contains(node) {
+                        return Err(MetadataError::InvalidPartitions(format!(
+                            "node {node} is not a replica of {topic}/{partition}"
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            MetadataCommand::SetTopicConfig { name, config } => {
+                self.existing(name)?;
+                validate_config(config)
+            }
+        }
+    }
+
+    fn existing(&self, name: &str) -> Result<&TopicRecord, MetadataError> {
+        self.topics
+            .get(name)
+            .ok_or_else(|| MetadataError::UnknownTopic(name.to_owned()))
+    }
+
+    fn validate_assignments(
+        &self,
+        assignments: &[Vec<u32>],
+        existing: usize,
+    ) -> Result<(), MetadataError> {
+        if existing + assignments.len() > MAX_PARTITIONS {
+            return Err(MetadataError::InvalidPartitions(format!(
+                "{} partitions requested in all; the limit is {MAX_PARTITIONS}",
+                existing + assignments.len()
+            )));
+        }
+        for replicas in assignments {
+            if replicas.is_empty() {
+                return Err(MetadataError::InvalidPartitions(
+                    "a partition needs at least one replica".into(),
+                ));
+            }
+            for (i, node) in replicas.iter().enumerate() {
+                if !self.brokers.contains_key(node) {
+                    return Err(MetadataError::UnknownBroker(*node));
+                }
+                if replicas[..i].contains(node) {
+                    return Err(MetadataError::InvalidPartitions(format!(
+                        "node {node} listed twice as a replica"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the log entry at `index`. Refused commands leave the state unchanged except
+    /// for the applied index, so every node that applies the same log agrees.
+    pub fn apply(&mut self, index: u64, cmd: &MetadataCommand) -> Result<(), MetadataError> {
+        self.applied_index = index;
+        self.validate(cmd)?;
+        match cmd {
+            MetadataCommand::RegisterBroker { node_id, addr } => {
+                self.brokers.insert(
+                    *node_id,
+                    BrokerRecord {
+                        node_id: *node_id,
+                        addr: addr.clone(),
+                    },
+                );
+            }
+            MetadataCommand::CreateTopic {
+                name,
+                config,
+                assignments,
+            } => {
+                let topic_id = self.next_topic_id;
+                self.next_topic_id += 1;
+                self.topics.insert(
+                    name.clone(),
+                    TopicRecord {
+                        name: name.clone(),
+                        topic_id,
+                        config: config.clone(),
+                        partitions: assignments.iter().map(|r| new_partition(r)).collect(),
+                    },
+                );
+            }
+            MetadataCommand::DeleteTopic { name } => {
+                self.topics.remove(name);
+            }
+            MetadataCommand::AddPartitions { name, assignments } => {
+                let topic = self.topics.get_mut(name).expect("validated");
+                topic
+                    .partitions
+                    .extend(assignments.iter().map(|r| new_partition(r)));
+            }
+            MetadataCommand::SetLeader {
+                topic,
+                partition,
+                leader,
+                in_sync,
+            } => {
+                let p = &mut self.topics.get_mut(topic).expect("validated").partitions
+                    [*partition as usize];
+                p.leader = *leader;
+                p.in_sync = in_sync.clone();
+                p.leader_epoch += 1;
+            }
+            MetadataCommand::SetTopicConfig { name, config } => {
+                self.topics.get_mut(name).expect("validated").config = config.clone();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn new_partition(replicas: &[u32]) -> PartitionRecord {
+    PartitionRecord {
+        replicas: replicas.to_vec(),
+        leader: replicas.first().copied(),
+        leader_epoch: 0,
+        in_sync: replicas.to_vec(),
+    }
+}
+
+fn validate_config(config: &TopicConfig) -> Result<(), MetadataError> {
+    if config.retention_ms == Some(0) {
+        return Err(MetadataError::InvalidConfig(
+            "retention.ms must be positive".into(),
+        ));
+    }
+    if config.retention_bytes == Some(0) {
+        return Err(MetadataError::InvalidConfig(
+            "retention.bytes must be positive".into(),
+        ));
+    }
+    if config.durability == sluice_proto::Durability::IntervalMs(0) {
+        return Err(MetadataError::InvalidConfig(
+            "durability interval must be positive".into(),
+        ));
+    }
+    if config.max_batch_bytes == Some(0) {
+        return Err(MetadataError::InvalidConfig(
+            "max.batch.bytes must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Encodes a command for the metadata log.
+pub fn encode_command(cmd: &MetadataCommand) -> Vec<u8> {
+    postcard::to_allocvec(cmd).expect("metadata commands always encode")
+}
+
+/// Decodes a command read back from the metadata log.
+pub fn decode_command(bytes: &[u8]) -> Result<MetadataCommand, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node1() -> MetadataState {
+        let mut s = MetadataState::new();
+        s.apply(
+            1,
+            &MetadataCommand::RegisterBroker {
+                node_id: 1,
+                addr: "127.0.0.1:1".into(),
+            },
+        )
+        .unwrap();
+        s
+    }
+
+    fn create(name: &str, n: usize) -> MetadataCommand {
+        MetadataCommand::CreateTopic {
+            name: name.into(),
+            config: TopicConfig::default(),
+            assignments: vec![vec![1]; n],
+        }
+    }
+
+    #[test]
+    fn create_add_delete() {
+        let mut s = node1();
+        s.apply(2, &create("orders", 3)).unwrap();
+        let t = s.topic("orders").unwrap();
+        assert_eq!(t.partitions.len(), 3);
+        assert_eq!(t.partitions[0].leader, Some(1));
+        assert_eq!(t.topic_id, 1);
+        assert_eq!(
+            s.apply(3, &create("orders", 1)),
+            Err(MetadataError::TopicExists("orders".into()))
+        );
+        s.apply(
+            4,
+            &MetadataCommand::AddPartitions {
+                name: "orders".into(),
+                assignments: vec![vec![1]; 2],
+            },
+        )
+        .unwrap();
+        assert_eq!(s.topic("orders").unwrap().partitions.len(), 5);
+        s.apply(
+            5,
+            &MetadataCommand::DeleteTopic {
+                name: "orders".into(),
+            },
+        )
+        .unwrap();
+        assert!(s.topic("orders").is_none());
+        s.apply(6, &create("orders", 1)).unwrap();
+        assert_eq!(
+            s.topic("orders").unwrap().topic_id,
+            2,
+            "a recreated topic gets a fresh id"
+        );
+        assert_eq!(s.applied_index(), 6);
+    }
+
+    #[test]
+    fn refusals() {
+        let mut s = node1();
+        assert!(matches!(
+            s.apply(2, &create("bad name", 1)),
+            Err(MetadataError::InvalidName(_))
+        ));
+        assert!(matches!(
+            s.apply(3, &create("t", 0)),
+            Err(MetadataError::InvalidPartitions(_))
+        ));
+        let unknown_node = MetadataCommand::CreateTopic {
+            name: "t".into(),
+            config: TopicConfig::default(),
+            assignments: vec![vec![9]],
+        };
+        assert_eq!(
+            s.apply(4, &unknown_node),
+            Err(MetadataError::UnknownBroker(9))
+        );
+        let bad_cfg = MetadataCommand::CreateTopic {
+            name: "t".into(),
+            config: TopicConfig {
+                retention_ms: Some(0),
+                ..Default::default()
+            },
+            assignments: vec![vec![1]],
+        };
+        assert!(matches!(
+            s.apply(5, &bad_cfg),
+            Err(MetadataError::InvalidConfig(_))
+        ));
+        assert_eq!(
+            s.apply(
+                6,
+                &MetadataCommand::DeleteTopic {
+                    name: "nope".into()
+                }
+            ),
+            Err(MetadataError::UnknownTopic("nope".into()))
+        );
+        assert!(s.topics().next().is_none());
+    }
+
+    #[test]
+    fn leader_changes_bump_the_epoch() {
+        let mut s = node1();
+        s.apply(2, &create("t", 1)).unwrap();
+        s.apply(
+            3,
+            &MetadataCommand::SetLeader {
+                topic: "t".into(),
+                partition: 0,
+                leader: None,
+                in_sync: vec![],
+            },
+        )
+        .unwrap();
+        s.apply(
+            4,
+            &MetadataCommand::SetLeader {
+                topic: "t".into(),
+                partition: 0,
+                leader: Some(1),
+                in_sync: vec![1],
+            },
+        )
+        .unwrap();
+        let p = &s.topic("t").unwrap().partitions[0];
+        assert_eq!((p.leader, p.leader_epoch), (Some(1), 2));
+        let not_replica = MetadataCommand::SetLeader {
+            topic: "t".into(),
+            partition: 0,
+            leader: Some(2),
+            in_sync: vec![],
+        };
+        assert!(s.apply(5, &not_replica).is_err());
+    }
+
+    #[test]
+    fn replaying_the_log_reaches_the_same_state() {
+        let cmds = vec![
+            MetadataCommand::RegisterBroker {
+                node_id: 1,
+                addr: "a:1".into(),
+            },
+            create("a", 2),
+            create("a", 2), // refused, but still part of the log
+            create("b", 1),
+            MetadataCommand::DeleteTopic { name: "a".into() },
+            MetadataCommand::AddPartitions {
+                name: "b".into(),
+                assignments: vec![vec![1]],
+            },
+        ];
+        let encoded: Vec<Vec<u8>> = cmds.iter().map(encode_command).collect();
+        let mut live = MetadataState::new();
+        for (i, c) in cmds.iter().enumerate() {
+            let _ = live.apply(i as u64 + 1, c);
+        }
+        let mut replayed = MetadataState::new();
+        for (i, bytes) in encoded.iter().enumerate() {
+            let _ = replayed.apply(i as u64 + 1, &decode_command(bytes).unwrap());
+        }
+        assert_eq!(live, replayed);
+        assert_eq!(replayed.topic("b").unwrap().topic_id, 2);
+    }
+}
