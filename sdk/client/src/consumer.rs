@@ -1,0 +1,489 @@
+//! The consumer: reads assigned partitions from positions it tracks itself.
+//!
+//! Each [`Consumer::poll`] sends one long-polling `Fetch` for every assigned partition at its
+//! position. The answer's raw bytes are each partition's batches back to back; they are split,
+//! CRC-checked and decoded, records below the position are dropped (a fetch may start at a
+//! batch boundary before it), and the position moves past the last record returned. Positions
+//! are only committed once the whole answer decoded, so an error never skips records.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use sluice_proto::batch::{decode_records, split_batches};
+use sluice_proto::{
+    ErrorCode, FetchPartition, FetchRequest, Header, OffsetSpec, ProtoError, Request, ResponseBody,
+    WireError,
+};
+use tracing::debug;
+
+use crate::client::unexpected;
+use crate::producer::unknown_topic;
+use crate::{Client, ClientError};
+
+/// Consumer settings. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Longest time the broker holds a fetch open waiting for `min_bytes` (default 500 ms).
+    pub max_wait: Duration,
+    /// Bytes the broker waits for before answering early (default 1).
+    pub min_bytes: u32,
+    /// Upper bound on one fetch's batches, over all partitions (default 8 MiB). The broker
+    /// still returns one batch larger than this, so a consumer always makes progress.
+    pub max_bytes: u32,
+    /// Upper bound on one partition's batches in a fetch (default 2 MiB).
+    pub max_partition_bytes: u32,
+    /// Where to start when a partition has no position or its position is out of range
+    /// (default [`OffsetReset::Earliest`]).
+    pub reset: OffsetReset,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            max_wait: Duration::from_millis(500),
+            min_bytes: 1,
+            max_bytes: 8 * 1024 * 1024,
+            max_partition_bytes: 2 * 1024 * 1024,
+            reset: OffsetReset::Earliest,
+        }
+    }
+}
+
+/// What to do when a partition has no valid position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// Start from the earliest record still stored.
+    #[default]
+    Earliest,
+    /// Start after the last record: only records produced from now on.
+    Latest,
+    /// Fail the poll with [`ClientError::OffsetOutOfRange`] or [`ClientError::NoPosition`].
+    Error,
+}
+
+/// Where [`Consumer::seek`] moves a partition's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    Earliest,
+    Latest,
+    Offset(u64),
+    /// The first record at or after this time (ms since the Unix epoch); the log end if none.
+    Timestamp(i64),
+}
+
+/// A record read from a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+#[derive(Debug, Clone)]
+struct Assignment {
+    topic: String,
+    partition: u32,
+    /// Next offset to read; `None` until the reset policy or a seek sets it.
+    position: Option<u64>,
+}
+
+/// Reads records from the partitions assigned to it. Made by [`Client::consumer`].
+#[derive(Debug)]
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    assigned: Vec<Assignment>,
+}
+
+impl Consumer {
+    pub(crate) fn new(client: Client, config: ConsumerConfig) -> Consumer {
+        Consumer {
+            client,
+            config,
+            assigned: Vec::new(),
+        }
+    }
+
+    /// Sets which partitions of `topic` this consumer reads, replacing its earlier assignment
+    /// for that topic (other topics keep theirs). Partitions that stay assigned keep their
+    /// position; new ones start per the reset policy on the next poll unless sought.
+    pub async fn assign(&mut self, topic: &str, partitions: &[u32]) -> Result<(), ClientError> {
+        let count = self.partition_count(topic).await?;
+        if let Some(&p) = partitions.iter().find(|&&p| p >= count) {
+            return Err(ClientError::UnknownPartition {
+                topic: topic.to_string(),
+                partition: p,
+                partitions: count,
+            });
+        }
+        let mut wanted: Vec<u32> = partitions.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.assigned)
+            .into_iter()
+            .partition(|a| a.topic == topic);
+        self.assigned = others;
+        for p in wanted {
+            let position = mine
+                .iter()
+                .find(|a| a.partition == p)
+                .and_then(|a| a.position);
+            self.assigned.push(Assignment {
+                topic: topic.to_string(),
+                partition: p,
+                position,
+            });
+        }
+        Ok(())
+    }
+
+    /// Assigns every partition `topic` has now; returns them.
+    pub async fn assign_all(&mut self, topic: &str) -> Result<Vec<u32>, ClientError> {
+        let count = self.partition_count(topic).await?;
+        let all: Vec<u32> = (0..count).collect();
+        self.assign(topic, &all).await?;
+        Ok(all)
+    }
+
+    /// The assigned partitions, in fetch order.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.assigned
+            .iter()
+            .map(|a| (a.topic.clone(), a.partition))
+            .collect()
+    }
+
+    /// Moves an assigned partition's position; returns the offset it now points at.
+    /// `Offset` is taken as given (checked by the broker at the next fetch); the others are
+    /// looked up with `ListOffsets`.
+    pub async fn seek(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        to: SeekTo,
+    ) -> Result<u64, ClientError> {
+        let index = self.index_of(topic, partition)?;
+        let offset = match to {
+            SeekTo::Offset(o) => o,
+            SeekTo::Earliest => {
+                self.list_offset(topic, partition, OffsetSpec::Earliest)
+                    .await?
+            }
+            SeekTo::Latest => {
+                self.list_offset(topic, partition, OffsetSpec::Latest)
+                    .await?
+            }
+            SeekTo::Timestamp(ts) => {
+                self.list_offset(topic, partition, OffsetSpec::Timestamp(ts))
+                    .await?
+            }
+        };
+        self.assigned[index].position = Some(offset);
+        Ok(offset)
+    }
+
+    /// Next offset the consumer will read from the partition; `None` if it is not assigned or
+    /// has no position yet.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<u64> {
+        self.assigned
+            .iter()
+            .find(|a| a.topic == topic && a.partition == partition)
+            .and_then(|a| a.position)
+    }
+
+    /// One fetch round (long-poll up to max_wait); returns records in offset order per
+    /// partition, possibly none.
+    pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>, ClientError> {
+        if self.assigned.is_empty() {
+            return Err(ClientError::InvalidConfig(
+                "the consumer has no partitions assigned; call assign first".into(),
+            ));
+        }
+        for i in 0..self.assigned.len() {
+            if self.assigned[i].position.is_none() {
+                let position = self.reset_position(i, None).await?;
+                self.assigned[i].position = Some(position);
+            }
+        }
+        let partitions = self
+            .assigned
+            .iter()
+            .map(|a| FetchPartition {
+                topic: a.topic.clone(),
+                partition: a.partition,
+                offset: a.position.unwrap_or(0),
+                max_bytes: self.config.max_partition_bytes,
+            })
+            .collect();
+        let request = Request::Fetch(FetchRequest {
+            max_wait_ms: u32::try_from(self.config.max_wait.as_millis()).unwrap_or(u32::MAX),
+            min_bytes: self.config.min_bytes,
+            max_bytes: self.config.max_bytes,
+            partitions,
+        });
+        let (fetched, mut raw) = match self.client.request(request, Bytes::new()).await? {
+            (ResponseBody::Fetched(f), raw) => (f, raw),
+            (other, _) => return Err(unexpected("Fetched", &other)),
+        };
+        // First pass: find errors that fail the whole poll, before any position moves.
+        let mut resets = Vec::new();
+        let mut retriable = 0;
+        for (i, fp) in fetched.partitions.iter().enumerate() {
+            let Some(e) = &fp.error else { continue };
+            let index = self.index_of(&fp.topic, fp.partition).map_err(|_| {
+                ClientError::UnexpectedResponse(format!(
+                    "fetch answered for {}/{}, which was not asked for",
+                    fp.topic, fp.partition
+                ))
+            })?;
+            if e.code == ErrorCode::OffsetOutOfRange {
+                if self.config.reset == OffsetReset::Error {
+                    return Err(ClientError::OffsetOutOfRange {
+                        topic: fp.topic.clone(),
+                        partition: fp.partition,
+                        earliest: e.offset.unwrap_or(fp.log_start),
+                    });
+                }
+                resets.push((index, e.clone()));
+            } else if e.code.is_retriable() {
+                debug!(topic = %fp.topic, partition = fp.partition, cause = %e, "skipping partition this round");
+                retriable += 1;
+            } else {
+                let _ = i;
+                return Err(ClientError::Broker(e.clone()));
+            }
+        }
+        // Second pass: decode everything, then commit positions.
+        let mut records = Vec::new();
+        let mut positions = Vec::new();
+        for fp in &fetched.partitions {
+            let len = fp.bytes as usize;
+            if len > raw.len() {
+                return Err(ClientError::Protocol(ProtoError::Malformed(
+                    "fetch response claims more batch bytes than it carries",
+                )));
+            }
+            let data = raw.split_to(len);
+            if fp.error.is_some() || len == 0 {
+                continue;
+            }
+            let index = self.index_of(&fp.topic, fp.partition)?;
+            let position = self.assigned[index].position.unwrap_or(0);
+            let (mut got, next) = decode_partition(&fp.topic, fp.partition, position, data)
+                .map_err(ClientError::Protocol)?;
+            records.append(&mut got);
+            positions.push((index, next));
+        }
+        for (index, next) in positions {
+            self.assigned[index].position = Some(next);
+        }
+        for (index, e) in resets {
+            let position = self.reset_position(index, Some(&e)).await?;
+            debug!(
+                topic = %self.assigned[index].topic,
+                partition = self.assigned[index].partition,
+                position,
+                "position out of range; reset"
+            );
+            self.assigned[index].position = Some(position);
+        }
+        if records.is_empty() && retriable > 0 {
+            // Every answer was "try again" (a leader moving): don't spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(records)
+    }
+
+    /// Endless stream of records, polling as needed. Errors are yielded as they come; the
+    /// stream ends after the first one that a retry cannot cure.
+    pub fn into_stream(self) -> impl Stream<Item = Result<ConsumerRecord, ClientError>> {
+        futures::stream::unfold(
+            (self, VecDeque::new(), false),
+            |(mut consumer, mut buffer, done)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    if let Some(r) = buffer.pop_front() {
+                        return Some((Ok(r), (consumer, buffer, false)));
+                    }
+                    match consumer.poll().await {
+                        Ok(records) => buffer.extend(records),
+                        Err(e) => {
+                            let fatal = !e.is_retriable();
+                            if !fatal {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            return Some((Err(e), (consumer, buffer, fatal)));
+                        }
+                    }
+                }
+            },
+        )
+    }
+
+    fn index_of(&self, topic: &str, partition: u32) -> Result<usize, ClientError> {
+        self.assigned
+            .iter()
+            .position(|a| a.topic == topic && a.partition == partition)
+            .ok_or_else(|| ClientError::NotAssigned {
+                topic: topic.to_string(),
+                partition,
+            })
+    }
+
+    /// Where the reset policy puts a partition: with no position (`error` is `None`), or after
+    /// the broker said its position is out of range.
+    async fn reset_position(
+        &self,
+        index: usize,
+        error: Option<&WireError>,
+    ) -> Result<u64, ClientError> {
+        let a = &self.assigned[index];
+        match self.config.reset {
+            OffsetReset::Earliest => match error.and_then(|e| e.offset) {
+                Some(earliest) => Ok(earliest),
+                None => {
+                    self.list_offset(&a.topic, a.partition, OffsetSpec::Earliest)
+                        .await
+                }
+            },
+            OffsetReset::Latest => {
+                self.list_offset(&a.topic, a.partition, OffsetSpec::Latest)
+                    .await
+            }
+            OffsetReset::Error => match error {
+                Some(e) => Err(ClientError::OffsetOutOfRange {
+                    topic: a.topic.clone(),
+                    partition: a.partition,
+                    earliest: e.offset.unwrap_or(0),
+                }),
+                None => Err(ClientError::NoPosition {
+                    topic: a.topic.clone(),
+                    partition: a.partition,
+                }),
+            },
+        }
+    }
+
+    async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<u64, ClientError> {
+        let offsets = self
+            .client
+            .admin()
+            .list_offsets(topic, vec![(partition, spec)])
+            .await?;
+        match offsets.into_iter().find(|o| o.partition == partition) {
+            Some(o) => o.result.map_err(ClientError::Broker),
+            None => Err(ClientError::UnexpectedResponse(format!(
+                "list offsets for {topic}/{partition} returned no entry for it"
+            ))),
+        }
+    }
+
+    async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        let meta = self.client.metadata(Some(vec![topic.to_string()])).await?;
+        match meta.topics.iter().find(|t| t.name == topic) {
+            Some(t) if !t.partitions.is_empty() => Ok(t.partitions.len() as u32),
+            _ => Err(unknown_topic(topic)),
+        }
+    }
+}
+
+/// Decodes one partition's fetched batches: records at or after `position`, in offset order,
+/// and the position after them.
+fn decode_partition(
+    topic: &str,
+    partition: u32,
+    position: u64,
+    data: Bytes,
+) -> Result<(Vec<ConsumerRecord>, u64), ProtoError> {
+    let mut out = Vec::new();
+    let mut next = position;
+    for (header, batch) in split_batches(data)? {
+        if header.next_offset() <= next {
+            continue;
+        }
+        for r in decode_records(&header, &batch)? {
+            if r.offset < next {
+                continue;
+            }
+            next = r.offset + 1;
+            out.push(ConsumerRecord {
+                topic: topic.to_string(),
+                partition,
+                offset: r.offset,
+                timestamp: r.timestamp,
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+            });
+        }
+        next = next.max(header.next_offset());
+    }
+    Ok((out, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::batch::{BatchBuilder, Compression, Record, assign_offset};
+
+    fn batch(base: u64, values: &[&str]) -> Vec<u8> {
+        let mut b = BatchBuilder::new(Compression::Lz4);
+        for (i, v) in values.iter().enumerate() {
+            b.push(&Record {
+                key: None,
+                value: Some(Bytes::copy_from_slice(v.as_bytes())),
+                headers: vec![],
+                timestamp: 1000 + i as i64,
+            });
+        }
+        let mut bytes = b.finish(-1, -1, -1).unwrap();
+        assign_offset(&mut bytes, base, 0);
+        bytes
+    }
+
+    #[test]
+    fn skips_records_below_the_position() {
+        let mut data = batch(10, &["a", "b", "c"]);
+        data.extend(batch(13, &["d", "e"]));
+        let (records, next) = decode_partition("t", 2, 12, Bytes::from(data)).unwrap();
+        let offsets: Vec<u64> = records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![12, 13, 14]);
+        assert_eq!(records[0].value.as_deref(), Some(&b"c"[..]));
+        assert_eq!(records[0].timestamp, 1002);
+        assert_eq!((records[0].topic.as_str(), records[0].partition), ("t", 2));
+        assert_eq!(next, 15);
+    }
+
+    #[test]
+    fn batches_wholly_below_the_position_are_skipped() {
+        let data = batch(0, &["a", "b"]);
+        let (records, next) = decode_partition("t", 0, 5, Bytes::from(data)).unwrap();
+        assert!(records.is_empty());
+        assert_eq!(next, 5, "the position never moves backwards");
+    }
+
+    #[test]
+    fn corrupt_batch_is_an_error() {
+        let mut data = batch(0, &["a", "b"]);
+        let last = data.len() - 1;
+        data[last] ^= 0xff;
+        assert!(matches!(
+            decode_partition("t", 0, 0, Bytes::from(data)),
+            Err(ProtoError::CrcMismatch { .. })
+        ));
+    }
+}

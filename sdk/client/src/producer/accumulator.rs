@@ -1,0 +1,541 @@
+//! The producer's pure core: per-partition batches, partition choice and send readiness.
+//!
+//! No I/O and no clock of its own: the driver passes `now` in, takes ready batches out with
+//! [`Accumulator::poll_ready`], and reports back with [`Accumulator::handle_done`] or
+//! [`Accumulator::handle_retry`]. `W` is whatever the driver uses to tell a record's sender the
+//! outcome (a oneshot sender there, a plain number in the tests).
+//!
+//! Rules:
+//! - A partition has at most one open batch. It is sealed when the next record would push it
+//!   past `max_batch_bytes`, or when it has lingered for `linger` and the partition may send.
+//! - At most `max_in_flight` batches per partition are in flight. Records keep accumulating
+//!   meanwhile, so batches grow under load instead of requests multiplying.
+//! - A batch to retry goes back to the front of its partition's queue and blocks later batches
+//!   of that partition until it is resent, which keeps per-partition order.
+//! - Keyless records without a partition stick to one partition per topic until its batch is
+//!   sealed, then move to the next (round robin): big batches, yet an even spread over time.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_proto::ProtoError;
+use sluice_proto::batch::{BatchBuilder, Compression, Record};
+use sluice_proto::partitioner::partition_for_key;
+
+/// How a record's partition is chosen.
+pub(crate) fn choose_partition(
+    explicit: Option<u32>,
+    key: Option<&[u8]>,
+    partitions: u32,
+) -> Option<u32> {
+    explicit.or_else(|| key.map(|k| partition_for_key(k, partitions)))
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AccumulatorConfig {
+    pub linger: Duration,
+    pub max_batch_bytes: usize,
+    pub max_in_flight: usize,
+    pub compression: Compression,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct TopicPartition {
+    pub topic: Arc<str>,
+    pub partition: u32,
+}
+
+/// One record waiting for its batch's outcome.
+#[derive(Debug)]
+pub(crate) struct PendingRecord<W> {
+    /// Order of arrival across the whole producer; `flush` waits on it.
+    pub seq: u64,
+    pub timestamp: i64,
+    /// Bytes of the producer's buffer this record holds until its outcome is known.
+    pub reserved: usize,
+    pub waiter: W,
+}
+
+#[derive(Debug)]
+struct OpenBatch<W> {
+    builder: BatchBuilder,
+    records: Vec<PendingRecord<W>>,
+    opened: Instant,
+}
+
+/// An encoded batch, ready to send or sent.
+#[derive(Debug)]
+pub(crate) struct SealedBatch<W> {
+    pub tp: TopicPartition,
+    pub records: Vec<PendingRecord<W>>,
+    /// The encoded batch, kept so a retry resends exactly the same bytes.
+    pub payload: Result<Bytes, Arc<ProtoError>>,
+    /// When the batch's first record arrived; the delivery timeout counts from here.
+    pub created: Instant,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// A retry waits until this time (backoff).
+    pub not_before: Option<Instant>,
+    /// Why the last attempt failed, for the error reported when the batch gives up.
+    pub last_error: Option<String>,
+}
+
+impl<W> SealedBatch<W> {
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.records.first().map_or(u64::MAX, |r| r.seq)
+    }
+}
+
+#[derive(Debug)]
+struct PartitionQueue<W> {
+    open: Option<OpenBatch<W>>,
+    /// Sealed batches not yet sent; a batch to retry is put in front.
+    sealed: VecDeque<SealedBatch<W>>,
+    in_flight: usize,
+}
+
+impl<W> Default for PartitionQueue<W> {
+    fn default() -> Self {
+        PartitionQueue {
+            open: None,
+            sealed: VecDeque::new(),
+            in_flight: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sticky {
+    current: u32,
+    partitions: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Accumulator<W> {
+    config: AccumulatorConfig,
+    queues: HashMap<TopicPartition, PartitionQueue<W>>,
+    sticky: HashMap<Arc<str>, Sticky>,
+    next_seq: u64,
+    /// First seq of each batch in flight (a multiset), so `oldest_seq` sees them.
+    in_flight_seqs: BTreeMap<u64, usize>,
+    /// Seeds the first sticky partition of each topic, so that many producers started at once
+    /// do not all pile onto partition 0.
+    seed: u64,
+}
+
+impl<W> Accumulator<W> {
+    pub(crate) fn new(config: AccumulatorConfig) -> Self {
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0u8);
+        Self::with_seed(config, seed)
+    }
+
+    pub(crate) fn with_seed(config: AccumulatorConfig, seed: u64) -> Self {
+        Accumulator {
+            config,
+            queues: HashMap::new(),
+            sticky: HashMap::new(),
+            next_seq: 0,
+            in_flight_seqs: BTreeMap::new(),
+            seed,
+        }
+    }
+
+    /// Seq the next record will get; records before it are what a flush now waits for.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Adds a record. `partition` is the explicit or key-hashed partition, `None` for sticky;
+    /// `partitions` is the topic's current partition count. Returns the partition chosen.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one plain fact about the record; a struct for them would only be unpacked here"
+    )]
+    pub(crate) fn append(
+        &mut self,
+        topic: &Arc<str>,
+        partition: Option<u32>,
+        partitions: u32,
+        record: &Record,
+        reserved: usize,
+        waiter: W,
+        now: Instant,
+    ) -> u32 {
+        let partitions = partitions.max(1);
+        let size = BatchBuilder::record_size_estimate(record);
+        let mut p = match partition {
+            Some(p) => p,
+            None => self.sticky_partition(topic, partitions),
+        };
+        let max = self.config.max_batch_bytes;
+        let full = self
+            .queue(topic, p)
+            .open
+            .as_ref()
+            .is_some_and(|o| !o.builder.is_empty() && o.builder.size_bytes() + size > max);
+        if full {
+            self.seal_open(topic, p);
+            if partition.is_none() {
+                p = self.sticky_partition(topic, partitions);
+            }
+        }
+        let compression = self.config.compression;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let queue = self.queue(topic, p);
+        let open = queue.open.get_or_insert_with(|| OpenBatch {
+            builder: BatchBuilder::new(compression),
+            records: Vec::new(),
+            opened: now,
+        });
+        open.builder.push(record);
+        open.records.push(PendingRecord {
+            seq,
+            timestamp: record.timestamp,
+            reserved,
+            waiter,
+        });
+        if open.builder.size_bytes() >= self.config.max_batch_bytes {
+            self.seal_open(topic, p);
+        }
+        p
+    }
+
+    fn queue(&mut self, topic: &Arc<str>, partition: u32) -> &mut PartitionQueue<W> {
+        self.queues
+            .entry(TopicPartition {
+                topic: topic.clone(),
+                partition,
+            })
+            .or_default()
+    }
+
+    fn sticky_partition(&mut self, topic: &Arc<str>, partitions: u32) -> u32 {
+        let seed = self.seed;
+        let s = self.sticky.entry(topic.clone()).or_insert_with(|| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (seed, &**topic).hash(&mut h);
+            Sticky {
+                current: (h.finish() % u64::from(partitions)) as u32,
+                partitions,
+            }
+        });
+        if s.partitions != partitions {
+            s.partitions = partitions;
+            s.current %= partitions;
+        }
+        s.current
+    }
+
+    /// Seals the open batch of a partition into its send queue, and moves the topic's sticky
+    /// partition on if it was this one.
+    fn seal_open(&mut self, topic: &Arc<str>, partition: u32) {
+        let tp = TopicPartition {
+            topic: topic.clone(),
+            partition,
+        };
+        let Some(queue) = self.queues.get_mut(&tp) else {
+            return;
+        };
+        let Some(open) = queue.open.take() else {
+            return;
+        };
+        let payload = open
+            .builder
+            .finish(-1, -1, -1)
+            .map(Bytes::from)
+            .map_err(Arc::new);
+        queue.sealed.push_back(SealedBatch {
+            tp,
+            records: open.records,
+            payload,
+            created: open.opened,
+            attempts: 0,
+            not_before: None,
+            last_error: None,
+        });
+        if let Some(s) = self.sticky.get_mut(topic)
+            && s.current == partition
+        {
+            s.current = (partition + 1) % s.partitions;
+        }
+    }
+
+    /// Takes every batch that may be sent now and counts it in flight. `flushing` ignores linger.
+    pub(crate) fn poll_ready(&mut self, now: Instant, flushing: bool) -> Vec<SealedBatch<W>> {
+        let linger = self.config.linger;
+        let max_in_flight = self.config.max_in_flight;
+        let tps: Vec<TopicPartition> = self.queues.keys().cloned().collect();
+        let mut ready = Vec::new();
+        for tp in tps {
+            loop {
+                let q = self.queues.get_mut(&tp).expect("key taken from the map");
+                if q.in_flight >= max_in_flight {
+                    break;
+                }
+                match q.sealed.front() {
+                    Some(b) if b.not_before.is_none_or(|t| t <= now) => {
+                        let b = q.sealed.pop_front().expect("front exists");
+                        q.in_flight += 1;
+                        *self.in_flight_seqs.entry(b.first_seq()).or_default() += 1;
+                        ready.push(b);
+                    }
+                    Some(_) => break,
+                    None if q
+                        .open
+                        .as_ref()
+                        .is_some_and(|o| flushing || o.opened + linger <= now) =>
+                    {
+                        self.seal_open(&tp.topic, tp.partition);
+                    }
+                    None => break,
+                }
+            }
+        }
+        ready
+    }
+
+    /// When `poll_ready` may next have something: a linger or a backoff running out.
+    pub(crate) fn next_wakeup(&self, now: Instant, flushing: bool) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for q in self.queues.values() {
+            if q.in_flight >= self.config.max_in_flight {
+                continue;
+            }
+            let at = match (q.sealed.front(), &q.open) {
+                (Some(b), _) => b.not_before.unwrap_or(now),
+                (None, Some(_)) if flushing => now,
+                (None, Some(o)) => o.opened + self.config.linger,
+                (None, None) => continue,
+            };
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        next
+    }
+
+    /// A batch got its final outcome (delivered or failed for good).
+    pub(crate) fn handle_done(&mut self, tp: &TopicPartition, first_seq: u64) {
+        if let Some(q) = self.queues.get_mut(tp) {
+            q.in_flight = q.in_flight.saturating_sub(1);
+        }
+        if let Some(n) = self.in_flight_seqs.get_mut(&first_seq) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight_seqs.remove(&first_seq);
+            }
+        }
+    }
+
+    /// A batch failed and will be retried, before any later batch of its partition.
+    pub(crate) fn handle_retry(&mut self, mut batch: SealedBatch<W>, not_before: Instant) {
+        let tp = batch.tp.clone();
+        self.handle_done(&tp, batch.first_seq());
+        batch.not_before = Some(not_before);
+        self.queues.entry(tp).or_default().sealed.push_front(batch);
+    }
+
+    /// Seq of the oldest record not yet settled (open, queued or in flight).
+    pub(crate) fn oldest_seq(&self) -> Option<u64> {
+        let mut oldest = self.in_flight_seqs.keys().next().copied();
+        for q in self.queues.values() {
+            let first = q.sealed.iter().map(|b| b.first_seq()).chain(
+                q.open
+                    .iter()
+                    .filter_map(|o| o.records.first().map(|r| r.seq)),
+            );
+            for s in first {
+                oldest = Some(oldest.map_or(s, |o| o.min(s)));
+            }
+        }
+        oldest
+    }
+
+    /// True when nothing is open, queued or in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.oldest_seq().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::batch::{decode_records, split_batches};
+
+    fn config(max_batch_bytes: usize, max_in_flight: usize) -> AccumulatorConfig {
+        AccumulatorConfig {
+            linger: Duration::from_millis(5),
+            max_batch_bytes,
+            max_in_flight,
+            compression: Compression::None,
+        }
+    }
+
+    fn record(value: &str, ts: i64) -> Record {
+        Record {
+            key: None,
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            headers: vec![],
+            timestamp: ts,
+        }
+    }
+
+    fn topic() -> Arc<str> {
+        Arc::from("t")
+    }
+
+    #[test]
+    fn keyed_records_follow_the_key_hash_and_explicit_wins() {
+        let p = choose_partition(None, Some(b"user-1"), 8).unwrap();
+        assert_eq!(p, partition_for_key(b"user-1", 8));
+        assert_eq!(choose_partition(Some(3), Some(b"user-1"), 8), Some(3));
+        assert_eq!(choose_partition(None, None, 8), None);
+    }
+
+    #[test]
+    fn waits_for_linger_then_sends() {
+        let mut acc = Accumulator::with_seed(config(1 << 20, 1), 0);
+        let t0 = Instant::now();
+        acc.append(&topic(), Some(0), 4, &record("a", 1), 1, 0u32, t0);
+        assert!(acc.poll_ready(t0, false).is_empty());
+        assert_eq!(
+            acc.next_wakeup(t0, false),
+            Some(t0 + Duration::from_millis(5))
+        );
+        let ready = acc.poll_ready(t0 + Duration::from_millis(5), false);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].records.len(), 1);
+        // A flush ignores linger.
+        acc.append(&topic(), Some(1), 4, &record("b", 1), 1, 1, t0);
+        assert_eq!(acc.poll_ready(t0, true).len(), 1);
+    }
+
+    #[test]
+    fn full_batch_is_ready_at_once_and_batches_grow_while_one_is_in_flight() {
+        // A one-byte record encodes to 7 bytes and is estimated at 17; with the 57-byte header,
+        // a limit of 85 fits exactly two.
+        let mut acc = Accumulator::with_seed(config(85, 1), 0);
+        let t0 = Instant::now();
+        for i in 0..2 {
+            acc.append(&topic(), Some(0), 1, &record("x", i), 1, i as u32, t0);
+        }
+        acc.append(&topic(), Some(0), 1, &record("x", 2), 1, 2, t0);
+        let first = acc.poll_ready(t0, false);
+        assert_eq!(
+            first.len(),
+            1,
+            "the full batch goes without waiting for linger"
+        );
+        assert_eq!(first[0].records.len(), 2);
+        // In flight: the open batch keeps growing and is not sent even after linger.
+        let later = t0 + Duration::from_secs(1);
+        acc.append(&topic(), Some(0), 1, &record("x", 3), 1, 3, later);
+        assert!(acc.poll_ready(later, false).is_empty());
+        assert_eq!(acc.next_wakeup(later, false), None);
+        acc.handle_done(&first[0].tp, first[0].first_seq());
+        let second = acc.poll_ready(later, false);
+        assert_eq!(second.len(), 1);
+        let seqs: Vec<u64> = second[0].records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![2, 3]);
+    }
+
+    #[test]
+    fn sticky_partitioning_moves_on_when_a_batch_is_sealed() {
+        let mut acc = Accumulator::with_seed(config(85, 5), 7);
+        let t0 = Instant::now();
+        let mut chosen = Vec::new();
+        for i in 0..8 {
+            chosen.push(acc.append(&topic(), None, 3, &record("x", i), 1, i as u32, t0));
+        }
+        // Two records per batch, then the next partition, round robin.
+        let first = chosen[0];
+        let expect: Vec<u32> = (0..8).map(|i| (first + i / 2) % 3).collect();
+        assert_eq!(chosen, expect);
+        // Linger-sealing also moves the sticky partition on.
+        let later = t0 + Duration::from_secs(1);
+        let before = acc.append(&topic(), None, 3, &record("y", 9), 1, 9, later);
+        acc.poll_ready(later + Duration::from_secs(1), false);
+        let after = acc.append(&topic(), None, 3, &record("y", 10), 1, 10, later);
+        assert_eq!(after, (before + 1) % 3);
+    }
+
+    #[test]
+    fn retry_goes_first_and_blocks_later_batches_until_backoff_ends() {
+        let mut acc = Accumulator::with_seed(config(1 << 20, 1), 0);
+        let t0 = Instant::now();
+        acc.append(&topic(), Some(0), 1, &record("a", 0), 1, 0u32, t0);
+        let mut sent = acc.poll_ready(t0, true);
+        let batch = sent.pop().unwrap();
+        acc.append(&topic(), Some(0), 1, &record("b", 0), 1, 1, t0);
+        let backoff = t0 + Duration::from_millis(100);
+        acc.handle_retry(batch, backoff);
+        assert!(acc.poll_ready(t0, true).is_empty(), "blocked by backoff");
+        assert_eq!(acc.oldest_seq(), Some(0));
+        assert_eq!(acc.next_wakeup(t0, true), Some(backoff));
+        let again = acc.poll_ready(backoff, true);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].records[0].seq, 0, "the retried batch goes first");
+        acc.handle_done(&again[0].tp, again[0].first_seq());
+        let next = acc.poll_ready(backoff, true);
+        assert_eq!(next[0].records[0].seq, 1);
+        acc.handle_done(&next[0].tp, next[0].first_seq());
+        assert!(acc.is_idle());
+    }
+
+    #[test]
+    fn sealed_batch_decodes_to_the_records_appended() {
+        for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+            let mut acc = Accumulator::with_seed(
+                AccumulatorConfig {
+                    compression,
+                    ..config(1 << 20, 1)
+                },
+                0,
+            );
+            let t0 = Instant::now();
+            let mut sent = Vec::new();
+            for i in 0..50 {
+                let mut r = record(&format!("value-{i}"), 1_000 + i);
+                r.key = Some(Bytes::from(format!("k{i}")));
+                r.headers.push(sluice_proto::Header {
+                    key: "h".into(),
+                    value: Some(Bytes::from_static(b"v")),
+                });
+                acc.append(&topic(), Some(0), 1, &r, 1, i as u32, t0);
+                sent.push(r);
+            }
+            let batch = acc.poll_ready(t0, true).pop().unwrap();
+            let payload = batch.payload.unwrap();
+            let mut stored = payload.to_vec();
+            sluice_proto::batch::assign_offset(&mut stored, 100, 0);
+            let batches = split_batches(Bytes::from(stored)).unwrap();
+            let records = decode_records(&batches[0].0, &batches[0].1).unwrap();
+            assert_eq!(records.len(), 50);
+            for (i, (got, want)) in records.iter().zip(&sent).enumerate() {
+                assert_eq!(got.offset, 100 + i as u64);
+                assert_eq!(got.timestamp, want.timestamp);
+                assert_eq!(got.key, want.key);
+                assert_eq!(got.value, want.value);
+                assert_eq!(got.headers, want.headers);
+            }
+        }
+    }
+
+    #[test]
+    fn in_flight_limit_is_per_partition() {
+        let mut acc = Accumulator::with_seed(config(1 << 20, 2), 0);
+        let t0 = Instant::now();
+        for i in 0..3 {
+            acc.append(&topic(), Some(0), 2, &record("a", 0), 1, i, t0);
+            acc.append(&topic(), Some(1), 2, &record("a", 0), 1, 10 + i, t0);
+            // One record per batch.
+            acc.seal_open(&topic(), 0);
+            acc.seal_open(&topic(), 1);
+        }
+        let ready = acc.poll_ready(t0, false);
+        assert_eq!(ready.len(), 4, "two per partition");
+        assert_eq!(acc.oldest_seq(), Some(0));
+    }
+}

@@ -1,0 +1,653 @@
+//! The producer: batches records per partition in a background task and sends the batches on
+//! long-lived pipelined streams.
+//!
+//! [`Producer::send`] looks up the topic's partition count (cached), picks the partition when it
+//! can (explicit or key hash), reserves buffer memory (this is where backpressure waits), and
+//! hands the record to the background task. That task owns the [`Accumulator`] (the pure core),
+//! sends what it says is ready, and feeds outcomes back: success, retry after backoff, or a
+//! final failure that fails every record of the batch.
+
+mod accumulator;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use sluice_proto::batch::{BatchBuilder, HEADER_LEN, Record};
+use sluice_proto::{
+    Acks, Compression, ErrorCode, Header, ProduceRequest, ProduceResponse, Request, ResponseBody,
+    WireError,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{debug, warn};
+
+use self::accumulator::{Accumulator, AccumulatorConfig, SealedBatch, TopicPartition};
+use crate::client::unexpected;
+use crate::lane::Lane;
+use crate::{Client, ClientError};
+
+/// Producer settings. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Acknowledgement to wait for (default [`Acks::All`]).
+    pub acks: Acks,
+    /// Batch compression (default none).
+    pub compression: Compression,
+    /// How long a batch waits for more records before it is sent (default 5 ms).
+    pub linger: Duration,
+    /// A batch is sent once it reaches this many bytes, before compression (default 1 MiB).
+    /// A single larger record still goes, alone in its batch.
+    pub max_batch_bytes: usize,
+    /// Batches of one partition in flight at once (default 1, which keeps order across
+    /// retries; more can reorder a partition's records when a retry happens).
+    pub max_in_flight_per_partition: usize,
+    /// Retries of a batch after a retriable error (default 10).
+    pub retries: u32,
+    /// Wait before the first retry; doubles per attempt, up to 10× (default 100 ms).
+    pub retry_backoff: Duration,
+    /// Upper bound on the time from `send` to the outcome, retries included (default 120 s).
+    pub delivery_timeout: Duration,
+    /// How long the broker may wait for the acknowledgement condition (default 30 000 ms).
+    pub request_timeout_ms: u32,
+    /// Bytes of records the producer holds before `send` waits for room (default 64 MiB).
+    pub buffer_memory: usize,
+    /// Long-lived streams batches are spread over (default 4); a partition always uses the
+    /// same one, so its batches reach the broker in order.
+    pub sender_lanes: usize,
+    /// How long a topic's cached partition count is trusted (default 5 min).
+    pub metadata_max_age: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::All,
+            compression: Compression::None,
+            linger: Duration::from_millis(5),
+            max_batch_bytes: 1024 * 1024,
+            max_in_flight_per_partition: 1,
+            retries: 10,
+            retry_backoff: Duration::from_millis(100),
+            delivery_timeout: Duration::from_secs(120),
+            request_timeout_ms: 30_000,
+            buffer_memory: 64 * 1024 * 1024,
+            sender_lanes: 4,
+            metadata_max_age: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A record to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerRecord {
+    pub topic: String,
+    /// `None`: by key hash if there is a key, else sticky round robin.
+    pub partition: Option<u32>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+    /// Milliseconds since the Unix epoch; `None` means now.
+    pub timestamp: Option<i64>,
+}
+
+impl ProducerRecord {
+    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        ProducerRecord {
+            topic: topic.into(),
+            partition: None,
+            key: None,
+            value: Some(value.into()),
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn with_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push(Header {
+            key: key.into(),
+            value: Some(value.into()),
+        });
+        self
+    }
+
+    pub fn with_timestamp(mut self, timestamp: i64) -> Self {
+        self.timestamp = Some(timestamp);
+        self
+    }
+}
+
+/// Where a record was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub topic: String,
+    pub partition: u32,
+    /// The record's offset; [`RecordMetadata::UNKNOWN_OFFSET`] under [`Acks::None`], where the
+    /// broker does not say.
+    pub offset: u64,
+    /// The record's timestamp (ms since the Unix epoch).
+    pub timestamp: i64,
+}
+
+impl RecordMetadata {
+    /// The offset reported under [`Acks::None`].
+    pub const UNKNOWN_OFFSET: u64 = u64::MAX;
+}
+
+type Delivery = Result<RecordMetadata, ClientError>;
+
+/// Resolves when the record's batch is acknowledged (or, under [`Acks::None`], written), or
+/// fails for good.
+#[derive(Debug)]
+pub struct DeliveryFuture {
+    rx: oneshot::Receiver<Delivery>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Delivery;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Delivery> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+/// Sends records to topics. Cheap to clone; clones share one background task, which keeps
+/// running until every clone is dropped and everything queued has its outcome.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    client: Client,
+    config: ProducerConfig,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Permits are bytes of buffered records; `send` waits here when the buffer is full.
+    memory: Arc<Semaphore>,
+    partitions: Arc<PartitionCache>,
+}
+
+/// Partition counts per topic. A `std` mutex: no await while it is held.
+#[derive(Debug, Default)]
+struct PartitionCache(Mutex<HashMap<String, (u32, Instant)>>);
+
+impl PartitionCache {
+    fn get(&self, topic: &str, max_age: Duration) -> Option<u32> {
+        let map = self.0.lock().unwrap();
+        map.get(topic)
+            .filter(|(_, at)| at.elapsed() < max_age)
+            .map(|(n, _)| *n)
+    }
+
+    fn put(&self, topic: &str, partitions: u32) {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(topic.to_string(), (partitions, Instant::now()));
+    }
+
+    fn invalidate(&self, topic: &str) {
+        self.0.lock().unwrap().remove(topic);
+    }
+}
+
+enum Command {
+    Append {
+        topic: Arc<str>,
+        partition: Option<u32>,
+        partitions: u32,
+        record: Record,
+        reserved: usize,
+        waiter: oneshot::Sender<Delivery>,
+    },
+    Flush(oneshot::Sender<Result<(), ClientError>>),
+}
+
+impl Producer {
+    pub(crate) fn new(client: Client, config: ProducerConfig) -> Producer {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let memory = Arc::new(Semaphore::new(
+            config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS),
+        ));
+        let partitions = Arc::new(PartitionCache::default());
+        let driver = Driver::new(
+            client.clone(),
+            config.clone(),
+            memory.clone(),
+            partitions.clone(),
+        );
+        tokio::spawn(driver.run(rx));
+        Producer {
+            shared: Arc::new(Shared {
+                client,
+                config,
+                commands,
+                memory,
+                partitions,
+            }),
+        }
+    }
+
+    /// Queues the record; returns a handle that resolves when the batch is acknowledged.
+    ///
+    /// Waits only to look up the topic (first use) and for buffer room (backpressure). Fails
+    /// here for an unknown topic, a partition the topic does not have, or an oversized record.
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
+        let shared = &self.shared;
+        let partitions = self.partition_count(&record.topic).await?;
+        if let Some(p) = record.partition
+            && p >= partitions
+        {
+            // The cached count may be stale (partitions added): look again before refusing.
+            shared.partitions.invalidate(&record.topic);
+            let fresh = self.partition_count(&record.topic).await?;
+            if p >= fresh {
+                return Err(ClientError::UnknownPartition {
+                    topic: record.topic,
+                    partition: p,
+                    partitions: fresh,
+                });
+            }
+        }
+        let partition =
+            accumulator::choose_partition(record.partition, record.key.as_deref(), partitions);
+        let record_bytes = Record {
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+            timestamp: record.timestamp.unwrap_or_else(now_ms),
+        };
+        let size = BatchBuilder::record_size_estimate(&record_bytes);
+        // Room for the batch header and the control message beside it in the frame.
+        let max = shared
+            .client
+            .broker_max_frame_bytes()
+            .saturating_sub(HEADER_LEN + 1024);
+        if size > max {
+            return Err(ClientError::RecordTooLarge { size, max });
+        }
+        let reserved = size.clamp(1, shared.memory_capacity());
+        shared
+            .memory
+            .acquire_many(reserved as u32)
+            .await
+            .map_err(|_| ClientError::Closed)?
+            .forget();
+        let (waiter, rx) = oneshot::channel();
+        let cmd = Command::Append {
+            topic: Arc::from(record.topic.as_str()),
+            partition,
+            partitions,
+            record: record_bytes,
+            reserved,
+            waiter,
+        };
+        if shared.commands.send(cmd).is_err() {
+            shared.memory.add_permits(reserved);
+            return Err(ClientError::Closed);
+        }
+        Ok(DeliveryFuture { rx })
+    }
+
+    /// Sends and waits for the outcome.
+    pub async fn send_and_wait(
+        &self,
+        record: ProducerRecord,
+    ) -> Result<RecordMetadata, ClientError> {
+        self.send(record).await?.await
+    }
+
+    /// Sends everything queued so far without waiting for linger, and waits until each of
+    /// those records has its outcome. Returns the first delivery error among them, if any
+    /// (each record's own [`DeliveryFuture`] reports its own outcome as well).
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .commands
+            .send(Command::Flush(tx))
+            .map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)?
+    }
+
+    pub fn config(&self) -> &ProducerConfig {
+        &self.shared.config
+    }
+
+    async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        let shared = &self.shared;
+        if let Some(n) = shared.partitions.get(topic, shared.config.metadata_max_age) {
+            return Ok(n);
+        }
+        let meta = shared
+            .client
+            .metadata(Some(vec![topic.to_string()]))
+            .await?;
+        let n = meta
+            .topics
+            .iter()
+            .find(|t| t.name == topic)
+            .map_or(0, |t| t.partitions.len() as u32);
+        if n == 0 {
+            return Err(unknown_topic(topic));
+        }
+        shared.partitions.put(topic, n);
+        Ok(n)
+    }
+}
+
+impl Shared {
+    fn memory_capacity(&self) -> usize {
+        self.config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS)
+    }
+}
+
+pub(crate) fn unknown_topic(topic: &str) -> ClientError {
+    ClientError::Broker(WireError::new(
+        ErrorCode::UnknownTopic,
+        format!("topic {topic:?} does not exist; create it with `sluice topics create {topic}`"),
+    ))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+type Waiter = oneshot::Sender<Delivery>;
+
+/// What came of one attempt to send a batch: the broker's answer (`None` under `Acks::None`).
+struct Attempt {
+    batch: SealedBatch<Waiter>,
+    result: Result<Option<ProduceResponse>, ClientError>,
+}
+
+struct FlushWaiter {
+    /// Records with a seq below this must settle first.
+    upto: u64,
+    first_error: Option<ClientError>,
+    reply: oneshot::Sender<Result<(), ClientError>>,
+}
+
+/// The background task.
+struct Driver {
+    client: Client,
+    config: ProducerConfig,
+    accumulator: Accumulator<Waiter>,
+    lanes: Vec<Option<Lane>>,
+    memory: Arc<Semaphore>,
+    partitions: Arc<PartitionCache>,
+    attempts_tx: mpsc::UnboundedSender<Attempt>,
+    attempts_rx: mpsc::UnboundedReceiver<Attempt>,
+    flushes: Vec<FlushWaiter>,
+}
+
+impl Driver {
+    fn new(
+        client: Client,
+        config: ProducerConfig,
+        memory: Arc<Semaphore>,
+        partitions: Arc<PartitionCache>,
+    ) -> Driver {
+        let accumulator = Accumulator::new(AccumulatorConfig {
+            linger: config.linger,
+            max_batch_bytes: config.max_batch_bytes.max(1),
+            max_in_flight: config.max_in_flight_per_partition.max(1),
+            compression: config.compression,
+        });
+        let (attempts_tx, attempts_rx) = mpsc::unbounded_channel();
+        Driver {
+            lanes: (0..config.sender_lanes.max(1)).map(|_| None).collect(),
+            client,
+            config,
+            accumulator,
+            memory,
+            partitions,
+            attempts_tx,
+            attempts_rx,
+            flushes: Vec::new(),
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        // Set once every `Producer` clone is gone: deliver what is held, then stop.
+        let mut closing = false;
+        loop {
+            let now = Instant::now();
+            let flushing = closing || !self.flushes.is_empty();
+            for batch in self.accumulator.poll_ready(now, flushing) {
+                self.dispatch(batch);
+            }
+            self.settle_flushes();
+            if closing && self.accumulator.is_idle() {
+                debug!("producer closed and drained");
+                return;
+            }
+            let wakeup = self.accumulator.next_wakeup(now, flushing);
+            tokio::select! {
+                cmd = commands.recv(), if !closing => match cmd {
+                    Some(cmd) => self.handle_command(cmd),
+                    None => closing = true,
+                },
+                Some(attempt) = self.attempts_rx.recv() => self.handle_attempt(attempt),
+                () = sleep_until(wakeup), if wakeup.is_some() => {}
+            }
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Append {
+                topic,
+                partition,
+                partitions,
+                record,
+                reserved,
+                waiter,
+            } => {
+                self.accumulator.append(
+                    &topic,
+                    partition,
+                    partitions,
+                    &record,
+                    reserved,
+                    waiter,
+                    Instant::now(),
+                );
+            }
+            Command::Flush(reply) => self.flushes.push(FlushWaiter {
+                upto: self.accumulator.next_seq(),
+                first_error: None,
+                reply,
+            }),
+        }
+    }
+
+    fn lane_for(&mut self, tp: &TopicPartition) -> &Lane {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        tp.hash(&mut h);
+        let i = (h.finish() % self.lanes.len() as u64) as usize;
+        let slot = &mut self.lanes[i];
+        if slot.as_ref().is_none_or(Lane::is_dead) {
+            *slot = Some(self.client.lane());
+        }
+        slot.as_ref().expect("just filled")
+    }
+
+    /// Puts one attempt of a batch on its lane; a task waits for the answer and reports back.
+    fn dispatch(&mut self, mut batch: SealedBatch<Waiter>) {
+        let payload = match &batch.payload {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                let e = ClientError::Protocol(sluice_proto::ProtoError::Compression(format!(
+                    "could not encode the batch: {e}"
+                )));
+                self.finish_failed(batch, e);
+                return;
+            }
+        };
+        batch.attempts += 1;
+        let acks = self.config.acks;
+        let request = Request::Produce(ProduceRequest {
+            topic: batch.tp.topic.to_string(),
+            partition: batch.tp.partition,
+            acks,
+            timeout_ms: self.config.request_timeout_ms,
+        });
+        // The broker may legitimately take up to `timeout_ms` to acknowledge; give the network
+        // some slack on top before calling the outcome unknown.
+        let wait = Duration::from_millis(u64::from(self.config.request_timeout_ms))
+            .max(self.client.config().request_timeout)
+            + Duration::from_secs(5);
+        let attempts = self.attempts_tx.clone();
+        let lane = self.lane_for(&batch.tp);
+        if acks == Acks::None {
+            let written = lane.send_only(request, payload);
+            tokio::spawn(async move {
+                let result = match tokio::time::timeout(wait, written).await {
+                    Ok(Ok(Ok(()))) => Ok(None),
+                    Ok(Ok(Err(e))) => Err(e),
+                    Ok(Err(_)) => Err(ClientError::Closed),
+                    Err(_) => Err(ClientError::Timeout),
+                };
+                let _ = attempts.send(Attempt { batch, result });
+            });
+        } else {
+            let answer = lane.call(request, payload);
+            tokio::spawn(async move {
+                let result = match tokio::time::timeout(wait, answer).await {
+                    Ok(Ok(Ok((ResponseBody::Produced(r), _)))) => Ok(Some(r)),
+                    Ok(Ok(Ok((other, _)))) => Err(unexpected("Produced", &other)),
+                    Ok(Ok(Err(e))) => Err(e),
+                    Ok(Err(_)) => Err(ClientError::Closed),
+                    Err(_) => Err(ClientError::Timeout),
+                };
+                let _ = attempts.send(Attempt { batch, result });
+            });
+        }
+    }
+
+    fn handle_attempt(&mut self, Attempt { mut batch, result }: Attempt) {
+        let e = match result {
+            Ok(response) => {
+                self.accumulator.handle_done(&batch.tp, batch.first_seq());
+                self.release(&batch);
+                let base = response.map(|r| r.base_offset);
+                let topic = batch.tp.topic.to_string();
+                for (i, r) in batch.records.into_iter().enumerate() {
+                    let _ = r.waiter.send(Ok(RecordMetadata {
+                        topic: topic.clone(),
+                        partition: batch.tp.partition,
+                        offset: base.map_or(RecordMetadata::UNKNOWN_OFFSET, |b| b + i as u64),
+                        timestamp: r.timestamp,
+                    }));
+                }
+                return;
+            }
+            Err(e) => e,
+        };
+        if matches!(
+            e.wire_code(),
+            Some(ErrorCode::NotLeader | ErrorCode::UnknownPartition | ErrorCode::UnknownTopic)
+        ) {
+            self.partitions.invalidate(&batch.tp.topic);
+        }
+        let elapsed = batch.created.elapsed();
+        let backoff = self.backoff(batch.attempts);
+        if e.is_retriable() && batch.attempts <= self.config.retries {
+            if elapsed + backoff < self.config.delivery_timeout {
+                debug!(
+                    topic = %batch.tp.topic,
+                    partition = batch.tp.partition,
+                    attempt = batch.attempts,
+                    cause = %e,
+                    "retrying batch"
+                );
+                batch.last_error = Some(e.to_string());
+                self.accumulator
+                    .handle_retry(batch, Instant::now() + backoff);
+                return;
+            }
+            let e = ClientError::DeliveryTimeout {
+                elapsed,
+                attempts: batch.attempts,
+                last_error: e.to_string(),
+            };
+            self.accumulator.handle_done(&batch.tp, batch.first_seq());
+            self.finish_failed(batch, e);
+            return;
+        }
+        self.accumulator.handle_done(&batch.tp, batch.first_seq());
+        self.finish_failed(batch, e);
+    }
+
+    /// Backoff before retry `attempts` (1-based): doubling from `retry_backoff`, at most 10×.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let base = self.config.retry_backoff;
+        let factor = 1u32 << attempts.saturating_sub(1).min(4);
+        (base * factor).min(base * 10)
+    }
+
+    /// Fails every record of a batch that has given up (already counted out of flight).
+    fn finish_failed(&mut self, batch: SealedBatch<Waiter>, e: ClientError) {
+        warn!(
+            topic = %batch.tp.topic,
+            partition = batch.tp.partition,
+            records = batch.records.len(),
+            cause = %e,
+            "batch failed"
+        );
+        self.release(&batch);
+        let first = batch.first_seq();
+        for f in &mut self.flushes {
+            if first < f.upto && f.first_error.is_none() {
+                f.first_error = Some(e.clone());
+            }
+        }
+        for r in batch.records {
+            let _ = r.waiter.send(Err(e.clone()));
+        }
+    }
+
+    fn release(&self, batch: &SealedBatch<Waiter>) {
+        let bytes: usize = batch.records.iter().map(|r| r.reserved).sum();
+        self.memory.add_permits(bytes);
+    }
+
+    fn settle_flushes(&mut self) {
+        if self.flushes.is_empty() {
+            return;
+        }
+        let oldest = self.accumulator.oldest_seq();
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
+            .into_iter()
+            .partition(|f| oldest.is_none_or(|o| o >= f.upto));
+        self.flushes = waiting;
+        for f in done {
+            let _ = f.reply.send(f.first_error.map_or(Ok(()), Err));
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
