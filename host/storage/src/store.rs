@@ -1,0 +1,980 @@
+//! The driver: a redb database, the single writer thread doing group commit, and the read path.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, WriteTransaction,
+};
+use sluice_proto::batch::{self, BatchHeader};
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, trace};
+
+use crate::partition_log::PartitionLog;
+use crate::tables::{self, BATCH_INDEX, BATCHES, BatchKey, META_KV, META_LOG, PARTITIONS};
+use crate::{
+    Appended, PartitionId, PartitionState, ReadBatches, RetentionOutcome, StorageError,
+    StoreOptions,
+};
+
+type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A partition's in-memory log. A `std::sync::Mutex`, not a Tokio one: it is held only for
+/// short, non-async bookkeeping, by the writer thread and by readers.
+type SharedLog = Arc<Mutex<PartitionLog>>;
+
+/// A durable commit is never postponed further than this, whatever interval a topic asks for.
+const MAX_SYNC_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Handle on the store. Cheap to clone; every clone talks to the same writer thread.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    commands: Sender<Command>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the writer thread and the handles share.
+struct Shared {
+    /// `None` once the store is shut down, which closes the file (so it can be reopened).
+    db: RwLock<Option<Database>>,
+    /// Committed view of every partition.
+    partitions: RwLock<HashMap<PartitionId, SharedLog>>,
+    /// Set once a commit or write failed; the reason.
+    failure: Mutex<Option<String>>,
+    closed: AtomicBool,
+    commits: AtomicU64,
+    options: StoreOptions,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.inner.shared;
+        f.debug_struct("Store")
+            .field("partitions", &read_lock(&shared.partitions).len())
+            .field("commits", &shared.commits.load(Ordering::Relaxed))
+            .field("closed", &shared.closed.load(Ordering::Relaxed))
+            .field("failure", &*lock(&shared.failure))
+            .finish()
+    }
+}
+
+impl Shared {
+    fn begin_read(&self) -> Result<ReadTransaction> {
+        let db = read_lock(&self.db);
+        Ok(db.as_ref().ok_or(StorageError::Closed)?.begin_read()?)
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction, redb::Error> {
+        let db = read_lock(&self.db);
+        Ok(db
+            .as_ref()
+            .ok_or(redb::Error::DatabaseClosed)?
+            .begin_write()?)
+    }
+
+    /// Closes the database file, after the writer thread has stopped.
+    fn close(&self) {
+        write_lock(&self.db).take();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where the writer sends a command's result: a oneshot for async callers, a std channel for
+/// blocking ones (a oneshot's `blocking_recv` would panic when called on a runtime thread).
+enum Reply<T> {
+    Async(oneshot::Sender<Result<T>>),
+    Blocking(SyncSender<Result<T>>),
+}
+
+impl<T> Reply<T> {
+    fn send(self, result: Result<T>) {
+        // A caller that stopped waiting (dropped its future) is no error of ours.
+        match self {
+            Reply::Async(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Blocking(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+enum Command {
+    Append {
+        id: PartitionId,
+        batch: Vec<u8>,
+        leader_epoch: u32,
+        durability: sluice_proto::Durability,
+        reply: Reply<Appended>,
+    },
+    CreatePartition {
+        id: PartitionId,
+        reply: Reply<()>,
+    },
+    DeleteTopic {
+        topic_id: u64,
+        reply: Reply<()>,
+    },
+    Retention {
+        id: PartitionId,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+        now_ms: i64,
+        reply: Reply<RetentionOutcome>,
+    },
+    MetaAppend {
+        index: u64,
+        entry: Vec<u8>,
+        reply: Reply<()>,
+    },
+    MetaPut {
+        key: String,
+        value: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Flush {
+        reply: Reply<()>,
+    },
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+impl Command {
+    fn payload_len(&self) -> usize {
+        match self {
+            Command::Append { batch, .. } => batch.len(),
+            Command::MetaAppend { entry, .. } => entry.len(),
+            Command::MetaPut { value, .. } => value.len(),
+            _ => 0,
+        }
+    }
+
+    fn fail(self, err: impl Fn() -> StorageError) {
+        match self {
+            Command::Append { reply, .. } => reply.send(Err(err())),
+            Command::Retention { reply, .. } => reply.send(Err(err())),
+            Command::CreatePartition { reply, .. }
+            | Command::DeleteTopic { reply, .. }
+            | Command::MetaAppend { reply, .. }
+            | Command::MetaPut { reply, .. }
+            | Command::Flush { reply }
+            | Command::Shutdown { reply } => reply.send(Err(err())),
+        }
+    }
+}
+
+impl Store {
+    /// Opens or creates the redb file at `path` (e.g. `DATA_DIR/sluice.redb`), checks its format
+    /// version, rebuilds the in-memory index and starts the single writer thread.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store> {
+        let db = Database::create(path)?;
+        Self::start(db, &path.display().to_string(), options)
+    }
+
+    /// Like [`Store::open`], over any redb storage backend: an in-memory one for tests, or one
+    /// that injects faults.
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        options: StoreOptions,
+    ) -> Result<Store> {
+        let db = redb::Builder::new().create_with_backend(backend)?;
+        Self::start(db, "(custom backend)", options)
+    }
+
+    fn start(db: Database, location: &str, options: StoreOptions) -> Result<Store> {
+        tables::init(&db)?;
+        let partitions = tables::load_partitions(&db)?;
+        info!(location, partitions = partitions.len(), "storage opened");
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(db)),
+            partitions: RwLock::new(
+                partitions
+                    .into_iter()
+                    .map(|(id, log)| (id, Arc::new(Mutex::new(log))))
+                    .collect(),
+            ),
+            failure: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            options,
+        });
+        let (commands, rx) = mpsc::channel();
+        let writer_shared = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("sluice-storage-writer".into())
+            .spawn(move || Writer::new(writer_shared).run(rx))
+            .map_err(|e| StorageError::Redb(e.into()))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                shared,
+                commands,
+                writer: Mutex::new(Some(writer)),
+            }),
+        })
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        let shared = &self.inner.shared;
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        if let Some(reason) = &*lock(&shared.failure) {
+            return Err(StorageError::Failed(reason.clone()));
+        }
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.shared.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        self.inner
+            .commands
+            .send(command)
+            .map_err(|_| StorageError::Closed)
+    }
+
+    async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        self.check_writable()?;
+        let (tx, rx) = oneshot::channel();
+        self.send(make(Reply::Async(tx)))?;
+        rx.await.unwrap_or_else(|_| Err(writer_gone()))
+    }
+
+    fn submit_blocking<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        self.check_writable()?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(make(Reply::Blocking(tx)))?;
+        rx.recv().unwrap_or_else(|_| Err(writer_gone()))
+    }
+
+    /// Creates an empty partition (log start = log end = 0). Idempotent. Durable on return.
+    /// Blocks the calling thread for one commit.
+    pub fn create_partition(&self, id: PartitionId) -> Result<()> {
+        self.submit_blocking(|reply| Command::CreatePartition { id, reply })
+    }
+
+    /// Removes every batch and the state of every partition of the topic. Durable on return.
+    /// Blocks the calling thread for one commit.
+    pub fn delete_topic(&self, topic_id: u64) -> Result<()> {
+        self.submit_blocking(|reply| Command::DeleteTopic { topic_id, reply })
+    }
+
+    /// Appends one whole batch. Its base offset and leader epoch are set here; the rest is
+    /// stored as given. Appends queued together, from any partition, share one write
+    /// transaction and one commit. Resolves after that commit, which is durable when
+    /// `durability` is `Fsync`; with `IntervalMs(ms)` a durable commit follows within `ms`.
+    ///
+    /// Dropping the future after it was first polled does not cancel the append.
+    pub async fn append(
+        &self,
+        id: PartitionId,
+        batch: Vec<u8>,
+        leader_epoch: u32,
+        durability: sluice_proto::Durability,
+    ) -> Result<Appended> {
+        self.submit(|reply| Command::Append {
+            id,
+            batch,
+            leader_epoch,
+            durability,
+            reply,
+        })
+        .await
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, concatenated, up to
+    /// `max_bytes` but always at least one batch when one exists at or after `offset`.
+    /// `offset == log_end` gives empty bytes; an offset outside `[log_start, log_end]` gives
+    /// [`StorageError::OffsetOutOfRange`]. Every batch's CRC-32C is checked; a mismatch gives
+    /// [`StorageError::Corrupt`] and no data.
+    pub fn read(&self, id: PartitionId, offset: u64, max_bytes: u32) -> Result<ReadBatches> {
+        self.check_open()?;
+        // Bounds and batches come from one read transaction, so they always agree, whatever
+        // the writer commits meanwhile.
+        let txn = self.inner.shared.begin_read()?;
+        let (log_start, log_end) = txn
+            .open_table(PARTITIONS)?
+            .get((id.topic_id, id.partition))?
+            .ok_or(StorageError::UnknownPartition(id))?
+            .value();
+        if offset < log_start || offset > log_end {
+            return Err(StorageError::OffsetOutOfRange { log_start, log_end });
+        }
+        let mut out = BytesMut::new();
+        if offset < log_end {
+            let batches = txn.open_table(BATCHES)?;
+            let key = |base| (id.topic_id, id.partition, base);
+            let first = batches
+                .range(key(log_start)..=key(offset))?
+                .next_back()
+                .transpose()?
+                .map(|(k, _)| k.value().2);
+            let Some(first) = first else {
+                return Err(StorageError::Corrupt {
+                    id,
+                    base_offset: offset,
+                    reason: "no stored batch holds this offset".into(),
+                });
+            };
+            let mut expected = first;
+            for row in batches.range(key(first)..key(log_end))? {
+                let (k, v) = row?;
+                let base = k.value().2;
+                let bytes = v.value();
+                if !out.is_empty() && out.len() + bytes.len() > max_bytes as usize {
+                    break;
+                }
+                let header = check_stored_batch(id, base, bytes)?;
+                if base != expected || (base == first && header.next_offset() <= offset) {
+                    return Err(StorageError::Corrupt {
+                        id,
+                        base_offset: expected,
+                        reason: format!("batches are not dense: expected {expected}, got {base}"),
+                    });
+                }
+                expected = header.next_offset();
+                out.extend_from_slice(bytes);
+            }
+        }
+        Ok(ReadBatches {
+            bytes: out.freeze(),
+            log_start,
+            log_end,
+        })
+    }
+
+    /// The committed bounds and size of a partition; `None` if it does not exist.
+    pub fn partition_state(&self, id: PartitionId) -> Option<PartitionState> {
+        let log = read_lock(&self.inner.shared.partitions).get(&id)?.clone();
+        let state = lock(&log).state();
+        Some(state)
+    }
+
+    /// Every partition that exists, in order.
+    pub fn partitions(&self) -> Vec<PartitionId> {
+        let mut ids: Vec<_> = read_lock(&self.inner.shared.partitions)
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Base offset of the first batch whose largest timestamp is `>= ts_ms`; the log end if none.
+    pub fn offset_for_timestamp(&self, id: PartitionId, ts_ms: i64) -> Result<u64> {
+        self.check_open()?;
+        let log = read_lock(&self.inner.shared.partitions)
+            .get(&id)
+            .cloned()
+            .ok_or(StorageError::UnknownPartition(id))?;
+        let offset = lock(&log).offset_for_timestamp(ts_ms);
+        Ok(offset)
+    }
+
+    /// Removes whole batches from the front of the log: while the first one's largest timestamp
+    /// is older than `now_ms - retention_ms`, or the log is larger than `retention_bytes`.
+    /// The log start moves to the first remaining batch (the log end if none remain); the log
+    /// end never moves. Goes through the writer thread, like an append.
+    pub async fn apply_retention(
+        &self,
+        id: PartitionId,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+        now_ms: i64,
+    ) -> Result<RetentionOutcome> {
+        self.submit(|reply| Command::Retention {
+            id,
+            retention_ms,
+            retention_bytes,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Forces a durable commit of everything appended so far.
+    pub async fn flush(&self) -> Result<()> {
+        self.submit(|reply| Command::Flush { reply }).await
+    }
+
+    /// Drains the writer thread, makes a final durable commit and joins the thread. Every later
+    /// call (from any clone) fails with [`StorageError::Closed`].
+    pub fn shutdown(&self) -> Result<()> {
+        let shared = &self.inner.shared;
+        if shared.closed.swap(true, Ordering::AcqRel) {
+            return Err(StorageError::Closed);
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let result = match self.send(Command::Shutdown {
+            reply: Reply::Blocking(tx),
+        }) {
+            Ok(()) => rx.recv().unwrap_or_else(|_| Err(writer_gone())),
+            Err(err) => Err(err),
+        };
+        if let Some(handle) = lock(&self.inner.writer).take()
+            && handle.join().is_err()
+        {
+            error!("the storage writer thread panicked");
+        }
+        shared.close();
+        result
+    }
+
+    /// Appends `entry` to the metadata log at `index` (replacing an entry already there).
+    /// Durable on return.
+    pub fn meta_append(&self, index: u64, entry: &[u8]) -> Result<()> {
+        let entry = entry.to_vec();
+        self.submit_blocking(|reply| Command::MetaAppend {
+            index,
+            entry,
+            reply,
+        })
+    }
+
+    /// Every metadata log entry, in index order.
+    pub fn meta_entries(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.check_open()?;
+        let txn = self.inner.shared.begin_read()?;
+        let table = txn.open_table(META_LOG)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Sets a node-level fact. Durable on return.
+    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        let (key, value) = (key.to_owned(), value.to_vec());
+        self.submit_blocking(|reply| Command::MetaPut { key, value, reply })
+    }
+
+    /// Reads a node-level fact.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.check_open()?;
+        let txn = self.inner.shared.begin_read()?;
+        let table = txn.open_table(META_KV)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// How many write transactions the writer has committed since the store was opened.
+    pub fn commit_count(&self) -> u64 {
+        self.inner.shared.commits.load(Ordering::Relaxed)
+    }
+}
+
+fn writer_gone() -> StorageError {
+    StorageError::Failed("the storage writer thread stopped".into())
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: finish like `shutdown`, so the file is durable and unlocked
+        // (reopenable) once the drop returns.
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self
+            .commands
+            .send(Command::Shutdown {
+                reply: Reply::Blocking(tx),
+            })
+            .is_ok()
+        {
+            let _ = rx.recv();
+        }
+        if let Some(handle) = lock(&self.writer).take() {
+            let _ = handle.join();
+        }
+        self.shared.close();
+    }
+}
+
+/// Parses and checks one stored batch: header, length, CRC-32C, and the base offset it was
+/// stored under.
+fn check_stored_batch(id: PartitionId, base: u64, bytes: &[u8]) -> Result<BatchHeader> {
+    let corrupt = |reason: String| StorageError::Corrupt {
+        id,
+        base_offset: base,
+        reason,
+    };
+    let header = BatchHeader::parse(bytes).map_err(|e| corrupt(e.to_string()))?;
+    header
+        .verify_crc(bytes)
+        .map_err(|e| corrupt(e.to_string()))?;
+    if header.base_offset != base {
+        return Err(corrupt(format!(
+            "stored under offset {base} but its header says {}",
+            header.base_offset
+        )));
+    }
+    Ok(header)
+}
+
+/// The single writer: owns all writes to the database.
+struct Writer {
+    shared: Arc<Shared>,
+    /// When the last non-durable commit must be made durable by.
+    sync_deadline: Option<Instant>,
+}
+
+/// A reply to send once the group's transaction committed.
+enum Waiter {
+    Appended(Reply<Appended>, Appended),
+    Retention(Reply<RetentionOutcome>, RetentionOutcome),
+    Done(Reply<()>),
+}
+
+impl Waiter {
+    fn succeed(self) {
+        match self {
+            Waiter::Appended(reply, appended) => reply.send(Ok(appended)),
+            Waiter::Retention(reply, outcome) => reply.send(Ok(outcome)),
+            Waiter::Done(reply) => reply.send(Ok(())),
+        }
+    }
+
+    fn fail(self, reason: &str) {
+        let err = || StorageError::Failed(reason.to_owned());
+        match self {
+            Waiter::Appended(reply, _) => reply.send(Err(err())),
+            Waiter::Retention(reply, _) => reply.send(Err(err())),
+            Waiter::Done(reply) => reply.send(Err(err())),
+        }
+    }
+}
+
+/// The changes of one group, staged until its transaction commits.
+#[derive(Default)]
+struct Group {
+    waiters: Vec<Waiter>,
+    /// Partitions with staged appends or retention, whose bounds row must be rewritten.
+    touched: HashMap<PartitionId, SharedLog>,
+    /// Every log with staged changes, to abort if the transaction fails.
+    staged: Vec<SharedLog>,
+    /// Partitions created in this group, published after the commit.
+    created: HashMap<PartitionId, SharedLog>,
+    /// Topics deleted in this group, dropped from memory after the commit.
+    deleted_topics: HashSet<u64>,
+    /// A durable commit is needed (fsync append, create, delete, metadata, flush, shutdown).
+    durable: bool,
+    /// Shortest sync interval asked for by a non-durable append.
+    interval: Option<Duration>,
+    appends: usize,
+    shutdown: bool,
+}
+
+/// The tables a group writes to, open for the length of its transaction.
+struct GroupTables<'t> {
+    batches: Table<'t, BatchKey, &'static [u8]>,
+    index: Table<'t, BatchKey, (u64, i64, u32)>,
+    partitions: Table<'t, (u64, u32), (u64, u64)>,
+    meta_log: Table<'t, u64, &'static [u8]>,
+    meta_kv: Table<'t, &'static str, &'static [u8]>,
+}
+
+impl<'t> GroupTables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(GroupTables {
+            batches: txn.open_table(BATCHES)?,
+            index: txn.open_table(BATCH_INDEX)?,
+            partitions: txn.open_table(PARTITIONS)?,
+            meta_log: txn.open_table(META_LOG)?,
+            meta_kv: txn.open_table(META_KV)?,
+        })
+    }
+}
+
+impl Writer {
+    fn new(shared: Arc<Shared>) -> Self {
+        Writer {
+            shared,
+            sync_deadline: None,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Command>) {
+        let _span = tracing::info_span!("storage_writer").entered();
+        loop {
+            let first = match self.sync_deadline {
+                Some(deadline) => {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(command) => command,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.sync();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(command) => command,
+                    Err(_) => break,
+                },
+            };
+            let options = &self.shared.options;
+            let mut bytes = first.payload_len();
+            let mut commands = vec![first];
+            while !matches!(commands.last(), Some(Command::Shutdown { .. }))
+                && commands.len() < options.max_group_batches.max(1)
+                && bytes < options.max_group_bytes
+            {
+                match rx.try_recv() {
+                    Ok(command) => {
+                        bytes += command.payload_len();
+                        commands.push(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.run_group(commands) {
+                // Shut down: whatever was queued behind the shutdown is refused.
+                while let Ok(command) = rx.try_recv() {
+                    command.fail(|| StorageError::Closed);
+                }
+                debug!("storage writer stopped");
+                return;
+            }
+        }
+        // Every handle is gone without a shutdown (the handles' Drop normally sends one).
+        if self.sync_deadline.is_some() {
+            self.sync();
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        lock(&self.shared.failure).clone()
+    }
+
+    fn fail_store(&self, reason: &str) {
+        let mut failure = lock(&self.shared.failure);
+        if failure.is_none() {
+            *failure = Some(reason.to_owned());
+        }
+    }
+
+    /// Makes every earlier non-durable commit durable, with an empty durable commit.
+    fn sync(&mut self) {
+        self.sync_deadline = None;
+        if self.failure().is_some() {
+            return;
+        }
+        let result = (|| -> Result<(), redb::Error> {
+            let mut txn = self.shared.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                trace!("interval sync committed");
+            }
+            Err(err) => {
+                error!(cause = %err, "storage sync failed; refusing further writes");
+                self.fail_store(&format!("sync failed: {err}"));
+            }
+        }
+    }
+
+    /// Runs one group in one write transaction and answers every command. Returns whether the
+    /// group held a shutdown.
+    fn run_group(&mut self, commands: Vec<Command>) -> bool {
+        let shutdown = commands
+            .iter()
+            .any(|c| matches!(c, Command::Shutdown { .. }));
+        if let Some(reason) = self.failure() {
+            for command in commands {
+                command.fail(|| StorageError::Failed(reason.clone()));
+            }
+            return shutdown;
+        }
+        let count = commands.len();
+        let started = Instant::now();
+        let mut group = Group {
+            durable: self.sync_deadline.is_some_and(|d| started >= d),
+            ..Group::default()
+        };
+        let mut pending = commands.into_iter();
+        let result = self.stage_and_commit(&mut pending, &mut group);
+        match result {
+            Ok(()) => {
+                self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                self.publish(&group);
+                if group.durable {
+                    self.sync_deadline = None;
+                } else if let Some(interval) = group.interval {
+                    let due = started + interval.min(MAX_SYNC_INTERVAL);
+                    self.sync_deadline = Some(self.sync_deadline.map_or(due, |d| d.min(due)));
+                }
+                trace!(
+                    commands = count,
+                    appends = group.appends,
+                    durable = group.durable,
+                    micros = started.elapsed().as_micros() as u64,
+                    "group committed"
+                );
+                for waiter in group.waiters {
+                    waiter.succeed();
+                }
+            }
+            Err(err) => {
+                error!(cause = %err, commands = count, "storage write failed; refusing further writes");
+                let reason = format!("write transaction failed: {err}");
+                self.fail_store(&reason);
+                for log in &group.staged {
+                    lock(log).abort_staged();
+                }
+                for waiter in group.waiters {
+                    waiter.fail(&reason);
+                }
+                for command in pending {
+                    command.fail(|| StorageError::Failed(reason.clone()));
+                }
+            }
+        }
+        group.shutdown
+    }
+
+    fn stage_and_commit(
+        &self,
+        commands: &mut std::vec::IntoIter<Command>,
+        group: &mut Group,
+    ) -> Result<(), redb::Error> {
+        let mut txn = self.shared.begin_write()?;
+        {
+            let mut tables = GroupTables::open(&txn)?;
+            for command in commands.by_ref() {
+                self.stage(command, &mut tables, group)?;
+            }
+            for (id, log) in &group.touched {
+                let state = lock(log).staged_state();
+                tables.partitions.insert(
+                    (id.topic_id, id.partition),
+                    (state.log_start, state.log_end),
+                )?;
+            }
+        }
+        txn.set_durability(if group.durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The partition as this group sees it: created or deleted in the group, or committed.
+    fn lookup(&self, group: &Group, id: PartitionId) -> Option<SharedLog> {
+        if let Some(log) = group.created.get(&id) {
+            return Some(log.clone());
+        }
+        if group.deleted_topics.contains(&id.topic_id) {
+            return None;
+        }
+        read_lock(&self.shared.partitions).get(&id).cloned()
+    }
+
+    /// Stages one command into the group's transaction. Errors of the command alone (unknown
+    /// partition, invalid batch) are answered at once; a redb error fails the whole group.
+    fn stage(
+        &self,
+        command: Command,
+        tables: &mut GroupTables<'_>,
+        group: &mut Group,
+    ) -> Result<(), redb::Error> {
+        match command {
+            Command::Append {
+                id,
+                mut batch,
+                leader_epoch,
+                durability,
+                reply,
+            } => {
+                let Some(log) = self.lookup(group, id) else {
+                    reply.send(Err(StorageError::UnknownPartition(id)));
+                    return Ok(());
+                };
+                let header = match BatchHeader::parse(&batch) {
+                    Ok(header) if header.batch_len as usize == batch.len() => header,
+                    Ok(header) => {
+                        reply.send(Err(StorageError::InvalidBatch(format!(
+                            "header says {} bytes, got {}",
+                            header.batch_len,
+                            batch.len()
+                        ))));
+                        return Ok(());
+                    }
+                    Err(err) => {
+                        reply.send(Err(StorageError::InvalidBatch(err.to_string())));
+                        return Ok(());
+                    }
+                };
+                let (base, state) = {
+                    let mut log = lock(&log);
+                    let base = log.stage_append(
+                        header.record_count,
+                        header.max_timestamp,
+                        header.batch_len,
+                    );
+                    (base, log.staged_state())
+                };
+                group.staged.push(log.clone());
+                group.touched.insert(id, log);
+                batch::assign_offset(&mut batch, base, leader_epoch);
+                let key = (id.topic_id, id.partition, base);
+                tables.batches.insert(key, batch.as_slice())?;
+                tables
+                    .index
+                    .insert(key, (state.log_end, header.max_timestamp, header.batch_len))?;
+                match durability {
+                    sluice_proto::Durability::Fsync => group.durable = true,
+                    sluice_proto::Durability::IntervalMs(ms) => {
+                        let ms = Duration::from_millis(ms);
+                        group.interval = Some(group.interval.map_or(ms, |i| i.min(ms)));
+                    }
+                }
+                group.appends += 1;
+                group.waiters.push(Waiter::Appended(
+                    reply,
+                    Appended {
+                        base_offset: base,
+                        log_start: state.log_start,
+                        log_end: state.log_end,
+                    },
+                ));
+            }
+            Command::CreatePartition { id, reply } => {
+                group.durable = true;
+                if self.lookup(group, id).is_none() {
+                    tables
+                        .partitions
+                        .insert((id.topic_id, id.partition), (0, 0))?;
+                    group.created.insert(id, SharedLog::default());
+                    debug!(partition = %id, "partition created");
+                }
+                group.waiters.push(Waiter::Done(reply));
+            }
+            Command::DeleteTopic { topic_id, reply } => {
+                group.durable = true;
+                let topic = (topic_id, 0, 0)..=(topic_id, u32::MAX, u64::MAX);
+                tables.batches.retain_in(topic.clone(), |_, _| false)?;
+                tables.index.retain_in(topic, |_, _| false)?;
+                tables
+                    .partitions
+                    .retain_in((topic_id, 0)..=(topic_id, u32::MAX), |_, _| false)?;
+                group.deleted_topics.insert(topic_id);
+                group.created.retain(|id, _| id.topic_id != topic_id);
+                group.touched.retain(|id, _| id.topic_id != topic_id);
+                debug!(topic_id, "topic deleted");
+                group.waiters.push(Waiter::Done(reply));
+            }
+            Command::Retention {
+                id,
+                retention_ms,
+                retention_bytes,
+                now_ms,
+                reply,
+            } => {
+                let Some(log) = self.lookup(group, id) else {
+                    reply.send(Err(StorageError::UnknownPartition(id)));
+                    return Ok(());
+                };
+                let plan = lock(&log).stage_retention(retention_ms, retention_bytes, now_ms);
+                if plan.removed_batches > 0 {
+                    let removed = (id.topic_id, id.partition, plan.from)
+                        ..(id.topic_id, id.partition, plan.to);
+                    tables.batches.retain_in(removed.clone(), |_, _| false)?;
+                    tables.index.retain_in(removed, |_, _| false)?;
+                    group.staged.push(log.clone());
+                    group.touched.insert(id, log);
+                    debug!(partition = %id, batches = plan.removed_batches,
+                           bytes = plan.removed_bytes, log_start = plan.to, "retention");
+                } else {
+                    trace!(partition = %id, "retention removed nothing");
+                }
+                // Not durable on purpose: a retention lost in a crash is simply redone.
+                group.waiters.push(Waiter::Retention(
+                    reply,
+                    RetentionOutcome {
+                        removed_batches: plan.removed_batches,
+                        removed_bytes: plan.removed_bytes,
+                        log_start: plan.to,
+                    },
+                ));
+            }
+            Command::MetaAppend {
+                index,
+                entry,
+                reply,
+            } => {
+                group.durable = true;
+                tables.meta_log.insert(index, entry.as_slice())?;
+                group.waiters.push(Waiter::Done(reply));
+            }
+            Command::MetaPut { key, value, reply } => {
+                group.durable = true;
+                tables.meta_kv.insert(key.as_str(), value.as_slice())?;
+                group.waiters.push(Waiter::Done(reply));
+            }
+            Command::Flush { reply } => {
+                group.durable = true;
+                group.waiters.push(Waiter::Done(reply));
+            }
+            Command::Shutdown { reply } => {
+                group.durable = true;
+                group.shutdown = true;
+                group.waiters.push(Waiter::Done(reply));
+            }
+        }
+        Ok(())
+    }
+
+    /// After the commit: readers may now see the group's changes.
+    fn publish(&self, group: &Group) {
+        for log in group.touched.values() {
+            lock(log).commit_staged();
+        }
+        if group.created.is_empty() && group.deleted_topics.is_empty() {
+            return;
+        }
+        let mut partitions = write_lock(&self.shared.partitions);
+        partitions.retain(|id, _| !group.deleted_topics.contains(&id.topic_id));
+        for (id, log) in &group.created {
+            lock(log).commit_staged();
+            partitions.insert(*id, log.clone());
+        }
+    }
+}
