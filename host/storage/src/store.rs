@@ -355,11 +355,20 @@ impl Store {
                     break;
                 }
                 let header = check_stored_batch(id, base, bytes)?;
-                if base != expected || (base == first && header.next_offset() <= offset) {
+                let gap = if base != expected {
+                    Some(format!(
+                        "batches are not dense: expected {expected}, got {base}"
+                    ))
+                } else if header.next_offset() <= offset {
+                    Some(format!("the batch at {base} ends before offset {offset}"))
+                } else {
+                    None
+                };
+                if let Some(reason) = gap {
                     return Err(StorageError::Corrupt {
                         id,
                         base_offset: expected,
-                        reason: format!("batches are not dense: expected {expected}, got {base}"),
+                        reason,
                     });
                 }
                 expected = header.next_offset();
