@@ -1,6 +1,7 @@
 //! The connection to a broker: one QUIC connection shared by everything made from a [`Client`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,6 +71,8 @@ struct ClientInner {
     live: Mutex<Live>,
     /// Serialises reconnects so that a burst of failing requests opens one connection, not many.
     reconnecting: tokio::sync::Mutex<()>,
+    /// Set by [`Client::close`]: no reconnecting after that.
+    closed: AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +111,7 @@ impl Client {
                 config,
                 live: Mutex::new(live),
                 reconnecting: tokio::sync::Mutex::new(()),
+                closed: AtomicBool::new(false),
             }),
         })
     }
@@ -201,8 +205,10 @@ impl Client {
         self.inner.broker_max_frame
     }
 
-    /// Closes the connection; outstanding requests fail with a connection error.
+    /// Closes the connection for every clone; outstanding requests fail with a connection
+    /// error and later ones with [`ClientError::Closed`].
     pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Relaxed);
         let live = self.inner.live.lock().unwrap().clone();
         live.connection.close(0u32.into(), b"client closed");
     }
@@ -216,6 +222,9 @@ impl Client {
     pub(crate) async fn connection(&self) -> Result<quinn::Connection, ClientError> {
         if let Some(c) = self.current_if_open() {
             return Ok(c);
+        }
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(ClientError::Closed);
         }
         let _guard = self.inner.reconnecting.lock().await;
         if let Some(c) = self.current_if_open() {
