@@ -587,3 +587,30 @@ async fn reconnects_after_the_broker_drops_the_connection() {
     let err = timeout(client.metadata(None)).await.unwrap_err();
     assert!(matches!(err, ClientError::Closed), "{err:?}");
 }
+
+#[tokio::test]
+async fn send_waits_for_buffer_room() {
+    let broker = FakeBroker::start();
+    broker.state.lock().unwrap().fail_produces = 3;
+    let client = broker.client().await;
+    let producer = client.producer(ProducerConfig {
+        // Room for one small record: the second waits until the first is delivered.
+        buffer_memory: 30,
+        retry_backoff: Duration::from_millis(200),
+        ..ProducerConfig::default()
+    });
+    let first = timeout(producer.send(ProducerRecord::new(TOPIC, "a").with_partition(0)))
+        .await
+        .unwrap();
+    let second = producer.send(ProducerRecord::new(TOPIC, "b").with_partition(0));
+    tokio::pin!(second);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(150), &mut second)
+            .await
+            .is_err(),
+        "the buffer is full: send must wait"
+    );
+    let second = timeout(second).await.unwrap();
+    assert_eq!(timeout(first).await.unwrap().offset, 0);
+    assert_eq!(timeout(second).await.unwrap().offset, 1);
+}
