@@ -1,1 +1,295 @@
-//! placeholder
+//! Harness for cluster-level tests: real `sluice` broker processes on loopback, real QUIC,
+//! real redb in temporary directories, faults injected with signals.
+//!
+//! The tests in `tests/tests/` drive the brokers through the Rust SDK and through the `sluice`
+//! binary itself, exactly as users do.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_client::{Client, ClientConfig, TlsConfig};
+
+/// Path of the `sluice` binary built by this workspace. `cargo test --workspace` builds it
+/// before any test runs (the `sluice-cli` package has integration tests). `SLUICE_BIN`
+/// overrides it.
+pub fn sluice_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/sluice
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = profile_dir.join(format!("sluice{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (which builds it) or set SLUICE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A broker process with its own data directory.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub addr: SocketAddr,
+    config: String,
+}
+
+/// Config used by tests unless they say otherwise: retention checked often.
+pub const TEST_CONFIG: &str = "retention_check_interval_ms = 200\n";
+
+impl BrokerProcess {
+    /// Starts a broker on a free loopback port with `config` (TOML) and waits until it serves.
+    pub fn start(data_dir: &Path, config: &str) -> BrokerProcess {
+        Self::start_at(data_dir, config, "127.0.0.1:0".parse().expect("addr"))
+    }
+
+    /// Starts a broker listening on `listen` (port 0 picks a free one).
+    pub fn start_at(data_dir: &Path, config: &str, listen: SocketAddr) -> BrokerProcess {
+        std::fs::create_dir_all(data_dir).expect("create data dir");
+        let config_path = data_dir.join("test-config.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let addr_file = data_dir.join("broker.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("broker.log"))
+            .expect("broker log");
+        let child = Command::new(sluice_bin())
+            .arg("broker")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice broker");
+        let mut broker = BrokerProcess {
+            child: Some(child),
+            data_dir: data_dir.to_owned(),
+            addr: listen,
+            config: config.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(addr) = std::fs::read_to_string(&addr_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                broker.addr = addr;
+                break;
+            }
+            if let Some(status) = broker
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "broker exited with {status} before listening; log:\n{}",
+                    broker.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not start within 60 s; log:\n{}",
+                broker.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker
+    }
+
+    /// Restarts a stopped broker on the same address and data.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "restart a broker only after it stopped"
+        );
+        let (dir, config, addr) = (self.data_dir.clone(), self.config.clone(), self.addr);
+        *self = BrokerProcess::start_at(&dir, &config, addr);
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("broker.log")).unwrap_or_default()
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.data_dir.join("tls").join("ca.pem")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A connected SDK client that verifies the broker with its dev CA.
+    pub async fn client(&self) -> Client {
+        let config = ClientConfig::new(self.addr.to_string(), TlsConfig::CaFile(self.ca_path()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(config.clone()).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("connect retry: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot connect to the broker: {e}; log:\n{}", self.log()),
+            }
+        }
+    }
+
+    /// The `sluice` CLI pointed at this broker.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(sluice_bin());
+        c.arg("--broker")
+            .arg(self.addr.to_string())
+            .arg("--tls-ca")
+            .arg(self.ca_path());
+        c.env_remove("SLUICE_BROKER").env_remove("SLUICE_TLS_CA");
+        c
+    }
+
+    /// Runs the CLI with `args` and `stdin`, bounded in time.
+    pub fn run_cli(&self, args: &[&str], stdin: &[u8]) -> Output {
+        run_bounded(self.cli().args(args), stdin, Duration::from_secs(120))
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs a command with `stdin`, killing it if it outlives `limit`.
+pub fn run_bounded(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(limit).is_err() {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    });
+    let out = child.wait_with_output().expect("wait for command");
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    let _ = writer.join();
+    out
+}
+
+/// Text of a command's stdout and stderr, for assertion messages.
+pub fn describe_output(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A raw QUIC connection to the broker, for tests that send hand-made (and malformed) frames.
+pub async fn raw_connection(addr: SocketAddr, ca_pem: &Path) -> quinn::Connection {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca_pem).expect("read CA");
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.expect("CA cert")).expect("add CA");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![sluice_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    endpoint
+        .connect(addr, "127.0.0.1")
+        .expect("connect")
+        .await
+        .expect("handshake")
+}
+
+/// Sends one frame on a new stream of `conn` and reads one response frame back.
+pub async fn raw_exchange(
+    conn: &quinn::Connection,
+    frame: &[u8],
+) -> Option<sluice_proto::Response> {
+    let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
+    send.write_all(frame).await.expect("write frame");
+    let _ = send.finish();
+    let body = sluice_proto::frame::read_frame(&mut recv, 1 << 24)
+        .await
+        .ok()??;
+    let (resp, _raw) = sluice_proto::frame::decode_body::<sluice_proto::Response>(body).ok()?;
+    Some(resp)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}

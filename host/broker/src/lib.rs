@@ -1,1 +1,266 @@
-//! placeholder
+//! The Sluice broker: a QUIC endpoint in front of redb-backed partition logs and a metadata
+//! controller.
+//!
+//! Requests enter through [`server`] (one task per connection, one per stream), are dispatched
+//! by [`handler`], and reach the partition logs in `sluice-storage` and the metadata state
+//! machine in `sluice-metadata` through [`controller::MetadataController`]. Responses leave the
+//! way requests came, in request order per stream.
+
+pub mod config;
+pub mod controller;
+mod handler;
+mod retention;
+mod server;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sluice_metadata::MetadataCommand;
+use sluice_storage::{PartitionId, Store, StoreOptions};
+use tokio::sync::{Notify, watch};
+
+pub use config::BrokerConfig;
+use controller::MetadataController;
+
+/// Errors that stop a broker from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The configuration is invalid; the message names the setting.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Certificates or keys could not be created or loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The store could not be opened or failed.
+    #[error("storage: {0}")]
+    Storage(#[from] sluice_storage::StorageError),
+    /// The metadata log could not be read.
+    #[error("metadata: {0}")]
+    Metadata(String),
+    /// The endpoint could not bind or failed.
+    #[error("network: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Per-partition state that lives only in memory.
+#[derive(Debug)]
+struct PartitionRuntime {
+    /// Offset below which records are committed and visible. On a single node every appended
+    /// batch is committed once the store has committed it; with replication the leader moves
+    /// it to the minimum log end over the in-sync set.
+    high_watermark: watch::Sender<u64>,
+}
+
+/// Shared state of a running broker.
+#[derive(Debug)]
+pub(crate) struct Broker {
+    config: BrokerConfig,
+    node_id: u32,
+    cluster_id: String,
+    store: Store,
+    controller: MetadataController,
+    partitions: RwLock<HashMap<PartitionId, Arc<PartitionRuntime>>>,
+    shutting_down: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// A running broker. Dropping it does not stop it; call [`BrokerHandle::shutdown`].
+#[derive(Debug)]
+pub struct BrokerHandle {
+    broker: Arc<Broker>,
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    accept_task: tokio::task::JoinHandle<()>,
+    retention_task: tokio::task::JoinHandle<()>,
+}
+
+impl BrokerHandle {
+    /// The address the QUIC endpoint is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (up to the configured
+    /// timeout), closes the store cleanly and closes the endpoint.
+    pub async fn shutdown(self) -> Result<(), BrokerError> {
+        tracing::info!("shutting down: no new requests, finishing in-flight ones");
+        self.broker.shutting_down.store(true, Ordering::SeqCst);
+        self.endpoint.set_server_config(None);
+        self.accept_task.abort();
+        self.retention_task.abort();
+        let timeout = Duration::from_millis(self.broker.config.shutdown_timeout_ms);
+        let drained = tokio::time::timeout(timeout, async {
+            loop {
+                let notified = self.broker.idle.notified();
+                if self.broker.in_flight.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("in-flight requests still running after {timeout:?}; closing anyway");
+        }
+        let store = self.broker.store.clone();
+        tokio::task::spawn_blocking(move || store.shutdown())
+            .await
+            .map_err(|e| BrokerError::Metadata(format!("store shutdown task: {e}")))??;
+        self.endpoint.close(0u32.into(), b"broker shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        tracing::info!("broker stopped; store closed cleanly");
+        Ok(())
+    }
+}
+
+/// Starts a broker: opens the store, replays the metadata log, registers this node and
+/// starts serving QUIC. Must be called inside a tokio runtime.
+pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        BrokerError::Config(format!(
+            "cannot create data dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let (certs, key) = tls::server_identity(&config)?;
+    let server_config = tls::quic_server_config(certs, key)?;
+
+    let store_path = config.data_dir.join("sluice.redb");
+    let store =
+        tokio::task::spawn_blocking(move || Store::open(&store_path, StoreOptions::default()))
+            .await
+            .map_err(|e| BrokerError::Metadata(format!("store open task: {e}")))??;
+    let cluster_id = match store.meta_get("cluster_id")? {
+        Some(id) => String::from_utf8_lossy(&id).into_owned(),
+        None => {
+            let id = new_cluster_id();
+            store.meta_put("cluster_id", id.as_bytes())?;
+            id
+        }
+    };
+    let controller = MetadataController::open(store.clone())?;
+
+    let endpoint = quinn::Endpoint::server(server_config, config.listen)?;
+    let local_addr = endpoint.local_addr()?;
+    // Tools and tests that start a broker on port 0 learn its address from this file.
+    let addr_file = config.data_dir.join("broker.addr");
+    let tmp = config.data_dir.join("broker.addr.tmp");
+    std::fs::write(&tmp, local_addr.to_string()).and_then(|_| std::fs::rename(&tmp, &addr_file))?;
+    let advertised = config.advertised(local_addr);
+    let node_id = config.node_id;
+    let registered = controller.read(|s| s.broker(node_id).map(|b| b.addr.clone()));
+    if registered.as_deref() != Some(advertised.as_str()) {
+        controller
+            .propose(MetadataCommand::RegisterBroker {
+                node_id,
+                addr: advertised.clone(),
+            })
+            .map_err(|e| BrokerError::Metadata(e.to_string()))?;
+    }
+    // A crash between a topic's metadata entry and its partitions' creation in the store
+    // leaves partitions missing; creating them again is idempotent.
+    let expected: Vec<PartitionId> = controller.read(|s| {
+        s.topics()
+            .flat_map(|t| {
+                (0..t.partitions.len() as u32).map(move |partition| PartitionId {
+                    topic_id: t.topic_id,
+                    partition,
+                })
+            })
+            .collect()
+    });
+    for id in expected {
+        if store.partition_state(id).is_none() {
+            store.create_partition(id)?;
+        }
+    }
+
+    let broker = Arc::new(Broker {
+        config,
+        node_id,
+        cluster_id,
+        store,
+        controller,
+        partitions: RwLock::new(HashMap::new()),
+        shutting_down: AtomicBool::new(false),
+        in_flight: AtomicUsize::new(0),
+        idle: Notify::new(),
+    });
+    tracing::info!(node_id, addr = %local_addr, cluster_id = %broker.cluster_id, "broker listening (QUIC, ALPN sluice/1)");
+    let accept_task = tokio::spawn(server::accept_loop(broker.clone(), endpoint.clone()));
+    let retention_task = tokio::spawn(retention::run(broker.clone()));
+    Ok(BrokerHandle {
+        broker,
+        endpoint,
+        local_addr,
+        accept_task,
+        retention_task,
+    })
+}
+
+fn new_cluster_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness; two of them give 128 random bits.
+    let a = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(a);
+    format!("{:016x}{:016x}", a, h.finish())
+}
+
+impl Broker {
+    /// The in-memory runtime of a partition, created on first use from the store's state.
+    fn runtime(&self, id: PartitionId) -> Arc<PartitionRuntime> {
+        if let Some(rt) = self
+            .partitions
+            .read()
+            .expect("partitions lock poisoned")
+            .get(&id)
+        {
+            return rt.clone();
+        }
+        let log_end = self.store.partition_state(id).map_or(0, |s| s.log_end);
+        self.partitions
+            .write()
+            .expect("partitions lock poisoned")
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(PartitionRuntime {
+                    high_watermark: watch::channel(log_end).0,
+                })
+            })
+            .clone()
+    }
+
+    fn forget_topic(&self, topic_id: u64) {
+        self.partitions
+            .write()
+            .expect("partitions lock poisoned")
+            .retain(|id, _| id.topic_id != topic_id);
+    }
+}
+
+/// Counts a request as in flight until dropped, so shutdown can wait for it.
+struct InFlight(Arc<Broker>);
+
+impl InFlight {
+    fn new(broker: &Arc<Broker>) -> Self {
+        broker.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(broker.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}

@@ -489,7 +489,7 @@ mod tests {
 
     #[test]
     fn replaying_the_log_reaches_the_same_state() {
-        let cmds = vec![
+        let cmds = [
             MetadataCommand::RegisterBroker {
                 node_id: 1,
                 addr: "a:1".into(),

@@ -264,10 +264,23 @@ impl Store {
     }
 
     async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        Self::outcome(self.enqueue(make)).await
+    }
+
+    /// Queues a command for the writer now, before any await, so commands queued by one
+    /// caller keep their order.
+    fn enqueue<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<oneshot::Receiver<Result<T>>> {
         self.check_writable()?;
         let (tx, rx) = oneshot::channel();
         self.send(make(Reply::Async(tx)))?;
-        rx.await.unwrap_or_else(|_| Err(writer_gone()))
+        Ok(rx)
+    }
+
+    async fn outcome<T>(queued: Result<oneshot::Receiver<Result<T>>>) -> Result<T> {
+        queued?.await.unwrap_or_else(|_| Err(writer_gone()))
     }
 
     fn submit_blocking<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
@@ -294,22 +307,23 @@ impl Store {
     /// transaction and one commit. Resolves after that commit, which is durable when
     /// `durability` is `Fsync`; with `IntervalMs(ms)` a durable commit follows within `ms`.
     ///
-    /// Dropping the future after it was first polled does not cancel the append.
-    pub async fn append(
+    /// The append is queued when this is called; dropping the future does not cancel it.
+    pub fn append(
         &self,
         id: PartitionId,
         batch: Vec<u8>,
         leader_epoch: u32,
         durability: sluice_proto::Durability,
-    ) -> Result<Appended> {
-        self.submit(|reply| Command::Append {
+    ) -> impl Future<Output = Result<Appended>> + Send + 'static {
+        // Queued when called, not when first polled: the broker calls `append` in the order
+        // requests arrive on a stream, and that order must be the order of offsets.
+        Self::outcome(self.enqueue(|reply| Command::Append {
             id,
             batch,
             leader_epoch,
             durability,
             reply,
-        })
-        .await
+        }))
     }
 
     /// Reads whole batches starting with the one that holds `offset`, concatenated, up to

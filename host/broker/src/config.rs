@@ -1,0 +1,128 @@
+//! Broker configuration: a TOML file, overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::BrokerError;
+
+/// Port a broker listens on unless told otherwise (UDP, QUIC).
+pub const DEFAULT_PORT: u16 = 9470;
+
+/// Everything a broker needs to start. Every field has a default, so an empty file (or none)
+/// runs a single-node dev broker on loopback.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// This node's id in the cluster.
+    pub node_id: u32,
+    /// Where the store, the metadata log and the dev TLS material live.
+    pub data_dir: PathBuf,
+    /// UDP address the QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// Address clients are told to reach this node at; defaults to `listen`.
+    pub advertised_addr: Option<String>,
+    pub tls: TlsSettings,
+    /// Largest frame accepted from a client.
+    pub max_frame_bytes: usize,
+    /// Largest record batch accepted, unless a topic sets a smaller one.
+    pub max_batch_bytes: u32,
+    /// How often retention runs.
+    pub retention_check_interval_ms: u64,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// TLS material. With neither `cert` nor `key` set, the broker creates a dev CA and a server
+/// certificate under `DATA_DIR/tls/` on first start and reuses them afterwards.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain for the server.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+    /// Extra DNS names or IP addresses for the dev certificate.
+    pub extra_names: Vec<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 1,
+            data_dir: PathBuf::from("sluice-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            advertised_addr: None,
+            tls: TlsSettings::default(),
+            max_frame_bytes: sluice_proto::frame::DEFAULT_MAX_FRAME,
+            max_batch_bytes: 8 * 1024 * 1024,
+            retention_check_interval_ms: 5_000,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Reads a TOML config file. Unknown keys are refused so typos do not pass silently.
+    pub fn load(path: &Path) -> Result<Self, BrokerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BrokerError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let config: BrokerConfig = toml::from_str(&text)
+            .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let bad = |m: String| Err(BrokerError::Config(m));
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert and tls.key must be given together".into());
+        }
+        if self.max_frame_bytes < 64 * 1024 {
+            return bad(format!(
+                "max_frame_bytes = {} is below the minimum of 65536",
+                self.max_frame_bytes
+            ));
+        }
+        if self.max_batch_bytes as usize + 64 * 1024 > self.max_frame_bytes {
+            return bad(format!(
+                "max_batch_bytes = {} does not fit in max_frame_bytes = {} (leave 64 KiB for the control message)",
+                self.max_batch_bytes, self.max_frame_bytes
+            ));
+        }
+        if self.retention_check_interval_ms == 0 {
+            return bad("retention_check_interval_ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        self.advertised_addr
+            .clone()
+            .unwrap_or_else(|| bound.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c: BrokerConfig = toml::from_str("").unwrap();
+        assert_eq!(c.listen.port(), DEFAULT_PORT);
+        assert_eq!(c.node_id, 1);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn typos_and_nonsense_are_refused() {
+        assert!(toml::from_str::<BrokerConfig>("lisen = \"127.0.0.1:1\"").is_err());
+        let c: BrokerConfig = toml::from_str("max_batch_bytes = 99999999").unwrap();
+        assert!(c.validate().is_err());
+        let c: BrokerConfig = toml::from_str("[tls]\ncert = \"a.pem\"").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,620 @@
+//! Request handling: what the broker does for each request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use sluice_metadata::{MetadataCommand, MetadataError, TopicRecord};
+use sluice_proto::batch::{self, BatchHeader};
+use sluice_proto::{
+    Acks, BrokerInfo, CreateTopicRequest, ErrorCode, FetchRequest, FetchResponse, FetchedPartition,
+    HelloRequest, HelloResponse, ListOffsetsRequest, MetadataResponse, OffsetSpec,
+    PartitionDescription, PartitionMetadata, PartitionOffset, ProduceRequest, ProduceResponse,
+    Request, Response, ResponseBody, TopicConfig, TopicDescription, TopicMetadata, WireError,
+};
+use sluice_storage::{PartitionId, StorageError};
+
+use crate::Broker;
+use crate::controller::ProposeError;
+use crate::retention::now_ms;
+use crate::server::Session;
+
+/// What goes back on the stream for one request.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Frame(Response, Bytes),
+    /// Nothing: `acks=0` produce requests get no response.
+    None,
+}
+
+impl Reply {
+    fn ok(body: ResponseBody) -> Reply {
+        Reply::Frame(Ok(body), Bytes::new())
+    }
+
+    fn from(result: Result<ResponseBody, WireError>) -> Reply {
+        Reply::Frame(result, Bytes::new())
+    }
+}
+
+/// Longest long-poll a fetch may ask for.
+const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+
+pub(crate) fn hello(broker: &Broker, session: &Session, hello: &HelloRequest) -> Reply {
+    let version = sluice_proto::PROTOCOL_VERSION.min(hello.max_version);
+    if version < hello.min_version || version < sluice_proto::MIN_PROTOCOL_VERSION {
+        return Reply::error(WireError::new(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "client speaks protocol versions {}..={}, this broker {}..={}; upgrade the older side",
+                hello.min_version,
+                hello.max_version,
+                sluice_proto::MIN_PROTOCOL_VERSION,
+                sluice_proto::PROTOCOL_VERSION
+            ),
+        ));
+    }
+    let _ = session.version.set(version);
+    tracing::debug!(client = %hello.client_id, version, "hello");
+    Reply::ok(ResponseBody::Hello(HelloResponse {
+        version,
+        node_id: broker.node_id,
+        cluster_id: broker.cluster_id.clone(),
+        max_frame_bytes: broker.config.max_frame_bytes as u32,
+    }))
+}
+
+/// Starts handling a request. Called in stream order: anything that must keep that order
+/// (enqueueing a produce) happens before this returns; the rest runs in the returned future.
+pub(crate) fn handle(
+    broker: Arc<Broker>,
+    request: Request,
+    raw: Bytes,
+) -> BoxFuture<'static, Reply> {
+    match request {
+        Request::Produce(p) => produce(broker, p, raw),
+        Request::Fetch(f) => Box::pin(async move { fetch(broker, f).await }),
+        other => Box::pin(async move {
+            let b = broker.clone();
+            match tokio::task::spawn_blocking(move || admin(&b, other)).await {
+                Ok(r) => Reply::from(r),
+                Err(e) => Reply::error(WireError::new(
+                    ErrorCode::Internal,
+                    format!("handler failed: {e}"),
+                )),
+            }
+        }),
+    }
+}
+
+fn unknown_topic(name: &str) -> WireError {
+    WireError::new(
+        ErrorCode::UnknownTopic,
+        format!("topic {name:?} does not exist; create it with `sluice topic create {name}`"),
+    )
+}
+
+fn metadata_error(e: MetadataError) -> WireError {
+    let code = match &e {
+        MetadataError::UnknownTopic(name) => return unknown_topic(name),
+        MetadataError::TopicExists(_) => ErrorCode::TopicAlreadyExists,
+        MetadataError::InvalidName(_) => ErrorCode::InvalidTopicName,
+        MetadataError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+        MetadataError::InvalidPartitions(_)
+        | MetadataError::InvalidConfig(_)
+        | MetadataError::UnknownBroker(_) => ErrorCode::InvalidConfig,
+    };
+    WireError::new(code, e.to_string())
+}
+
+pub(crate) fn storage_error(e: StorageError) -> WireError {
+    match e {
+        StorageError::OffsetOutOfRange { log_start, log_end } => WireError::new(
+            ErrorCode::OffsetOutOfRange,
+            format!("offset out of range: the partition holds offsets {log_start}..{log_end}"),
+        )
+        .with_offset(log_start),
+        StorageError::UnknownPartition(id) => WireError::new(
+            ErrorCode::UnknownPartition,
+            format!("partition {} is not stored here", id.partition),
+        ),
+        StorageError::Corrupt { .. } => WireError::new(ErrorCode::CorruptData, e.to_string()),
+        StorageError::Closed => WireError::new(
+            ErrorCode::ShuttingDown,
+            "the store is closing; retry shortly",
+        ),
+        other => WireError::new(ErrorCode::StorageError, other.to_string()),
+    }
+}
+
+fn propose_error(e: ProposeError) -> WireError {
+    match e {
+        ProposeError::Refused(m) => metadata_error(m),
+        ProposeError::Storage(s) => storage_error(s),
+    }
+}
+
+/// A partition this node leads, resolved from metadata.
+struct Led {
+    id: PartitionId,
+    leader_epoch: u32,
+    config: TopicConfig,
+}
+
+impl Broker {
+    fn led_partition(&self, topic: &str, partition: u32) -> Result<Led, WireError> {
+        self.controller.read(|s| {
+            let t = s.topic(topic).ok_or_else(|| unknown_topic(topic))?;
+            let p = t.partitions.get(partition as usize).ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::UnknownPartition,
+                    format!(
+                        "topic {topic:?} has partitions 0..{}; there is no partition {partition}",
+                        t.partitions.len()
+                    ),
+                )
+            })?;
+            match p.leader {
+                Some(l) if l == self.node_id => Ok(Led {
+                    id: PartitionId {
+                        topic_id: t.topic_id,
+                        partition,
+                    },
+                    leader_epoch: p.leader_epoch,
+                    config: t.config.clone(),
+                }),
+                Some(l) => Err(WireError::new(
+                    ErrorCode::NotLeader,
+                    format!(
+                        "node {} does not lead {topic}/{partition}; node {l} does",
+                        self.node_id
+                    ),
+                )
+                .with_leader(l)),
+                None => Err(WireError::new(
+                    ErrorCode::LeaderNotAvailable,
+                    format!("{topic}/{partition} has no leader right now; retry shortly"),
+                )),
+            }
+        })
+    }
+
+    fn high_watermark(&self, id: PartitionId) -> u64 {
+        *self.runtime(id).high_watermark.borrow()
+    }
+
+    fn advance_high_watermark(&self, id: PartitionId, to: u64) {
+        self.runtime(id).high_watermark.send_if_modified(|hw| {
+            if to > *hw {
+                *hw = to;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+fn produce(broker: Arc<Broker>, req: ProduceRequest, raw: Bytes) -> BoxFuture<'static, Reply> {
+    let acks = req.acks;
+    let prepared = (|| {
+        let led = broker.led_partition(&req.topic, req.partition)?;
+        let limit = led
+            .config
+            .max_batch_bytes
+            .unwrap_or(broker.config.max_batch_bytes)
+            .min(broker.config.max_batch_bytes);
+        if raw.len() > limit as usize {
+            return Err(WireError::new(
+                ErrorCode::RecordTooLarge,
+                format!(
+                    "batch of {} bytes exceeds the limit of {limit} bytes for topic {:?}",
+                    raw.len(),
+                    req.topic
+                ),
+            ));
+        }
+        let header = batch::validate(&raw).map_err(|e| {
+            WireError::new(
+                ErrorCode::InvalidRecord,
+                format!("invalid record batch: {e}"),
+            )
+        })?;
+        Ok((led, header))
+    })();
+    let (led, header) = match prepared {
+        Ok(p) => p,
+        Err(e) if acks == Acks::None => {
+            tracing::debug!(cause = %e, "acks=0 produce refused");
+            return Box::pin(async { Reply::None });
+        }
+        Err(e) => return Box::pin(async move { Reply::error(e) }),
+    };
+    let _: BatchHeader = header;
+    // Enqueued now, in stream order; awaited below.
+    let append = broker.store.append(
+        led.id,
+        raw.to_vec(),
+        led.leader_epoch,
+        led.config.durability,
+    );
+    let timeout = Duration::from_millis(u64::from(req.timeout_ms.max(1)));
+    Box::pin(async move {
+        let result = match tokio::time::timeout(timeout.max(Duration::from_secs(1)), append).await {
+            Ok(Ok(appended)) => {
+                broker.advance_high_watermark(led.id, appended.log_end);
+                Ok(ResponseBody::Produced(ProduceResponse {
+                    base_offset: appended.base_offset,
+                    log_start: appended.log_start,
+                    append_time: now_ms(),
+                }))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(topic = %req.topic, partition = req.partition, cause = %e, "append failed");
+                Err(storage_error(e))
+            }
+            Err(_) => Err(WireError::new(
+                ErrorCode::Timeout,
+                "the append did not complete in time; its outcome is unknown",
+            )),
+        };
+        // On one node the high watermark is the committed log end, so acks=1 and acks=all
+        // are both satisfied once the store has committed the batch.
+        match acks {
+            Acks::None => Reply::None,
+            Acks::Leader | Acks::All => Reply::from(result),
+        }
+    })
+}
+
+/// Trims a run of batches to those starting below the high watermark.
+fn below_high_watermark(mut bytes: Bytes, hw: u64) -> Bytes {
+    let mut keep = 0;
+    let mut rest: &[u8] = &bytes;
+    while let Ok(h) = BatchHeader::parse(rest) {
+        if h.base_offset >= hw || h.batch_len as usize > rest.len() {
+            break;
+        }
+        keep += h.batch_len as usize;
+        rest = &rest[h.batch_len as usize..];
+    }
+    bytes.truncate(keep);
+    bytes
+}
+
+async fn fetch(broker: Arc<Broker>, req: FetchRequest) -> Reply {
+    let deadline =
+        Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_FETCH_WAIT);
+    let req = Arc::new(req);
+    loop {
+        // Subscribe before reading so an append between the read and the wait still wakes us.
+        let mut watches: Vec<_> = req
+            .partitions
+            .iter()
+            .filter_map(|p| broker.led_partition(&p.topic, p.partition).ok())
+            .map(|led| broker.runtime(led.id).high_watermark.subscribe())
+            .collect();
+        let (b, r) = (broker.clone(), req.clone());
+        let (resp, raw) = match tokio::task::spawn_blocking(move || fetch_once(&b, &r)).await {
+            Ok(x) => x,
+            Err(e) => {
+                return Reply::error(WireError::new(
+                    ErrorCode::Internal,
+                    format!("fetch failed: {e}"),
+                ));
+            }
+        };
+        let has_error = resp.partitions.iter().any(|p| p.error.is_some());
+        if raw.len() >= req.min_bytes.max(1) as usize
+            || has_error
+            || Instant::now() >= deadline
+            || watches.is_empty()
+        {
+            return Reply::Frame(Ok(ResponseBody::Fetched(resp)), raw);
+        }
+        if broker
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Reply::Frame(Ok(ResponseBody::Fetched(resp)), raw);
+        }
+        let changed =
+            futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+        let _ = tokio::time::timeout_at(deadline.into(), changed).await;
+    }
+}
+
+fn fetch_once(broker: &Broker, req: &FetchRequest) -> (FetchResponse, Bytes) {
+    let mut raw = BytesMut::new();
+    let mut partitions = Vec::with_capacity(req.partitions.len());
+    let max_total = req.max_bytes.max(1) as usize;
+    for p in &req.partitions {
+        let mut entry = FetchedPartition {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            error: None,
+            high_watermark: 0,
+            log_start: 0,
+            bytes: 0,
+        };
+        let led = match broker.led_partition(&p.topic, p.partition) {
+            Ok(led) => led,
+            Err(e) => {
+                entry.error = Some(e);
+                partitions.push(entry);
+                continue;
+            }
+        };
+        let hw = broker.high_watermark(led.id);
+        entry.high_watermark = hw;
+        let room = max_total.saturating_sub(raw.len());
+        if room == 0 && !raw.is_empty() {
+            entry.log_start = broker
+                .store
+                .partition_state(led.id)
+                .map_or(0, |s| s.log_start);
+            partitions.push(entry);
+            continue;
+        }
+        // At least one batch overall, even when it alone exceeds the limits.
+        let budget = if raw.is_empty() {
+            p.max_bytes.max(1)
+        } else {
+            (room as u32).min(p.max_bytes).max(1)
+        };
+        match broker.store.read(led.id, p.offset, budget) {
+            Ok(read) => {
+                entry.log_start = read.log_start;
+                let bytes = below_high_watermark(read.bytes, hw);
+                if !raw.is_empty() && raw.len() + bytes.len() > max_total {
+                    // This partition's first batch would overflow the response; it gets its
+                    // turn in the next fetch.
+                } else {
+                    entry.bytes = bytes.len() as u32;
+                    raw.extend_from_slice(&bytes);
+                }
+            }
+            Err(e) => {
+                if let StorageError::Corrupt { .. } = &e {
+                    tracing::error!(topic = %p.topic, partition = p.partition, cause = %e, "corrupt batch on disk; not served");
+                }
+                entry.error = Some(storage_error(e));
+            }
+        }
+        partitions.push(entry);
+    }
+    (FetchResponse { partitions }, raw.freeze())
+}
+
+/// Requests that read or change metadata. Blocking: runs on a blocking thread.
+fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, WireError> {
+    match request {
+        Request::Metadata { topics } => Ok(ResponseBody::Metadata(metadata(broker, topics))),
+        Request::ListTopics => {
+            let topics: Vec<TopicRecord> =
+                broker.controller.read(|s| s.topics().cloned().collect());
+            Ok(ResponseBody::Topics(
+                topics.iter().map(|t| describe(broker, t)).collect(),
+            ))
+        }
+        Request::DescribeTopic { name } => {
+            let t = broker
+                .controller
+                .read(|s| s.topic(&name).cloned())
+                .ok_or_else(|| unknown_topic(&name))?;
+            Ok(ResponseBody::Topic(describe(broker, &t)))
+        }
+        Request::CreateTopic(req) => create_topic(broker, req),
+        Request::DeleteTopic { name } => {
+            let t = broker
+                .controller
+                .read(|s| s.topic(&name).cloned())
+                .ok_or_else(|| unknown_topic(&name))?;
+            let description = describe(broker, &t);
+            broker
+                .controller
+                .propose(MetadataCommand::DeleteTopic { name: name.clone() })
+                .map_err(propose_error)?;
+            broker
+                .store
+                .delete_topic(t.topic_id)
+                .map_err(storage_error)?;
+            broker.forget_topic(t.topic_id);
+            tracing::info!(topic = %name, "topic deleted");
+            Ok(ResponseBody::Topic(description))
+        }
+        Request::AddPartitions { name, count } => {
+            if count == 0 {
+                return Err(WireError::new(
+                    ErrorCode::InvalidConfig,
+                    "--count must be at least 1",
+                ));
+            }
+            let assignments = vec![vec![broker.node_id]; count as usize];
+            broker
+                .controller
+                .propose(MetadataCommand::AddPartitions {
+                    name: name.clone(),
+                    assignments,
+                })
+                .map_err(propose_error)?;
+            let t = broker
+                .controller
+                .read(|s| s.topic(&name).cloned())
+                .ok_or_else(|| unknown_topic(&name))?;
+            create_partitions(broker, &t)?;
+            Ok(ResponseBody::Topic(describe(broker, &t)))
+        }
+        Request::ListOffsets(req) => list_offsets(broker, req),
+        Request::Hello(_) | Request::Produce(_) | Request::Fetch(_) => Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "request routed to the wrong handler",
+        )),
+    }
+}
+
+fn create_topic(broker: &Broker, req: CreateTopicRequest) -> Result<ResponseBody, WireError> {
+    if req.partitions == 0 {
+        return Err(WireError::new(
+            ErrorCode::InvalidConfig,
+            "a topic needs at least one partition",
+        ));
+    }
+    let assignments = vec![vec![broker.node_id]; req.partitions as usize];
+    broker
+        .controller
+        .propose(MetadataCommand::CreateTopic {
+            name: req.name.clone(),
+            config: req.config,
+            assignments,
+        })
+        .map_err(propose_error)?;
+    let t = broker
+        .controller
+        .read(|s| s.topic(&req.name).cloned())
+        .ok_or_else(|| unknown_topic(&req.name))?;
+    create_partitions(broker, &t)?;
+    tracing::info!(topic = %t.name, topic_id = t.topic_id, partitions = t.partitions.len(), "topic created");
+    Ok(ResponseBody::Topic(describe(broker, &t)))
+}
+
+fn create_partitions(broker: &Broker, t: &TopicRecord) -> Result<(), WireError> {
+    for partition in 0..t.partitions.len() as u32 {
+        let id = PartitionId {
+            topic_id: t.topic_id,
+            partition,
+        };
+        if broker.store.partition_state(id).is_none() {
+            broker.store.create_partition(id).map_err(storage_error)?;
+        }
+    }
+    Ok(())
+}
+
+fn describe(broker: &Broker, t: &TopicRecord) -> TopicDescription {
+    TopicDescription {
+        name: t.name.clone(),
+        topic_id: t.topic_id,
+        config: t.config.clone(),
+        partitions: t
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let id = PartitionId {
+                    topic_id: t.topic_id,
+                    partition: i as u32,
+                };
+                let state = broker.store.partition_state(id);
+                PartitionDescription {
+                    partition: i as u32,
+                    leader: p.leader,
+                    leader_epoch: p.leader_epoch,
+                    log_start: state.map_or(0, |s| s.log_start),
+                    log_end: state.map_or(0, |s| s.log_end),
+                    high_watermark: broker.high_watermark(id),
+                    size_bytes: state.map_or(0, |s| s.size_bytes),
+                }
+            })
+            .collect(),
+    }
+}
+
+fn metadata(broker: &Broker, topics: Option<Vec<String>>) -> MetadataResponse {
+    broker.controller.read(|s| MetadataResponse {
+        cluster_id: broker.cluster_id.clone(),
+        controller: Some(broker.node_id),
+        brokers: s
+            .brokers()
+            .map(|b| BrokerInfo {
+                node_id: b.node_id,
+                addr: b.addr.clone(),
+            })
+            .collect(),
+        topics: s
+            .topics()
+            .filter(|t| topics.as_ref().is_none_or(|names| names.contains(&t.name)))
+            .map(|t| TopicMetadata {
+                name: t.name.clone(),
+                topic_id: t.topic_id,
+                partitions: t
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| PartitionMetadata {
+                        partition: i as u32,
+                        leader: p.leader,
+                        leader_epoch: p.leader_epoch,
+                        replicas: p.replicas.clone(),
+                        in_sync: p.in_sync.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+fn list_offsets(broker: &Broker, req: ListOffsetsRequest) -> Result<ResponseBody, WireError> {
+    let mut out = Vec::with_capacity(req.partitions.len());
+    for (partition, spec) in req.partitions {
+        let result = broker.led_partition(&req.topic, partition).and_then(|led| {
+            let hw = broker.high_watermark(led.id);
+            let state = broker.store.partition_state(led.id).ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::UnknownPartition,
+                    format!("partition {partition} is not stored here"),
+                )
+            })?;
+            match spec {
+                OffsetSpec::Earliest => Ok(state.log_start),
+                OffsetSpec::Latest => Ok(hw),
+                OffsetSpec::Timestamp(ts) => broker
+                    .store
+                    .offset_for_timestamp(led.id, ts)
+                    .map(|o| o.min(hw))
+                    .map_err(storage_error),
+            }
+        });
+        out.push(PartitionOffset { partition, result });
+    }
+    Ok(ResponseBody::Offsets(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::{BatchBuilder, Compression, Record};
+
+    fn batch_at(base: u64, n: usize) -> Vec<u8> {
+        let mut b = BatchBuilder::new(Compression::None);
+        for _ in 0..n {
+            b.push(&Record {
+                value: Some(Bytes::from_static(b"v")),
+                ..Default::default()
+            });
+        }
+        let mut bytes = b.finish(-1, -1, -1).unwrap();
+        batch::assign_offset(&mut bytes, base, 0);
+        bytes
+    }
+
+    #[test]
+    fn trims_batches_at_or_above_the_high_watermark() {
+        let mut all = batch_at(0, 3);
+        all.extend(batch_at(3, 2));
+        all.extend(batch_at(5, 4));
+        let all = Bytes::from(all);
+        let one = batch_at(0, 3).len();
+        let two = one + batch_at(3, 2).len();
+        assert_eq!(below_high_watermark(all.clone(), 9).len(), all.len());
+        assert_eq!(below_high_watermark(all.clone(), 5).len(), two);
+        assert_eq!(
+            below_high_watermark(all.clone(), 4).len(),
+            two,
+            "a batch straddling the mark is whole"
+        );
+        assert_eq!(below_high_watermark(all.clone(), 1).len(), one);
+        assert_eq!(below_high_watermark(all, 0).len(), 0);
+    }
+}

@@ -1,0 +1,323 @@
+//! `sluice bench`: throughput and latency against a running broker.
+//!
+//! - `produce`: P producers send N records of S bytes; latency is send → acknowledgement.
+//! - `consume`: fills the topic (untimed), then one consumer reads every record back.
+//! - `e2e`: producers and a consumer run together; latency is send → received by the consumer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use sluice_client::{Client, ClientError, ConsumerConfig, ProducerConfig, ProducerRecord, SeekTo};
+use sluice_proto::{Acks, Compression, ErrorCode, TopicConfig};
+
+use crate::cli::Cli;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    Produce,
+    Consume,
+    E2e,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    pub mode: BenchMode,
+    /// Topic to use; created when missing.
+    #[arg(long, default_value = "sluice-bench")]
+    pub topic: String,
+    /// Bytes per record value.
+    #[arg(long, default_value_t = 100)]
+    pub record_size: usize,
+    /// Records in all (split across producers).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub count: u64,
+    /// Largest producer batch, bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub batch_size: usize,
+    /// How long a producer waits to fill a batch, ms.
+    #[arg(long, default_value_t = 2)]
+    pub linger_ms: u64,
+    /// Partitions of the topic when it is created.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: u32,
+    /// Concurrent producers, each with its own connection.
+    #[arg(long, default_value_t = 1)]
+    pub producers: u32,
+    #[arg(long, default_value = "all", value_parser = |s: &str| s.parse::<Acks>())]
+    pub acks: Acks,
+    #[arg(long, default_value = "none", value_parser = |s: &str| s.parse::<Compression>())]
+    pub compression: Compression,
+    /// Records with keys (spread by key hash) instead of sticky keyless partitioning.
+    #[arg(long)]
+    pub keyed: bool,
+}
+
+pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<std::process::ExitCode> {
+    if args.record_size < 8 {
+        bail!(
+            "--record-size must be at least 8 bytes (the bench stamps each record with its send time)"
+        );
+    }
+    if args.count == 0 || args.producers == 0 || args.partitions == 0 {
+        bail!("--count, --producers and --partitions must be positive");
+    }
+    let admin_client = crate::cli::connect(cli).await?;
+    match admin_client
+        .admin()
+        .create_topic(&args.topic, args.partitions, TopicConfig::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(ClientError::Broker(e)) if e.code == ErrorCode::TopicAlreadyExists => {}
+        Err(e) => return Err(e).context("creating the bench topic"),
+    }
+    println!(
+        "bench {:?}: {} records of {} B, {} producer(s), {} partition(s), acks={:?}, compression={:?}, batch {} B, linger {} ms",
+        args.mode,
+        args.count,
+        args.record_size,
+        args.producers,
+        args.partitions,
+        args.acks,
+        args.compression,
+        args.batch_size,
+        args.linger_ms
+    );
+    match args.mode {
+        BenchMode::Produce => {
+            let report = produce(cli, args, true).await?;
+            report.print("produce");
+        }
+        BenchMode::Consume => {
+            let start = list_latest(&admin_client, &args.topic).await?;
+            produce(cli, args, false).await?;
+            let report = consume(&admin_client, args, start, None).await?;
+            report.print("consume");
+        }
+        BenchMode::E2e => {
+            let start = list_latest(&admin_client, &args.topic).await?;
+            let epoch = Instant::now();
+            let consumer_client = crate::cli::connect(cli).await?;
+            let args_c = BenchArgs {
+                mode: args.mode,
+                topic: args.topic.clone(),
+                ..*args
+            };
+            let consumer = tokio::spawn(async move {
+                consume(&consumer_client, &args_c, start, Some(epoch)).await
+            });
+            produce_with_epoch(cli, args, false, epoch).await?;
+            let report = consumer.await.context("consumer task")??;
+            report.print("end-to-end");
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn list_latest(client: &Client, topic: &str) -> Result<Vec<u64>> {
+    let t = client.admin().describe_topic(topic).await?;
+    Ok(t.partitions.iter().map(|p| p.high_watermark).collect())
+}
+
+struct Report {
+    records: u64,
+    bytes: u64,
+    elapsed: Duration,
+    latency_us: Option<Histogram<u64>>,
+}
+
+impl Report {
+    fn print(&self, what: &str) {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        println!(
+            "{what}: {} records in {:.2} s: {:.0} records/s, {:.2} MB/s",
+            self.records,
+            secs,
+            self.records as f64 / secs,
+            self.bytes as f64 / secs / 1e6
+        );
+        if let Some(h) = &self.latency_us {
+            let ms = |v: u64| v as f64 / 1000.0;
+            println!(
+                "{what} latency ms: p50 {:.3}, p99 {:.3}, p999 {:.3}, max {:.3}",
+                ms(h.value_at_quantile(0.50)),
+                ms(h.value_at_quantile(0.99)),
+                ms(h.value_at_quantile(0.999)),
+                ms(h.max())
+            );
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn progress(label: &'static str, done: Arc<AtomicU64>, total: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let n = done.load(Ordering::Relaxed);
+            eprintln!(
+                "{label}: {n}/{total} records, {:.0} records/s",
+                n as f64 / start.elapsed().as_secs_f64()
+            );
+        }
+    })
+}
+
+async fn produce(cli: &Cli, args: &BenchArgs, measure: bool) -> Result<Report> {
+    produce_with_epoch(cli, args, measure, Instant::now()).await
+}
+
+/// Runs the producers. Each record's first 8 bytes carry its send time in µs since `epoch`,
+/// so an end-to-end consumer can measure latency.
+async fn produce_with_epoch(
+    cli: &Cli,
+    args: &BenchArgs,
+    measure: bool,
+    epoch: Instant,
+) -> Result<Report> {
+    let done = Arc::new(AtomicU64::new(0));
+    let ticker = progress("produce", done.clone(), args.count);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.producers {
+        let client = crate::cli::connect(cli).await?;
+        let n = args.count / u64::from(args.producers)
+            + u64::from(u64::from(i) < args.count % u64::from(args.producers));
+        let (topic, size, keyed, done) = (
+            args.topic.clone(),
+            args.record_size,
+            args.keyed,
+            done.clone(),
+        );
+        let producer = client.producer(ProducerConfig {
+            acks: args.acks,
+            compression: args.compression,
+            max_batch_bytes: args.batch_size,
+            linger: Duration::from_millis(args.linger_ms),
+            ..ProducerConfig::default()
+        });
+        tasks.push(tokio::spawn(async move {
+            let _client = client;
+            let mut hist = histogram();
+            let mut pending = FuturesUnordered::new();
+            // Incompressible-ish filler so compression figures are honest.
+            let filler: Vec<u8> = (0..size)
+                .map(|j| (j as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
+                .collect();
+            for seq in 0..n {
+                let mut value = filler.clone();
+                let sent_us = epoch.elapsed().as_micros() as u64;
+                value[..8].copy_from_slice(&sent_us.to_le_bytes());
+                let mut record = ProducerRecord::new(&topic, Bytes::from(value));
+                if keyed {
+                    record = record.with_key(Bytes::from(format!("key-{i}-{}", seq % 10_000)));
+                }
+                let sent = Instant::now();
+                let delivery = producer.send(record).await?;
+                pending.push(async move { (delivery.await, sent.elapsed()) });
+                while pending.len() > 100_000 {
+                    if let Some((r, lat)) = pending.next().await {
+                        r?;
+                        hist.saturating_record(lat.as_micros() as u64);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                while let Some(Some((r, lat))) = futures::FutureExt::now_or_never(pending.next()) {
+                    r?;
+                    hist.saturating_record(lat.as_micros() as u64);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            producer.flush().await?;
+            while let Some((r, lat)) = pending.next().await {
+                r?;
+                hist.saturating_record(lat.as_micros() as u64);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, ClientError>(hist)
+        }));
+    }
+    let mut hist = histogram();
+    for t in tasks {
+        hist.add(t.await.context("producer task")??)
+            .expect("same histogram bounds");
+    }
+    let elapsed = start.elapsed();
+    ticker.abort();
+    Ok(Report {
+        records: args.count,
+        bytes: args.count * args.record_size as u64,
+        elapsed,
+        latency_us: measure.then_some(hist),
+    })
+}
+
+async fn consume(
+    client: &Client,
+    args: &BenchArgs,
+    start_at: Vec<u64>,
+    epoch: Option<Instant>,
+) -> Result<Report> {
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    let partitions: Vec<u32> = (0..start_at.len() as u32).collect();
+    consumer.assign(&args.topic, &partitions).await?;
+    for (p, &o) in start_at.iter().enumerate() {
+        consumer
+            .seek(&args.topic, p as u32, SeekTo::Offset(o))
+            .await?;
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let ticker = progress("consume", done.clone(), args.count);
+    let mut hist = histogram();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let mut start = None;
+    let mut last_progress = Instant::now();
+    while n < args.count {
+        let records = consumer.poll().await?;
+        if records.is_empty() {
+            if last_progress.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "consumer saw no records for 30 s after {n} of {}",
+                    args.count
+                );
+            }
+            continue;
+        }
+        last_progress = Instant::now();
+        start.get_or_insert_with(Instant::now);
+        for r in &records {
+            let v = r.value.as_deref().unwrap_or_default();
+            bytes += v.len() as u64;
+            if let (Some(epoch), Some(stamp)) = (epoch, v.get(..8)) {
+                let sent = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
+                hist.saturating_record(
+                    (epoch.elapsed().as_micros() as u64)
+                        .saturating_sub(sent)
+                        .max(1),
+                );
+            }
+        }
+        n += records.len() as u64;
+        done.store(n, Ordering::Relaxed);
+    }
+    ticker.abort();
+    Ok(Report {
+        records: n,
+        bytes,
+        elapsed: start.map_or(Duration::ZERO, |s| s.elapsed()),
+        latency_us: epoch.map(|_| hist),
+    })
+}

@@ -1,0 +1,230 @@
+//! Command-line syntax. The spellings here are a contract with users and scripts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sluice_client::{Client, ClientConfig, TlsConfig};
+use sluice_proto::{Acks, Compression, Durability};
+
+use crate::{bench, client_cmds};
+
+pub const DEFAULT_BROKER: &str = "127.0.0.1:9470";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: event streaming over QUIC, with WebAssembly plugins"
+)]
+pub struct Cli {
+    /// Broker to talk to, HOST:PORT.
+    #[arg(long, global = true, env = "SLUICE_BROKER", default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    /// CA certificate (PEM) that signed the broker's certificate. Default: the dev CA in
+    /// ./sluice-data/tls/ca.pem when it exists, else the system's roots.
+    #[arg(long, global = true, env = "SLUICE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Skip verifying the broker's certificate. Insecure: for debugging only.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a broker node.
+    Broker(BrokerArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce one record per line of standard input.
+    Produce(ProduceArgs),
+    /// Print records of a topic.
+    Consume(ConsumeArgs),
+    /// Measure throughput and latency against a running broker.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Data directory (store, metadata log, dev TLS material). Default: ./sluice-data.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// UDP address to listen on, HOST:PORT. Default: 127.0.0.1:9470.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// TOML configuration file; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's id.
+    #[arg(long)]
+    pub node_id: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Delete batches older than this many milliseconds.
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        /// Keep at most this many bytes per partition.
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// fsync (acknowledged means on disk) or interval:MS (fsync at least every MS ms).
+        #[arg(long, default_value = "fsync", value_parser = parse_durability)]
+        durability: Durability,
+        /// Largest batch the topic accepts (default: the broker's limit).
+        #[arg(long)]
+        max_batch_bytes: Option<u32>,
+    },
+    /// List topics.
+    List,
+    /// Show a topic's partitions: leader, log start, log end, size.
+    Describe { name: String },
+    /// Delete a topic and its data.
+    Delete { name: String },
+    /// Add partitions to a topic.
+    AddPartitions {
+        name: String,
+        /// How many partitions to add.
+        #[arg(long)]
+        count: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    pub topic: String,
+    /// Split each line at the first SEP: the text before it is the key.
+    #[arg(long)]
+    pub key_separator: Option<String>,
+    /// Send every record to this partition.
+    #[arg(long)]
+    pub partition: Option<u32>,
+    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    pub acks: Acks,
+    #[arg(long, default_value = "none", value_parser = parse_compression)]
+    pub compression: Compression,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    pub topic: String,
+    /// Read only this partition (default: all).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Start at the earliest offset still stored.
+    #[arg(long, conflicts_with_all = ["offset", "from_time"])]
+    pub from_beginning: bool,
+    /// Start at this offset.
+    #[arg(long, conflicts_with = "from_time")]
+    pub offset: Option<u64>,
+    /// Start at the first record at or after this time (RFC 3339).
+    #[arg(long)]
+    pub from_time: Option<String>,
+    /// Exit after this many records.
+    #[arg(short = 'n', long = "max-messages")]
+    pub max_messages: Option<u64>,
+    /// Exit after this many milliseconds without a record.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Output format: %k key, %v value, %p partition, %o offset, %t timestamp (ms), %% a
+    /// percent sign; \n and \t escapes.
+    #[arg(long, default_value = "%v\\n")]
+    pub format: String,
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    s.parse()
+}
+fn parse_acks(s: &str) -> Result<Acks, String> {
+    s.parse()
+}
+fn parse_compression(s: &str) -> Result<Compression, String> {
+    s.parse()
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Broker(args) => run_broker(args).await,
+        Command::Topic(cmd) => client_cmds::topic(&connect(&cli).await?, cmd).await,
+        Command::Produce(args) => client_cmds::produce(&connect(&cli).await?, args).await,
+        Command::Consume(args) => client_cmds::consume(&connect(&cli).await?, args).await,
+        Command::Bench(args) => bench::run(&cli, args).await,
+    }
+}
+
+/// The TLS trust the client uses: `--tls-ca`, else the dev CA of the default data dir, else the
+/// system roots. Verification is skipped only with `--insecure`.
+pub fn tls_config(cli: &Cli) -> TlsConfig {
+    if cli.insecure {
+        eprintln!(
+            "warning: --insecure: the broker's certificate is NOT verified; anyone on the path can read and change traffic"
+        );
+        return TlsConfig::InsecureSkipVerify;
+    }
+    if let Some(ca) = &cli.tls_ca {
+        return TlsConfig::CaFile(ca.clone());
+    }
+    let dev_ca = sluice_broker::tls::dev_ca_path(std::path::Path::new("sluice-data"));
+    if dev_ca.exists() {
+        return TlsConfig::CaFile(dev_ca);
+    }
+    TlsConfig::SystemRoots
+}
+
+pub async fn connect(cli: &Cli) -> Result<Client> {
+    let config = ClientConfig::new(cli.broker.clone(), tls_config(cli));
+    Client::connect(config).await.map_err(anyhow::Error::from)
+}
+
+async fn run_broker(args: &BrokerArgs) -> Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => sluice_broker::BrokerConfig::load(path)?,
+        None => sluice_broker::BrokerConfig::default(),
+    };
+    if let Some(d) = &args.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(n) = args.node_id {
+        config.node_id = n;
+    }
+    let handle = sluice_broker::start(config)
+        .await
+        .context("broker failed to start")?;
+    wait_for_signal().await;
+    handle.shutdown().await.context("broker shutdown")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

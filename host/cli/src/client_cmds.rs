@@ -1,0 +1,272 @@
+//! Client subcommands: topic administration, produce from stdin, consume to stdout.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use sluice_client::{Client, ConsumerConfig, OffsetReset, ProducerConfig, ProducerRecord, SeekTo};
+use sluice_proto::{TopicConfig, TopicDescription};
+
+use crate::cli::{ConsumeArgs, ProduceArgs, TopicCommand};
+use crate::format::Format;
+
+pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
+    let admin = client.admin();
+    match cmd {
+        TopicCommand::Create {
+            name,
+            partitions,
+            retention_ms,
+            retention_bytes,
+            durability,
+            max_batch_bytes,
+        } => {
+            let config = TopicConfig {
+                retention_ms: *retention_ms,
+                retention_bytes: *retention_bytes,
+                durability: *durability,
+                max_batch_bytes: *max_batch_bytes,
+            };
+            let t = admin.create_topic(name, *partitions, config).await?;
+            println!(
+                "created topic {} with {} partition(s)",
+                t.name,
+                t.partitions.len()
+            );
+        }
+        TopicCommand::List => {
+            for t in admin.list_topics().await? {
+                println!("{}\t{} partition(s)", t.name, t.partitions.len());
+            }
+        }
+        TopicCommand::Describe { name } => print_description(&admin.describe_topic(name).await?),
+        TopicCommand::Delete { name } => {
+            let t = admin.delete_topic(name).await?;
+            println!("deleted topic {}", t.name);
+        }
+        TopicCommand::AddPartitions { name, count } => {
+            let t = admin.add_partitions(name, *count).await?;
+            println!(
+                "topic {} now has {} partition(s)",
+                t.name,
+                t.partitions.len()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_description(t: &TopicDescription) {
+    let c = &t.config;
+    let opt = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
+    println!(
+        "topic {} (id {}): {} partition(s), retention.ms={}, retention.bytes={}, durability={}",
+        t.name,
+        t.topic_id,
+        t.partitions.len(),
+        opt(c.retention_ms),
+        opt(c.retention_bytes),
+        c.durability
+    );
+    println!("partition\tleader\tepoch\tlog_start\tlog_end\tsize_bytes");
+    for p in &t.partitions {
+        let leader = p.leader.map_or("none".to_string(), |l| l.to_string());
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            p.partition, leader, p.leader_epoch, p.log_start, p.log_end, p.size_bytes
+        );
+    }
+}
+
+pub async fn produce(client: &Client, args: &ProduceArgs) -> Result<ExitCode> {
+    // Fail early, with the broker's message, on an unknown topic or partition.
+    let t = client.admin().describe_topic(&args.topic).await?;
+    if let Some(p) = args.partition
+        && p as usize >= t.partitions.len()
+    {
+        bail!(
+            "topic {:?} has partitions 0..{}; there is no partition {p}",
+            t.name,
+            t.partitions.len()
+        );
+    }
+    let producer = client.producer(ProducerConfig {
+        acks: args.acks,
+        compression: args.compression,
+        ..ProducerConfig::default()
+    });
+    // stdin is read on a blocking thread and handed over line by line.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1024);
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut lock = stdin.lock();
+        loop {
+            let mut line = Vec::new();
+            match lock.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                        if line.last() == Some(&b'\r') {
+                            line.pop();
+                        }
+                    }
+                    if tx.blocking_send(Ok(line)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let sep = args.key_separator.as_deref().map(str::as_bytes);
+    let mut pending = FuturesUnordered::new();
+    let (mut sent, mut acked, mut first_error) = (0u64, 0u64, None::<String>);
+    while let Some(line) = rx.recv().await {
+        let line = line.context("reading standard input")?;
+        let mut record = match sep.and_then(|s| find(&line, s).map(|i| (i, s.len()))) {
+            Some((i, n)) => {
+                ProducerRecord::new(&args.topic, Bytes::copy_from_slice(&line[i + n..]))
+                    .with_key(Bytes::copy_from_slice(&line[..i]))
+            }
+            None => ProducerRecord::new(&args.topic, Bytes::from(line)),
+        };
+        if let Some(p) = args.partition {
+            record = record.with_partition(p);
+        }
+        pending.push(producer.send(record).await?);
+        sent += 1;
+        // Collect finished acknowledgements as we go, so memory stays bounded.
+        while let Some(Some(result)) = futures::FutureExt::now_or_never(pending.next()) {
+            tally(result, &mut acked, &mut first_error);
+        }
+    }
+    producer.flush().await?;
+    while let Some(result) = pending.next().await {
+        tally(result, &mut acked, &mut first_error);
+    }
+    if let Some(e) = first_error {
+        bail!(
+            "{} of {sent} record(s) were not acknowledged; first error: {e}",
+            sent - acked
+        );
+    }
+    eprintln!("produced {sent} record(s) to {}", args.topic);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tally(
+    result: Result<sluice_client::RecordMetadata, sluice_client::ClientError>,
+    acked: &mut u64,
+    first_error: &mut Option<String>,
+) {
+    match result {
+        Ok(_) => *acked += 1,
+        Err(e) => {
+            first_error.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub async fn consume(client: &Client, args: &ConsumeArgs) -> Result<ExitCode> {
+    let format: Format = args.format.parse().map_err(anyhow::Error::msg)?;
+    let start = if args.from_beginning {
+        SeekTo::Earliest
+    } else if let Some(o) = args.offset {
+        SeekTo::Offset(o)
+    } else if let Some(t) = &args.from_time {
+        let ts = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .with_context(|| {
+                format!("--from-time {t:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z")
+            })?;
+        SeekTo::Timestamp((ts.unix_timestamp_nanos() / 1_000_000) as i64)
+    } else {
+        SeekTo::Latest
+    };
+    let t = client.admin().describe_topic(&args.topic).await?;
+    let partitions: Vec<u32> = match args.partition {
+        Some(p) if p as usize >= t.partitions.len() => {
+            bail!(
+                "topic {:?} has partitions 0..{}; there is no partition {p}",
+                t.name,
+                t.partitions.len()
+            )
+        }
+        Some(p) => vec![p],
+        None => (0..t.partitions.len() as u32).collect(),
+    };
+    // An explicit --offset below the log start is an error the user should see; otherwise a
+    // position that retention overtakes moves to the earliest offset.
+    let reset = if args.offset.is_some() {
+        OffsetReset::Error
+    } else {
+        OffsetReset::Earliest
+    };
+    let mut consumer = client.consumer(ConsumerConfig {
+        reset,
+        ..ConsumerConfig::default()
+    });
+    consumer.assign(&args.topic, &partitions).await?;
+    for &p in &partitions {
+        consumer.seek(&args.topic, p, start).await?;
+    }
+    let idle = args.timeout_ms.map(Duration::from_millis);
+    let mut last_record = Instant::now();
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    let mut out = Vec::with_capacity(64 * 1024);
+    loop {
+        if args.max_messages.is_some_and(|n| printed >= n) {
+            break;
+        }
+        if idle.is_some_and(|d| last_record.elapsed() >= d) {
+            break;
+        }
+        let poll = consumer.poll();
+        let records = match idle {
+            Some(d) => {
+                match tokio::time::timeout(d.saturating_sub(last_record.elapsed()), poll).await {
+                    Ok(r) => r?,
+                    Err(_) => break,
+                }
+            }
+            None => tokio::select! {
+                r = poll => r?,
+                _ = tokio::signal::ctrl_c() => break,
+            },
+        };
+        if !records.is_empty() {
+            last_record = Instant::now();
+        }
+        for r in &records {
+            if args.max_messages.is_some_and(|n| printed >= n) {
+                break;
+            }
+            format.write(r, &mut out);
+            printed += 1;
+        }
+        let mut lock = stdout.lock();
+        if let Err(e) = lock.write_all(&out).and_then(|_| lock.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(ExitCode::SUCCESS);
+            }
+            return Err(e).context("writing to standard output");
+        }
+        out.clear();
+    }
+    Ok(ExitCode::SUCCESS)
+}

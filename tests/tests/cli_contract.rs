@@ -1,0 +1,357 @@
+//! Acceptance 5 and 7: the CLI contract through the real binary, and `sluice bench`.
+
+use sluice_tests::{BrokerProcess, TEST_CONFIG, describe_output, run_bounded, sluice_bin};
+use std::time::Duration;
+
+fn ok(broker: &BrokerProcess, args: &[&str], stdin: &[u8]) -> String {
+    let out = broker.run_cli(args, stdin);
+    assert!(
+        out.status.success(),
+        "sluice {args:?} failed: {}",
+        describe_output(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(broker: &BrokerProcess, args: &[&str], stdin: &[u8], needle: &str) {
+    let out = broker.run_cli(args, stdin);
+    assert!(
+        !out.status.success(),
+        "sluice {args:?} should fail: {}",
+        describe_output(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(needle),
+        "sluice {args:?}: stderr lacks {needle:?}: {}",
+        describe_output(&out)
+    );
+}
+
+#[test]
+fn cli_contract_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+
+    // Topics.
+    let out = ok(
+        &broker,
+        &[
+            "topic",
+            "create",
+            "events",
+            "--partitions",
+            "3",
+            "--retention-ms",
+            "86400000",
+            "--retention-bytes",
+            "1000000000",
+            "--durability",
+            "interval:50",
+        ],
+        b"",
+    );
+    assert!(out.contains("events"), "{out}");
+    ok(&broker, &["topic", "create", "logs"], b"");
+    let list = ok(&broker, &["topic", "list"], b"");
+    assert!(
+        list.contains("events\t3 partition(s)") && list.contains("logs\t1 partition(s)"),
+        "{list}"
+    );
+    let d = ok(&broker, &["topic", "describe", "events"], b"");
+    assert!(
+        d.contains("retention.ms=86400000") && d.contains("durability=interval:50"),
+        "{d}"
+    );
+    assert_eq!(
+        d.lines()
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+            .count(),
+        3,
+        "{d}"
+    );
+    let out = ok(
+        &broker,
+        &["topic", "add-partitions", "logs", "--count", "2"],
+        b"",
+    );
+    assert!(out.contains("3 partition(s)"), "{out}");
+
+    // Produce with keys; consume with every format directive.
+    ok(
+        &broker,
+        &["produce", "events", "--key-separator", ":", "--acks", "all"],
+        b"user1:login\nuser2:logout\nuser1:click\n",
+    );
+    let out = ok(
+        &broker,
+        &[
+            "consume",
+            "events",
+            "--from-beginning",
+            "-n",
+            "3",
+            "--timeout-ms",
+            "5000",
+            "--format",
+            "%k=%v|%p|%o|%t\\n",
+        ],
+        b"",
+    );
+    let mut lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    lines.sort();
+    assert!(
+        lines[0].starts_with("user1=") && lines[2].starts_with("user2=logout|"),
+        "{out}"
+    );
+    // Same key, same partition, in order.
+    let user1: Vec<&str> = out.lines().filter(|l| l.starts_with("user1=")).collect();
+    assert_eq!(user1.len(), 2);
+    assert!(
+        user1[0].starts_with("user1=login|") && user1[1].starts_with("user1=click|"),
+        "{out}"
+    );
+    assert_eq!(user1[0].split('|').nth(1), user1[1].split('|').nth(1));
+
+    // Explicit partition, acks 0 and 1, compression; --offset and --partition.
+    ok(
+        &broker,
+        &[
+            "produce",
+            "logs",
+            "--partition",
+            "2",
+            "--acks",
+            "1",
+            "--compression",
+            "lz4",
+        ],
+        b"a\nb\nc\n",
+    );
+    ok(
+        &broker,
+        &[
+            "produce",
+            "logs",
+            "--partition",
+            "2",
+            "--acks",
+            "0",
+            "--compression",
+            "zstd",
+        ],
+        b"d\n",
+    );
+    let mut out = String::new();
+    for _ in 0..50 {
+        out = ok(
+            &broker,
+            &[
+                "consume",
+                "logs",
+                "--partition",
+                "2",
+                "--offset",
+                "1",
+                "--timeout-ms",
+                "1000",
+                "--format",
+                "%o:%v ",
+            ],
+            b"",
+        );
+        if out.contains("3:d") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        out, "1:b 2:c 3:d ",
+        "acks=0 record never arrived or offsets wrong"
+    );
+    let out = ok(
+        &broker,
+        &[
+            "consume",
+            "logs",
+            "--partition",
+            "0",
+            "--from-beginning",
+            "--timeout-ms",
+            "500",
+        ],
+        b"",
+    );
+    assert_eq!(out, "", "nothing was produced to partition 0");
+
+    // --from-time: a time in the future gives nothing, one in the past everything.
+    let out = ok(
+        &broker,
+        &[
+            "consume",
+            "logs",
+            "--partition",
+            "2",
+            "--from-time",
+            "2000-01-01T00:00:00Z",
+            "--timeout-ms",
+            "1000",
+        ],
+        b"",
+    );
+    assert_eq!(out, "a\nb\nc\nd\n");
+    let out = ok(
+        &broker,
+        &[
+            "consume",
+            "logs",
+            "--partition",
+            "2",
+            "--from-time",
+            "2999-01-01T00:00:00Z",
+            "--timeout-ms",
+            "500",
+        ],
+        b"",
+    );
+    assert_eq!(out, "");
+
+    // Errors: unknown topic, bad flag values, bad times, out-of-range partition, unreachable broker.
+    fails(&broker, &["produce", "nope"], b"x\n", "does not exist");
+    fails(
+        &broker,
+        &["consume", "nope", "--timeout-ms", "100"],
+        b"",
+        "does not exist",
+    );
+    fails(
+        &broker,
+        &["produce", "events", "--acks", "2"],
+        b"x\n",
+        "acks",
+    );
+    fails(
+        &broker,
+        &["produce", "events", "--compression", "gzip"],
+        b"x\n",
+        "compression",
+    );
+    fails(
+        &broker,
+        &["topic", "create", "x", "--durability", "sometimes"],
+        b"",
+        "durability",
+    );
+    fails(
+        &broker,
+        &["consume", "events", "--from-time", "yesterday"],
+        b"",
+        "RFC 3339",
+    );
+    fails(
+        &broker,
+        &["produce", "events", "--partition", "9"],
+        b"x\n",
+        "no partition 9",
+    );
+    fails(
+        &broker,
+        &["topic", "create", "events"],
+        b"",
+        "already exists",
+    );
+    fails(&broker, &["topic", "create", "bad/name"], b"", "topic name");
+    let out = run_bounded(
+        std::process::Command::new(sluice_bin())
+            .args(["--broker", "127.0.0.1:1", "--tls-ca"])
+            .arg(broker.ca_path())
+            .args(["topic", "list"]),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"),
+        "{}",
+        describe_output(&out)
+    );
+
+    // Delete.
+    ok(&broker, &["topic", "delete", "logs"], b"");
+    let list = ok(&broker, &["topic", "list"], b"");
+    assert!(!list.contains("logs"), "{list}");
+    fails(
+        &broker,
+        &["topic", "describe", "logs"],
+        b"",
+        "does not exist",
+    );
+}
+
+#[test]
+fn bench_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    for mode in ["produce", "consume", "e2e"] {
+        let out = ok(
+            &broker,
+            &[
+                "bench",
+                mode,
+                "--count",
+                "3000",
+                "--record-size",
+                "100",
+                "--partitions",
+                "2",
+                "--producers",
+                "2",
+            ],
+            b"",
+        );
+        assert!(
+            out.contains("3000 records in") && out.contains("records/s") && out.contains("MB/s"),
+            "{mode}: {out}"
+        );
+        if mode != "consume" {
+            assert!(
+                out.contains("p50") && out.contains("p99") && out.contains("p999"),
+                "{mode}: {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn broker_stops_cleanly_on_sigterm_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    ok(&broker, &["topic", "create", "t"], b"");
+    ok(&broker, &["produce", "t"], b"one\ntwo\n");
+    assert!(
+        broker.terminate(),
+        "broker did not exit cleanly on SIGTERM:\n{}",
+        broker.log()
+    );
+    assert!(
+        broker.log().contains("store closed cleanly"),
+        "{}",
+        broker.log()
+    );
+    broker.restart();
+    let out = ok(
+        &broker,
+        &[
+            "consume",
+            "t",
+            "--from-beginning",
+            "-n",
+            "2",
+            "--timeout-ms",
+            "5000",
+        ],
+        b"",
+    );
+    assert_eq!(out, "one\ntwo\n");
+}
