@@ -169,9 +169,18 @@ impl BrokerProcess {
         }
     }
 
+    /// SDK client settings for this broker: its address and its dev CA.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new(self.addr.to_string(), TlsConfig::CaFile(self.ca_path()))
+    }
+
     /// A connected SDK client that verifies the broker with its dev CA.
     pub async fn client(&self) -> Client {
-        let config = ClientConfig::new(self.addr.to_string(), TlsConfig::CaFile(self.ca_path()));
+        self.client_with(self.client_config()).await
+    }
+
+    /// A connected SDK client with `config`, retrying (bounded) while the broker starts.
+    pub async fn client_with(&self, config: ClientConfig) -> Client {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match Client::connect(config.clone()).await {

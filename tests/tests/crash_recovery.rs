@@ -27,13 +27,20 @@ async fn kill9_loses_no_acknowledged_record() {
     let acked_count = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for p in 0..2 {
-        let client = broker.client().await;
+        // Short request timeout: requests in flight when the broker dies fail fast.
+        let config = sluice_client::ClientConfig {
+            request_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(2),
+            ..broker.client_config()
+        };
+        let client = broker.client_with(config).await;
         let (stop, acked_count) = (stop.clone(), acked_count.clone());
         tasks.push(tokio::spawn(async move {
             let producer = client.producer(ProducerConfig {
                 acks: Acks::All,
                 retries: 0,
                 delivery_timeout: Duration::from_secs(5),
+                request_timeout_ms: 2_000,
                 linger: Duration::from_millis(1),
                 ..ProducerConfig::default()
             });
@@ -81,6 +88,7 @@ async fn kill9_loses_no_acknowledged_record() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     broker.kill9();
+    let killed = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let mut acked: HashMap<String, (u32, u64)> = HashMap::new();
     for t in tasks {
@@ -93,7 +101,9 @@ async fn kill9_loses_no_acknowledged_record() {
     }
     assert!(acked.len() >= 20_000, "only {} acknowledged", acked.len());
 
+    eprintln!("producers stopped {:?} after the kill", killed.elapsed());
     broker.restart();
+    eprintln!("restarted {:?} after the kill", killed.elapsed());
     let client = broker.client().await;
     let described = client.admin().describe_topic("crash").await.unwrap();
     let ends: Vec<u64> = described.partitions.iter().map(|p| p.log_end).collect();

@@ -9,7 +9,14 @@ use sluice_client::{
 use sluice_proto::{ErrorCode, TopicConfig};
 use sluice_tests::{BrokerProcess, TEST_CONFIG, describe_output, now_ms};
 
-async fn wait_for_log_start(client: &sluice_client::Client, topic: &str, above: u64) -> (u64, u64) {
+/// Waits (bounded) until retention has moved the log start past `above` and the partition
+/// holds at most `max_size` bytes.
+async fn wait_for_retention(
+    client: &sluice_client::Client,
+    topic: &str,
+    above: u64,
+    max_size: u64,
+) -> (u64, u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let p = &client
@@ -18,7 +25,7 @@ async fn wait_for_log_start(client: &sluice_client::Client, topic: &str, above: 
             .await
             .unwrap()
             .partitions[0];
-        if p.log_start > above {
+        if p.log_start > above && p.size_bytes <= max_size {
             return (p.log_start, p.size_bytes);
         }
         assert!(
@@ -60,7 +67,7 @@ async fn retention_by_size_and_time() {
             .await
             .unwrap();
     }
-    let (log_start, size) = wait_for_log_start(&client, "by-size", 0).await;
+    let (log_start, size) = wait_for_retention(&client, "by-size", 0, limit).await;
     assert!(size <= limit, "{size} bytes kept, limit {limit}");
     assert!(log_start >= 85, "log start {log_start}: too little removed");
     let described = admin.describe_topic("by-size").await.unwrap();
@@ -138,7 +145,7 @@ async fn retention_by_size_and_time() {
             .await
             .unwrap();
     }
-    let (log_start, _) = wait_for_log_start(&client, "by-time", 0).await;
+    let (log_start, _) = wait_for_retention(&client, "by-time", 0, u64::MAX).await;
     assert_eq!(log_start, 10, "exactly the old batches are removed");
     let mut consumer = client.consumer(ConsumerConfig::default());
     consumer.assign("by-time", &[0]).await.unwrap();

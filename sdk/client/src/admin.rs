@@ -20,19 +20,14 @@ impl Admin {
         Admin { client }
     }
 
-    /// Creates a topic. The name is checked here first, so a bad name fails without a round trip.
+    /// Creates a topic. The broker validates the name, partition count and config, and its
+    /// error (code and message) comes back as [`ClientError::Broker`].
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: u32,
         config: TopicConfig,
     ) -> Result<TopicDescription, ClientError> {
-        sluice_proto::validate_topic_name(name).map_err(ClientError::InvalidConfig)?;
-        if partitions == 0 {
-            return Err(ClientError::InvalidConfig(
-                "a topic needs at least one partition".into(),
-            ));
-        }
         self.topic(Request::CreateTopic(CreateTopicRequest {
             name: name.to_string(),
             partitions,
