@@ -355,3 +355,63 @@ fn broker_stops_cleanly_on_sigterm_and_keeps_data() {
     );
     assert_eq!(out, "one\ntwo\n");
 }
+
+#[test]
+fn client_finds_broker_and_ca_from_env_and_default_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sluice-data");
+    let broker = BrokerProcess::start(&data, TEST_CONFIG);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |cwd: &std::path::Path, envs: &[(&str, String)], args: &[&str]| {
+        let mut cmd = std::process::Command::new(sluice_bin());
+        cmd.current_dir(cwd)
+            .env_remove("SLUICE_BROKER")
+            .env_remove("SLUICE_TLS_CA");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        run_bounded(cmd.args(args), b"", Duration::from_secs(60))
+    };
+    let addr = ("SLUICE_BROKER", broker.addr.to_string());
+
+    // In the broker's directory, the dev CA of ./sluice-data is found without flags.
+    let out = run(
+        dir.path(),
+        std::slice::from_ref(&addr),
+        &["topic", "create", "env-topic"],
+    );
+    assert!(out.status.success(), "{}", describe_output(&out));
+
+    // Elsewhere, SLUICE_TLS_CA names the CA.
+    let ca = ("SLUICE_TLS_CA", broker.ca_path().display().to_string());
+    let out = run(elsewhere.path(), &[addr.clone(), ca], &["topic", "list"]);
+    assert!(out.status.success(), "{}", describe_output(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("env-topic"));
+
+    // Elsewhere without a CA, the system roots do not trust the dev CA: a clear TLS error.
+    let out = run(
+        elsewhere.path(),
+        std::slice::from_ref(&addr),
+        &["topic", "list"],
+    );
+    assert!(!out.status.success(), "{}", describe_output(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tls-ca"),
+        "{}",
+        describe_output(&out)
+    );
+
+    // --insecure connects, and says loudly that it did not verify.
+    let out = run(
+        elsewhere.path(),
+        std::slice::from_ref(&addr),
+        &["--insecure", "topic", "list"],
+    );
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("insecure"),
+        "{}",
+        describe_output(&out)
+    );
+}
