@@ -184,6 +184,15 @@ impl Broker {
         *self.runtime(id).high_watermark.borrow()
     }
 
+    /// Waits until the high watermark reaches `target`; false on timeout.
+    async fn wait_high_watermark(&self, id: PartitionId, target: u64, timeout: Duration) -> bool {
+        let mut hw = self.runtime(id).high_watermark.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, hw.wait_for(|hw| *hw >= target)).await,
+            Ok(Ok(_))
+        )
+    }
+
     fn advance_high_watermark(&self, id: PartitionId, to: u64) {
         self.runtime(id).high_watermark.send_if_modified(|hw| {
             if to > *hw {
@@ -241,29 +250,45 @@ fn produce(broker: Arc<Broker>, req: ProduceRequest, raw: Bytes) -> BoxFuture<'s
     );
     let timeout = Duration::from_millis(u64::from(req.timeout_ms.max(1)));
     Box::pin(async move {
-        let result = match tokio::time::timeout(timeout.max(Duration::from_secs(1)), append).await {
-            Ok(Ok(appended)) => {
-                broker.advance_high_watermark(led.id, appended.log_end);
-                Ok(ResponseBody::Produced(ProduceResponse {
-                    base_offset: appended.base_offset,
-                    log_start: appended.log_start,
-                    append_time: now_ms(),
-                }))
-            }
-            Ok(Err(e)) => {
+        // The store commits or fails every queued append; it is never abandoned half-way,
+        // because the high watermark must move past a committed batch either way.
+        let appended = match append.await {
+            Ok(appended) => appended,
+            Err(e) => {
                 tracing::warn!(topic = %req.topic, partition = req.partition, cause = %e, "append failed");
-                Err(storage_error(e))
+                return match acks {
+                    Acks::None => Reply::None,
+                    Acks::Leader | Acks::All => Reply::error(storage_error(e)),
+                };
             }
-            Err(_) => Err(WireError::new(
-                ErrorCode::Timeout,
-                "the append did not complete in time; its outcome is unknown",
-            )),
         };
-        // On one node the high watermark is the committed log end, so acks=1 and acks=all
-        // are both satisfied once the store has committed the batch.
+        // On one node the committed log end is the high watermark. With replication the
+        // leader moves it when the in-sync followers have fetched the batch.
+        broker.advance_high_watermark(led.id, appended.log_end);
+        let produced = ResponseBody::Produced(ProduceResponse {
+            base_offset: appended.base_offset,
+            log_start: appended.log_start,
+            append_time: now_ms(),
+        });
         match acks {
             Acks::None => Reply::None,
-            Acks::Leader | Acks::All => Reply::from(result),
+            Acks::Leader => Reply::ok(produced),
+            Acks::All => {
+                if broker
+                    .wait_high_watermark(led.id, appended.log_end, timeout)
+                    .await
+                {
+                    Reply::ok(produced)
+                } else {
+                    Reply::error(WireError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the batch at offset {} was not replicated to the in-sync replicas within {} ms; it may still commit",
+                            appended.base_offset, req.timeout_ms
+                        ),
+                    ))
+                }
+            }
         }
     })
 }
@@ -313,15 +338,17 @@ async fn fetch(broker: Arc<Broker>, req: FetchRequest) -> Reply {
         {
             return Reply::Frame(Ok(ResponseBody::Fetched(resp)), raw);
         }
-        if broker
-            .shutting_down
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        // A long-poll ends early when data arrives or the broker begins shutting down.
+        let mut stop = broker.shutdown.subscribe();
+        if *stop.borrow_and_update() {
             return Reply::Frame(Ok(ResponseBody::Fetched(resp)), raw);
         }
         let changed =
             futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
-        let _ = tokio::time::timeout_at(deadline.into(), changed).await;
+        tokio::select! {
+            _ = tokio::time::timeout_at(deadline.into(), changed) => {}
+            _ = stop.changed() => {}
+        }
     }
 }
 

@@ -15,7 +15,7 @@ pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -64,7 +64,8 @@ pub(crate) struct Broker {
     store: Store,
     controller: MetadataController,
     partitions: RwLock<HashMap<PartitionId, Arc<PartitionRuntime>>>,
-    shutting_down: AtomicBool,
+    /// Becomes true when shutdown begins; long-polls watch it to return early.
+    shutdown: watch::Sender<bool>,
     in_flight: AtomicUsize,
     idle: Notify,
 }
@@ -89,7 +90,7 @@ impl BrokerHandle {
     /// timeout), closes the store cleanly and closes the endpoint.
     pub async fn shutdown(self) -> Result<(), BrokerError> {
         tracing::info!("shutting down: no new requests, finishing in-flight ones");
-        self.broker.shutting_down.store(true, Ordering::SeqCst);
+        self.broker.shutdown.send_replace(true);
         self.endpoint.set_server_config(None);
         self.accept_task.abort();
         self.retention_task.abort();
@@ -188,7 +189,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         store,
         controller,
         partitions: RwLock::new(HashMap::new()),
-        shutting_down: AtomicBool::new(false),
+        shutdown: watch::channel(false).0,
         in_flight: AtomicUsize::new(0),
         idle: Notify::new(),
     });

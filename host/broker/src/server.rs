@@ -2,7 +2,6 @@
 //! request order.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -143,7 +142,7 @@ fn ready(reply: Reply) -> Pending {
 /// Starts handling one request. Produce requests enqueue their append here, before the next
 /// request of the stream is read, so pipelined batches of one partition keep their order.
 fn dispatch(broker: &Arc<Broker>, session: &Arc<Session>, request: Request, raw: Bytes) -> Pending {
-    if broker.shutting_down.load(Ordering::SeqCst) {
+    if *broker.shutdown.borrow() {
         return ready(Reply::error(WireError::new(
             ErrorCode::ShuttingDown,
             "the broker is shutting down; retry shortly",

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use sluice_client::{Client, ClientError, ConsumerConfig, ProducerConfig, ProducerRecord, SeekTo};
 use sluice_proto::{Acks, Compression, ErrorCode, TopicConfig};
 
+use crate::acks::{AckCollector, histogram};
 use crate::cli::Cli;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,6 +56,9 @@ pub struct BenchArgs {
     /// Records with keys (spread by key hash) instead of sticky keyless partitioning.
     #[arg(long)]
     pub keyed: bool,
+    /// Most unacknowledged records per producer; bounds queueing, and so latency.
+    #[arg(long, default_value_t = 20_000)]
+    pub window: usize,
 }
 
 pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<std::process::ExitCode> {
@@ -156,10 +158,6 @@ impl Report {
     }
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
-}
-
 fn progress(label: &'static str, done: Arc<AtomicU64>, total: u64) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let start = Instant::now();
@@ -209,10 +207,12 @@ async fn produce_with_epoch(
             linger: Duration::from_millis(args.linger_ms),
             ..ProducerConfig::default()
         });
+        let window = args.window;
         tasks.push(tokio::spawn(async move {
             let _client = client;
-            let mut hist = histogram();
-            let mut pending = FuturesUnordered::new();
+            let acks = AckCollector::new(window, move || {
+                done.fetch_add(1, Ordering::Relaxed);
+            });
             // Incompressible-ish filler so compression figures are honest.
             let filler: Vec<u8> = (0..size)
                 .map(|j| (j as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
@@ -226,28 +226,14 @@ async fn produce_with_epoch(
                     record = record.with_key(Bytes::from(format!("key-{i}-{}", seq % 10_000)));
                 }
                 let sent = Instant::now();
-                let delivery = producer.send(record).await?;
-                pending.push(async move { (delivery.await, sent.elapsed()) });
-                while pending.len() > 100_000 {
-                    if let Some((r, lat)) = pending.next().await {
-                        r?;
-                        hist.saturating_record(lat.as_micros() as u64);
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                while let Some(Some((r, lat))) = futures::FutureExt::now_or_never(pending.next()) {
-                    r?;
-                    hist.saturating_record(lat.as_micros() as u64);
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
+                acks.push(producer.send(record).await?, sent).await;
             }
             producer.flush().await?;
-            while let Some((r, lat)) = pending.next().await {
-                r?;
-                hist.saturating_record(lat.as_micros() as u64);
-                done.fetch_add(1, Ordering::Relaxed);
+            let tally = acks.finish().await;
+            match tally.first_error {
+                Some(e) => Err(e),
+                None => Ok(tally.latency_us),
             }
-            Ok::<_, ClientError>(hist)
         }));
     }
     let mut hist = histogram();

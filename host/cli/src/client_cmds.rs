@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use sluice_client::{Client, ConsumerConfig, OffsetReset, ProducerConfig, ProducerRecord, SeekTo};
 use sluice_proto::{TopicConfig, TopicDescription};
 
+use crate::acks::AckCollector;
 use crate::cli::{ConsumeArgs, ProduceArgs, TopicCommand};
 use crate::format::Format;
 
@@ -127,8 +126,8 @@ pub async fn produce(client: &Client, args: &ProduceArgs) -> Result<ExitCode> {
         }
     });
     let sep = args.key_separator.as_deref().map(str::as_bytes);
-    let mut pending = FuturesUnordered::new();
-    let (mut sent, mut acked, mut first_error) = (0u64, 0u64, None::<String>);
+    let acks = AckCollector::new(100_000, || {});
+    let mut sent = 0u64;
     while let Some(line) = rx.recv().await {
         let line = line.context("reading standard input")?;
         let mut record = match sep.and_then(|s| find(&line, s).map(|i| (i, s.len()))) {
@@ -141,38 +140,20 @@ pub async fn produce(client: &Client, args: &ProduceArgs) -> Result<ExitCode> {
         if let Some(p) = args.partition {
             record = record.with_partition(p);
         }
-        pending.push(producer.send(record).await?);
+        acks.push(producer.send(record).await?, Instant::now())
+            .await;
         sent += 1;
-        // Collect finished acknowledgements as we go, so memory stays bounded.
-        while let Some(Some(result)) = futures::FutureExt::now_or_never(pending.next()) {
-            tally(result, &mut acked, &mut first_error);
-        }
     }
     producer.flush().await?;
-    while let Some(result) = pending.next().await {
-        tally(result, &mut acked, &mut first_error);
-    }
-    if let Some(e) = first_error {
+    let tally = acks.finish().await;
+    if let Some(e) = tally.first_error {
         bail!(
             "{} of {sent} record(s) were not acknowledged; first error: {e}",
-            sent - acked
+            tally.failed
         );
     }
     eprintln!("produced {sent} record(s) to {}", args.topic);
     Ok(ExitCode::SUCCESS)
-}
-
-fn tally(
-    result: Result<sluice_client::RecordMetadata, sluice_client::ClientError>,
-    acked: &mut u64,
-    first_error: &mut Option<String>,
-) {
-    match result {
-        Ok(_) => *acked += 1,
-        Err(e) => {
-            first_error.get_or_insert_with(|| e.to_string());
-        }
-    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

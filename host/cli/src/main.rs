@@ -1,6 +1,7 @@
 //! `sluice`: the one binary. `sluice broker` runs a node; every other subcommand is a client
 //! of a running broker (topics, produce, consume, bench), over QUIC through the Rust SDK.
 
+mod acks;
 mod bench;
 mod cli;
 mod client_cmds;
