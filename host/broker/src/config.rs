@@ -32,6 +32,8 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout_ms: u64,
+    /// Memory the store may use to cache pages.
+    pub store_cache_bytes: usize,
 }
 
 /// TLS material. With neither `cert` nor `key` set, the broker creates a dev CA and a server
@@ -59,6 +61,7 @@ impl Default for BrokerConfig {
             max_batch_bytes: 8 * 1024 * 1024,
             retention_check_interval_ms: 5_000,
             shutdown_timeout_ms: 10_000,
+            store_cache_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -133,10 +133,13 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     let server_config = tls::quic_server_config(certs, key)?;
 
     let store_path = config.data_dir.join("sluice.redb");
-    let store =
-        tokio::task::spawn_blocking(move || Store::open(&store_path, StoreOptions::default()))
-            .await
-            .map_err(|e| BrokerError::Metadata(format!("store open task: {e}")))??;
+    let options = StoreOptions {
+        cache_bytes: config.store_cache_bytes,
+        ..StoreOptions::default()
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, options))
+        .await
+        .map_err(|e| BrokerError::Metadata(format!("store open task: {e}")))??;
     let cluster_id = match store.meta_get("cluster_id")? {
         Some(id) => String::from_utf8_lossy(&id).into_owned(),
         None => {

@@ -70,6 +70,8 @@ pub struct StoreOptions {
     pub max_group_batches: usize,
     /// Most batch bytes in one group commit. Default 32 MiB.
     pub max_group_bytes: usize,
+    /// Memory redb may use to cache pages. Default 256 MiB; small edge nodes set less.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -77,6 +79,7 @@ impl Default for StoreOptions {
         StoreOptions {
             max_group_batches: 4096,
             max_group_bytes: 32 * 1024 * 1024,
+            cache_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -192,7 +192,9 @@ impl Store {
     /// Opens or creates the redb file at `path` (e.g. `DATA_DIR/sluice.redb`), checks its format
     /// version, rebuilds the in-memory index and starts the single writer thread.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store> {
-        let db = Database::create(path)?;
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create(path)?;
         Self::start(db, &path.display().to_string(), options)
     }
 
@@ -202,7 +204,9 @@ impl Store {
         backend: impl redb::StorageBackend,
         options: StoreOptions,
     ) -> Result<Store> {
-        let db = redb::Builder::new().create_with_backend(backend)?;
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create_with_backend(backend)?;
         Self::start(db, "(custom backend)", options)
     }
 
