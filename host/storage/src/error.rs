@@ -4,7 +4,8 @@ use crate::PartitionId;
 
 /// Everything that can go wrong in the store.
 ///
-/// `UnknownPartition`, `OffsetOutOfRange` and `InvalidBatch` are about the request: the store is
+/// `UnknownPartition`, `OffsetOutOfRange`, `InvalidBatch`, `OutOfOrderSequence` and
+/// `ProducerFenced` are about the request: the store is
 /// fine and the caller should answer its client. `Corrupt` means a stored batch failed its checks
 /// (it is never served). `Failed`, `Closed` and `Redb` mean the store itself cannot serve.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,32 @@ pub enum StorageError {
     /// before appending, so this means a bug upstream; nothing was stored.
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
+    /// An idempotent producer's batch does not continue its sequence on this partition: a
+    /// batch before it is missing (or it retries one too old to be recognised). Nothing was
+    /// stored. Resending cannot help; the producer must start a new sequence (a new producer
+    /// id).
+    #[error(
+        "out of order sequence for producer {producer_id} on partition {id}: expected sequence \
+         {expected}, got {got}"
+    )]
+    OutOfOrderSequence {
+        id: PartitionId,
+        producer_id: i64,
+        expected: i32,
+        got: i32,
+    },
+    /// The batch carries an older epoch of its producer id than this partition has seen: a
+    /// newer instance of the producer took over. Nothing was stored.
+    #[error(
+        "producer {producer_id} epoch {epoch} is fenced on partition {id}: epoch \
+         {current_epoch} is current"
+    )]
+    ProducerFenced {
+        id: PartitionId,
+        producer_id: i64,
+        epoch: i16,
+        current_epoch: i16,
+    },
     /// An earlier commit or write failed (I/O error, full disk, ...). The store refuses every
     /// further write rather than guess what reached the disk; reopen it to recover.
     #[error("the store failed earlier and refuses writes until it is reopened: {0}")]

@@ -12,12 +12,17 @@
 //! [`Store::partition_state`] and [`Store::offset_for_timestamp`] answer from an in-memory index
 //! that is rebuilt from a small index table on startup, without reading batch bodies.
 //!
+//! Idempotent producers: the writer checks each batch's producer id, epoch and sequence against
+//! [`ProducerState`] (a pure state machine) where it assigns offsets, refusing gaps and answering
+//! exact retries with their original offset instead of storing them twice.
+//!
 //! The offset logic is a pure state machine, [`PartitionLog`]; the redb and threading driver is
 //! in `store`. The on-disk format, durability modes and failure behaviour are described in
 //! `docs/storage.md`.
 
 mod error;
 pub mod partition_log;
+pub mod producer_state;
 mod store;
 mod tables;
 
@@ -25,6 +30,7 @@ use std::fmt;
 
 pub use error::StorageError;
 pub use partition_log::{BatchMeta, PartitionLog, RetentionPlan};
+pub use producer_state::{ProducerStamp, ProducerState, SequenceCheck};
 pub use store::Store;
 pub use tables::FORMAT_VERSION;
 
@@ -92,6 +98,10 @@ pub struct Appended {
     pub log_start: u64,
     /// Log end right after this batch.
     pub log_end: u64,
+    /// The batch was an idempotent producer's retry of one already stored: `base_offset` is
+    /// where the first copy went, and nothing was written again. `log_end` is then the end of
+    /// that first copy.
+    pub duplicate: bool,
 }
 
 /// Whole batches, concatenated, as a fetch returns them.

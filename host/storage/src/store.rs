@@ -18,7 +18,10 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, trace};
 
 use crate::partition_log::PartitionLog;
-use crate::tables::{self, BATCH_INDEX, BATCHES, BatchKey, META_KV, META_LOG, PARTITIONS};
+use crate::producer_state::{ProducerStamp, ProducerState, SequenceCheck};
+use crate::tables::{
+    self, BATCH_INDEX, BATCHES, BatchKey, IndexRow, META_KV, META_LOG, PARTITIONS,
+};
 use crate::{
     Appended, PartitionId, PartitionState, ReadBatches, RetentionOutcome, StorageError,
     StoreOptions,
@@ -212,8 +215,16 @@ impl Store {
 
     fn start(db: Database, location: &str, options: StoreOptions) -> Result<Store> {
         tables::init(&db)?;
-        let partitions = tables::load_partitions(&db)?;
-        info!(location, partitions = partitions.len(), "storage opened");
+        let tables::Loaded {
+            logs: partitions,
+            producers,
+        } = tables::load_partitions(&db)?;
+        info!(
+            location,
+            partitions = partitions.len(),
+            idempotent_producers = producers.values().map(ProducerState::len).sum::<usize>(),
+            "storage opened"
+        );
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
             partitions: RwLock::new(
@@ -231,7 +242,7 @@ impl Store {
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("sluice-storage-writer".into())
-            .spawn(move || Writer::new(writer_shared).run(rx))
+            .spawn(move || Writer::new(writer_shared, producers).run(rx))
             .map_err(|e| StorageError::Redb(e.into()))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -318,7 +329,7 @@ impl Store {
         batch: Vec<u8>,
         leader_epoch: u32,
         durability: sluice_proto::Durability,
-    ) -> impl Future<Output = Result<Appended>> + Send + 'static {
+    ) -> impl Future<Output = Result<Appended>> + Send + use<> {
         // Queued when called, not when first polled: the broker calls `append` in the order
         // requests arrive on a stream, and that order must be the order of offsets.
         Self::outcome(self.enqueue(|reply| Command::Append {
@@ -573,6 +584,11 @@ fn check_stored_batch(id: PartitionId, base: u64, bytes: &[u8]) -> Result<BatchH
 /// The single writer: owns all writes to the database.
 struct Writer {
     shared: Arc<Shared>,
+    /// Idempotent producers' recent batches per partition. Owned by the writer thread alone
+    /// (no lock): it is read and changed only where offsets are assigned. Changed as batches
+    /// are staged, not on commit: if a commit fails the store refuses all writes until it is
+    /// reopened, and reopening rebuilds this from what reached the file.
+    producers: HashMap<PartitionId, ProducerState>,
     /// When the last non-durable commit must be made durable by.
     sync_deadline: Option<Instant>,
 }
@@ -626,7 +642,7 @@ struct Group {
 /// The tables a group writes to, open for the length of its transaction.
 struct GroupTables<'t> {
     batches: Table<'t, BatchKey, &'static [u8]>,
-    index: Table<'t, BatchKey, (u64, i64, u32)>,
+    index: Table<'t, BatchKey, IndexRow>,
     partitions: Table<'t, (u64, u32), (u64, u64)>,
     meta_log: Table<'t, u64, &'static [u8]>,
     meta_kv: Table<'t, &'static str, &'static [u8]>,
@@ -645,9 +661,10 @@ impl<'t> GroupTables<'t> {
 }
 
 impl Writer {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, producers: HashMap<PartitionId, ProducerState>) -> Self {
         Writer {
             shared,
+            producers,
             sync_deadline: None,
         }
     }
@@ -796,7 +813,7 @@ impl Writer {
     }
 
     fn stage_and_commit(
-        &self,
+        &mut self,
         commands: &mut std::vec::IntoIter<Command>,
         group: &mut Group,
     ) -> Result<(), redb::Error> {
@@ -823,6 +840,17 @@ impl Writer {
         Ok(())
     }
 
+    /// Notes what an append (or an acknowledged duplicate) asks of the group's commit.
+    fn note_durability(group: &mut Group, durability: sluice_proto::Durability) {
+        match durability {
+            sluice_proto::Durability::Fsync => group.durable = true,
+            sluice_proto::Durability::IntervalMs(ms) => {
+                let ms = Duration::from_millis(ms);
+                group.interval = Some(group.interval.map_or(ms, |i| i.min(ms)));
+            }
+        }
+    }
+
     /// The partition as this group sees it: created or deleted in the group, or committed.
     fn lookup(&self, group: &Group, id: PartitionId) -> Option<SharedLog> {
         if let Some(log) = group.created.get(&id) {
@@ -837,7 +865,7 @@ impl Writer {
     /// Stages one command into the group's transaction. Errors of the command alone (unknown
     /// partition, invalid batch) are answered at once; a redb error fails the whole group.
     fn stage(
-        &self,
+        &mut self,
         command: Command,
         tables: &mut GroupTables<'_>,
         group: &mut Group,
@@ -869,6 +897,57 @@ impl Writer {
                         return Ok(());
                     }
                 };
+                let stamp = ProducerStamp {
+                    producer_id: header.producer_id,
+                    epoch: header.producer_epoch,
+                    base_sequence: header.base_sequence,
+                };
+                if stamp.is_idempotent() {
+                    let producers = self.producers.entry(id).or_default();
+                    match producers.check(stamp, header.record_count) {
+                        SequenceCheck::Accept => {}
+                        SequenceCheck::Duplicate { base_offset } => {
+                            // Nothing is written, but the answer waits for this group's commit
+                            // (durable if the topic asks for it), so it never acknowledges a
+                            // first copy that is not yet committed as the topic requires.
+                            let state = lock(&log).staged_state();
+                            debug!(partition = %id, producer_id = stamp.producer_id,
+                                   sequence = stamp.base_sequence, base_offset,
+                                   "duplicate batch not stored again");
+                            Self::note_durability(group, durability);
+                            group.waiters.push(Waiter::Appended(
+                                reply,
+                                Appended {
+                                    base_offset,
+                                    log_start: state.log_start,
+                                    log_end: base_offset + u64::from(header.record_count),
+                                    duplicate: true,
+                                },
+                            ));
+                            return Ok(());
+                        }
+                        SequenceCheck::OutOfOrder { expected } => {
+                            debug!(partition = %id, producer_id = stamp.producer_id,
+                                   expected, got = stamp.base_sequence, "sequence gap refused");
+                            reply.send(Err(StorageError::OutOfOrderSequence {
+                                id,
+                                producer_id: stamp.producer_id,
+                                expected,
+                                got: stamp.base_sequence,
+                            }));
+                            return Ok(());
+                        }
+                        SequenceCheck::Fenced { current_epoch } => {
+                            reply.send(Err(StorageError::ProducerFenced {
+                                id,
+                                producer_id: stamp.producer_id,
+                                epoch: stamp.epoch,
+                                current_epoch,
+                            }));
+                            return Ok(());
+                        }
+                    }
+                }
                 let (base, state) = {
                     let mut log = lock(&log);
                     let base = log.stage_append(
@@ -883,16 +962,24 @@ impl Writer {
                 batch::assign_offset(&mut batch, base, leader_epoch);
                 let key = (id.topic_id, id.partition, base);
                 tables.batches.insert(key, batch.as_slice())?;
-                tables
-                    .index
-                    .insert(key, (state.log_end, header.max_timestamp, header.batch_len))?;
-                match durability {
-                    sluice_proto::Durability::Fsync => group.durable = true,
-                    sluice_proto::Durability::IntervalMs(ms) => {
-                        let ms = Duration::from_millis(ms);
-                        group.interval = Some(group.interval.map_or(ms, |i| i.min(ms)));
-                    }
+                tables.index.insert(
+                    key,
+                    (
+                        state.log_end,
+                        header.max_timestamp,
+                        header.batch_len,
+                        stamp.producer_id,
+                        stamp.epoch,
+                        stamp.base_sequence,
+                    ),
+                )?;
+                if stamp.is_idempotent() {
+                    self.producers
+                        .entry(id)
+                        .or_default()
+                        .record(stamp, header.record_count, base);
                 }
+                Self::note_durability(group, durability);
                 group.appends += 1;
                 group.waiters.push(Waiter::Appended(
                     reply,
@@ -900,6 +987,7 @@ impl Writer {
                         base_offset: base,
                         log_start: state.log_start,
                         log_end: state.log_end,
+                        duplicate: false,
                     },
                 ));
             }
@@ -923,6 +1011,7 @@ impl Writer {
                     .partitions
                     .retain_in((topic_id, 0)..=(topic_id, u32::MAX), |_, _| false)?;
                 group.deleted_topics.insert(topic_id);
+                self.producers.retain(|id, _| id.topic_id != topic_id);
                 group.created.retain(|id, _| id.topic_id != topic_id);
                 group.touched.retain(|id, _| id.topic_id != topic_id);
                 debug!(topic_id, "topic deleted");
@@ -945,6 +1034,9 @@ impl Writer {
                         ..(id.topic_id, id.partition, plan.to);
                     tables.batches.retain_in(removed.clone(), |_, _| false)?;
                     tables.index.retain_in(removed, |_, _| false)?;
+                    if let Some(producers) = self.producers.get_mut(&id) {
+                        producers.retain_from(plan.to);
+                    }
                     group.staged.push(log.clone());
                     group.touched.insert(id, log);
                     debug!(partition = %id, batches = plan.removed_batches,

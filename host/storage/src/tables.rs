@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::partition_log::{BatchMeta, PartitionLog};
+use crate::producer_state::{ProducerStamp, ProducerState};
 use crate::{PartitionId, StorageError};
 
 /// The on-disk format version this build writes and reads.
@@ -17,9 +18,14 @@ pub(crate) type BatchKey = (u64, u32, u64);
 
 /// The stored batches, whole, with base offset and leader epoch already patched in.
 pub(crate) const BATCHES: TableDefinition<BatchKey, &[u8]> = TableDefinition::new("batches");
-/// Per batch: `(next_offset, max_timestamp, len)`, so startup never reads batch bodies.
-pub(crate) const BATCH_INDEX: TableDefinition<BatchKey, (u64, i64, u32)> =
+/// Per batch: `(next_offset, max_timestamp, len, producer_id, producer_epoch, base_sequence)`,
+/// so startup rebuilds offsets and idempotent producers' state without reading batch bodies.
+pub(crate) const BATCH_INDEX: TableDefinition<BatchKey, IndexRow> =
     TableDefinition::new("batch_index");
+
+/// A `batch_index` value: `(next_offset, max_timestamp, len, producer_id, producer_epoch,
+/// base_sequence)`.
+pub(crate) type IndexRow = (u64, i64, u32, i64, i16, i32);
 /// Per partition: `(log_start, log_end)`. Kept even when the partition holds no batch, so
 /// offsets are never reused.
 pub(crate) const PARTITIONS: TableDefinition<(u64, u32), (u64, u64)> =
@@ -69,21 +75,38 @@ pub(crate) fn init(db: &Database) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Rebuilds every partition's in-memory log from the partition and index tables.
-pub(crate) fn load_partitions(
-    db: &Database,
-) -> Result<HashMap<PartitionId, PartitionLog>, StorageError> {
+/// What startup rebuilds from the partition and index tables.
+pub(crate) struct Loaded {
+    pub logs: HashMap<PartitionId, PartitionLog>,
+    /// Only partitions that hold batches of idempotent producers.
+    pub producers: HashMap<PartitionId, ProducerState>,
+}
+
+/// Rebuilds every partition's in-memory log, and its idempotent producers' recent batches,
+/// from the partition and index tables.
+pub(crate) fn load_partitions(db: &Database) -> Result<Loaded, StorageError> {
     let txn = db.begin_read()?;
     let partitions = txn.open_table(PARTITIONS)?;
     let index = txn.open_table(BATCH_INDEX)?;
     // One pass over the index (sorted by partition, then offset), then one over the bounds.
     let mut entries: HashMap<PartitionId, Vec<(u64, BatchMeta)>> = HashMap::new();
+    let mut producers: HashMap<PartitionId, ProducerState> = HashMap::new();
     for row in index.iter()? {
         let (key, meta) = row?;
         let (topic_id, partition, base) = key.value();
-        let (next_offset, max_timestamp, len) = meta.value();
+        let (next_offset, max_timestamp, len, producer_id, epoch, base_sequence) = meta.value();
+        let id = PartitionId::new(topic_id, partition);
+        let stamp = ProducerStamp {
+            producer_id,
+            epoch,
+            base_sequence,
+        };
+        if stamp.is_idempotent() {
+            let count = next_offset.saturating_sub(base).min(u64::from(u32::MAX)) as u32;
+            producers.entry(id).or_default().record(stamp, count, base);
+        }
         entries
-            .entry(PartitionId::new(topic_id, partition))
+            .entry(id)
             .or_default()
             .push((
                 base,
@@ -117,5 +140,8 @@ pub(crate) fn load_partitions(
             reason: "batch index entries for a partition that does not exist".into(),
         });
     }
-    Ok(out)
+    Ok(Loaded {
+        logs: out,
+        producers,
+    })
 }
