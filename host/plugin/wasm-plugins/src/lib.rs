@@ -1,0 +1,51 @@
+//! The components of `plugins/`, built for wasm32-wasip2 by this crate's build script from
+//! this checkout, for tests and benchmarks (host/plugin's tests, the `tests/` crate).
+//!
+//! ```ignore
+//! let wasm = sluice_wasm_plugins::read("json-filter");
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// Directory holding the built `.wasm` components.
+pub const DIR: &str = env!("SLUICE_WASM_PLUGINS_DIR");
+
+/// The built-in plugins (package names in `plugins/`).
+pub const BUILTINS: &[&str] = &[
+    "json-filter",
+    "regex-mask",
+    "split-lines",
+    "window-count",
+    "json-partitioner",
+];
+
+/// Test fixtures that misbehave on purpose (package names in `plugins/hostile/`).
+pub const HOSTILE: &[&str] = &[
+    "hostile-infinite-loop",
+    "hostile-memory-bomb",
+    "hostile-trap",
+    "hostile-huge-output",
+    "hostile-wrong-world",
+    "hostile-bad-partition",
+];
+
+/// Path of the component built from the package `name` (e.g. `"json-filter"`,
+/// `"identity-map"`, `"hostile-trap"`).
+///
+/// # Panics
+/// If there is no such component: `name` is not a package of `plugins/`.
+pub fn path(name: &str) -> PathBuf {
+    let p = Path::new(DIR).join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        p.exists(),
+        "no built plugin {name:?} at {}; the packages are in plugins/Cargo.toml",
+        p.display()
+    );
+    p
+}
+
+/// The bytes of the component built from the package `name`; see [`path`].
+pub fn read(name: &str) -> Vec<u8> {
+    let p = path(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+}
