@@ -48,6 +48,17 @@ impl MetadataController {
     /// Validates `cmd`, appends it durably to the metadata log and applies it. Blocking: call
     /// it from a blocking thread.
     pub fn propose(&self, cmd: MetadataCommand) -> Result<(), ProposeError> {
+        self.propose_then(cmd, |_| ())
+    }
+
+    /// Like [`MetadataController::propose`], then runs `f` on the state as this command left
+    /// it, before any later proposal applies: how a caller learns what its command did (the
+    /// producer id it allocated, say).
+    pub fn propose_then<R>(
+        &self,
+        cmd: MetadataCommand,
+        f: impl FnOnce(&MetadataState) -> R,
+    ) -> Result<R, ProposeError> {
         let mut last = self.log.lock().expect("metadata log lock poisoned");
         self.state
             .read()
@@ -56,11 +67,9 @@ impl MetadataController {
         let index = *last + 1;
         self.store.meta_append(index, &encode_command(&cmd))?;
         *last = index;
-        self.state
-            .write()
-            .expect("metadata lock poisoned")
-            .apply(index, &cmd)?;
-        Ok(())
+        let mut state = self.state.write().expect("metadata lock poisoned");
+        state.apply(index, &cmd)?;
+        Ok(f(&state))
     }
 
     /// Runs `f` on the current state.

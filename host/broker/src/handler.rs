@@ -75,6 +75,13 @@ pub(crate) fn handle(
     match request {
         Request::Produce(p) => produce(broker, p, raw),
         Request::Fetch(f) => Box::pin(async move { fetch(broker, f).await }),
+        Request::GroupHeartbeat(_)
+        | Request::OffsetCommit(_)
+        | Request::OffsetFetch { .. }
+        | Request::ListGroups
+        | Request::DescribeGroup { .. }
+        | Request::ResetOffsets(_)
+        | Request::DeleteGroup { .. } => Box::pin(crate::groups::handle(broker, request)),
         other => Box::pin(async move {
             let b = broker.clone();
             match tokio::task::spawn_blocking(move || admin(&b, other)).await {
@@ -104,6 +111,7 @@ fn metadata_error(e: MetadataError) -> WireError {
         MetadataError::InvalidPartitions(_)
         | MetadataError::InvalidConfig(_)
         | MetadataError::UnknownBroker(_) => ErrorCode::InvalidConfig,
+        MetadataError::ProducerIdsExhausted => ErrorCode::Internal,
     };
     WireError::new(code, e.to_string())
 }
@@ -120,6 +128,34 @@ pub(crate) fn storage_error(e: StorageError) -> WireError {
             format!("partition {} is not stored here", id.partition),
         ),
         StorageError::Corrupt { .. } => WireError::new(ErrorCode::CorruptData, e.to_string()),
+        StorageError::OutOfOrderSequence {
+            id,
+            producer_id,
+            expected,
+            got,
+        } => WireError::new(
+            ErrorCode::OutOfOrderSequence,
+            format!(
+                "out of order sequence on partition {}: producer {producer_id} sent sequence \
+                 {got}, expected sequence {expected} (a batch before it is missing); nothing was \
+                 stored — the producer must start over with a new producer id",
+                id.partition
+            ),
+        ),
+        StorageError::ProducerFenced {
+            id,
+            producer_id,
+            epoch,
+            current_epoch,
+        } => WireError::new(
+            ErrorCode::ProducerFenced,
+            format!(
+                "producer {producer_id} epoch {epoch} is fenced on partition {}: epoch \
+                 {current_epoch} is current (a newer instance of this producer exists); nothing \
+                 was stored",
+                id.partition
+            ),
+        ),
         StorageError::Closed => WireError::new(
             ErrorCode::ShuttingDown,
             "the store is closing; retry shortly",
@@ -180,7 +216,7 @@ impl Broker {
         })
     }
 
-    fn high_watermark(&self, id: PartitionId) -> u64 {
+    pub(crate) fn high_watermark(&self, id: PartitionId) -> u64 {
         *self.runtime(id).high_watermark.borrow()
     }
 
@@ -193,7 +229,7 @@ impl Broker {
         )
     }
 
-    fn advance_high_watermark(&self, id: PartitionId, to: u64) {
+    pub(crate) fn advance_high_watermark(&self, id: PartitionId, to: u64) {
         self.runtime(id).high_watermark.send_if_modified(|hw| {
             if to > *hw {
                 *hw = to;
@@ -230,6 +266,16 @@ fn produce(broker: Arc<Broker>, req: ProduceRequest, raw: Bytes) -> BoxFuture<'s
                 format!("invalid record batch: {e}"),
             )
         })?;
+        if header.producer_id >= 0 && (header.producer_epoch < 0 || header.base_sequence < 0) {
+            return Err(WireError::new(
+                ErrorCode::InvalidRecord,
+                format!(
+                    "invalid record batch: producer id {} needs a producer epoch and a base \
+                     sequence of 0 or more, got epoch {} and sequence {}",
+                    header.producer_id, header.producer_epoch, header.base_sequence
+                ),
+            ));
+        }
         Ok((led, header))
     })();
     let (led, header) = match prepared {
@@ -474,7 +520,31 @@ fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, WireError> {
             Ok(ResponseBody::Topic(describe(broker, &t)))
         }
         Request::ListOffsets(req) => list_offsets(broker, req),
-        Request::Hello(_) | Request::Produce(_) | Request::Fetch(_) => Err(WireError::new(
+        Request::InitProducerId => {
+            // Allocated through the metadata log, so an id is never handed out twice, not even
+            // after a restart. Every new producer starts at epoch 0.
+            let producer_id = broker
+                .controller
+                .propose_then(MetadataCommand::AllocateProducerId, |s| {
+                    s.next_producer_id() - 1
+                })
+                .map_err(propose_error)?;
+            tracing::debug!(producer_id, "producer id allocated");
+            Ok(ResponseBody::ProducerId {
+                producer_id,
+                epoch: 0,
+            })
+        }
+        Request::Hello(_)
+        | Request::Produce(_)
+        | Request::Fetch(_)
+        | Request::GroupHeartbeat(_)
+        | Request::OffsetCommit(_)
+        | Request::OffsetFetch { .. }
+        | Request::ListGroups
+        | Request::DescribeGroup { .. }
+        | Request::ResetOffsets(_)
+        | Request::DeleteGroup { .. } => Err(WireError::new(
             ErrorCode::InvalidRequest,
             "request routed to the wrong handler",
         )),

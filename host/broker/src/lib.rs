@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod controller;
+mod groups;
 mod handler;
 mod retention;
 mod server;
@@ -63,6 +64,7 @@ pub(crate) struct Broker {
     cluster_id: String,
     store: Store,
     controller: MetadataController,
+    groups: groups::GroupCoordinator,
     partitions: RwLock<HashMap<PartitionId, Arc<PartitionRuntime>>>,
     /// Becomes true when shutdown begins; long-polls watch it to return early.
     shutdown: watch::Sender<bool>,
@@ -78,6 +80,7 @@ pub struct BrokerHandle {
     local_addr: SocketAddr,
     accept_task: tokio::task::JoinHandle<()>,
     retention_task: tokio::task::JoinHandle<()>,
+    expiry_task: tokio::task::JoinHandle<()>,
 }
 
 impl BrokerHandle {
@@ -94,6 +97,7 @@ impl BrokerHandle {
         self.endpoint.set_server_config(None);
         self.accept_task.abort();
         self.retention_task.abort();
+        self.expiry_task.abort();
         let timeout = Duration::from_millis(self.broker.config.shutdown_timeout_ms);
         let drained = tokio::time::timeout(timeout, async {
             loop {
@@ -191,6 +195,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         cluster_id,
         store,
         controller,
+        groups: groups::GroupCoordinator::default(),
         partitions: RwLock::new(HashMap::new()),
         shutdown: watch::channel(false).0,
         in_flight: AtomicUsize::new(0),
@@ -198,13 +203,22 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     });
     tracing::info!(node_id, addr = %local_addr, cluster_id = %broker.cluster_id, "broker listening (QUIC, ALPN sluice/1)");
     let accept_task = tokio::spawn(server::accept_loop(broker.clone(), endpoint.clone()));
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || groups::GroupCoordinator::load(&b))
+        .await
+        .map_err(|e| BrokerError::Metadata(format!("group load task: {e}")))??;
     let retention_task = tokio::spawn(retention::run(broker.clone()));
+    let expiry_task = tokio::spawn(groups::GroupCoordinator::run_expiry(
+        broker.clone(),
+        Duration::from_millis(250),
+    ));
     Ok(BrokerHandle {
         broker,
         endpoint,
         local_addr,
         accept_task,
         retention_task,
+        expiry_task,
     })
 }
 

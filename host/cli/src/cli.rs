@@ -44,6 +44,9 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Print records of a topic.
     Consume(ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Measure throughput and latency against a running broker.
     Bench(bench::BenchArgs),
 }
@@ -139,6 +142,47 @@ pub struct ConsumeArgs {
     /// percent sign; \n and \t escapes.
     #[arg(long, default_value = "%v\\n")]
     pub format: String,
+    /// Join this consumer group: the group decides which partitions this consumer reads,
+    /// and positions are committed (after printing) so a restart continues where it stopped.
+    #[arg(long, conflicts_with_all = ["partition", "offset", "from_time"])]
+    pub group: Option<String>,
+    /// With --group: where to start partitions the group has no committed offset for.
+    #[arg(long, default_value = "latest", value_parser = ["earliest", "latest", "error"], requires = "group")]
+    pub reset: String,
+    /// With --group: the session timeout in ms.
+    #[arg(long, default_value_t = 10_000, requires = "group")]
+    pub session_timeout_ms: u64,
+    /// With --group: static membership id.
+    #[arg(long, requires = "group")]
+    pub instance_id: Option<String>,
+    /// With --group: range, round-robin or sticky.
+    #[arg(long, requires = "group")]
+    pub assignor: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// List consumer groups.
+    List,
+    /// Members, assignment, and per partition the committed offset, log end and lag.
+    Describe { group: String },
+    /// Move an empty group's committed offsets for a topic.
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, conflicts_with_all = ["to_latest", "to_offset", "to_time"])]
+        to_earliest: bool,
+        #[arg(long, conflicts_with_all = ["to_offset", "to_time"])]
+        to_latest: bool,
+        #[arg(long, conflicts_with = "to_time")]
+        to_offset: Option<u64>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        to_time: Option<String>,
+    },
+    /// Delete an empty group and its committed offsets.
+    Delete { group: String },
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -157,6 +201,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Topic(cmd) => client_cmds::topic(&connect(&cli).await?, cmd).await,
         Command::Produce(args) => client_cmds::produce(&connect(&cli).await?, args).await,
         Command::Consume(args) => client_cmds::consume(&connect(&cli).await?, args).await,
+        Command::Group(cmd) => client_cmds::group(&connect(&cli).await?, cmd).await,
         Command::Bench(args) => bench::run(&cli, args).await,
     }
 }

@@ -6,11 +6,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use sluice_client::{Client, ConsumerConfig, OffsetReset, ProducerConfig, ProducerRecord, SeekTo};
-use sluice_proto::{TopicConfig, TopicDescription};
+use std::collections::BTreeMap;
+
+use sluice_client::{
+    Client, Consumer, ConsumerConfig, GroupOptions, OffsetReset, ProducerConfig, ProducerRecord,
+    SeekTo,
+};
+use sluice_proto::{
+    Request, ResetOffsetsRequest, ResetTo, ResponseBody, TopicConfig, TopicDescription,
+};
 
 use crate::acks::AckCollector;
-use crate::cli::{ConsumeArgs, ProduceArgs, TopicCommand};
+use crate::cli::{ConsumeArgs, GroupCommand, ProduceArgs, TopicCommand};
 use crate::format::Format;
 
 pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
@@ -179,6 +186,34 @@ pub async fn consume(client: &Client, args: &ConsumeArgs) -> Result<ExitCode> {
         SeekTo::Latest
     };
     let t = client.admin().describe_topic(&args.topic).await?;
+    if let Some(group) = &args.group {
+        let reset = match args.reset.as_str() {
+            "earliest" => OffsetReset::Earliest,
+            "error" => OffsetReset::Error,
+            _ => OffsetReset::Latest,
+        };
+        let reset = if args.from_beginning {
+            OffsetReset::Earliest
+        } else {
+            reset
+        };
+        let mut consumer = client.consumer(ConsumerConfig {
+            reset,
+            ..ConsumerConfig::default()
+        });
+        let options = GroupOptions {
+            session_timeout: Duration::from_millis(args.session_timeout_ms),
+            assignor: args.assignor.clone(),
+            instance_id: args.instance_id.clone(),
+            // Offsets are committed right after the records are printed, below.
+            auto_commit_interval: None,
+            ..GroupOptions::default()
+        };
+        consumer.subscribe(group, &[&args.topic], options).await?;
+        let result = print_records(&mut consumer, args, &format, true).await;
+        consumer.close().await?;
+        return result;
+    }
     let partitions: Vec<u32> = match args.partition {
         Some(p) if p as usize >= t.partitions.len() => {
             bail!(
@@ -205,6 +240,16 @@ pub async fn consume(client: &Client, args: &ConsumeArgs) -> Result<ExitCode> {
     for &p in &partitions {
         consumer.seek(&args.topic, p, start).await?;
     }
+    print_records(&mut consumer, args, &format, false).await
+}
+
+/// The consume loop: polls, prints, and in a group commits what it printed.
+async fn print_records(
+    consumer: &mut Consumer,
+    args: &ConsumeArgs,
+    format: &Format,
+    commit: bool,
+) -> Result<ExitCode> {
     let idle = args.timeout_ms.map(Duration::from_millis);
     let mut last_record = Instant::now();
     let mut printed = 0u64;
@@ -233,21 +278,153 @@ pub async fn consume(client: &Client, args: &ConsumeArgs) -> Result<ExitCode> {
         if !records.is_empty() {
             last_record = Instant::now();
         }
+        let mut next: BTreeMap<(String, u32), u64> = BTreeMap::new();
         for r in &records {
             if args.max_messages.is_some_and(|n| printed >= n) {
                 break;
             }
             format.write(r, &mut out);
+            next.insert((r.topic.clone(), r.partition), r.offset + 1);
             printed += 1;
         }
-        let mut lock = stdout.lock();
-        if let Err(e) = lock.write_all(&out).and_then(|_| lock.flush()) {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return Ok(ExitCode::SUCCESS);
+        {
+            let mut lock = stdout.lock();
+            if let Err(e) = lock.write_all(&out).and_then(|_| lock.flush()) {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                return Err(e).context("writing to standard output");
             }
-            return Err(e).context("writing to standard output");
         }
         out.clear();
+        if commit && !next.is_empty() {
+            let offsets: Vec<(String, u32, u64)> =
+                next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
+            consumer.commit_offsets(&offsets).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn group(client: &Client, cmd: &GroupCommand) -> Result<ExitCode> {
+    match cmd {
+        GroupCommand::List => {
+            let groups = match client.request(Request::ListGroups, Bytes::new()).await? {
+                (ResponseBody::Groups(g), _) => g,
+                (other, _) => bail!("unexpected answer to ListGroups: {other:?}"),
+            };
+            for g in groups {
+                println!(
+                    "{}\t{} member(s)\tepoch {}",
+                    g.group,
+                    g.members.len(),
+                    g.epoch
+                );
+            }
+        }
+        GroupCommand::Describe { group } => {
+            let g = match client
+                .request(
+                    Request::DescribeGroup {
+                        group: group.clone(),
+                    },
+                    Bytes::new(),
+                )
+                .await?
+            {
+                (ResponseBody::Group(g), _) => g,
+                (other, _) => bail!("unexpected answer to DescribeGroup: {other:?}"),
+            };
+            println!(
+                "group {} (epoch {}, assignor {}): {} member(s)",
+                g.group,
+                g.epoch,
+                g.assignor,
+                g.members.len()
+            );
+            for m in &g.members {
+                let parts: Vec<String> = m
+                    .assignment
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(move |p| format!("{}/{p}", t.topic)))
+                    .collect();
+                println!(
+                    "member {} client={} instance={} epoch={} partitions=[{}]",
+                    m.member_id,
+                    m.client_id,
+                    m.instance_id.as_deref().unwrap_or("-"),
+                    m.member_epoch,
+                    parts.join(",")
+                );
+            }
+            println!("topic\tpartition\tcommitted\tlog_end\tlag\towner");
+            for p in &g.partitions {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    p.topic,
+                    p.partition,
+                    p.committed.map_or("-".to_string(), |o| o.to_string()),
+                    p.log_end,
+                    p.lag,
+                    p.owner.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        GroupCommand::ResetOffsets {
+            group,
+            topic,
+            to_earliest,
+            to_latest,
+            to_offset,
+            to_time,
+        } => {
+            let to = if *to_earliest {
+                ResetTo::Earliest
+            } else if *to_latest {
+                ResetTo::Latest
+            } else if let Some(o) = to_offset {
+                ResetTo::Offset(*o)
+            } else if let Some(t) = to_time {
+                let ts = time::OffsetDateTime::parse(
+                    t,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .with_context(|| {
+                    format!("--to-time {t:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z")
+                })?;
+                ResetTo::Timestamp((ts.unix_timestamp_nanos() / 1_000_000) as i64)
+            } else {
+                bail!(
+                    "say where to: --to-earliest, --to-latest, --to-offset N or --to-time RFC3339"
+                );
+            };
+            let request = Request::ResetOffsets(ResetOffsetsRequest {
+                group: group.clone(),
+                topic: topic.clone(),
+                to,
+            });
+            let offsets = match client.request(request, Bytes::new()).await? {
+                (ResponseBody::GroupOffsets(o), _) => o,
+                (other, _) => bail!("unexpected answer to ResetOffsets: {other:?}"),
+            };
+            for o in offsets {
+                println!("{}\t{}\t{}", o.topic, o.partition, o.offset);
+            }
+        }
+        GroupCommand::Delete { group } => {
+            match client
+                .request(
+                    Request::DeleteGroup {
+                        group: group.clone(),
+                    },
+                    Bytes::new(),
+                )
+                .await?
+            {
+                (ResponseBody::Group(g), _) => println!("deleted group {}", g.group),
+                (other, _) => bail!("unexpected answer to DeleteGroup: {other:?}"),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

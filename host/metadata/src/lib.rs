@@ -82,6 +82,17 @@ pub enum MetadataCommand {
         name: String,
         config: TopicConfig,
     },
+    /// Hands out the next producer id to an idempotent producer (epoch 0). Ids come from the
+    /// log, so they are never reused: not after a restart, and not on another node once Raft
+    /// replicates the log.
+    AllocateProducerId,
+    /// Creates an internal topic (its name starts with `__`), such as the consumer groups'
+    /// `__consumer_offsets`. Users cannot create these.
+    CreateInternalTopic {
+        name: String,
+        config: TopicConfig,
+        assignments: Vec<Vec<u32>>,
+    },
 }
 
 /// Why a command was refused.
@@ -101,6 +112,9 @@ pub enum MetadataError {
     InvalidConfig(String),
     #[error("node {0} is not a registered broker")]
     UnknownBroker(u32),
+    /// Every producer id (0..i64::MAX) has been handed out.
+    #[error("no producer ids are left")]
+    ProducerIdsExhausted,
 }
 
 /// Most partitions one topic may have; a guard against typos such as `--partitions 1000000`.
@@ -112,6 +126,8 @@ pub struct MetadataState {
     brokers: BTreeMap<u32, BrokerRecord>,
     topics: BTreeMap<String, TopicRecord>,
     next_topic_id: u64,
+    /// The id [`MetadataCommand::AllocateProducerId`] hands out next.
+    next_producer_id: i64,
     /// Index of the last applied log entry (0 before any).
     applied_index: u64,
 }
@@ -136,6 +152,12 @@ impl MetadataState {
         self.topics.values()
     }
 
+    /// The id the next [`MetadataCommand::AllocateProducerId`] allocates; the last one allocated
+    /// is this minus one.
+    pub fn next_producer_id(&self) -> i64 {
+        self.next_producer_id
+    }
+
     pub fn broker(&self, node_id: u32) -> Option<&BrokerRecord> {
         self.brokers.get(&node_id)
     }
@@ -152,8 +174,24 @@ impl MetadataState {
                 name,
                 config,
                 assignments,
+            }
+            | MetadataCommand::CreateInternalTopic {
+                name,
+                config,
+                assignments,
             } => {
-                sluice_proto::validate_topic_name(name).map_err(MetadataError::InvalidName)?;
+                let internal = matches!(cmd, MetadataCommand::CreateInternalTopic { .. });
+                match name.strip_prefix("__") {
+                    Some(rest) if internal => sluice_proto::validate_topic_name(rest)
+                        .map_err(MetadataError::InvalidName)?,
+                    None if internal => {
+                        return Err(MetadataError::InvalidName(format!(
+                            "internal topic {name:?} must start with '__'"
+                        )));
+                    }
+                    _ => sluice_proto::validate_topic_name(name)
+                        .map_err(MetadataError::InvalidName)?,
+                }
                 if self.topics.contains_key(name) {
                     return Err(MetadataError::TopicExists(name.clone()));
                 }
@@ -200,6 +238,12 @@ impl MetadataState {
             MetadataCommand::SetTopicConfig { name, config } => {
                 self.existing(name)?;
                 validate_config(config)
+            }
+            MetadataCommand::AllocateProducerId => {
+                if self.next_producer_id == i64::MAX {
+                    return Err(MetadataError::ProducerIdsExhausted);
+                }
+                Ok(())
             }
         }
     }
@@ -260,6 +304,11 @@ impl MetadataState {
                 name,
                 config,
                 assignments,
+            }
+            | MetadataCommand::CreateInternalTopic {
+                name,
+                config,
+                assignments,
             } => {
                 let topic_id = self.next_topic_id;
                 self.next_topic_id += 1;
@@ -297,6 +346,7 @@ impl MetadataState {
             MetadataCommand::SetTopicConfig { name, config } => {
                 self.topics.get_mut(name).expect("validated").config = config.clone();
             }
+            MetadataCommand::AllocateProducerId => self.next_producer_id += 1,
         }
         Ok(())
     }
@@ -485,6 +535,42 @@ mod tests {
             in_sync: vec![],
         };
         assert!(s.apply(5, &not_replica).is_err());
+    }
+
+    #[test]
+    fn producer_ids_are_dense_and_survive_replay() {
+        let mut s = node1();
+        assert_eq!(s.next_producer_id(), 0);
+        for i in 0..3 {
+            s.apply(2 + i, &MetadataCommand::AllocateProducerId)
+                .unwrap();
+        }
+        assert_eq!(s.next_producer_id(), 3, "ids 0, 1 and 2 were handed out");
+        let log = [
+            MetadataCommand::RegisterBroker {
+                node_id: 1,
+                addr: "127.0.0.1:1".into(),
+            },
+            MetadataCommand::AllocateProducerId,
+            create("t", 1),
+            MetadataCommand::AllocateProducerId,
+            MetadataCommand::AllocateProducerId,
+        ];
+        let mut replayed = MetadataState::new();
+        for (i, cmd) in log.iter().enumerate() {
+            let bytes = encode_command(cmd);
+            replayed
+                .apply(i as u64 + 1, &decode_command(&bytes).unwrap())
+                .unwrap();
+        }
+        assert_eq!(replayed.next_producer_id(), 3);
+        let mut full = replayed.clone();
+        full.next_producer_id = i64::MAX;
+        assert_eq!(
+            full.apply(9, &MetadataCommand::AllocateProducerId),
+            Err(MetadataError::ProducerIdsExhausted)
+        );
+        assert_eq!(full.next_producer_id(), i64::MAX);
     }
 
     #[test]

@@ -414,6 +414,11 @@ pub(crate) fn unexpected(wanted: &str, got: &ResponseBody) -> ClientError {
         ResponseBody::Produced(_) => "Produced",
         ResponseBody::Fetched(_) => "Fetched",
         ResponseBody::Offsets(_) => "Offsets",
+        ResponseBody::ProducerId { .. } => "ProducerId",
+        ResponseBody::GroupHeartbeat(_) => "GroupHeartbeat",
+        ResponseBody::GroupOffsets(_) => "GroupOffsets",
+        ResponseBody::Groups(_) => "Groups",
+        ResponseBody::Group(_) => "Group",
     };
     ClientError::UnexpectedResponse(format!("expected a {wanted} response, got {got}"))
 }

@@ -6,19 +6,20 @@
 //! batch boundary before it), and the position moves past the last record returned. Positions
 //! are only committed once the whole answer decoded, so an error never skips records.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
 use sluice_proto::batch::{decode_records, split_batches};
 use sluice_proto::{
-    ErrorCode, FetchPartition, FetchRequest, Header, OffsetSpec, ProtoError, Request, ResponseBody,
-    WireError,
+    ErrorCode, FetchPartition, FetchRequest, GroupOffset, Header, OffsetCommitRequest, OffsetSpec,
+    ProtoError, Request, ResponseBody, WireError,
 };
 use tracing::debug;
 
 use crate::client::unexpected;
+use crate::group::{self, GroupEvent, GroupOptions, Membership};
 use crate::producer::unknown_topic;
 use crate::{Client, ClientError};
 
@@ -100,6 +101,8 @@ pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
     assigned: Vec<Assignment>,
+    /// Set by [`Consumer::subscribe`]: the coordinator decides the assignment.
+    group: Option<Membership>,
 }
 
 impl Consumer {
@@ -108,6 +111,254 @@ impl Consumer {
             client,
             config,
             assigned: Vec::new(),
+            group: None,
+        }
+    }
+
+    /// Joins consumer group `group`, subscribed to `topics`. From now on the group's
+    /// coordinator decides which partitions this consumer reads: `poll` follows its decisions,
+    /// starting new partitions at the group's committed offsets (or the reset policy) and
+    /// committing the positions of partitions it gives up. [`Consumer::take_events`] tells
+    /// which partitions came and went.
+    pub async fn subscribe(
+        &mut self,
+        group: &str,
+        topics: &[&str],
+        options: GroupOptions,
+    ) -> Result<(), ClientError> {
+        if self.group.is_some() {
+            return Err(ClientError::InvalidConfig(
+                "the consumer is already subscribed to a group".into(),
+            ));
+        }
+        if !self.assigned.is_empty() {
+            return Err(ClientError::InvalidConfig(
+                "the consumer has manually assigned partitions; use one consumer per mode".into(),
+            ));
+        }
+        if group.is_empty() || topics.is_empty() {
+            return Err(ClientError::InvalidConfig(
+                "subscribe needs a group id and at least one topic".into(),
+            ));
+        }
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        self.group = Some(Membership::start(
+            self.client.clone(),
+            group.to_string(),
+            topics,
+            options,
+        ));
+        Ok(())
+    }
+
+    /// Assignment changes since the last call, in order.
+    pub fn take_events(&mut self) -> Vec<GroupEvent> {
+        self.group
+            .as_mut()
+            .map(|g| std::mem::take(&mut g.events))
+            .unwrap_or_default()
+    }
+
+    /// Commits the current position of every partition this consumer reads, and waits for it.
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        let offsets: Vec<(String, u32, u64)> = self
+            .assigned
+            .iter()
+            .filter_map(|a| a.position.map(|p| (a.topic.clone(), a.partition, p)))
+            .collect();
+        self.commit_offsets(&offsets).await
+    }
+
+    /// Commits the given `(topic, partition, next offset to read)` triples for the group.
+    pub async fn commit_offsets(
+        &mut self,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), ClientError> {
+        let request = self.commit_request(offsets)?;
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        match self.client.request(request, Bytes::new()).await? {
+            (ResponseBody::GroupOffsets(_), _) => {
+                if let Some(g) = &mut self.group {
+                    g.last_commit = std::time::Instant::now();
+                }
+                Ok(())
+            }
+            (other, _) => Err(unexpected("GroupOffsets", &other)),
+        }
+    }
+
+    /// Commits the current positions without waiting; the handle gives the outcome.
+    pub fn commit_async(
+        &mut self,
+    ) -> Result<tokio::task::JoinHandle<Result<(), ClientError>>, ClientError> {
+        let offsets: Vec<(String, u32, u64)> = self
+            .assigned
+            .iter()
+            .filter_map(|a| a.position.map(|p| (a.topic.clone(), a.partition, p)))
+            .collect();
+        let request = self.commit_request(&offsets)?;
+        if let Some(g) = &mut self.group {
+            g.last_commit = std::time::Instant::now();
+        }
+        let client = self.client.clone();
+        Ok(tokio::spawn(async move {
+            match client.request(request, Bytes::new()).await? {
+                (ResponseBody::GroupOffsets(_), _) => Ok(()),
+                (other, _) => Err(unexpected("GroupOffsets", &other)),
+            }
+        }))
+    }
+
+    fn commit_request(&self, offsets: &[(String, u32, u64)]) -> Result<Request, ClientError> {
+        let g = self.group.as_ref().ok_or_else(|| {
+            ClientError::InvalidConfig("commit needs a group: call subscribe first".into())
+        })?;
+        let (member_id, epoch) = {
+            let s = group::lock(&g.shared);
+            (s.member_id.clone(), s.member_epoch)
+        };
+        Ok(Request::OffsetCommit(OffsetCommitRequest {
+            group: g.group.clone(),
+            member_id,
+            member_epoch: epoch,
+            offsets: offsets
+                .iter()
+                .map(|(topic, partition, offset)| GroupOffset {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                })
+                .collect(),
+        }))
+    }
+
+    /// The group's committed offset for a partition, if any.
+    pub async fn committed(&self, topic: &str, partition: u32) -> Result<Option<u64>, ClientError> {
+        let g = self.group.as_ref().ok_or_else(|| {
+            ClientError::InvalidConfig(
+                "committed offsets need a group: call subscribe first".into(),
+            )
+        })?;
+        Ok(self
+            .fetch_committed(&g.group)
+            .await?
+            .get(&(topic.to_string(), partition))
+            .copied())
+    }
+
+    async fn fetch_committed(
+        &self,
+        group: &str,
+    ) -> Result<std::collections::BTreeMap<(String, u32), u64>, ClientError> {
+        let request = Request::OffsetFetch {
+            group: group.to_string(),
+        };
+        match self.client.request(request, Bytes::new()).await? {
+            (ResponseBody::GroupOffsets(o), _) => Ok(o
+                .into_iter()
+                .map(|o| ((o.topic, o.partition), o.offset))
+                .collect()),
+            (other, _) => Err(unexpected("GroupOffsets", &other)),
+        }
+    }
+
+    /// Leaves the group (committing positions first when auto-commit is on), so its
+    /// partitions move to the other members at once.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        if self
+            .group
+            .as_ref()
+            .is_some_and(|g| g.options.auto_commit_interval.is_some())
+        {
+            self.commit().await?;
+        }
+        if let Some(g) = self.group.take() {
+            g.leave(&self.client).await;
+        }
+        Ok(())
+    }
+
+    /// Follows the coordinator's latest assignment: revokes (after committing) what is no
+    /// longer ours, starts what is new, and tells the heartbeat task what we now own.
+    async fn reconcile(&mut self) -> Result<(), ClientError> {
+        let Some(g) = &self.group else { return Ok(()) };
+        let (target, fatal) = {
+            let mut s = group::lock(&g.shared);
+            s.last_poll = Some(std::time::Instant::now());
+            (s.target.clone(), s.fatal.take())
+        };
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        let Some(target) = target else { return Ok(()) };
+        let owned: BTreeSet<(String, u32)> = self
+            .assigned
+            .iter()
+            .map(|a| (a.topic.clone(), a.partition))
+            .collect();
+        let revoked: Vec<(String, u32)> = owned.difference(&target).cloned().collect();
+        let added: Vec<(String, u32)> = target.difference(&owned).cloned().collect();
+        if revoked.is_empty() && added.is_empty() {
+            return Ok(());
+        }
+        if !revoked.is_empty() {
+            let offsets: Vec<(String, u32, u64)> = self
+                .assigned
+                .iter()
+                .filter(|a| revoked.contains(&(a.topic.clone(), a.partition)))
+                .filter_map(|a| a.position.map(|p| (a.topic.clone(), a.partition, p)))
+                .collect();
+            if let Err(e) = self.commit_offsets(&offsets).await {
+                // Fenced members cannot commit; their partitions are someone else's already.
+                debug!(cause = %e, "commit of revoked partitions failed");
+            }
+            self.assigned
+                .retain(|a| !revoked.contains(&(a.topic.clone(), a.partition)));
+        }
+        if !added.is_empty() {
+            let group_name = self
+                .group
+                .as_ref()
+                .map(|g| g.group.clone())
+                .unwrap_or_default();
+            let committed = self.fetch_committed(&group_name).await?;
+            for (topic, partition) in &added {
+                self.assigned.push(Assignment {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    position: committed.get(&(topic.clone(), *partition)).copied(),
+                });
+            }
+            self.assigned
+                .sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        }
+        let g = self.group.as_mut().expect("checked above");
+        if !revoked.is_empty() {
+            g.events.push(GroupEvent::Revoked(revoked));
+        }
+        if !added.is_empty() {
+            g.events.push(GroupEvent::Assigned(added));
+        }
+        group::lock(&g.shared).owned = target;
+        g.wake.notify_one();
+        Ok(())
+    }
+
+    async fn maybe_auto_commit(&mut self) {
+        let due = self.group.as_ref().is_some_and(|g| {
+            g.options
+                .auto_commit_interval
+                .is_some_and(|i| g.last_commit.elapsed() >= i)
+        });
+        if due {
+            if let Err(e) = self.commit().await {
+                debug!(cause = %e, "auto-commit failed; retrying at the next interval");
+            }
+            if let Some(g) = &mut self.group {
+                g.last_commit = std::time::Instant::now();
+            }
         }
     }
 
@@ -201,6 +452,15 @@ impl Consumer {
     /// One fetch round (long-poll up to max_wait); returns records in offset order per
     /// partition, possibly none.
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>, ClientError> {
+        if self.group.is_some() {
+            self.reconcile().await?;
+            self.maybe_auto_commit().await;
+            if self.assigned.is_empty() {
+                // Nothing assigned (yet): wait a little, as a fetch would.
+                tokio::time::sleep(self.config.max_wait.min(Duration::from_millis(100))).await;
+                return Ok(Vec::new());
+            }
+        }
         if self.assigned.is_empty() {
             return Err(ClientError::InvalidConfig(
                 "the consumer has no partitions assigned; call assign first".into(),

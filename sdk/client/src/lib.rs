@@ -33,6 +33,7 @@ mod admin;
 mod client;
 mod consumer;
 mod error;
+mod group;
 mod lane;
 mod producer;
 mod tls;
@@ -41,6 +42,7 @@ pub use admin::Admin;
 pub use client::{Client, ClientConfig};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, SeekTo};
 pub use error::ClientError;
+pub use group::{GroupEvent, GroupOptions};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
 pub use tls::TlsConfig;
 

@@ -44,6 +44,24 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Something unexpected happened inside the broker.
     Internal,
+    /// An idempotent producer's batch does not continue its sequence for the partition (a batch
+    /// before it is missing); the message says which sequence the broker expected. Not
+    /// retriable: resending the same batch cannot fill the gap.
+    OutOfOrderSequence,
+    /// The batch carries an older epoch of its producer id than the broker has seen: a newer
+    /// instance of the producer exists. Not retriable.
+    ProducerFenced,
+    /// The consumer group coordinator does not know this member (its session expired, or it
+    /// left): rejoin the group.
+    UnknownMember,
+    /// The consumer group does not exist.
+    UnknownGroup,
+    /// The operation needs a group without active members.
+    GroupNotEmpty,
+    /// A member committed offsets of a partition it does not own.
+    NotPartitionOwner,
+    /// This node does not coordinate the group; refresh metadata and retry at the coordinator.
+    NotCoordinator,
 }
 
 impl ErrorCode {
@@ -56,6 +74,7 @@ impl ErrorCode {
                 | ErrorCode::Timeout
                 | ErrorCode::NotEnoughReplicas
                 | ErrorCode::ShuttingDown
+                | ErrorCode::NotCoordinator
         )
     }
 }

@@ -37,6 +37,28 @@ pub enum Request {
     /// Reads batches from one or more partitions; the response's raw bytes hold them.
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    /// Asks the cluster for a fresh producer id and epoch, for an idempotent producer; answered
+    /// with [`ResponseBody::ProducerId`].
+    InitProducerId,
+    /// Joins, stays in or leaves a consumer group (a KIP-848-style heartbeat); answered with
+    /// the member's current assignment.
+    GroupHeartbeat(GroupHeartbeatRequest),
+    /// Commits offsets for a group; answered with [`ResponseBody::GroupOffsets`].
+    OffsetCommit(OffsetCommitRequest),
+    /// A group's committed offsets.
+    OffsetFetch {
+        group: String,
+    },
+    ListGroups,
+    DescribeGroup {
+        group: String,
+    },
+    /// Moves an empty group's committed offsets for one topic.
+    ResetOffsets(ResetOffsetsRequest),
+    /// Deletes an empty group and its offsets.
+    DeleteGroup {
+        group: String,
+    },
 }
 
 impl Request {
@@ -53,6 +75,14 @@ impl Request {
             Request::Produce(_) => "produce",
             Request::Fetch(_) => "fetch",
             Request::ListOffsets(_) => "list_offsets",
+            Request::InitProducerId => "init_producer_id",
+            Request::GroupHeartbeat(_) => "group_heartbeat",
+            Request::OffsetCommit(_) => "offset_commit",
+            Request::OffsetFetch { .. } => "offset_fetch",
+            Request::ListGroups => "list_groups",
+            Request::DescribeGroup { .. } => "describe_group",
+            Request::ResetOffsets(_) => "reset_offsets",
+            Request::DeleteGroup { .. } => "delete_group",
         }
     }
 }
@@ -70,6 +100,129 @@ pub enum ResponseBody {
     Produced(ProduceResponse),
     Fetched(FetchResponse),
     Offsets(Vec<PartitionOffset>),
+    /// The answer to [`Request::InitProducerId`]: the id and epoch an idempotent producer stamps
+    /// on its batches, beside a per-partition sequence number.
+    ProducerId {
+        producer_id: i64,
+        epoch: i16,
+    },
+    GroupHeartbeat(GroupHeartbeatResponse),
+    /// Committed offsets: after a commit, a fetch or a reset.
+    GroupOffsets(Vec<GroupOffset>),
+    Groups(Vec<GroupDescription>),
+    /// Describe (and delete: the group as it was).
+    Group(GroupDescription),
+}
+
+/// A topic and some of its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPartitions {
+    pub topic: String,
+    pub partitions: Vec<u32>,
+}
+
+/// `member_epoch` values with a meaning of their own in [`GroupHeartbeatRequest`].
+pub mod member_epoch {
+    /// Join the group.
+    pub const JOIN: i32 = 0;
+    /// Leave the group; partitions are reassigned at once.
+    pub const LEAVE: i32 = -1;
+    /// A static member stopping briefly: keeps its partitions until its session times out.
+    pub const STATIC_LEAVE: i32 = -2;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupHeartbeatRequest {
+    pub group: String,
+    /// `None` when joining: the coordinator assigns one.
+    pub member_id: Option<String>,
+    /// Static membership: a stable id that survives restarts without a rebalance.
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    /// See [`member_epoch`]; otherwise the last epoch the member received.
+    pub member_epoch: i32,
+    /// Subscribed topics; `None` keeps the previous subscription.
+    pub topics: Option<Vec<String>>,
+    /// `range`, `round-robin` or `sticky` (default); the first member's choice holds.
+    pub assignor: Option<String>,
+    /// Partitions the member still owns (is consuming); `None` when unchanged.
+    pub owned: Option<Vec<TopicPartitions>>,
+    pub session_timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupHeartbeatResponse {
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub heartbeat_interval_ms: u32,
+    /// What the member may own now. Owned partitions missing here must be revoked: commit,
+    /// stop consuming, and stop reporting them as owned.
+    pub assignment: Vec<TopicPartitions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupOffset {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetCommitRequest {
+    pub group: String,
+    /// `None` only for groups without members (tools, manually assigned consumers).
+    pub member_id: Option<String>,
+    pub member_epoch: i32,
+    pub offsets: Vec<GroupOffset>,
+}
+
+/// Where `group reset-offsets` moves a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    Offset(u64),
+    /// The first offset at or after this time, ms since the Unix epoch.
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetOffsetsRequest {
+    pub group: String,
+    pub topic: String,
+    pub to: ResetTo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDescription {
+    pub group: String,
+    /// Bumped whenever membership or subscriptions change.
+    pub epoch: u32,
+    pub assignor: String,
+    pub members: Vec<GroupMember>,
+    /// Per partition with a committed offset or an owner: committed offset, log end and lag.
+    pub partitions: Vec<GroupPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub member_epoch: u32,
+    pub assignment: Vec<TopicPartitions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPartition {
+    pub topic: String,
+    pub partition: u32,
+    pub owner: Option<String>,
+    pub committed: Option<u64>,
+    /// The high watermark: what a consumer can read up to.
+    pub log_end: u64,
+    /// `log_end - committed` (or `log_end - log_start` with nothing committed).
+    pub lag: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,17 +469,18 @@ mod tests {
 
     fn arb_wire_error() -> impl Strategy<Value = WireError> {
         (
-            any::<bool>(),
+            prop_oneof![
+                Just(ErrorCode::OffsetOutOfRange),
+                Just(ErrorCode::NotLeader),
+                Just(ErrorCode::OutOfOrderSequence),
+                Just(ErrorCode::ProducerFenced),
+            ],
             ".{0,20}",
             proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u32>()),
         )
-            .prop_map(|(b, message, offset, leader)| WireError {
-                code: if b {
-                    ErrorCode::OffsetOutOfRange
-                } else {
-                    ErrorCode::NotLeader
-                },
+            .prop_map(|(code, message, offset, leader)| WireError {
+                code,
                 message,
                 offset,
                 leader,
@@ -467,6 +621,172 @@ mod tests {
                 .prop_map(|(topic, partitions)| Request::ListOffsets(
                     ListOffsetsRequest { topic, partitions }
                 )),
+            Just(Request::InitProducerId),
+            arb_group_request(),
+        ]
+    }
+
+    fn arb_tps() -> impl Strategy<Value = Vec<TopicPartitions>> {
+        proptest::collection::vec(
+            ("[a-z]{1,5}", proptest::collection::vec(any::<u32>(), 0..4))
+                .prop_map(|(topic, partitions)| TopicPartitions { topic, partitions }),
+            0..3,
+        )
+    }
+
+    fn arb_offsets() -> impl Strategy<Value = Vec<GroupOffset>> {
+        proptest::collection::vec(
+            ("[a-z]{1,5}", any::<u32>(), any::<u64>()).prop_map(|(topic, partition, offset)| {
+                GroupOffset {
+                    topic,
+                    partition,
+                    offset,
+                }
+            }),
+            0..3,
+        )
+    }
+
+    fn arb_group_description() -> impl Strategy<Value = GroupDescription> {
+        (
+            "[a-z]{1,5}",
+            any::<u32>(),
+            proptest::collection::vec(
+                (
+                    "[a-z0-9-]{1,8}",
+                    proptest::option::of("[a-z]{1,4}"),
+                    any::<u32>(),
+                    arb_tps(),
+                ),
+                0..3,
+            ),
+            proptest::collection::vec(
+                (
+                    "[a-z]{1,5}",
+                    any::<u32>(),
+                    proptest::option::of("[a-z]{1,3}"),
+                    proptest::option::of(any::<u64>()),
+                    any::<[u64; 2]>(),
+                ),
+                0..3,
+            ),
+        )
+            .prop_map(|(group, epoch, members, partitions)| GroupDescription {
+                group,
+                epoch,
+                assignor: "sticky".into(),
+                members: members
+                    .into_iter()
+                    .map(
+                        |(member_id, instance_id, member_epoch, assignment)| GroupMember {
+                            client_id: member_id.clone(),
+                            member_id,
+                            instance_id,
+                            member_epoch,
+                            assignment,
+                        },
+                    )
+                    .collect(),
+                partitions: partitions
+                    .into_iter()
+                    .map(
+                        |(topic, partition, owner, committed, [log_end, lag])| GroupPartition {
+                            topic,
+                            partition,
+                            owner,
+                            committed,
+                            log_end,
+                            lag,
+                        },
+                    )
+                    .collect(),
+            })
+    }
+
+    fn arb_group_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (
+                "[a-z]{1,5}",
+                proptest::option::of("[a-z0-9-]{1,8}"),
+                proptest::option::of("[a-z]{1,4}"),
+                any::<i32>(),
+                proptest::option::of(proptest::collection::vec("[a-z]{1,5}", 0..3)),
+                proptest::option::of(arb_tps()),
+                any::<u32>(),
+            )
+                .prop_map(
+                    |(
+                        group,
+                        member_id,
+                        instance_id,
+                        member_epoch,
+                        topics,
+                        owned,
+                        session_timeout_ms,
+                    )| {
+                        Request::GroupHeartbeat(GroupHeartbeatRequest {
+                            group,
+                            member_id,
+                            instance_id,
+                            client_id: "c".into(),
+                            member_epoch,
+                            topics,
+                            assignor: Some("range".into()),
+                            owned,
+                            session_timeout_ms,
+                        })
+                    }
+                ),
+            (
+                "[a-z]{1,5}",
+                proptest::option::of("[a-z0-9-]{1,8}"),
+                any::<i32>(),
+                arb_offsets()
+            )
+                .prop_map(|(group, member_id, member_epoch, offsets)| {
+                    Request::OffsetCommit(OffsetCommitRequest {
+                        group,
+                        member_id,
+                        member_epoch,
+                        offsets,
+                    })
+                }),
+            "[a-z]{1,5}".prop_map(|group| Request::OffsetFetch { group }),
+            Just(Request::ListGroups),
+            "[a-z]{1,5}".prop_map(|group| Request::DescribeGroup { group }),
+            (
+                "[a-z]{1,5}",
+                "[a-z]{1,5}",
+                prop_oneof![
+                    Just(ResetTo::Earliest),
+                    Just(ResetTo::Latest),
+                    any::<u64>().prop_map(ResetTo::Offset),
+                    any::<i64>().prop_map(ResetTo::Timestamp)
+                ]
+            )
+                .prop_map(|(group, topic, to)| Request::ResetOffsets(
+                    ResetOffsetsRequest { group, topic, to }
+                )),
+            "[a-z]{1,5}".prop_map(|group| Request::DeleteGroup { group }),
+        ]
+    }
+
+    fn arb_group_response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            ("[a-z0-9-]{1,8}", any::<i32>(), any::<u32>(), arb_tps()).prop_map(
+                |(member_id, member_epoch, heartbeat_interval_ms, assignment)| Ok(
+                    ResponseBody::GroupHeartbeat(GroupHeartbeatResponse {
+                        member_id,
+                        member_epoch,
+                        heartbeat_interval_ms,
+                        assignment
+                    })
+                )
+            ),
+            arb_offsets().prop_map(|o| Ok(ResponseBody::GroupOffsets(o))),
+            proptest::collection::vec(arb_group_description(), 0..3)
+                .prop_map(|g| Ok(ResponseBody::Groups(g))),
+            arb_group_description().prop_map(|g| Ok(ResponseBody::Group(g))),
         ]
     }
 
@@ -584,6 +904,10 @@ mod tests {
                     .map(|(partition, result)| PartitionOffset { partition, result })
                     .collect()
             ))),
+            (any::<i64>(), any::<i16>()).prop_map(|(producer_id, epoch)| Ok(
+                ResponseBody::ProducerId { producer_id, epoch }
+            )),
+            arb_group_response(),
         ]
     }
 

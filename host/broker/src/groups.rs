@@ -1,0 +1,546 @@
+//! Consumer group coordination: the driver around the pure `sluice_groups::Groups`.
+//!
+//! Group state lives in the internal topic `__consumer_offsets`: every change the state
+//! machine reports is appended there (one batch per request, fsync'd) before the request is
+//! answered, and the broker replays the topic at start-up. The coordinator of a group is the
+//! leader of the offsets partition that holds it; on one node, this node.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_groups::records::{self, OFFSETS_TOPIC};
+use sluice_groups::{Assignment, Change, GroupError, Groups, HeartbeatRequest};
+use sluice_metadata::MetadataCommand;
+use sluice_proto::batch::{BatchHeader, decode_records, split_batches};
+use sluice_proto::{
+    BatchBuilder, Compression, Durability, ErrorCode, GroupDescription, GroupHeartbeatRequest,
+    GroupHeartbeatResponse, GroupMember, GroupOffset, GroupPartition, OffsetCommitRequest, Record,
+    Request, ResetOffsetsRequest, ResetTo, ResponseBody, TopicConfig, TopicPartitions, WireError,
+};
+use sluice_storage::PartitionId;
+
+use crate::handler::{Reply, storage_error};
+use crate::retention::now_ms;
+use crate::{Broker, BrokerError};
+
+/// Partitions of the offsets topic.
+pub(crate) const OFFSETS_PARTITIONS: u32 = 4;
+
+#[derive(Debug, Default)]
+pub(crate) struct GroupCoordinator {
+    /// A `std` mutex: held only while the state machine runs and the resulting append is
+    /// queued (queuing under the lock keeps the log in the order of the state changes).
+    groups: Mutex<Groups>,
+}
+
+fn group_error(e: GroupError) -> WireError {
+    let code = match &e {
+        GroupError::UnknownMember(_) => ErrorCode::UnknownMember,
+        GroupError::UnknownGroup(_) => ErrorCode::UnknownGroup,
+        GroupError::NotEmpty { .. } => ErrorCode::GroupNotEmpty,
+        GroupError::NotOwner { .. } => ErrorCode::NotPartitionOwner,
+        GroupError::Invalid(_) => ErrorCode::InvalidRequest,
+    };
+    WireError::new(code, e.to_string())
+}
+
+fn to_assignment(tps: &[TopicPartitions]) -> Assignment {
+    tps.iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.clone(), *p)))
+        .collect()
+}
+
+fn from_assignment(a: &Assignment) -> Vec<TopicPartitions> {
+    let mut out: Vec<TopicPartitions> = Vec::new();
+    for (t, p) in a {
+        match out.last_mut() {
+            Some(last) if &last.topic == t => last.partitions.push(*p),
+            _ => out.push(TopicPartitions {
+                topic: t.clone(),
+                partitions: vec![*p],
+            }),
+        }
+    }
+    out
+}
+
+impl Broker {
+    /// The offsets partition holding `group`.
+    fn offsets_partition(&self, group: &str) -> Result<(PartitionId, u32), WireError> {
+        let partition = records::partition_for_group(group, OFFSETS_PARTITIONS);
+        self.controller.read(|s| {
+            let t = s.topic(OFFSETS_TOPIC).ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::NotCoordinator,
+                    "the group coordinator is still starting; retry",
+                )
+            })?;
+            let p = t.partitions.get(partition as usize).ok_or_else(|| {
+                WireError::new(ErrorCode::Internal, "the offsets topic lacks a partition")
+            })?;
+            if p.leader != Some(self.node_id) {
+                return Err(WireError::new(
+                    ErrorCode::NotCoordinator,
+                    "this node does not coordinate the group",
+                )
+                .with_leader(p.leader.unwrap_or(0)));
+            }
+            Ok((
+                PartitionId {
+                    topic_id: t.topic_id,
+                    partition,
+                },
+                p.leader_epoch,
+            ))
+        })
+    }
+
+    /// Partition counts of every user topic.
+    fn topic_partitions(&self) -> BTreeMap<String, u32> {
+        self.controller.read(|s| {
+            s.topics()
+                .filter(|t| !t.name.starts_with("__"))
+                .map(|t| (t.name.clone(), t.partitions.len() as u32))
+                .collect()
+        })
+    }
+
+    /// Queues `changes` for the offsets partition of `group` (call with the groups lock held)
+    /// and returns the future that resolves once they are durable.
+    fn persist_group_changes(
+        self: &Arc<Self>,
+        group: &str,
+        changes: Vec<Change>,
+    ) -> impl Future<Output = Result<(), WireError>> + Send + use<> {
+        let queued = (|| {
+            if changes.is_empty() {
+                return Ok(None);
+            }
+            let (id, epoch) = self.offsets_partition(group)?;
+            let mut b = BatchBuilder::new(Compression::None);
+            let ts = now_ms();
+            for (key, value) in &changes {
+                b.push(&Record {
+                    key: Some(Bytes::from(records::encode_key(key))),
+                    value: value
+                        .as_ref()
+                        .map(|v| Bytes::from(records::encode_value(v))),
+                    headers: vec![],
+                    timestamp: ts,
+                });
+            }
+            let bytes = b.finish(-1, -1, -1).map_err(|e| {
+                WireError::new(ErrorCode::Internal, format!("group record batch: {e}"))
+            })?;
+            Ok(Some((
+                id,
+                self.store.append(id, bytes, epoch, Durability::Fsync),
+            )))
+        })();
+        let broker = self.clone();
+        async move {
+            match queued? {
+                None => Ok(()),
+                Some((id, append)) => {
+                    let appended = append.await.map_err(storage_error)?;
+                    broker.advance_high_watermark(id, appended.log_end);
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+impl GroupCoordinator {
+    /// Creates the offsets topic when missing, then rebuilds group state from it. Blocking.
+    pub(crate) fn load(broker: &Broker) -> Result<(), BrokerError> {
+        if broker.controller.read(|s| s.topic(OFFSETS_TOPIC).is_none()) {
+            let cmd = MetadataCommand::CreateInternalTopic {
+                name: OFFSETS_TOPIC.into(),
+                config: TopicConfig {
+                    durability: Durability::Fsync,
+                    ..TopicConfig::default()
+                },
+                assignments: vec![vec![broker.node_id]; OFFSETS_PARTITIONS as usize],
+            };
+            broker
+                .controller
+                .propose(cmd)
+                .map_err(|e| BrokerError::Metadata(e.to_string()))?;
+        }
+        let topic_id = broker
+            .controller
+            .read(|s| s.topic(OFFSETS_TOPIC).map(|t| t.topic_id))
+            .ok_or_else(|| BrokerError::Metadata("the offsets topic vanished".into()))?;
+        let now = Instant::now();
+        let mut groups = broker.groups.groups.lock().expect("groups lock poisoned");
+        let mut loaded = 0u64;
+        for partition in 0..OFFSETS_PARTITIONS {
+            let id = PartitionId {
+                topic_id,
+                partition,
+            };
+            if broker.store.partition_state(id).is_none() {
+                broker.store.create_partition(id)?;
+            }
+            let Some(state) = broker.store.partition_state(id) else {
+                continue;
+            };
+            let mut offset = state.log_start;
+            while offset < state.log_end {
+                let read = broker.store.read(id, offset, 4 << 20)?;
+                if read.bytes.is_empty() {
+                    break;
+                }
+                let batches = split_batches(read.bytes)
+                    .map_err(|e| BrokerError::Metadata(format!("offsets topic batch: {e}")))?;
+                for (header, bytes) in batches {
+                    let header: BatchHeader = header;
+                    for r in decode_records(&header, &bytes)
+                        .map_err(|e| BrokerError::Metadata(format!("offsets topic records: {e}")))?
+                    {
+                        if r.offset < offset {
+                            continue;
+                        }
+                        let key = r.key.as_deref().and_then(|k| records::decode_key(k).ok());
+                        let value = r.value.as_deref().map(records::decode_value);
+                        match (key, value) {
+                            (Some(k), None) => groups.apply_record(now, k, None),
+                            (Some(k), Some(Ok(v))) => groups.apply_record(now, k, Some(v)),
+                            _ => {
+                                tracing::warn!(offset = r.offset, "unreadable group record skipped")
+                            }
+                        }
+                        loaded += 1;
+                    }
+                    offset = header.next_offset();
+                }
+            }
+        }
+        tracing::info!(
+            records = loaded,
+            groups = groups.names().len(),
+            "consumer group state loaded"
+        );
+        Ok(())
+    }
+
+    /// Removes members whose sessions expired, every `tick`.
+    pub(crate) async fn run_expiry(broker: Arc<Broker>, tick: Duration) {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let pending: Vec<_> = {
+                let mut groups = broker.groups.groups.lock().expect("groups lock poisoned");
+                let changes = groups.expire(Instant::now());
+                let mut by_group: BTreeMap<String, Vec<Change>> = BTreeMap::new();
+                for c in changes {
+                    by_group.entry(c.0.group().to_owned()).or_default().push(c);
+                }
+                by_group
+                    .into_iter()
+                    .map(|(g, c)| {
+                        tracing::info!(group = %g, "member session expired; rebalancing");
+                        broker.persist_group_changes(&g, c)
+                    })
+                    .collect()
+            };
+            for p in pending {
+                if let Err(e) = p.await {
+                    tracing::warn!(cause = %e, "could not persist expired members");
+                }
+            }
+        }
+    }
+}
+
+/// Handles a consumer group request.
+pub(crate) async fn handle(broker: Arc<Broker>, request: Request) -> Reply {
+    let result = match request {
+        Request::GroupHeartbeat(req) => heartbeat(&broker, req).await,
+        Request::OffsetCommit(req) => commit(&broker, req).await,
+        Request::OffsetFetch { group } => {
+            let committed = broker
+                .groups
+                .groups
+                .lock()
+                .expect("groups lock poisoned")
+                .committed(&group);
+            Ok(ResponseBody::GroupOffsets(
+                committed
+                    .into_iter()
+                    .map(|((topic, partition), offset)| GroupOffset {
+                        topic,
+                        partition,
+                        offset,
+                    })
+                    .collect(),
+            ))
+        }
+        Request::ListGroups => {
+            let names = broker
+                .groups
+                .groups
+                .lock()
+                .expect("groups lock poisoned")
+                .names();
+            Ok(ResponseBody::Groups(
+                names.iter().filter_map(|g| describe(&broker, g)).collect(),
+            ))
+        }
+        Request::DescribeGroup { group } => describe(&broker, &group)
+            .map(ResponseBody::Group)
+            .ok_or_else(|| group_error(GroupError::UnknownGroup(group))),
+        Request::ResetOffsets(req) => reset(&broker, req).await,
+        Request::DeleteGroup { group } => delete(&broker, &group).await,
+        _ => Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "not a group request",
+        )),
+    };
+    match result {
+        Ok(body) => Reply::Frame(Ok(body), Bytes::new()),
+        Err(e) => Reply::error(e),
+    }
+}
+
+async fn heartbeat(
+    broker: &Arc<Broker>,
+    req: GroupHeartbeatRequest,
+) -> Result<ResponseBody, WireError> {
+    if req.group.is_empty() {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "the group id is empty",
+        ));
+    }
+    let assignor = match req.assignor.as_deref().map(str::parse) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => return Err(WireError::new(ErrorCode::InvalidConfig, e)),
+    };
+    let partitions = broker.topic_partitions();
+    let session_timeout_ms = req.session_timeout_ms;
+    let (reply, persisted) = {
+        let mut groups = broker.groups.groups.lock().expect("groups lock poisoned");
+        let (reply, changes) = groups
+            .heartbeat(
+                Instant::now(),
+                &req.group,
+                HeartbeatRequest {
+                    member_id: req.member_id,
+                    instance_id: req.instance_id,
+                    client_id: req.client_id,
+                    member_epoch: req.member_epoch,
+                    subscribed: req.topics.map(|t| t.into_iter().collect()),
+                    assignor,
+                    owned: req.owned.as_deref().map(to_assignment),
+                    session_timeout_ms,
+                },
+                &partitions,
+            )
+            .map_err(group_error)?;
+        (reply, broker.persist_group_changes(&req.group, changes))
+    };
+    persisted.await?;
+    Ok(ResponseBody::GroupHeartbeat(GroupHeartbeatResponse {
+        member_id: reply.member_id,
+        member_epoch: reply.member_epoch,
+        heartbeat_interval_ms: (session_timeout_ms / 4).clamp(100, 3_000),
+        assignment: from_assignment(&reply.assignment),
+    }))
+}
+
+async fn commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> Result<ResponseBody, WireError> {
+    let offsets: Vec<(String, u32, u64)> = req
+        .offsets
+        .iter()
+        .map(|o| (o.topic.clone(), o.partition, o.offset))
+        .collect();
+    let persisted = {
+        let mut groups = broker.groups.groups.lock().expect("groups lock poisoned");
+        let changes = groups
+            .commit(&req.group, req.member_id.as_deref(), &offsets, now_ms())
+            .map_err(group_error)?;
+        broker.persist_group_changes(&req.group, changes)
+    };
+    persisted.await?;
+    Ok(ResponseBody::GroupOffsets(req.offsets))
+}
+
+async fn reset(broker: &Arc<Broker>, req: ResetOffsetsRequest) -> Result<ResponseBody, WireError> {
+    let (topic_id, count) = broker
+        .controller
+        .read(|s| {
+            s.topic(&req.topic)
+                .map(|t| (t.topic_id, t.partitions.len() as u32))
+        })
+        .ok_or_else(|| {
+            WireError::new(
+                ErrorCode::UnknownTopic,
+                format!("topic {:?} does not exist", req.topic),
+            )
+        })?;
+    let mut offsets = Vec::with_capacity(count as usize);
+    for partition in 0..count {
+        let id = PartitionId {
+            topic_id,
+            partition,
+        };
+        let state = broker.store.partition_state(id).unwrap_or_default();
+        let hw = broker.high_watermark(id);
+        let offset = match req.to {
+            ResetTo::Earliest => state.log_start,
+            ResetTo::Latest => hw,
+            ResetTo::Offset(o) => o.clamp(state.log_start, hw),
+            ResetTo::Timestamp(ts) => broker
+                .store
+                .offset_for_timestamp(id, ts)
+                .map_err(storage_error)?
+                .min(hw),
+        };
+        offsets.push((req.topic.clone(), partition, offset));
+    }
+    let persisted = {
+        let mut groups = broker.groups.groups.lock().expect("groups lock poisoned");
+        let changes = groups
+            .reset(&req.group, &offsets, now_ms())
+            .map_err(group_error)?;
+        broker.persist_group_changes(&req.group, changes)
+    };
+    persisted.await?;
+    Ok(ResponseBody::GroupOffsets(
+        offsets
+            .into_iter()
+            .map(|(topic, partition, offset)| GroupOffset {
+                topic,
+                partition,
+                offset,
+            })
+            .collect(),
+    ))
+}
+
+async fn delete(broker: &Arc<Broker>, group: &str) -> Result<ResponseBody, WireError> {
+    let description = describe(broker, group)
+        .ok_or_else(|| group_error(GroupError::UnknownGroup(group.into())))?;
+    let persisted = {
+        let mut groups = broker.groups.groups.lock().expect("groups lock poisoned");
+        let changes = groups.delete(group).map_err(group_error)?;
+        broker.persist_group_changes(group, changes)
+    };
+    persisted.await?;
+    Ok(ResponseBody::Group(description))
+}
+
+fn describe(broker: &Broker, group: &str) -> Option<GroupDescription> {
+    let summary = broker
+        .groups
+        .groups
+        .lock()
+        .expect("groups lock poisoned")
+        .describe(group)?;
+    let mut owners: BTreeMap<(String, u32), String> = BTreeMap::new();
+    for m in &summary.members {
+        for tp in &m.assigned {
+            owners.insert(tp.clone(), m.member_id.clone());
+        }
+    }
+    // Every partition of every topic the group has offsets for or subscribes to.
+    let mut topics: std::collections::BTreeSet<String> =
+        summary.offsets.keys().map(|(t, _)| t.clone()).collect();
+    topics.extend(
+        summary
+            .members
+            .iter()
+            .flat_map(|m| m.subscribed.iter().cloned()),
+    );
+    let mut partitions = Vec::new();
+    for topic in topics {
+        let Some((topic_id, count)) = broker.controller.read(|s| {
+            s.topic(&topic)
+                .map(|t| (t.topic_id, t.partitions.len() as u32))
+        }) else {
+            continue;
+        };
+        for partition in 0..count {
+            let id = PartitionId {
+                topic_id,
+                partition,
+            };
+            let log_end = broker.high_watermark(id);
+            let log_start = broker.store.partition_state(id).map_or(0, |s| s.log_start);
+            let committed = summary.offsets.get(&(topic.clone(), partition)).copied();
+            partitions.push(GroupPartition {
+                owner: owners.get(&(topic.clone(), partition)).cloned(),
+                committed,
+                log_end,
+                lag: log_end.saturating_sub(committed.unwrap_or(log_start).max(log_start)),
+                topic: topic.clone(),
+                partition,
+            });
+        }
+    }
+    Some(GroupDescription {
+        group: summary.group,
+        epoch: summary.epoch,
+        assignor: summary.assignor.to_string(),
+        members: summary
+            .members
+            .into_iter()
+            .map(|m| GroupMember {
+                member_id: m.member_id,
+                instance_id: m.instance_id,
+                client_id: m.client_id,
+                member_epoch: m.member_epoch,
+                assignment: from_assignment(&m.assigned),
+            })
+            .collect(),
+        partitions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_groups::records::{RecordKey, RecordValue};
+
+    #[test]
+    fn assignments_convert_both_ways() {
+        let a: Assignment = [
+            ("a".to_string(), 1),
+            ("a".to_string(), 0),
+            ("b".to_string(), 3),
+        ]
+        .into_iter()
+        .collect();
+        let tps = from_assignment(&a);
+        assert_eq!(tps.len(), 2);
+        assert_eq!(tps[0].partitions, vec![0, 1]);
+        assert_eq!(to_assignment(&tps), a);
+    }
+
+    #[test]
+    fn group_records_decode_as_written() {
+        let key = RecordKey::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 3,
+        };
+        let value = RecordValue::Offset {
+            offset: 9,
+            commit_time_ms: 1,
+        };
+        assert_eq!(
+            records::decode_key(&records::encode_key(&key)).unwrap(),
+            key
+        );
+        assert_eq!(
+            records::decode_value(&records::encode_value(&value)).unwrap(),
+            value
+        );
+    }
+}

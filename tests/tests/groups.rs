@@ -1,0 +1,637 @@
+//! Consumer groups (issue 4, acceptance 1–5): exactly one owner per partition, commits after
+//! processing, failover when a member dies, a member joining a busy group, state across a
+//! broker crash, lag and offset resets — through real broker processes and the real SDK/CLI.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_client::{
+    Client, ConsumerConfig, GroupEvent, GroupOptions, OffsetReset, ProducerConfig, ProducerRecord,
+};
+use sluice_proto::TopicConfig;
+use sluice_tests::{BrokerProcess, TEST_CONFIG, describe_output};
+
+const TOPIC: &str = "work";
+const PARTITIONS: u32 = 6;
+
+/// (member, partition, start, end): when a member owned a partition, in ms since the test began.
+type Intervals = Arc<Mutex<Vec<(usize, u32, u128, Option<u128>)>>>;
+
+struct Tally {
+    /// value -> how many times it was processed
+    seen: Mutex<HashMap<String, u32>>,
+    per_member: Mutex<BTreeMap<usize, Vec<(u128, u32)>>>,
+}
+
+async fn produce(client: &Client, from: usize, n: usize) {
+    let producer = client.producer(ProducerConfig::default());
+    let mut ds = Vec::new();
+    for i in from..from + n {
+        ds.push(
+            producer
+                .send(ProducerRecord::new(TOPIC, format!("r{i}")).with_key(format!("k{}", i % 97)))
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await.unwrap();
+    for d in ds {
+        d.await.unwrap();
+    }
+}
+
+fn group_options() -> GroupOptions {
+    GroupOptions {
+        session_timeout: Duration::from_secs(3),
+        auto_commit_interval: None,
+        ..GroupOptions::default()
+    }
+}
+
+/// A member that processes each record, then commits, until `stop`.
+async fn member(
+    id: usize,
+    client: Client,
+    group: &'static str,
+    tally: Arc<Tally>,
+    intervals: Intervals,
+    epoch: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut consumer = client.consumer(ConsumerConfig {
+        reset: OffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    });
+    consumer
+        .subscribe(group, &[TOPIC], group_options())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+        let records = consumer.poll().await.unwrap();
+        let now = epoch.elapsed().as_millis();
+        for e in consumer.take_events() {
+            let mut iv = intervals.lock().unwrap();
+            match e {
+                GroupEvent::Assigned(ps) => {
+                    for (_, p) in ps {
+                        iv.push((id, p, now, None));
+                    }
+                }
+                GroupEvent::Revoked(ps) => {
+                    for (_, p) in ps {
+                        let open = iv
+                            .iter_mut()
+                            .find(|(m, q, _, end)| *m == id && *q == p && end.is_none())
+                            .unwrap();
+                        open.3 = Some(now);
+                    }
+                }
+            }
+        }
+        {
+            let mut seen = tally.seen.lock().unwrap();
+            let mut pm = tally.per_member.lock().unwrap();
+            for r in &records {
+                *seen
+                    .entry(String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+                    .or_default() += 1;
+                pm.entry(id).or_default().push((now, r.partition));
+            }
+        }
+        if !records.is_empty() {
+            consumer.commit().await.unwrap();
+        }
+    }
+    consumer.close().await.unwrap();
+}
+
+async fn member_partition_counts(admin: &Client, group: &str) -> Vec<usize> {
+    let d = admin
+        .request(
+            sluice_proto::Request::DescribeGroup {
+                group: group.into(),
+            },
+            Bytes::new(),
+        )
+        .await;
+    match d {
+        Ok((sluice_proto::ResponseBody::Group(g), _)) => g
+            .members
+            .iter()
+            .map(|m| m.assignment.iter().map(|t| t.partitions.len()).sum())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn check_no_overlap(intervals: &[(usize, u32, u128, Option<u128>)]) {
+    for (i, a) in intervals.iter().enumerate() {
+        for b in &intervals[i + 1..] {
+            if a.1 != b.1 || a.0 == b.0 {
+                continue;
+            }
+            let (a_end, b_end) = (a.3.unwrap_or(u128::MAX), b.3.unwrap_or(u128::MAX));
+            // Intervals of one partition owned by different members must not overlap.
+            assert!(
+                a_end <= b.2 || b_end <= a.2,
+                "partition {} owned by members {} and {} at once: {a:?} {b:?}",
+                a.1,
+                a.0,
+                b.0
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_process_every_record_once_and_a_joiner_never_overlaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let admin = broker.client().await;
+    admin
+        .admin()
+        .create_topic(TOPIC, PARTITIONS, TopicConfig::default())
+        .await
+        .unwrap();
+    let epoch = Instant::now();
+    let tally = Arc::new(Tally {
+        seen: Mutex::new(HashMap::new()),
+        per_member: Mutex::new(BTreeMap::new()),
+    });
+    let intervals: Intervals = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // Two members start; records flow while they work.
+    let mut tasks = Vec::new();
+    for id in 0..2 {
+        let c = broker.client().await;
+        tasks.push(tokio::spawn(member(
+            id,
+            c,
+            "g1",
+            tally.clone(),
+            intervals.clone(),
+            epoch,
+            stop.clone(),
+        )));
+    }
+    produce(&admin, 0, 20_000).await;
+    // Wait until the two share the partitions 3 and 3.
+    let settle = Instant::now() + Duration::from_secs(30);
+    while member_partition_counts(&admin, "g1").await != vec![3, 3] {
+        assert!(Instant::now() < settle, "two members never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A third member joins the group while records keep arriving.
+    let busy = {
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            for chunk in 0..8 {
+                produce(&admin, 20_000 + chunk * 5_000, 5_000).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let joined_at = epoch.elapsed().as_millis();
+    let c = broker.client().await;
+    tasks.push(tokio::spawn(member(
+        2,
+        c,
+        "g1",
+        tally.clone(),
+        intervals.clone(),
+        epoch,
+        stop.clone(),
+    )));
+    busy.await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let done = tally.seen.lock().unwrap().len();
+        if done >= 60_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of 60000 records processed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Wait until the joiner owns partitions, so the final check sees a settled group.
+    let settle = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = admin
+            .request(
+                sluice_proto::Request::DescribeGroup { group: "g1".into() },
+                Bytes::new(),
+            )
+            .await
+            .unwrap()
+            .0;
+        let sluice_proto::ResponseBody::Group(g) = d else {
+            panic!("{d:?}")
+        };
+        let owned: Vec<usize> = g
+            .members
+            .iter()
+            .map(|m| m.assignment.iter().map(|t| t.partitions.len()).sum())
+            .collect();
+        if owned.len() == 3 && owned.iter().all(|&n| n == 2) {
+            let all: HashSet<(String, u32)> = g
+                .members
+                .iter()
+                .flat_map(|m| {
+                    m.assignment
+                        .iter()
+                        .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.clone(), *p)))
+                })
+                .collect();
+            assert_eq!(
+                all.len(),
+                PARTITIONS as usize,
+                "each partition has exactly one owner"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < settle,
+            "group never settled to 2 partitions per member: {g:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    // Acceptance 1: every record processed exactly once (members commit after processing).
+    let seen = tally.seen.lock().unwrap();
+    assert_eq!(seen.len(), 60_000);
+    let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "{} records processed twice, e.g. {:?}",
+        dups.len(),
+        dups.first()
+    );
+
+    // Acceptance 3: ownership intervals never overlap.
+    let iv = intervals.lock().unwrap().clone();
+    check_no_overlap(&iv);
+    // Members 0 and 1 kept some partitions through the join (sticky), and those were never
+    // revoked: they kept consuming them.
+    for m in 0..2 {
+        let kept: Vec<u32> = iv
+            .iter()
+            .filter(|(id, _, start, end)| *id == m && *start < joined_at && end.is_none())
+            .map(|x| x.1)
+            .collect();
+        assert!(
+            kept.len() >= 2,
+            "member {m} kept {kept:?} through the join: {iv:?}"
+        );
+        let pm = tally.per_member.lock().unwrap();
+        let after_join = pm.get(&m).map_or(0, |v| {
+            v.iter()
+                .filter(|(t, p)| *t > joined_at && kept.contains(p))
+                .count()
+        });
+        assert!(
+            after_join > 0,
+            "member {m} stopped consuming its kept partitions after the join"
+        );
+    }
+}
+
+#[test]
+fn killed_member_partitions_move_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let admin = rt.block_on(broker.client());
+    rt.block_on(
+        admin
+            .admin()
+            .create_topic(TOPIC, PARTITIONS, TopicConfig::default()),
+    )
+    .unwrap();
+    rt.block_on(produce(&admin, 0, 6_000));
+
+    let spawn_member = |i: usize| {
+        let out = std::fs::File::create(dir.path().join(format!("member{i}.out"))).unwrap();
+        broker
+            .cli()
+            .args([
+                "consume",
+                TOPIC,
+                "--group",
+                "g2",
+                "--reset",
+                "earliest",
+                "--session-timeout-ms",
+                "3000",
+                "--format",
+                "%p %o %v\\n",
+            ])
+            .stdout(out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut members: Vec<std::process::Child> = (0..3).map(spawn_member).collect();
+    let read_all = || -> Vec<String> {
+        (0..3)
+            .flat_map(|i| {
+                std::fs::read_to_string(dir.path().join(format!("member{i}.out")))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let wait_for = |n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while read_all().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: only {} of {n} lines",
+                read_all().len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(6_000, "first batch");
+    // Kill one member outright; produce more.
+    members[0].kill().unwrap();
+    members[0].wait().unwrap();
+    let killed_at = Instant::now();
+    rt.block_on(produce(&admin, 6_000, 6_000));
+    // Within the session timeout plus a few seconds, the survivors own everything.
+    let deadline = killed_at + Duration::from_secs(3 + 10);
+    loop {
+        let out = broker.run_cli(&["group", "describe", "g2"], b"");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let members_line = text.lines().filter(|l| l.starts_with("member ")).count();
+        let owners: HashSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(TOPIC))
+            .filter_map(|l| l.split('\t').nth(5))
+            .collect();
+        if members_line == 2 && !owners.contains("-") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions did not move within the session timeout: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let moved_after = killed_at.elapsed();
+    wait_for(12_000, "after the kill");
+    std::thread::sleep(Duration::from_millis(500));
+    for m in members.iter_mut().skip(1) {
+        let _ = m.kill();
+        let _ = m.wait();
+    }
+    let lines = read_all();
+    let mut count: HashMap<String, u32> = HashMap::new();
+    for l in &lines {
+        *count
+            .entry(l.split(' ').nth(2).unwrap().to_owned())
+            .or_default() += 1;
+    }
+    for i in 0..12_000 {
+        assert!(
+            count.contains_key(&format!("r{i}")),
+            "record r{i} was never read"
+        );
+    }
+    let reread: u32 = count.values().map(|n| n - 1).sum();
+    eprintln!(
+        "partitions moved {moved_after:?} after the kill; {reread} record(s) read twice (after the dead member's last commit)"
+    );
+}
+
+#[test]
+fn committed_offsets_survive_a_broker_crash_and_lag_and_reset_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let ok = |b: &BrokerProcess, args: &[&str]| {
+        let out = b.run_cli(args, b"");
+        assert!(
+            out.status.success(),
+            "sluice {args:?}: {}",
+            describe_output(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(&broker, &["topic", "create", "lagged", "--partitions", "2"]);
+    let input: String = (0..100).map(|i| format!("{i}\n")).collect();
+    let out = broker.run_cli(&["produce", "lagged", "--partition", "0"], input.as_bytes());
+    assert!(out.status.success());
+    let out = broker.run_cli(&["produce", "lagged", "--partition", "1"], input.as_bytes());
+    assert!(out.status.success());
+    // Read 30 records as group g3 (commits what it printed), then stop.
+    let read = ok(
+        &broker,
+        &[
+            "consume",
+            "lagged",
+            "--group",
+            "g3",
+            "--reset",
+            "earliest",
+            "-n",
+            "30",
+            "--timeout-ms",
+            "10000",
+            "--format",
+            "%p:%o\\n",
+        ],
+    );
+    assert_eq!(read.lines().count(), 30);
+    let describe = ok(&broker, &["group", "describe", "g3"]);
+    let lag_of = |text: &str, p: u32| -> (String, u64, u64) {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("lagged\t{p}\t")))
+            .unwrap_or_else(|| panic!("{text}"));
+        let f: Vec<&str> = line.split('\t').collect();
+        (
+            f[2].to_owned(),
+            f[3].parse().unwrap(),
+            f[4].parse().unwrap(),
+        )
+    };
+    let (c0, end0, lag0) = lag_of(&describe, 0);
+    let (c1, end1, lag1) = lag_of(&describe, 1);
+    assert_eq!((end0, end1), (100, 100));
+    let committed_total: u64 = [&c0, &c1]
+        .iter()
+        .map(|c| c.parse::<u64>().unwrap_or(0))
+        .sum();
+    assert_eq!(committed_total, 30, "{describe}");
+    assert_eq!(lag0 + lag1, 170, "{describe}");
+
+    // kill -9 the broker; committed offsets and the group survive.
+    broker.kill9();
+    broker.restart();
+    let again = ok(&broker, &["group", "describe", "g3"]);
+    assert_eq!(lag_of(&again, 0), (c0.clone(), 100, lag0));
+    assert_eq!(lag_of(&again, 1), (c1.clone(), 100, lag1));
+    assert!(ok(&broker, &["group", "list"]).contains("g3"));
+    // The group continues where it stopped: the remaining 170 records, none of the first 30.
+    let rest = ok(
+        &broker,
+        &[
+            "consume",
+            "lagged",
+            "--group",
+            "g3",
+            "--reset",
+            "earliest",
+            "-n",
+            "170",
+            "--timeout-ms",
+            "10000",
+            "--format",
+            "%p:%o\\n",
+        ],
+    );
+    let first: HashSet<&str> = read.lines().collect();
+    assert_eq!(rest.lines().count(), 170);
+    assert!(
+        rest.lines().all(|l| !first.contains(l)),
+        "re-read committed records"
+    );
+
+    // Reset: to the earliest, to an offset, to the latest.
+    let out = ok(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "g3",
+            "--topic",
+            "lagged",
+            "--to-earliest",
+        ],
+    );
+    assert!(
+        out.contains("lagged\t0\t0") && out.contains("lagged\t1\t0"),
+        "{out}"
+    );
+    assert_eq!(lag_of(&ok(&broker, &["group", "describe", "g3"]), 0).2, 100);
+    ok(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "g3",
+            "--topic",
+            "lagged",
+            "--to-offset",
+            "60",
+        ],
+    );
+    let d = ok(&broker, &["group", "describe", "g3"]);
+    assert_eq!(lag_of(&d, 1), ("60".to_string(), 100, 40));
+    let replay = ok(
+        &broker,
+        &[
+            "consume",
+            "lagged",
+            "--group",
+            "g3",
+            "-n",
+            "80",
+            "--timeout-ms",
+            "10000",
+            "--format",
+            "%p:%o\\n",
+        ],
+    );
+    assert!(
+        replay
+            .lines()
+            .all(|l| l.split(':').nth(1).unwrap().parse::<u64>().unwrap() >= 60),
+        "{replay}"
+    );
+    ok(
+        &broker,
+        &[
+            "group",
+            "reset-offsets",
+            "g3",
+            "--topic",
+            "lagged",
+            "--to-latest",
+        ],
+    );
+    assert_eq!(lag_of(&ok(&broker, &["group", "describe", "g3"]), 0).2, 0);
+
+    // Refused while the group has members.
+    let mut member = broker
+        .cli()
+        .args([
+            "consume",
+            "lagged",
+            "--group",
+            "g3",
+            "--timeout-ms",
+            "20000",
+            "--session-timeout-ms",
+            "2000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = ok(&broker, &["group", "describe", "g3"]);
+        if d.contains("1 member(s)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member never joined: {d}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = broker.run_cli(
+        &[
+            "group",
+            "reset-offsets",
+            "g3",
+            "--topic",
+            "lagged",
+            "--to-earliest",
+        ],
+        b"",
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("active member"),
+        "{}",
+        describe_output(&out)
+    );
+    let _ = member.kill();
+    let _ = member.wait();
+    // Delete once empty (after the killed member's session expires).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = broker.run_cli(&["group", "delete", "g3"], b"");
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group never became deletable: {}",
+            describe_output(&out)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(!ok(&broker, &["group", "list"]).contains("g3"));
+}
