@@ -302,3 +302,94 @@ pub fn now_ms() -> i64 {
         .expect("clock after 1970")
         .as_millis() as i64
 }
+
+/// A UDP proxy on 127.0.0.1 between QUIC clients and one broker, to inject network faults the
+/// endpoints cannot tell from real ones. While [`UdpProxy::drop_to_clients`] is set, every
+/// broker→client datagram is discarded (requests still arrive; their answers are lost, and QUIC
+/// retransmits them only once the drop ends).
+#[derive(Debug)]
+pub struct UdpProxy {
+    pub addr: SocketAddr,
+    drop_to_clients: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UdpProxy {
+    /// Starts forwarding between a fresh port on 127.0.0.1 and `upstream`. Each client address
+    /// gets its own upstream socket, so the broker sees one peer per client.
+    pub async fn start(upstream: SocketAddr) -> UdpProxy {
+        use std::collections::HashMap;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use tokio::net::UdpSocket;
+
+        let front = Arc::new(
+            UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind proxy socket"),
+        );
+        let addr = front.local_addr().expect("proxy address");
+        let drop_to_clients = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (drop_flag, drop_count) = (drop_to_clients.clone(), dropped.clone());
+        let task = tokio::spawn(async move {
+            let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let Ok((n, client)) = front.recv_from(&mut buf).await else {
+                    return;
+                };
+                let back = match backs.get(&client) {
+                    Some(b) => b.clone(),
+                    None => {
+                        let back = Arc::new(
+                            UdpSocket::bind("127.0.0.1:0")
+                                .await
+                                .expect("bind upstream socket"),
+                        );
+                        back.connect(upstream).await.expect("connect upstream");
+                        let (front, back2) = (front.clone(), back.clone());
+                        let (drop_flag, drop_count) = (drop_flag.clone(), drop_count.clone());
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 65_536];
+                            while let Ok(n) = back2.recv(&mut buf).await {
+                                if drop_flag.load(Ordering::Relaxed) {
+                                    drop_count.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                let _ = front.send_to(&buf[..n], client).await;
+                            }
+                        });
+                        backs.insert(client, back.clone());
+                        back
+                    }
+                };
+                let _ = back.send(&buf[..n]).await;
+            }
+        });
+        UdpProxy {
+            addr,
+            drop_to_clients,
+            dropped,
+            task,
+        }
+    }
+
+    /// Starts or stops discarding broker→client datagrams.
+    pub fn drop_to_clients(&self, on: bool) {
+        self.drop_to_clients
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Broker→client datagrams discarded so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for UdpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -105,17 +105,14 @@ pub(crate) fn load_partitions(db: &Database) -> Result<Loaded, StorageError> {
             let count = next_offset.saturating_sub(base).min(u64::from(u32::MAX)) as u32;
             producers.entry(id).or_default().record(stamp, count, base);
         }
-        entries
-            .entry(id)
-            .or_default()
-            .push((
-                base,
-                BatchMeta {
-                    next_offset,
-                    max_timestamp,
-                    len,
-                },
-            ));
+        entries.entry(id).or_default().push((
+            base,
+            BatchMeta {
+                next_offset,
+                max_timestamp,
+                len,
+            },
+        ));
     }
     let mut out = HashMap::new();
     for row in partitions.iter()? {

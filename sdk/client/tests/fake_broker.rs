@@ -33,6 +33,10 @@ struct State {
     /// Answer this many Produce requests with NotLeader first.
     fail_produces: u32,
     connections: Vec<quinn::Connection>,
+    /// Producer ids handed out so far (`InitProducerId`).
+    producer_ids: i64,
+    /// `(partition, producer_id, epoch, base_sequence, record_count)` of every Produce.
+    stamps: Vec<(u32, i64, i16, i32, u32)>,
 }
 
 struct FakeBroker {
@@ -164,6 +168,15 @@ async fn serve_stream(
             Request::Produce(p) => {
                 let mut st = state.lock().unwrap();
                 st.produce_requests += 1;
+                if let Ok(h) = BatchHeader::parse(&raw) {
+                    st.stamps.push((
+                        p.partition,
+                        h.producer_id,
+                        h.producer_epoch,
+                        h.base_sequence,
+                        h.record_count,
+                    ));
+                }
                 if !counted {
                     counted = true;
                     st.produce_streams += 1;
@@ -244,6 +257,18 @@ async fn serve_stream(
                     })
                     .collect();
                 (Ok(ResponseBody::Offsets(offsets)), Bytes::new())
+            }
+            Request::InitProducerId => {
+                let mut st = state.lock().unwrap();
+                let producer_id = st.producer_ids;
+                st.producer_ids += 1;
+                (
+                    Ok(ResponseBody::ProducerId {
+                        producer_id,
+                        epoch: 0,
+                    }),
+                    Bytes::new(),
+                )
             }
             _ => (
                 Err(WireError::new(ErrorCode::InvalidRequest, "not in the fake")),
@@ -449,6 +474,82 @@ async fn retriable_errors_are_retried_in_order() {
         .unwrap_err();
     assert_eq!(err.wire_code(), Some(ErrorCode::NotLeader), "{err:?}");
     assert!(timeout(producer.flush()).await.is_ok());
+}
+
+#[tokio::test]
+async fn idempotent_batches_carry_sequences_and_retries_resend_them_unchanged() {
+    let broker = FakeBroker::start();
+    broker.state.lock().unwrap().fail_produces = 1;
+    let client = broker.client().await;
+    let producer = client.producer(ProducerConfig {
+        retry_backoff: Duration::from_millis(10),
+        ..ProducerConfig::default()
+    });
+    assert!(producer.config().idempotence, "on by default");
+    for value in ["a", "b"] {
+        let r = ProducerRecord::new(TOPIC, value).with_partition(1);
+        timeout(producer.send_and_wait(r)).await.unwrap();
+    }
+    let two = [
+        ProducerRecord::new(TOPIC, "c").with_partition(1),
+        ProducerRecord::new(TOPIC, "d").with_partition(1),
+    ];
+    let mut pending = Vec::new();
+    for r in two {
+        pending.push(timeout(producer.send(r)).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for d in pending {
+        timeout(d).await.unwrap();
+    }
+    let r = ProducerRecord::new(TOPIC, "e").with_partition(2);
+    timeout(producer.send_and_wait(r)).await.unwrap();
+    let stamps = broker.state.lock().unwrap().stamps.clone();
+    assert_eq!(
+        stamps,
+        vec![
+            (1, 0, 0, 0, 1), // refused with NotLeader
+            (1, 0, 0, 0, 1), // its retry: the same id and sequence
+            (1, 0, 0, 1, 1),
+            (1, 0, 0, 2, 2), // c and d in one batch: the next one starts at 4
+            (2, 0, 0, 0, 1), // each partition counts on its own
+        ]
+    );
+
+    // A batch that fails for good leaves a hole in its sequence: later batches get a new id.
+    broker.state.lock().unwrap().fail_produces = 100;
+    let producer = client.producer(ProducerConfig {
+        retries: 1,
+        retry_backoff: Duration::from_millis(1),
+        ..ProducerConfig::default()
+    });
+    let err = timeout(producer.send_and_wait(ProducerRecord::new(TOPIC, "f").with_partition(0)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.wire_code(), Some(ErrorCode::NotLeader), "{err:?}");
+    broker.state.lock().unwrap().fail_produces = 0;
+    timeout(producer.send_and_wait(ProducerRecord::new(TOPIC, "g").with_partition(0)))
+        .await
+        .unwrap();
+    let stamps = broker.state.lock().unwrap().stamps.clone();
+    assert_eq!(
+        &stamps[5..],
+        &[(0, 1, 0, 0, 1), (0, 1, 0, 0, 1), (0, 2, 0, 0, 1)],
+        "two attempts under id 1, then id 2 from sequence 0"
+    );
+
+    // Without idempotence (and always under acks=0) batches carry no id.
+    let producer = client.producer(ProducerConfig {
+        idempotence: false,
+        ..ProducerConfig::default()
+    });
+    timeout(producer.send_and_wait(ProducerRecord::new(TOPIC, "h").with_partition(0)))
+        .await
+        .unwrap();
+    assert_eq!(
+        broker.state.lock().unwrap().stamps.last(),
+        Some(&(0, -1, -1, -1, 1))
+    );
 }
 
 #[tokio::test]

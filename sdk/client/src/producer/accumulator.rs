@@ -14,6 +14,14 @@
 //!   of that partition until it is resent, which keeps per-partition order.
 //! - Keyless records without a partition stick to one partition per topic until its batch is
 //!   sealed, then move to the next (round robin): big batches, yet an even spread over time.
+//! - A batch is encoded when it is first sent, not when it is sealed. Under idempotence that is
+//!   when it gets its producer id, epoch and base sequence (the partition's next sequence, which
+//!   then moves on by its record count): sequences follow send order, and a batch that never
+//!   left can still take a new producer id. Retries resend the encoded bytes unchanged, which
+//!   is what lets the broker recognise them. Until the driver hands over a producer id
+//!   ([`Accumulator::set_producer`]) no batch is encoded; [`Accumulator::reset_producer`]
+//!   takes it back after a sequenced batch failed for good (its partition's sequence now has a
+//!   hole the broker would refuse), and later batches wait for a fresh one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -40,6 +48,15 @@ pub(crate) struct AccumulatorConfig {
     pub max_batch_bytes: usize,
     pub max_in_flight: usize,
     pub compression: Compression,
+    /// Stamp batches with a producer id and per-partition sequence numbers.
+    pub idempotent: bool,
+}
+
+/// The producer id and epoch an idempotent producer stamps on its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProducerIdentity {
+    pub producer_id: i64,
+    pub epoch: i16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -66,13 +83,23 @@ struct OpenBatch<W> {
     opened: Instant,
 }
 
-/// An encoded batch, ready to send or sent.
+/// A batch's bytes: still a builder until it is first sent, then encoded for good.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Unencoded(BatchBuilder),
+    /// Kept so a retry resends exactly the same bytes.
+    Encoded(Result<Bytes, Arc<ProtoError>>),
+}
+
+/// A sealed batch: closed to new records, waiting to be sent, or sent.
 #[derive(Debug)]
 pub(crate) struct SealedBatch<W> {
     pub tp: TopicPartition,
     pub records: Vec<PendingRecord<W>>,
-    /// The encoded batch, kept so a retry resends exactly the same bytes.
-    pub payload: Result<Bytes, Arc<ProtoError>>,
+    /// Always [`Payload::Encoded`] in a batch that [`Accumulator::poll_ready`] handed out.
+    pub payload: Payload,
+    /// The identity and base sequence stamped on it; `None` when not idempotent.
+    pub sequence: Option<(ProducerIdentity, i32)>,
     /// When the batch's first record arrived; the delivery timeout counts from here.
     pub created: Instant,
     /// Attempts made so far.
@@ -87,6 +114,16 @@ impl<W> SealedBatch<W> {
     pub(crate) fn first_seq(&self) -> u64 {
         self.records.first().map_or(u64::MAX, |r| r.seq)
     }
+
+    /// The encoded bytes (for a batch `poll_ready` handed out).
+    pub(crate) fn encoded(&self) -> Result<Bytes, Arc<ProtoError>> {
+        match &self.payload {
+            Payload::Encoded(p) => p.clone(),
+            Payload::Unencoded(_) => Err(Arc::new(ProtoError::Malformed(
+                "batch sent before it was encoded",
+            ))),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -95,6 +132,8 @@ struct PartitionQueue<W> {
     /// Sealed batches not yet sent; a batch to retry is put in front.
     sealed: VecDeque<SealedBatch<W>>,
     in_flight: usize,
+    /// Base sequence of the next batch encoded under the current producer id.
+    next_sequence: i32,
 }
 
 impl<W> Default for PartitionQueue<W> {
@@ -103,8 +142,15 @@ impl<W> Default for PartitionQueue<W> {
             open: None,
             sealed: VecDeque::new(),
             in_flight: 0,
+            next_sequence: 0,
         }
     }
+}
+
+/// The sequence after `seq` moved on by `n` records: wraps to 0 after `i32::MAX`, as the
+/// broker expects.
+fn advance_sequence(seq: i32, n: usize) -> i32 {
+    ((i64::from(seq) + n as i64) % (i64::from(i32::MAX) + 1)) as i32
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +170,8 @@ pub(crate) struct Accumulator<W> {
     /// Seeds the first sticky partition of each topic, so that many producers started at once
     /// do not all pile onto partition 0.
     seed: u64,
+    /// Under idempotence: the id batches are stamped with; `None` until the driver has one.
+    producer: Option<ProducerIdentity>,
 }
 
 impl<W> Accumulator<W> {
@@ -140,7 +188,59 @@ impl<W> Accumulator<W> {
             next_seq: 0,
             in_flight_seqs: BTreeMap::new(),
             seed,
+            producer: None,
         }
+    }
+
+    /// Hands over a (new) producer id: every partition's sequence starts again at 0.
+    pub(crate) fn set_producer(&mut self, identity: ProducerIdentity) {
+        self.producer = Some(identity);
+        for q in self.queues.values_mut() {
+            q.next_sequence = 0;
+        }
+    }
+
+    /// Takes the producer id back, if it is still `identity`: a batch stamped with it failed
+    /// for good, so its partition's sequence has a hole. Batches not yet encoded wait for the
+    /// next id; those already encoded keep theirs.
+    pub(crate) fn reset_producer(&mut self, identity: ProducerIdentity) {
+        if self.producer == Some(identity) {
+            self.producer = None;
+        }
+    }
+
+    /// Whether a batch waits for a producer id: the driver should obtain one.
+    pub(crate) fn needs_producer(&self) -> bool {
+        self.config.idempotent
+            && self.producer.is_none()
+            && self
+                .queues
+                .values()
+                .any(|q| q.open.is_some() || !q.sealed.is_empty())
+    }
+
+    /// Whether the front batch of `q` cannot go yet because it waits for a producer id.
+    fn waits_for_producer(&self, batch: &SealedBatch<W>) -> bool {
+        self.config.idempotent
+            && self.producer.is_none()
+            && matches!(batch.payload, Payload::Unencoded(_))
+    }
+
+    /// Takes every batch that has not been encoded yet (open ones sealed first), for the
+    /// driver to fail when no producer id can be had.
+    pub(crate) fn take_unencoded(&mut self) -> Vec<SealedBatch<W>> {
+        let tps: Vec<TopicPartition> = self.queues.keys().cloned().collect();
+        let mut out = Vec::new();
+        for tp in tps {
+            self.seal_open(&tp.topic, tp.partition);
+            let q = self.queues.get_mut(&tp).expect("key taken from the map");
+            let (unencoded, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut q.sealed)
+                .into_iter()
+                .partition(|b| matches!(b.payload, Payload::Unencoded(_)));
+            q.sealed = kept;
+            out.extend(unencoded);
+        }
+        out
     }
 
     /// Seq the next record will get; records before it are what a flush now waits for.
@@ -243,15 +343,11 @@ impl<W> Accumulator<W> {
         let Some(open) = queue.open.take() else {
             return;
         };
-        let payload = open
-            .builder
-            .finish(-1, -1, -1)
-            .map(Bytes::from)
-            .map_err(Arc::new);
         queue.sealed.push_back(SealedBatch {
             tp,
             records: open.records,
-            payload,
+            payload: Payload::Unencoded(open.builder),
+            sequence: None,
             created: open.opened,
             attempts: 0,
             not_before: None,
@@ -276,9 +372,41 @@ impl<W> Accumulator<W> {
                 if q.in_flight >= max_in_flight {
                     break;
                 }
+                let waits = q.sealed.front().is_some_and(|b| {
+                    self.config.idempotent
+                        && self.producer.is_none()
+                        && matches!(b.payload, Payload::Unencoded(_))
+                });
+                if waits {
+                    break;
+                }
+                let q = self.queues.get_mut(&tp).expect("key taken from the map");
                 match q.sealed.front() {
                     Some(b) if b.not_before.is_none_or(|t| t <= now) => {
-                        let b = q.sealed.pop_front().expect("front exists");
+                        let mut b = q.sealed.pop_front().expect("front exists");
+                        // Encoded on first send; a retry keeps its bytes.
+                        let payload =
+                            std::mem::replace(&mut b.payload, Payload::Encoded(Ok(Bytes::new())));
+                        b.payload = match payload {
+                            Payload::Unencoded(builder) => {
+                                let stamp = match self.producer.filter(|_| self.config.idempotent) {
+                                    Some(id) => {
+                                        let seq = q.next_sequence;
+                                        q.next_sequence = advance_sequence(seq, builder.len());
+                                        b.sequence = Some((id, seq));
+                                        (id.producer_id, id.epoch, seq)
+                                    }
+                                    None => (-1, -1, -1),
+                                };
+                                Payload::Encoded(
+                                    builder
+                                        .finish(stamp.0, stamp.1, stamp.2)
+                                        .map(Bytes::from)
+                                        .map_err(Arc::new),
+                                )
+                            }
+                            encoded => encoded,
+                        };
                         q.in_flight += 1;
                         *self.in_flight_seqs.entry(b.first_seq()).or_default() += 1;
                         ready.push(b);
@@ -306,6 +434,7 @@ impl<W> Accumulator<W> {
                 continue;
             }
             let at = match (q.sealed.front(), &q.open) {
+                (Some(b), _) if self.waits_for_producer(b) => continue,
                 (Some(b), _) => b.not_before.unwrap_or(now),
                 (None, Some(_)) if flushing => now,
                 (None, Some(o)) => o.opened + self.config.linger,
@@ -370,6 +499,7 @@ mod tests {
             max_batch_bytes,
             max_in_flight,
             compression: Compression::None,
+            idempotent: false,
         }
     }
 
@@ -507,7 +637,7 @@ mod tests {
                 sent.push(r);
             }
             let batch = acc.poll_ready(t0, true).pop().unwrap();
-            let payload = batch.payload.unwrap();
+            let payload = batch.encoded().unwrap();
             let mut stored = payload.to_vec();
             sluice_proto::batch::assign_offset(&mut stored, 100, 0);
             let batches = split_batches(Bytes::from(stored)).unwrap();

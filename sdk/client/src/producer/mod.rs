@@ -6,6 +6,19 @@
 //! hands the record to the background task. That task owns the [`Accumulator`] (the pure core),
 //! sends what it says is ready, and feeds outcomes back: success, retry after backoff, or a
 //! final failure that fails every record of the batch.
+//!
+//! **Idempotence** (on by default, as in Kafka 3+): before the first batch is encoded the task
+//! asks the broker for a producer id and epoch (`InitProducerId`). Each batch then carries that
+//! id and the sequence number of its first record on its partition; a retry resends the same
+//! bytes, so when the first attempt did reach the log (only its answer was lost) the broker
+//! answers with the offset it was stored at instead of storing it twice, and it refuses a batch
+//! that would leave a gap (`OutOfOrderSequence`). When a sequenced batch fails for good (any
+//! error, including `OutOfOrderSequence` and `ProducerFenced`), its records fail with that
+//! error, and the producer obtains a **new producer id** for later batches, whose sequences
+//! start at 0: the failed batch left a hole in the old sequence that the broker would refuse
+//! forever. Batches already encoded keep their id. Under [`Acks::None`] idempotence is off
+//! (the broker sends nothing back, so there is nothing to deduplicate against), as Kafka
+//! requires `acks=all` for it.
 
 mod accumulator;
 
@@ -26,7 +39,9 @@ use sluice_proto::{
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
-use self::accumulator::{Accumulator, AccumulatorConfig, SealedBatch, TopicPartition};
+use self::accumulator::{
+    Accumulator, AccumulatorConfig, ProducerIdentity, SealedBatch, TopicPartition,
+};
 use crate::client::unexpected;
 use crate::lane::Lane;
 use crate::{Client, ClientError};
@@ -44,8 +59,14 @@ pub struct ProducerConfig {
     /// A single larger record still goes, alone in its batch.
     pub max_batch_bytes: usize,
     /// Batches of one partition in flight at once (default 1, which keeps order across
-    /// retries; more can reorder a partition's records when a retry happens).
+    /// retries). Without idempotence, more can reorder a partition's records when a retry
+    /// happens. With idempotence it is capped at 5 (the batches the broker remembers per
+    /// producer) and nothing is reordered or duplicated, but when one batch is lost in transit
+    /// the ones sent behind it are refused as out of sequence and fail.
     pub max_in_flight_per_partition: usize,
+    /// Stamp batches with a producer id and sequence numbers so that retries are never stored
+    /// twice (default true). Ignored (off) under [`Acks::None`].
+    pub idempotence: bool,
     /// Retries of a batch after a retriable error (default 10).
     pub retries: u32,
     /// Wait before the first retry; doubles per attempt, up to 10× (default 100 ms).
@@ -71,6 +92,7 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             max_batch_bytes: 1024 * 1024,
             max_in_flight_per_partition: 1,
+            idempotence: true,
             retries: 10,
             retry_backoff: Duration::from_millis(100),
             delivery_timeout: Duration::from_secs(120),
@@ -372,6 +394,10 @@ fn now_ms() -> i64 {
 
 type Waiter = oneshot::Sender<Delivery>;
 
+/// Most batches per partition an idempotent producer has in flight: what the broker remembers
+/// per producer and partition to recognise retries.
+const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
+
 /// What came of one attempt to send a batch: the broker's answer (`None` under `Acks::None`).
 struct Attempt {
     batch: SealedBatch<Waiter>,
@@ -396,6 +422,8 @@ struct Driver {
     attempts_tx: mpsc::UnboundedSender<Attempt>,
     attempts_rx: mpsc::UnboundedReceiver<Attempt>,
     flushes: Vec<FlushWaiter>,
+    /// The answer of the running `InitProducerId` exchange, if one runs.
+    init: Option<oneshot::Receiver<Result<ProducerIdentity, ClientError>>>,
 }
 
 impl Driver {
@@ -405,11 +433,20 @@ impl Driver {
         memory: Arc<Semaphore>,
         partitions: Arc<PartitionCache>,
     ) -> Driver {
+        let idempotent = config.idempotence && config.acks != Acks::None;
+        let max_in_flight = if idempotent {
+            config
+                .max_in_flight_per_partition
+                .clamp(1, MAX_IN_FLIGHT_IDEMPOTENT)
+        } else {
+            config.max_in_flight_per_partition.max(1)
+        };
         let accumulator = Accumulator::new(AccumulatorConfig {
             linger: config.linger,
             max_batch_bytes: config.max_batch_bytes.max(1),
-            max_in_flight: config.max_in_flight_per_partition.max(1),
+            max_in_flight,
             compression: config.compression,
+            idempotent,
         });
         let (attempts_tx, attempts_rx) = mpsc::unbounded_channel();
         Driver {
@@ -422,6 +459,7 @@ impl Driver {
             attempts_tx,
             attempts_rx,
             flushes: Vec::new(),
+            init: None,
         }
     }
 
@@ -439,6 +477,9 @@ impl Driver {
                 debug!("producer closed and drained");
                 return;
             }
+            if self.init.is_none() && self.accumulator.needs_producer() {
+                self.init = Some(self.start_init());
+            }
             let wakeup = self.accumulator.next_wakeup(now, flushing);
             tokio::select! {
                 cmd = commands.recv(), if !closing => match cmd {
@@ -446,7 +487,66 @@ impl Driver {
                     None => closing = true,
                 },
                 Some(attempt) = self.attempts_rx.recv() => self.handle_attempt(attempt),
+                init = async { self.init.as_mut().expect("guarded").await }, if self.init.is_some() => {
+                    self.init = None;
+                    self.handle_init(init.unwrap_or(Err(ClientError::Closed)));
+                }
                 () = sleep_until(wakeup), if wakeup.is_some() => {}
+            }
+        }
+    }
+
+    /// Asks the broker for a producer id in a task of its own, retrying what a retry can cure
+    /// until the delivery timeout.
+    fn start_init(&self) -> oneshot::Receiver<Result<ProducerIdentity, ClientError>> {
+        let (tx, rx) = oneshot::channel();
+        let client = self.client.clone();
+        let deadline = Instant::now() + self.config.delivery_timeout;
+        let mut backoff = self.config.retry_backoff.max(Duration::from_millis(1));
+        let max_backoff = backoff * 10;
+        tokio::spawn(async move {
+            let result = loop {
+                let e = match client.request(Request::InitProducerId, Bytes::new()).await {
+                    Ok((ResponseBody::ProducerId { producer_id, epoch }, _)) => {
+                        break Ok(ProducerIdentity { producer_id, epoch });
+                    }
+                    Ok((other, _)) => unexpected("ProducerId", &other),
+                    Err(e) => e,
+                };
+                if !e.is_retriable() || Instant::now() + backoff >= deadline {
+                    break Err(e);
+                }
+                debug!(cause = %e, "retrying InitProducerId");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max_backoff);
+            };
+            let _ = tx.send(result);
+        });
+        rx
+    }
+
+    fn handle_init(&mut self, result: Result<ProducerIdentity, ClientError>) {
+        match result {
+            Ok(identity) => {
+                debug!(
+                    producer_id = identity.producer_id,
+                    epoch = identity.epoch,
+                    "idempotent producer id obtained"
+                );
+                self.accumulator.set_producer(identity);
+            }
+            Err(e) => {
+                // Every batch that waits for an id fails; a later record tries again.
+                let e = ClientError::Broker(WireError::new(
+                    e.wire_code().unwrap_or(ErrorCode::Internal),
+                    format!(
+                        "could not obtain a producer id for idempotence: {e} — check the \
+                         broker, or set idempotence = false"
+                    ),
+                ));
+                for batch in self.accumulator.take_unencoded() {
+                    self.finish_failed(batch, e.clone());
+                }
             }
         }
     }
@@ -492,13 +592,14 @@ impl Driver {
 
     /// Puts one attempt of a batch on its lane; a task waits for the answer and reports back.
     fn dispatch(&mut self, mut batch: SealedBatch<Waiter>) {
-        let payload = match &batch.payload {
-            Ok(p) => p.clone(),
+        let payload = match batch.encoded() {
+            Ok(p) => p,
             Err(e) => {
                 let e = ClientError::Protocol(sluice_proto::ProtoError::Compression(format!(
                     "could not encode the batch: {e}"
                 )));
-                self.finish_failed(batch, e);
+                // Counted in flight by `poll_ready`; its sequence, if any, is now a hole.
+                self.give_up(batch, e);
                 return;
             }
         };
@@ -589,11 +690,26 @@ impl Driver {
                 attempts: batch.attempts,
                 last_error: e.to_string(),
             };
-            self.accumulator.handle_done(&batch.tp, batch.first_seq());
-            self.finish_failed(batch, e);
+            self.give_up(batch, e);
             return;
         }
+        self.give_up(batch, e);
+    }
+
+    /// A sent batch failed for good. If it carried a sequence, its partition's sequence now
+    /// has a hole the broker would refuse, so later batches wait for a new producer id.
+    fn give_up(&mut self, batch: SealedBatch<Waiter>, e: ClientError) {
         self.accumulator.handle_done(&batch.tp, batch.first_seq());
+        if let Some((identity, sequence)) = batch.sequence {
+            warn!(
+                topic = %batch.tp.topic,
+                partition = batch.tp.partition,
+                producer_id = identity.producer_id,
+                sequence,
+                "sequenced batch failed; obtaining a new producer id for later batches"
+            );
+            self.accumulator.reset_producer(identity);
+        }
         self.finish_failed(batch, e);
     }
 
