@@ -337,6 +337,9 @@ fn classify(err: wasmtime::Error, store: &Store<HostState>, limits: &Limits) -> 
     }
 }
 
+/// A failed instantiation hands the state store back.
+type InstantiateError = (PluginError, Option<Box<dyn StateStore>>);
+
 /// Creates a store and instance for `plugin` and runs `init`. `state` is `None` for
 /// partitioners.
 fn instantiate<F: Copy>(
@@ -345,7 +348,7 @@ fn instantiate<F: Copy>(
     limits: &Limits,
     state: Option<Box<dyn StateStore>>,
     typed: impl FnOnce(&mut Store<HostState>, &wasmtime::component::Instance) -> wasmtime::Result<F>,
-) -> Result<Live<F>, (PluginError, Option<Box<dyn StateStore>>)> {
+) -> Result<Live<F>, InstantiateError> {
     let p = &plugin.inner;
     let mut store = Store::new(
         &p.engine,
@@ -469,7 +472,7 @@ impl TransformInstance {
     fn ensure_live(&mut self) -> Result<&mut Live<ProcessFn>, PluginError> {
         if self.live.is_none() {
             let state = self.parked.take();
-            let call_idx = self.plugin.inner.funcs.call.clone();
+            let call_idx = self.plugin.inner.funcs.call;
             let live = instantiate(&self.plugin, &self.config, &self.limits, state, |s, i| {
                 let idx = call_idx.as_ref().expect("checked by instantiate");
                 i.get_typed_func::<(Vec<u8>,), (Result<Vec<u8>, GuestError>,)>(s, idx)
@@ -621,7 +624,7 @@ impl PartitionerInstance {
 
     fn ensure_live(&mut self) -> Result<&mut Live<PartitionFn>, PluginError> {
         if self.live.is_none() {
-            let call_idx = self.plugin.inner.funcs.call.clone();
+            let call_idx = self.plugin.inner.funcs.call;
             let live = instantiate(&self.plugin, &self.config, &self.limits, None, |s, i| {
                 let idx = call_idx.as_ref().expect("checked by instantiate");
                 i.get_typed_func::<(Vec<u8>, u32), (Result<Vec<u32>, GuestError>,)>(s, idx)

@@ -85,7 +85,8 @@ fn json_filter_ops() {
         rec(None, Some(r#"{"price":"25"}"#), 103, 3),
         rec(Some("k4"), None, 104, 4),
     ];
-    let cases: &[(&[(&str, &str)], &[u64])] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [u64]);
+    let cases: &[Case] = &[
         (
             &[("field", "status"), ("op", "eq"), ("value", "active")],
             &[0],
