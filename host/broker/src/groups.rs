@@ -349,7 +349,7 @@ async fn heartbeat(
     Ok(ResponseBody::GroupHeartbeat(GroupHeartbeatResponse {
         member_id: reply.member_id,
         member_epoch: reply.member_epoch,
-        heartbeat_interval_ms: (session_timeout_ms / 4).clamp(100, 3_000),
+        heartbeat_interval_ms: (session_timeout_ms / 4).clamp(100, 1_000),
         assignment: from_assignment(&reply.assignment),
     }))
 }

@@ -23,6 +23,10 @@ pub enum BenchMode {
     Produce,
     Consume,
     E2e,
+    /// Consumer group: how long until the others own everything when a member leaves.
+    Rebalance,
+    /// Consumer group: offset commits per second and their latency.
+    Commit,
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +63,12 @@ pub struct BenchArgs {
     /// Most unacknowledged records per producer; bounds queueing, and so latency.
     #[arg(long, default_value_t = 20_000)]
     pub window: usize,
+    /// Group members (rebalance).
+    #[arg(long, default_value_t = 3)]
+    pub members: usize,
+    /// Rounds of leave-and-rejoin (rebalance).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
 }
 
 pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<std::process::ExitCode> {
@@ -119,6 +129,8 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<std::process::ExitCode> 
             let report = consumer.await.context("consumer task")??;
             report.print("end-to-end");
         }
+        BenchMode::Rebalance => crate::bench_groups::rebalance(cli, args).await?,
+        BenchMode::Commit => crate::bench_groups::commits(cli, args).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 
 mod acks;
 mod bench;
+mod bench_groups;
 mod cli;
 mod client_cmds;
 mod format;
