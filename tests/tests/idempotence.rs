@@ -24,7 +24,13 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// Every record of partition 0, as `(offset, value)`, read over `client`.
 async fn log_of(client: &Client, topic: &str) -> Vec<(u64, String)> {
-    let end = client.admin().describe_topic(topic).await.unwrap().partitions[0].log_end;
+    let end = client
+        .admin()
+        .describe_topic(topic)
+        .await
+        .unwrap()
+        .partitions[0]
+        .log_end;
     let mut consumer = client.consumer(ConsumerConfig::default());
     consumer.assign(topic, &[0]).await.unwrap();
     consumer.seek(topic, 0, SeekTo::Offset(0)).await.unwrap();
@@ -41,7 +47,13 @@ async fn log_of(client: &Client, topic: &str) -> Vec<(u64, String)> {
 }
 
 async fn log_end(client: &Client, topic: &str) -> u64 {
-    client.admin().describe_topic(topic).await.unwrap().partitions[0].log_end
+    client
+        .admin()
+        .describe_topic(topic)
+        .await
+        .unwrap()
+        .partitions[0]
+        .log_end
 }
 
 /// Produces "a" normally, then "b" while the proxy discards the broker's answers long enough
@@ -119,7 +131,10 @@ async fn a_batch_retried_after_its_answer_was_lost_is_stored_once() {
         vec![(0, "a".to_string()), (1, "b".to_string())],
         "each record exactly once, offsets dense"
     );
-    assert_eq!(offset, 1, "the retry is acknowledged with the original offset");
+    assert_eq!(
+        offset, 1,
+        "the retry is acknowledged with the original offset"
+    );
 
     // Control: the same fault without idempotence stores the retried batch a second time,
     // which shows the fault really made the producer resend.

@@ -82,6 +82,27 @@ pub(crate) fn handle(
         | Request::DescribeGroup { .. }
         | Request::ResetOffsets(_)
         | Request::DeleteGroup { .. } => Box::pin(crate::groups::handle(broker, request)),
+        Request::CreatePipeline(_)
+        | Request::ListPipelines
+        | Request::DescribePipeline { .. }
+        | Request::PausePipeline { .. }
+        | Request::ResumePipeline { .. }
+        | Request::DeletePipeline { .. } => Box::pin(crate::pipelines::handle(broker, request)),
+        Request::FetchTransformed(req) => Box::pin(crate::plugins::fetch_transformed(broker, req)),
+        Request::DeployPlugin { .. }
+        | Request::ListPlugins
+        | Request::DescribePlugin { .. }
+        | Request::DeletePlugin { .. } => Box::pin(async move {
+            let b = broker.clone();
+            match tokio::task::spawn_blocking(move || crate::plugins::admin(&b, request, raw)).await
+            {
+                Ok(r) => Reply::from(r),
+                Err(e) => Reply::error(WireError::new(
+                    ErrorCode::Internal,
+                    format!("handler failed: {e}"),
+                )),
+            }
+        }),
         other => Box::pin(async move {
             let b = broker.clone();
             match tokio::task::spawn_blocking(move || admin(&b, other)).await {
@@ -102,7 +123,7 @@ fn unknown_topic(name: &str) -> WireError {
     )
 }
 
-fn metadata_error(e: MetadataError) -> WireError {
+pub(crate) fn metadata_error(e: MetadataError) -> WireError {
     let code = match &e {
         MetadataError::UnknownTopic(name) => return unknown_topic(name),
         MetadataError::TopicExists(_) => ErrorCode::TopicAlreadyExists,
@@ -112,6 +133,10 @@ fn metadata_error(e: MetadataError) -> WireError {
         | MetadataError::InvalidConfig(_)
         | MetadataError::UnknownBroker(_) => ErrorCode::InvalidConfig,
         MetadataError::ProducerIdsExhausted => ErrorCode::Internal,
+        MetadataError::UnknownPlugin(_) => ErrorCode::UnknownPlugin,
+        MetadataError::PluginInUse { .. } => ErrorCode::InvalidConfig,
+        MetadataError::UnknownPipeline(_) => ErrorCode::UnknownPipeline,
+        MetadataError::PipelineExists(_) => ErrorCode::PipelineExists,
     };
     WireError::new(code, e.to_string())
 }
@@ -164,7 +189,7 @@ pub(crate) fn storage_error(e: StorageError) -> WireError {
     }
 }
 
-fn propose_error(e: ProposeError) -> WireError {
+pub(crate) fn propose_error(e: ProposeError) -> WireError {
     match e {
         ProposeError::Refused(m) => metadata_error(m),
         ProposeError::Storage(s) => storage_error(s),
@@ -172,14 +197,14 @@ fn propose_error(e: ProposeError) -> WireError {
 }
 
 /// A partition this node leads, resolved from metadata.
-struct Led {
-    id: PartitionId,
+pub(crate) struct Led {
+    pub(crate) id: PartitionId,
     leader_epoch: u32,
     config: TopicConfig,
 }
 
 impl Broker {
-    fn led_partition(&self, topic: &str, partition: u32) -> Result<Led, WireError> {
+    pub(crate) fn led_partition(&self, topic: &str, partition: u32) -> Result<Led, WireError> {
         self.controller.read(|s| {
             let t = s.topic(topic).ok_or_else(|| unknown_topic(topic))?;
             let p = t.partitions.get(partition as usize).ok_or_else(|| {
@@ -340,7 +365,7 @@ fn produce(broker: Arc<Broker>, req: ProduceRequest, raw: Bytes) -> BoxFuture<'s
 }
 
 /// Trims a run of batches to those starting below the high watermark.
-fn below_high_watermark(mut bytes: Bytes, hw: u64) -> Bytes {
+pub(crate) fn below_high_watermark(mut bytes: Bytes, hw: u64) -> Bytes {
     let mut keep = 0;
     let mut rest: &[u8] = &bytes;
     while let Ok(h) = BatchHeader::parse(rest) {
@@ -355,6 +380,18 @@ fn below_high_watermark(mut bytes: Bytes, hw: u64) -> Bytes {
 }
 
 async fn fetch(broker: Arc<Broker>, req: FetchRequest) -> Reply {
+    match fetch_batches(broker, req).await {
+        Ok((resp, raw)) => Reply::Frame(Ok(ResponseBody::Fetched(resp)), raw),
+        Err(e) => Reply::error(e),
+    }
+}
+
+/// Reads batches for a fetch, long-polling until `min_bytes` are there, the wait is over, a
+/// partition has an error, or the broker shuts down.
+pub(crate) async fn fetch_batches(
+    broker: Arc<Broker>,
+    req: FetchRequest,
+) -> Result<(FetchResponse, Bytes), WireError> {
     let deadline =
         Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms)).min(MAX_FETCH_WAIT);
     let req = Arc::new(req);
@@ -367,27 +404,21 @@ async fn fetch(broker: Arc<Broker>, req: FetchRequest) -> Reply {
             .map(|led| broker.runtime(led.id).high_watermark.subscribe())
             .collect();
         let (b, r) = (broker.clone(), req.clone());
-        let (resp, raw) = match tokio::task::spawn_blocking(move || fetch_once(&b, &r)).await {
-            Ok(x) => x,
-            Err(e) => {
-                return Reply::error(WireError::new(
-                    ErrorCode::Internal,
-                    format!("fetch failed: {e}"),
-                ));
-            }
-        };
+        let (resp, raw) = tokio::task::spawn_blocking(move || fetch_once(&b, &r))
+            .await
+            .map_err(|e| WireError::new(ErrorCode::Internal, format!("fetch failed: {e}")))?;
         let has_error = resp.partitions.iter().any(|p| p.error.is_some());
         if raw.len() >= req.min_bytes.max(1) as usize
             || has_error
             || Instant::now() >= deadline
             || watches.is_empty()
         {
-            return Reply::Frame(Ok(ResponseBody::Fetched(resp)), raw);
+            return Ok((resp, raw));
         }
         // A long-poll ends early when data arrives or the broker begins shutting down.
         let mut stop = broker.shutdown.subscribe();
         if *stop.borrow_and_update() {
-            return Reply::Frame(Ok(ResponseBody::Fetched(resp)), raw);
+            return Ok((resp, raw));
         }
         let changed =
             futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
@@ -544,7 +575,18 @@ fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, WireError> {
         | Request::ListGroups
         | Request::DescribeGroup { .. }
         | Request::ResetOffsets(_)
-        | Request::DeleteGroup { .. } => Err(WireError::new(
+        | Request::DeleteGroup { .. }
+        | Request::FetchTransformed(_)
+        | Request::DeployPlugin { .. }
+        | Request::ListPlugins
+        | Request::DescribePlugin { .. }
+        | Request::DeletePlugin { .. }
+        | Request::CreatePipeline(_)
+        | Request::ListPipelines
+        | Request::DescribePipeline { .. }
+        | Request::PausePipeline { .. }
+        | Request::ResumePipeline { .. }
+        | Request::DeletePipeline { .. } => Err(WireError::new(
             ErrorCode::InvalidRequest,
             "request routed to the wrong handler",
         )),

@@ -10,6 +10,8 @@ pub mod config;
 pub mod controller;
 mod groups;
 mod handler;
+mod pipelines;
+mod plugins;
 mod retention;
 mod server;
 pub mod tls;
@@ -65,6 +67,8 @@ pub(crate) struct Broker {
     store: Store,
     controller: MetadataController,
     groups: groups::GroupCoordinator,
+    plugins: plugins::PluginRegistry,
+    pipelines: pipelines::PipelineRunners,
     partitions: RwLock<HashMap<PartitionId, Arc<PartitionRuntime>>>,
     /// Becomes true when shutdown begins; long-polls watch it to return early.
     shutdown: watch::Sender<bool>,
@@ -189,6 +193,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         }
     }
 
+    let plugins = plugins::PluginRegistry::new(&config.data_dir.join("plugin-cache"))?;
     let broker = Arc::new(Broker {
         config,
         node_id,
@@ -196,6 +201,8 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         store,
         controller,
         groups: groups::GroupCoordinator::default(),
+        plugins,
+        pipelines: pipelines::PipelineRunners::default(),
         partitions: RwLock::new(HashMap::new()),
         shutdown: watch::channel(false).0,
         in_flight: AtomicUsize::new(0),
@@ -207,6 +214,8 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     tokio::task::spawn_blocking(move || groups::GroupCoordinator::load(&b))
         .await
         .map_err(|e| BrokerError::Metadata(format!("group load task: {e}")))??;
+    // Pipelines resume from their checkpoints by themselves (paused ones stay paused).
+    pipelines::PipelineRunners::start_all(&broker);
     let retention_task = tokio::spawn(retention::run(broker.clone()));
     let expiry_task = tokio::spawn(groups::GroupCoordinator::run_expiry(
         broker.clone(),

@@ -47,6 +47,9 @@ pub enum Command {
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Deploy, list, describe and delete plugins; create a new plugin crate.
+    #[command(subcommand)]
+    Plugin(crate::plugin_cmds::PluginCommand),
     /// Measure throughput and latency against a running broker.
     Bench(bench::BenchArgs),
 }
@@ -158,6 +161,13 @@ pub struct ConsumeArgs {
     /// With --group: range, round-robin or sticky.
     #[arg(long, requires = "group")]
     pub assignor: Option<String>,
+    /// Run this deployed transform plugin on the broker over what is fetched (a filter or
+    /// map); only its output crosses the network.
+    #[arg(long)]
+    pub transform: Option<String>,
+    /// With --transform: plugin configuration, KEY=VALUE (repeatable).
+    #[arg(long = "config", value_parser = parse_kv, requires = "transform")]
+    pub transform_config: Vec<(String, String)>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +195,13 @@ pub enum GroupCommand {
     Delete { group: String },
 }
 
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
 fn parse_durability(s: &str) -> Result<Durability, String> {
     s.parse()
 }
@@ -202,6 +219,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Produce(args) => client_cmds::produce(&connect(&cli).await?, args).await,
         Command::Consume(args) => client_cmds::consume(&connect(&cli).await?, args).await,
         Command::Group(cmd) => client_cmds::group(&connect(&cli).await?, cmd).await,
+        Command::Plugin(cmd) => crate::plugin_cmds::run(cmd, async || connect(&cli).await).await,
         Command::Bench(args) => bench::run(&cli, args).await,
     }
 }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 
 use sluice_client::{
-    Client, Consumer, ConsumerConfig, GroupOptions, OffsetReset, ProducerConfig, ProducerRecord,
-    SeekTo,
+    Client, Consumer, ConsumerConfig, FetchTransform, GroupOptions, OffsetReset, ProducerConfig,
+    ProducerRecord, SeekTo,
 };
 use sluice_proto::{
     Request, ResetOffsetsRequest, ResetTo, ResponseBody, TopicConfig, TopicDescription,
@@ -199,6 +199,7 @@ pub async fn consume(client: &Client, args: &ConsumeArgs) -> Result<ExitCode> {
         };
         let mut consumer = client.consumer(ConsumerConfig {
             reset,
+            transform: transform(args),
             ..ConsumerConfig::default()
         });
         let options = GroupOptions {
@@ -234,6 +235,7 @@ pub async fn consume(client: &Client, args: &ConsumeArgs) -> Result<ExitCode> {
     };
     let mut consumer = client.consumer(ConsumerConfig {
         reset,
+        transform: transform(args),
         ..ConsumerConfig::default()
     });
     consumer.assign(&args.topic, &partitions).await?;
@@ -241,6 +243,13 @@ pub async fn consume(client: &Client, args: &ConsumeArgs) -> Result<ExitCode> {
         consumer.seek(&args.topic, p, start).await?;
     }
     print_records(&mut consumer, args, &format, false).await
+}
+
+fn transform(args: &ConsumeArgs) -> Option<FetchTransform> {
+    args.transform.as_ref().map(|plugin| FetchTransform {
+        plugin: plugin.clone(),
+        config: args.transform_config.clone(),
+    })
 }
 
 /// The consume loop: polls, prints, and in a group commits what it printed.

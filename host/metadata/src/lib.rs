@@ -93,6 +93,74 @@ pub enum MetadataCommand {
         config: TopicConfig,
         assignments: Vec<Vec<u32>>,
     },
+    /// Adds a version of a plugin (creating the plugin). The component itself is stored by
+    /// hash beside the log; the log records what it is.
+    DeployPlugin {
+        name: String,
+        kind: String,
+        hash: String,
+        size_bytes: u64,
+        deployed_at_ms: i64,
+    },
+    /// Removes a plugin and all its versions.
+    DeletePlugin {
+        name: String,
+    },
+    /// Creates a pipeline. Applying it hands out one producer id per input partition (the
+    /// next ids in line, as [`MetadataCommand::AllocateProducerId`] would), so the ids are
+    /// part of the pipeline's record from the start and never change.
+    CreatePipeline(PipelineSpec),
+    /// Pauses (`true`) or resumes (`false`) a pipeline; survives restarts.
+    SetPipelinePaused {
+        name: String,
+        paused: bool,
+    },
+    DeletePipeline {
+        name: String,
+    },
+}
+
+/// What a user asks for when creating a pipeline, plus where each input partition starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineSpec {
+    pub name: String,
+    /// Transform plugins, applied in order.
+    pub plugins: Vec<String>,
+    pub from: String,
+    pub to: String,
+    pub config: Vec<(String, String)>,
+    pub max_call_ms: Option<u64>,
+    pub max_memory_bytes: Option<u64>,
+    /// First input offset per input partition, fixed at creation.
+    pub start_offsets: Vec<u64>,
+}
+
+/// A pipeline as the metadata holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineRecord {
+    pub spec: PipelineSpec,
+    /// The idempotent producer id (epoch 0) of each input partition's runner.
+    pub producer_ids: Vec<i64>,
+    pub paused: bool,
+    /// Metadata log index of the creating command: unique, so a pipeline deleted and created
+    /// again under the same name never reads the old one's checkpoints.
+    pub created_index: u64,
+}
+
+/// A deployed plugin and its versions (oldest first; the last one runs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    pub name: String,
+    pub kind: String,
+    pub versions: Vec<PluginVersionRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginVersionRecord {
+    pub version: u32,
+    pub hash: String,
+    pub size_bytes: u64,
+    pub deployed_at_ms: i64,
 }
 
 /// Why a command was refused.
@@ -115,6 +183,14 @@ pub enum MetadataError {
     /// Every producer id (0..i64::MAX) has been handed out.
     #[error("no producer ids are left")]
     ProducerIdsExhausted,
+    #[error("plugin {0:?} is not deployed")]
+    UnknownPlugin(String),
+    #[error("plugin {plugin:?} is in use by {user}; remove that first")]
+    PluginInUse { plugin: String, user: String },
+    #[error("pipeline {0:?} does not exist")]
+    UnknownPipeline(String),
+    #[error("pipeline {0:?} already exists")]
+    PipelineExists(String),
 }
 
 /// Most partitions one topic may have; a guard against typos such as `--partitions 1000000`.
@@ -130,6 +206,8 @@ pub struct MetadataState {
     next_producer_id: i64,
     /// Index of the last applied log entry (0 before any).
     applied_index: u64,
+    plugins: BTreeMap<String, PluginRecord>,
+    pipelines: BTreeMap<String, PipelineRecord>,
 }
 
 impl MetadataState {
@@ -156,6 +234,22 @@ impl MetadataState {
     /// is this minus one.
     pub fn next_producer_id(&self) -> i64 {
         self.next_producer_id
+    }
+
+    pub fn plugin(&self, name: &str) -> Option<&PluginRecord> {
+        self.plugins.get(name)
+    }
+
+    pub fn plugins(&self) -> impl Iterator<Item = &PluginRecord> {
+        self.plugins.values()
+    }
+
+    pub fn pipeline(&self, name: &str) -> Option<&PipelineRecord> {
+        self.pipelines.get(name)
+    }
+
+    pub fn pipelines(&self) -> impl Iterator<Item = &PipelineRecord> {
+        self.pipelines.values()
     }
 
     pub fn broker(&self, node_id: u32) -> Option<&BrokerRecord> {
@@ -238,6 +332,66 @@ impl MetadataState {
             MetadataCommand::SetTopicConfig { name, config } => {
                 self.existing(name)?;
                 validate_config(config)
+            }
+            MetadataCommand::DeployPlugin { name, kind, .. } => {
+                sluice_proto::validate_topic_name(name).map_err(|e| {
+                    MetadataError::InvalidName(e.replace("topic name", "plugin name"))
+                })?;
+                match self.plugins.get(name) {
+                    Some(p) if &p.kind != kind => Err(MetadataError::InvalidConfig(format!(
+                        "plugin {name:?} is a {}; a new version must be one too, not a {kind}",
+                        p.kind
+                    ))),
+                    _ => Ok(()),
+                }
+            }
+            MetadataCommand::DeletePlugin { name } => {
+                if !self.plugins.contains_key(name) {
+                    return Err(MetadataError::UnknownPlugin(name.clone()));
+                }
+                Ok(())
+            }
+            MetadataCommand::CreatePipeline(spec) => {
+                sluice_proto::validate_topic_name(&spec.name).map_err(|e| {
+                    MetadataError::InvalidName(e.replace("topic name", "pipeline name"))
+                })?;
+                if self.pipelines.contains_key(&spec.name) {
+                    return Err(MetadataError::PipelineExists(spec.name.clone()));
+                }
+                let from = self.existing(&spec.from)?;
+                self.existing(&spec.to)?;
+                if spec.from == spec.to {
+                    return Err(MetadataError::InvalidConfig(
+                        "a pipeline cannot write to its own input topic".into(),
+                    ));
+                }
+                if spec.plugins.is_empty() {
+                    return Err(MetadataError::InvalidConfig(
+                        "a pipeline needs at least one plugin".into(),
+                    ));
+                }
+                if let Some(p) = spec.plugins.iter().find(|p| !self.plugins.contains_key(*p)) {
+                    return Err(MetadataError::UnknownPlugin(p.clone()));
+                }
+                if spec.start_offsets.len() != from.partitions.len() {
+                    return Err(MetadataError::InvalidConfig(format!(
+                        "{} start offsets for {} input partitions",
+                        spec.start_offsets.len(),
+                        from.partitions.len()
+                    )));
+                }
+                if self.next_producer_id > i64::MAX - spec.start_offsets.len() as i64 {
+                    return Err(MetadataError::ProducerIdsExhausted);
+                }
+                Ok(())
+            }
+            MetadataCommand::SetPipelinePaused { name, .. }
+            | MetadataCommand::DeletePipeline { name } => {
+                if self.pipelines.contains_key(name) {
+                    Ok(())
+                } else {
+                    Err(MetadataError::UnknownPipeline(name.clone()))
+                }
             }
             MetadataCommand::AllocateProducerId => {
                 if self.next_producer_id == i64::MAX {
@@ -345,6 +499,52 @@ impl MetadataState {
             }
             MetadataCommand::SetTopicConfig { name, config } => {
                 self.topics.get_mut(name).expect("validated").config = config.clone();
+            }
+            MetadataCommand::DeployPlugin {
+                name,
+                kind,
+                hash,
+                size_bytes,
+                deployed_at_ms,
+            } => {
+                let p = self
+                    .plugins
+                    .entry(name.clone())
+                    .or_insert_with(|| PluginRecord {
+                        name: name.clone(),
+                        kind: kind.clone(),
+                        versions: Vec::new(),
+                    });
+                let version = p.versions.last().map_or(1, |v| v.version + 1);
+                p.versions.push(PluginVersionRecord {
+                    version,
+                    hash: hash.clone(),
+                    size_bytes: *size_bytes,
+                    deployed_at_ms: *deployed_at_ms,
+                });
+            }
+            MetadataCommand::DeletePlugin { name } => {
+                self.plugins.remove(name);
+            }
+            MetadataCommand::CreatePipeline(spec) => {
+                let first = self.next_producer_id;
+                let n = spec.start_offsets.len() as i64;
+                self.next_producer_id += n;
+                self.pipelines.insert(
+                    spec.name.clone(),
+                    PipelineRecord {
+                        spec: spec.clone(),
+                        producer_ids: (first..first + n).collect(),
+                        paused: false,
+                        created_index: index,
+                    },
+                );
+            }
+            MetadataCommand::SetPipelinePaused { name, paused } => {
+                self.pipelines.get_mut(name).expect("validated").paused = *paused;
+            }
+            MetadataCommand::DeletePipeline { name } => {
+                self.pipelines.remove(name);
             }
             MetadataCommand::AllocateProducerId => self.next_producer_id += 1,
         }

@@ -406,21 +406,13 @@ pub(crate) fn decode_response(body: Bytes) -> Result<(ResponseBody, Bytes), Clie
 }
 
 pub(crate) fn unexpected(wanted: &str, got: &ResponseBody) -> ClientError {
-    let got = match got {
-        ResponseBody::Hello(_) => "Hello",
-        ResponseBody::Metadata(_) => "Metadata",
-        ResponseBody::Topic(_) => "Topic",
-        ResponseBody::Topics(_) => "Topics",
-        ResponseBody::Produced(_) => "Produced",
-        ResponseBody::Fetched(_) => "Fetched",
-        ResponseBody::Offsets(_) => "Offsets",
-        ResponseBody::ProducerId { .. } => "ProducerId",
-        ResponseBody::GroupHeartbeat(_) => "GroupHeartbeat",
-        ResponseBody::GroupOffsets(_) => "GroupOffsets",
-        ResponseBody::Groups(_) => "Groups",
-        ResponseBody::Group(_) => "Group",
-    };
-    ClientError::UnexpectedResponse(format!("expected a {wanted} response, got {got}"))
+    // The variant's name: its Debug text up to the first delimiter.
+    let debug = format!("{got:?}");
+    let name = debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("unknown");
+    ClientError::UnexpectedResponse(format!("expected a {wanted} response, got {name}"))
 }
 
 /// TLS alerts travel as QUIC transport error codes 0x100..=0x1ff (RFC 9001 §4.8), whichever

@@ -13,8 +13,9 @@ use bytes::Bytes;
 use futures::Stream;
 use sluice_proto::batch::{decode_records, split_batches};
 use sluice_proto::{
-    ErrorCode, FetchPartition, FetchRequest, GroupOffset, Header, OffsetCommitRequest, OffsetSpec,
-    ProtoError, Request, ResponseBody, WireError,
+    ErrorCode, FetchPartition, FetchRequest, FetchResponse, FetchTransformedRequest,
+    FetchedPartition, GroupOffset, Header, OffsetCommitRequest, OffsetSpec, ProtoError, Request,
+    ResponseBody, WireError,
 };
 use tracing::debug;
 
@@ -38,6 +39,16 @@ pub struct ConsumerConfig {
     /// Where to start when a partition has no position or its position is out of range
     /// (default [`OffsetReset::Earliest`]).
     pub reset: OffsetReset,
+    /// Run a deployed transform plugin (a filter or map) on the broker over what is fetched;
+    /// only its output crosses the network, and positions still move past filtered records.
+    pub transform: Option<FetchTransform>,
+}
+
+/// A fetch-time transform: a deployed plugin and its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchTransform {
+    pub plugin: String,
+    pub config: Vec<(String, String)>,
 }
 
 impl Default for ConsumerConfig {
@@ -48,6 +59,7 @@ impl Default for ConsumerConfig {
             max_bytes: 8 * 1024 * 1024,
             max_partition_bytes: 2 * 1024 * 1024,
             reset: OffsetReset::Earliest,
+            transform: None,
         }
     }
 }
@@ -482,15 +494,49 @@ impl Consumer {
                 max_bytes: self.config.max_partition_bytes,
             })
             .collect();
-        let request = Request::Fetch(FetchRequest {
+        let fetch = FetchRequest {
             max_wait_ms: u32::try_from(self.config.max_wait.as_millis()).unwrap_or(u32::MAX),
             min_bytes: self.config.min_bytes,
             max_bytes: self.config.max_bytes,
             partitions,
-        });
-        let (fetched, mut raw) = match self.client.request(request, Bytes::new()).await? {
-            (ResponseBody::Fetched(f), raw) => (f, raw),
-            (other, _) => return Err(unexpected("Fetched", &other)),
+        };
+        // With a fetch-time transform the records come back packed (plugin ABI), each partition
+        // with the offset to continue from; otherwise as stored batches.
+        let (fetched, mut raw, next_offsets) = match &self.config.transform {
+            Some(t) => {
+                let request = Request::FetchTransformed(FetchTransformedRequest {
+                    fetch,
+                    plugin: t.plugin.clone(),
+                    config: t.config.clone(),
+                });
+                match self.client.request(request, Bytes::new()).await? {
+                    (ResponseBody::FetchedTransformed(f), raw) => {
+                        let next: Vec<u64> = f.partitions.iter().map(|p| p.next_offset).collect();
+                        let partitions = f
+                            .partitions
+                            .into_iter()
+                            .map(|p| FetchedPartition {
+                                topic: p.topic,
+                                partition: p.partition,
+                                error: p.error,
+                                high_watermark: p.high_watermark,
+                                log_start: p.log_start,
+                                bytes: p.bytes,
+                            })
+                            .collect();
+                        (FetchResponse { partitions }, raw, Some(next))
+                    }
+                    (other, _) => return Err(unexpected("FetchedTransformed", &other)),
+                }
+            }
+            None => match self
+                .client
+                .request(Request::Fetch(fetch), Bytes::new())
+                .await?
+            {
+                (ResponseBody::Fetched(f), raw) => (f, raw, None),
+                (other, _) => return Err(unexpected("Fetched", &other)),
+            },
         };
         // First pass: find errors that fail the whole poll, before any position moves.
         let mut resets = Vec::new();
@@ -523,7 +569,7 @@ impl Consumer {
         // Second pass: decode everything, then commit positions.
         let mut records = Vec::new();
         let mut positions = Vec::new();
-        for fp in &fetched.partitions {
+        for (i, fp) in fetched.partitions.iter().enumerate() {
             let len = fp.bytes as usize;
             if len > raw.len() {
                 return Err(ClientError::Protocol(ProtoError::Malformed(
@@ -531,13 +577,23 @@ impl Consumer {
                 )));
             }
             let data = raw.split_to(len);
-            if fp.error.is_some() || len == 0 {
+            if fp.error.is_some() {
                 continue;
             }
             let index = self.index_of(&fp.topic, fp.partition)?;
             let position = self.assigned[index].position.unwrap_or(0);
-            let (mut got, next) = decode_partition(&fp.topic, fp.partition, position, data)
-                .map_err(ClientError::Protocol)?;
+            let (mut got, next) = match &next_offsets {
+                Some(next) => {
+                    let next = next.get(i).copied().unwrap_or(position).max(position);
+                    (
+                        decode_packed(&fp.topic, fp.partition, position, &data)?,
+                        next,
+                    )
+                }
+                None if len == 0 => continue,
+                None => decode_partition(&fp.topic, fp.partition, position, data)
+                    .map_err(ClientError::Protocol)?,
+            };
             records.append(&mut got);
             positions.push((index, next));
         }
@@ -659,6 +715,42 @@ impl Consumer {
             _ => Err(unknown_topic(topic)),
         }
     }
+}
+
+/// Decodes one partition's transformed records (plugin ABI packed format) at or after
+/// `position`.
+fn decode_packed(
+    topic: &str,
+    partition: u32,
+    position: u64,
+    data: &[u8],
+) -> Result<Vec<ConsumerRecord>, ClientError> {
+    if data.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records = sluice_plugin_abi::decode_batch(data).map_err(|e| {
+        ClientError::UnexpectedResponse(format!("transformed records do not decode: {e}"))
+    })?;
+    Ok(records
+        .into_iter()
+        .filter(|r| r.offset >= position)
+        .map(|r| ConsumerRecord {
+            topic: topic.to_string(),
+            partition,
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key.map(Bytes::from),
+            value: r.value.map(Bytes::from),
+            headers: r
+                .headers
+                .into_iter()
+                .map(|(key, value)| Header {
+                    key,
+                    value: value.map(Bytes::from),
+                })
+                .collect(),
+        })
+        .collect())
 }
 
 /// Decodes one partition's fetched batches: records at or after `position`, in offset order,

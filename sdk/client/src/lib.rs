@@ -40,7 +40,7 @@ mod tls;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, SeekTo};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchTransform, OffsetReset, SeekTo};
 pub use error::ClientError;
 pub use group::{GroupEvent, GroupOptions};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};

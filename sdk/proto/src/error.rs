@@ -62,6 +62,15 @@ pub enum ErrorCode {
     NotPartitionOwner,
     /// This node does not coordinate the group; refresh metadata and retry at the coordinator.
     NotCoordinator,
+    /// No plugin of that name is deployed.
+    UnknownPlugin,
+    /// The plugin is not a valid component, implements the wrong world, or failed (trapped,
+    /// ran out of time or memory, returned malformed output); the message says which.
+    InvalidPlugin,
+    /// No pipeline of that name exists.
+    UnknownPipeline,
+    /// A pipeline of that name already exists.
+    PipelineExists,
 }
 
 impl ErrorCode {

@@ -59,6 +59,41 @@ pub enum Request {
     DeleteGroup {
         group: String,
     },
+    /// Deploys a new version of plugin `name`: the frame's raw bytes are the WebAssembly
+    /// component. The broker validates and compiles it before accepting it.
+    DeployPlugin {
+        name: String,
+    },
+    ListPlugins,
+    DescribePlugin {
+        name: String,
+    },
+    /// Deletes a plugin and all its versions.
+    DeletePlugin {
+        name: String,
+    },
+    /// A fetch whose records pass through a transform plugin (a filter or map) on the broker;
+    /// only the result crosses the network. Answered with [`ResponseBody::FetchedTransformed`].
+    FetchTransformed(FetchTransformedRequest),
+    /// Creates a pipeline that runs transform plugins from one topic to another; answered with
+    /// [`ResponseBody::Pipeline`].
+    CreatePipeline(CreatePipelineRequest),
+    ListPipelines,
+    DescribePipeline {
+        name: String,
+    },
+    /// Stops a pipeline's runners; the pipeline stays paused across restarts.
+    PausePipeline {
+        name: String,
+    },
+    /// Restarts a paused or failed pipeline from its checkpoints.
+    ResumePipeline {
+        name: String,
+    },
+    /// Stops a pipeline and forgets it (its output stays in the output topic).
+    DeletePipeline {
+        name: String,
+    },
 }
 
 impl Request {
@@ -83,6 +118,17 @@ impl Request {
             Request::DescribeGroup { .. } => "describe_group",
             Request::ResetOffsets(_) => "reset_offsets",
             Request::DeleteGroup { .. } => "delete_group",
+            Request::DeployPlugin { .. } => "deploy_plugin",
+            Request::ListPlugins => "list_plugins",
+            Request::DescribePlugin { .. } => "describe_plugin",
+            Request::DeletePlugin { .. } => "delete_plugin",
+            Request::FetchTransformed(_) => "fetch_transformed",
+            Request::CreatePipeline(_) => "create_pipeline",
+            Request::ListPipelines => "list_pipelines",
+            Request::DescribePipeline { .. } => "describe_pipeline",
+            Request::PausePipeline { .. } => "pause_pipeline",
+            Request::ResumePipeline { .. } => "resume_pipeline",
+            Request::DeletePipeline { .. } => "delete_pipeline",
         }
     }
 }
@@ -112,6 +158,121 @@ pub enum ResponseBody {
     Groups(Vec<GroupDescription>),
     /// Describe (and delete: the group as it was).
     Group(GroupDescription),
+    /// Deploy, describe and delete answer with the plugin (delete: as it was).
+    Plugin(PluginDescription),
+    Plugins(Vec<PluginDescription>),
+    /// The raw bytes hold, per partition in order, `bytes` of records in the plugin ABI's
+    /// packed batch format (`sluice-plugin-abi`), each with its original offset.
+    FetchedTransformed(FetchTransformedResponse),
+    /// Create, describe, pause, resume and delete answer with the pipeline (delete: as it was).
+    /// Boxed: the description is large and responses are moved around often.
+    Pipeline(Box<PipelineDescription>),
+    Pipelines(Vec<PipelineDescription>),
+}
+
+/// Where a new pipeline starts reading its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PipelineStart {
+    /// From the first record still stored.
+    Earliest,
+    /// From the high watermark at creation: only records produced afterwards.
+    Latest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatePipelineRequest {
+    pub name: String,
+    /// Deployed transform plugins, applied in this order.
+    pub plugins: Vec<String>,
+    /// Input topic.
+    pub from: String,
+    /// Output topic.
+    pub to: String,
+    /// Configuration passed to every plugin of the chain.
+    pub config: Vec<(String, String)>,
+    pub start: PipelineStart,
+    /// Per-call time limit; `None`: the runtime's default.
+    pub max_call_ms: Option<u64>,
+    /// Per-instance memory limit; `None`: the runtime's default.
+    pub max_memory_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineDescription {
+    pub name: String,
+    pub plugins: Vec<String>,
+    pub from: String,
+    pub to: String,
+    pub config: Vec<(String, String)>,
+    /// `running`, `paused` or `failed` (failed when any input partition's runner failed).
+    pub status: String,
+    /// The first failed partition's error, for the user.
+    pub error: Option<String>,
+    pub partitions: Vec<PipelinePartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelinePartition {
+    /// Input partition.
+    pub partition: u32,
+    /// `running`, `paused`, `failed` or `stopped`.
+    pub status: String,
+    /// Next input offset to process: everything below it is in the output topic.
+    pub checkpoint: u64,
+    /// Input partition's high watermark.
+    pub high_watermark: u64,
+    /// `high_watermark - checkpoint`.
+    pub lag: u64,
+    pub error: Option<String>,
+    /// Output batches the broker recognised as already written while this runner replayed
+    /// input after a restart (dropped, not written twice).
+    pub duplicates_dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginDescription {
+    pub name: String,
+    /// `transform`, `partitioner`, `source` or `sink`: the world the component implements.
+    pub kind: String,
+    /// Oldest first; the last one is what runs.
+    pub versions: Vec<PluginVersion>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginVersion {
+    pub version: u32,
+    /// SHA-256 of the component, hex.
+    pub hash: String,
+    pub size_bytes: u64,
+    pub deployed_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchTransformedRequest {
+    pub fetch: FetchRequest,
+    /// A deployed transform plugin.
+    pub plugin: String,
+    /// Configuration passed to the plugin.
+    pub config: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchTransformedResponse {
+    pub partitions: Vec<TransformedPartition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransformedPartition {
+    pub topic: String,
+    pub partition: u32,
+    pub error: Option<WireError>,
+    pub high_watermark: u64,
+    pub log_start: u64,
+    /// Where the consumer continues: past every input record the plugin saw, including
+    /// those it filtered out.
+    pub next_offset: u64,
+    /// Length of this partition's packed records in the frame's raw bytes.
+    pub bytes: u32,
 }
 
 /// A topic and some of its partitions.
@@ -623,7 +784,64 @@ mod tests {
                 )),
             Just(Request::InitProducerId),
             arb_group_request(),
+            arb_plugin_request(),
         ]
+    }
+
+    fn arb_plugin_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            "[a-z-]{1,8}".prop_map(|name| Request::DeployPlugin { name }),
+            Just(Request::ListPlugins),
+            "[a-z-]{1,8}".prop_map(|name| Request::DescribePlugin { name }),
+            "[a-z-]{1,8}".prop_map(|name| Request::DeletePlugin { name }),
+            (
+                "[a-z]{1,5}",
+                any::<u64>(),
+                proptest::collection::vec(("[a-z]{1,4}", "[a-z0-9]{0,4}"), 0..3)
+            )
+                .prop_map(|(topic, offset, config)| Request::FetchTransformed(
+                    FetchTransformedRequest {
+                        fetch: FetchRequest {
+                            max_wait_ms: 1,
+                            min_bytes: 1,
+                            max_bytes: 2,
+                            partitions: vec![FetchPartition {
+                                topic,
+                                partition: 0,
+                                offset,
+                                max_bytes: 3
+                            }],
+                        },
+                        plugin: "p".into(),
+                        config,
+                    }
+                )),
+        ]
+    }
+
+    fn arb_plugin_description() -> impl Strategy<Value = PluginDescription> {
+        (
+            "[a-z-]{1,8}",
+            proptest::collection::vec(
+                (any::<u32>(), "[0-9a-f]{8}", any::<u64>(), any::<i64>()),
+                0..3,
+            ),
+        )
+            .prop_map(|(name, versions)| PluginDescription {
+                name,
+                kind: "transform".into(),
+                versions: versions
+                    .into_iter()
+                    .map(
+                        |(version, hash, size_bytes, deployed_at_ms)| PluginVersion {
+                            version,
+                            hash,
+                            size_bytes,
+                            deployed_at_ms,
+                        },
+                    )
+                    .collect(),
+            })
     }
 
     fn arb_tps() -> impl Strategy<Value = Vec<TopicPartitions>> {
@@ -908,6 +1126,29 @@ mod tests {
                 ResponseBody::ProducerId { producer_id, epoch }
             )),
             arb_group_response(),
+            arb_plugin_description().prop_map(|p| Ok(ResponseBody::Plugin(p))),
+            proptest::collection::vec(arb_plugin_description(), 0..3)
+                .prop_map(|p| Ok(ResponseBody::Plugins(p))),
+            (
+                any::<[u64; 3]>(),
+                any::<u32>(),
+                proptest::option::of(arb_wire_error())
+            )
+                .prop_map(
+                    |([high_watermark, log_start, next_offset], bytes, error)| Ok(
+                        ResponseBody::FetchedTransformed(FetchTransformedResponse {
+                            partitions: vec![TransformedPartition {
+                                topic: "t".into(),
+                                partition: 1,
+                                error,
+                                high_watermark,
+                                log_start,
+                                next_offset,
+                                bytes,
+                            }],
+                        })
+                    )
+                ),
         ]
     }
 

@@ -1,0 +1,835 @@
+//! Pipelines: chains of transform plugins applied to every committed record of one topic,
+//! written to another through the broker's normal append path, exactly once through a restart.
+//!
+//! One runner task per input partition. A runner waits for the input high watermark to pass its
+//! checkpoint, reads whole stored batches from there and handles them one input batch at a time
+//! (their boundaries are fixed in the log, so a replay sees identical units): records go through
+//! the chain on a blocking thread, the output is routed (key hash, round-robin for keyless
+//! records, or the partition a record names) and becomes one batch per output partition,
+//! stamped with the runner's own idempotent producer id (allocated in the metadata log when the
+//! pipeline is created, epoch 0) and per-output-partition sequence numbers.
+//!
+//! After at most [`BATCHES_PER_CHECKPOINT`] input batches, once their output is acknowledged,
+//! the runner writes its checkpoint durably: the next input offset, the next sequence per
+//! output partition and every plugin's state. The store commits in order, so a durable
+//! checkpoint implies that the output before it is durable too. After a crash the runner
+//! resumes from the checkpoint and replays the same input batches with the same state and the
+//! same sequences; the output batches that had reached the log are recognised by the
+//! idempotent-producer check and dropped (at most `BATCHES_PER_CHECKPOINT` per output partition
+//! since the checkpoint, within the 5 batches each partition remembers per producer). This
+//! needs deterministic plugins: the same input and state must give the same number of records
+//! per output partition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use sluice_metadata::{MetadataCommand, PipelineRecord, PipelineSpec};
+use sluice_plugin_host::{
+    Limits, MemoryState, PARTITION_UNSET, PluginKind, PluginRecord, TransformInstance,
+};
+use sluice_proto::batch::{decode_records, split_batches};
+use sluice_proto::{
+    BatchBuilder, Compression, CreatePipelineRequest, Durability, ErrorCode, Header,
+    PipelineDescription, PipelinePartition, PipelineStart, Record, Request, ResponseBody,
+    WireError,
+};
+use sluice_storage::{PartitionId, StorageError};
+
+use crate::Broker;
+use crate::handler::{Reply, below_high_watermark, propose_error, storage_error};
+
+/// Input batches handled between two checkpoints. Each gives at most one output batch per
+/// output partition, and a partition remembers a producer's last 5 batches, so a replay of
+/// everything since the checkpoint is always recognised.
+const BATCHES_PER_CHECKPOINT: usize = 4;
+
+/// Bytes read from the input per step (at least one whole batch is always read).
+const READ_BYTES: u32 = 1 << 20;
+
+/// The running pipelines of this node.
+#[derive(Debug, Default)]
+pub(crate) struct PipelineRunners {
+    /// A `std` mutex: held only to look up, start or stop runners, never across an await.
+    running: Mutex<HashMap<String, Running>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    created_index: u64,
+    partitions: Vec<Arc<Mutex<RunnerStatus>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Stopping a runner anywhere is safe: whatever it wrote after its checkpoint is
+        // replayed, and recognised, by the next runner.
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RunnerState {
+    Running,
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+struct RunnerStatus {
+    state: RunnerState,
+    checkpoint: u64,
+    duplicates_dropped: u64,
+}
+
+/// What a runner writes after each acknowledged step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Checkpoint {
+    next_offset: u64,
+    /// Next sequence number per output partition (absent: 0).
+    sequences: BTreeMap<u32, i32>,
+    /// `MemoryState::to_bytes` of each plugin of the chain, in chain order.
+    states: Vec<Vec<u8>>,
+}
+
+const CHECKPOINT_VERSION: u8 = 1;
+
+impl Checkpoint {
+    /// `version:u8 next_offset:u64 n:u32 (partition:u32 seq:i32)*n m:u32 (len:u32 bytes)*m`,
+    /// little-endian.
+    fn encode(&self) -> Vec<u8> {
+        let mut b = vec![CHECKPOINT_VERSION];
+        b.extend_from_slice(&self.next_offset.to_le_bytes());
+        b.extend_from_slice(&(self.sequences.len() as u32).to_le_bytes());
+        for (p, s) in &self.sequences {
+            b.extend_from_slice(&p.to_le_bytes());
+            b.extend_from_slice(&s.to_le_bytes());
+        }
+        b.extend_from_slice(&(self.states.len() as u32).to_le_bytes());
+        for s in &self.states {
+            b.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            b.extend_from_slice(s);
+        }
+        b
+    }
+
+    fn decode(mut b: &[u8]) -> Result<Self, String> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+            if b.len() < n {
+                return Err("pipeline checkpoint is truncated".into());
+            }
+            let (h, t) = b.split_at(n);
+            *b = t;
+            Ok(h)
+        }
+        fn u32_(b: &mut &[u8]) -> Result<u32, String> {
+            Ok(u32::from_le_bytes(take(b, 4)?.try_into().expect("4 bytes")))
+        }
+        let version = take(&mut b, 1)?[0];
+        if version != CHECKPOINT_VERSION {
+            return Err(format!("unknown pipeline checkpoint version {version}"));
+        }
+        let next_offset = u64::from_le_bytes(take(&mut b, 8)?.try_into().expect("8 bytes"));
+        let mut sequences = BTreeMap::new();
+        for _ in 0..u32_(&mut b)? {
+            let p = u32_(&mut b)?;
+            let s = i32::from_le_bytes(take(&mut b, 4)?.try_into().expect("4 bytes"));
+            sequences.insert(p, s);
+        }
+        let mut states = Vec::new();
+        for _ in 0..u32_(&mut b)? {
+            let n = u32_(&mut b)? as usize;
+            states.push(take(&mut b, n)?.to_vec());
+        }
+        if !b.is_empty() {
+            return Err("trailing bytes after the pipeline checkpoint".into());
+        }
+        Ok(Checkpoint {
+            next_offset,
+            sequences,
+            states,
+        })
+    }
+}
+
+fn checkpoint_key(rec: &PipelineRecord, partition: u32) -> String {
+    format!(
+        "pipeline/{}/{}/{partition}",
+        rec.spec.name, rec.created_index
+    )
+}
+
+/// The sequence after `seq` moved on by `n` records, wrapping to 0 after `i32::MAX` (as the
+/// store counts).
+fn advance_sequence(seq: i32, n: usize) -> i32 {
+    ((i64::from(seq) + n as i64) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// Routes a chain's output to output partitions: the partition a record names, else its key's
+/// hash, else round-robin from `base` (the input batch's base offset, so a replay routes the
+/// same way). Keeps each partition's records in output order.
+fn route(
+    records: Vec<PluginRecord>,
+    partitions: u32,
+    base: u64,
+    to: &str,
+) -> Result<BTreeMap<u32, Vec<PluginRecord>>, String> {
+    let mut out: BTreeMap<u32, Vec<PluginRecord>> = BTreeMap::new();
+    for (i, r) in records.into_iter().enumerate() {
+        let p = if r.partition != PARTITION_UNSET {
+            if r.partition >= partitions {
+                return Err(format!(
+                    "plugin output record {i} names partition {} but topic {to:?} has \
+                     partitions 0..{partitions}",
+                    r.partition
+                ));
+            }
+            r.partition
+        } else if let Some(key) = &r.key {
+            sluice_proto::partitioner::partition_for_key(key, partitions)
+        } else {
+            ((base + i as u64) % u64::from(partitions)) as u32
+        };
+        out.entry(p).or_default().push(r);
+    }
+    Ok(out)
+}
+
+fn to_plugin_record(r: sluice_proto::StoredRecord, partition: u32) -> PluginRecord {
+    PluginRecord {
+        key: r.key.map(|b| b.to_vec()),
+        value: r.value.map(|b| b.to_vec()),
+        headers: r
+            .headers
+            .into_iter()
+            .map(|h| (h.key, h.value.map(|v| v.to_vec())))
+            .collect(),
+        timestamp: r.timestamp,
+        partition,
+        offset: r.offset,
+    }
+}
+
+fn to_record(r: PluginRecord) -> Record {
+    Record {
+        key: r.key.map(Bytes::from),
+        value: r.value.map(Bytes::from),
+        headers: r
+            .headers
+            .into_iter()
+            .map(|(key, value)| Header {
+                key,
+                value: value.map(Bytes::from),
+            })
+            .collect(),
+        timestamp: r.timestamp,
+    }
+}
+
+fn limits(spec: &PipelineSpec) -> Limits {
+    let mut l = Limits::default();
+    if let Some(ms) = spec.max_call_ms {
+        l.max_call_ms = ms;
+    }
+    if let Some(b) = spec.max_memory_bytes {
+        l.max_memory_bytes = b as usize;
+    }
+    l
+}
+
+/// Where a step's output goes.
+struct Output {
+    topic_id: u64,
+    partitions: u32,
+    leader_epochs: Vec<u32>,
+    durability: Durability,
+}
+
+/// One step's result: output batches in append order, and the checkpoint once they are stored.
+struct Step {
+    batches: Vec<(u32, Vec<u8>)>,
+    checkpoint: Checkpoint,
+}
+
+/// Reads up to [`BATCHES_PER_CHECKPOINT`] input batches from `cp.next_offset` and runs them
+/// through the chain. Blocking: plugin calls and store reads.
+fn step(
+    broker: &Broker,
+    spec: &PipelineSpec,
+    producer_id: i64,
+    input: PartitionId,
+    output: &Output,
+    chain: &mut [TransformInstance],
+    cp: &Checkpoint,
+) -> Result<Step, String> {
+    let hw = broker.high_watermark(input);
+    let read = match broker.store.read(input, cp.next_offset, READ_BYTES) {
+        Ok(r) => r,
+        Err(StorageError::OffsetOutOfRange { log_start, .. }) if log_start > cp.next_offset => {
+            // Retention removed input this pipeline never read; nothing can bring it back.
+            tracing::warn!(pipeline = %spec.name, partition = input.partition, from = cp.next_offset, to = log_start, "input removed by retention before the pipeline read it; skipping");
+            return Ok(Step {
+                batches: Vec::new(),
+                checkpoint: Checkpoint {
+                    next_offset: log_start,
+                    ..cp.clone()
+                },
+            });
+        }
+        Err(e) => return Err(storage_error(e).message),
+    };
+    let bytes = below_high_watermark(read.bytes, hw);
+    let batches = split_batches(bytes).map_err(|e| format!("input batch: {e}"))?;
+    let mut next = cp.clone();
+    let mut out = Vec::new();
+    for (header, bytes) in batches.into_iter().take(BATCHES_PER_CHECKPOINT) {
+        let records: Vec<PluginRecord> = decode_records(&header, &bytes)
+            .map_err(|e| format!("input batch at offset {}: {e}", header.base_offset))?
+            .into_iter()
+            .filter(|r| r.offset >= cp.next_offset)
+            .map(|r| to_plugin_record(r, input.partition))
+            .collect();
+        let mut records = records;
+        for (t, name) in chain.iter_mut().zip(&spec.plugins) {
+            if records.is_empty() {
+                break;
+            }
+            records = t.process(&records).map_err(|e| {
+                format!(
+                    "plugin {name:?} failed on the input batch at offset {}: {e}",
+                    header.base_offset
+                )
+            })?;
+        }
+        for (p, recs) in route(records, output.partitions, header.base_offset, &spec.to)? {
+            let mut b = BatchBuilder::new(Compression::None);
+            for r in &recs {
+                b.push(&to_record(r.clone()));
+            }
+            let seq = next.sequences.get(&p).copied().unwrap_or(0);
+            let batch = b
+                .finish(producer_id, 0, seq)
+                .map_err(|e| format!("output batch: {e}"))?;
+            next.sequences.insert(p, advance_sequence(seq, recs.len()));
+            out.push((p, batch));
+        }
+        next.next_offset = header.next_offset();
+    }
+    next.states = chain
+        .iter()
+        .map(|t| MemoryState::copy_of(t.state()).to_bytes())
+        .collect();
+    Ok(Step {
+        batches: out,
+        checkpoint: next,
+    })
+}
+
+/// Builds the chain's instances from a checkpoint's states. Blocking.
+fn start_chain(
+    broker: &Broker,
+    spec: &PipelineSpec,
+    cp: &Checkpoint,
+) -> Result<Vec<TransformInstance>, String> {
+    let mut chain = Vec::with_capacity(spec.plugins.len());
+    for (i, name) in spec.plugins.iter().enumerate() {
+        let plugin = broker.plugin(name).map_err(|e| e.message)?;
+        let state = match cp.states.get(i) {
+            Some(bytes) => MemoryState::from_bytes(bytes)
+                .map_err(|e| format!("checkpointed state of plugin {name:?}: {e}"))?,
+            None => MemoryState::new(),
+        };
+        let t = plugin
+            .transform(spec.config.clone(), limits(spec), Box::new(state))
+            .map_err(|e| format!("plugin {name:?}: {e}"))?;
+        chain.push(t);
+    }
+    Ok(chain)
+}
+
+fn load_checkpoint(
+    broker: &Broker,
+    rec: &PipelineRecord,
+    partition: u32,
+) -> Result<Checkpoint, String> {
+    match broker
+        .store
+        .meta_get(&checkpoint_key(rec, partition))
+        .map_err(|e| storage_error(e).message)?
+    {
+        Some(bytes) => Checkpoint::decode(&bytes),
+        None => Ok(Checkpoint {
+            next_offset: rec.spec.start_offsets[partition as usize],
+            sequences: BTreeMap::new(),
+            states: Vec::new(),
+        }),
+    }
+}
+
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, String> + Send + 'static,
+) -> Result<R, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("pipeline task failed: {e}"))?
+}
+
+/// One input partition's runner. Returns when the broker shuts down; `Err` stops it as failed.
+async fn run(
+    broker: Arc<Broker>,
+    rec: Arc<PipelineRecord>,
+    partition: u32,
+    status: Arc<Mutex<RunnerStatus>>,
+) -> Result<(), String> {
+    let producer_id = *rec.producer_ids.get(partition as usize).ok_or_else(|| {
+        format!("input partition {partition} was added after the pipeline was created; recreate the pipeline to cover it")
+    })?;
+    let (b, r) = (broker.clone(), rec.clone());
+    let (mut cp, mut chain) = blocking(move || {
+        let cp = load_checkpoint(&b, &r, partition)?;
+        let chain = start_chain(&b, &r.spec, &cp)?;
+        Ok((cp, chain))
+    })
+    .await?;
+    status.lock().expect("pipeline status lock").checkpoint = cp.next_offset;
+    let mut shutdown = broker.shutdown.subscribe();
+    let key = checkpoint_key(&rec, partition);
+    loop {
+        let input = broker
+            .led_partition(&rec.spec.from, partition)
+            .map_err(|e| e.message)?
+            .id;
+        let mut hw = broker.runtime(input).high_watermark.subscribe();
+        let from = cp.next_offset;
+        tokio::select! {
+            r = hw.wait_for(|hw| *hw > from) => { r.map_err(|e| e.to_string())?; }
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        }
+        let output = broker.controller.read(|s| {
+            let t = s
+                .topic(&rec.spec.to)
+                .ok_or_else(|| format!("output topic {:?} no longer exists", rec.spec.to))?;
+            if t.partitions
+                .iter()
+                .any(|p| p.leader != Some(broker.node_id))
+            {
+                return Err(format!(
+                    "this node does not lead every partition of output topic {:?}",
+                    rec.spec.to
+                ));
+            }
+            Ok(Output {
+                topic_id: t.topic_id,
+                partitions: t.partitions.len() as u32,
+                leader_epochs: t.partitions.iter().map(|p| p.leader_epoch).collect(),
+                durability: t.config.durability,
+            })
+        })?;
+        let (b, r, prev) = (broker.clone(), rec.clone(), cp.clone());
+        let (chain_back, result) = tokio::task::spawn_blocking(move || {
+            let result = step(&b, &r.spec, producer_id, input, &output, &mut chain, &prev);
+            (chain, result.map(|s| (s, output)))
+        })
+        .await
+        .map_err(|e| format!("pipeline task failed: {e}"))?;
+        chain = chain_back;
+        let (step, output) = result?;
+        // Queued now, in order; the store keeps that order for each output partition.
+        let appends: Vec<_> = step
+            .batches
+            .into_iter()
+            .map(|(p, bytes)| {
+                let id = PartitionId {
+                    topic_id: output.topic_id,
+                    partition: p,
+                };
+                let epoch = output.leader_epochs[p as usize];
+                (id, broker.store.append(id, bytes, epoch, output.durability))
+            })
+            .collect();
+        let mut duplicates = 0;
+        for (id, append) in appends {
+            let appended = append.await.map_err(|e| {
+                format!(
+                    "writing to {}/{}: {}",
+                    rec.spec.to,
+                    id.partition,
+                    storage_error(e).message
+                )
+            })?;
+            broker.advance_high_watermark(id, appended.log_end);
+            if appended.duplicate {
+                duplicates += 1;
+            }
+        }
+        if duplicates > 0 {
+            tracing::info!(pipeline = %rec.spec.name, partition, duplicates, "replayed output recognised as already written; dropped");
+        }
+        cp = step.checkpoint;
+        let (b, k, bytes) = (broker.clone(), key.clone(), cp.encode());
+        blocking(move || {
+            b.store
+                .meta_put(&k, &bytes)
+                .map_err(|e| storage_error(e).message)
+        })
+        .await?;
+        let mut s = status.lock().expect("pipeline status lock");
+        s.checkpoint = cp.next_offset;
+        s.duplicates_dropped += duplicates;
+    }
+}
+
+impl PipelineRunners {
+    /// Starts (or restarts from their checkpoints) the runners of `rec`.
+    fn start(&self, broker: &Arc<Broker>, rec: &PipelineRecord) {
+        let rec = Arc::new(rec.clone());
+        let n = rec.spec.start_offsets.len() as u32;
+        let mut partitions = Vec::new();
+        let mut tasks = Vec::new();
+        for partition in 0..n {
+            let status = Arc::new(Mutex::new(RunnerStatus {
+                state: RunnerState::Running,
+                checkpoint: rec.spec.start_offsets[partition as usize],
+                duplicates_dropped: 0,
+            }));
+            let (b, r, s) = (broker.clone(), rec.clone(), status.clone());
+            tasks.push(tokio::spawn(async move {
+                let name = r.spec.name.clone();
+                if let Err(e) = run(b, r, partition, s.clone()).await {
+                    tracing::error!(pipeline = %name, partition, cause = %e, "pipeline partition stopped");
+                    s.lock().expect("pipeline status lock").state = RunnerState::Failed(e);
+                }
+            }));
+            partitions.push(status);
+        }
+        tracing::info!(pipeline = %rec.spec.name, partitions = n, "pipeline runners started");
+        let old = self.running.lock().expect("pipelines lock").insert(
+            rec.spec.name.clone(),
+            Running {
+                created_index: rec.created_index,
+                partitions,
+                tasks,
+            },
+        );
+        drop(old);
+    }
+
+    fn stop(&self, name: &str) {
+        let old = self.running.lock().expect("pipelines lock").remove(name);
+        drop(old);
+    }
+
+    /// Starts every pipeline in the metadata that is not paused (at broker start).
+    pub(crate) fn start_all(broker: &Arc<Broker>) {
+        let records: Vec<PipelineRecord> = broker
+            .controller
+            .read(|s| s.pipelines().filter(|p| !p.paused).cloned().collect());
+        for rec in &records {
+            broker.pipelines.start(broker, rec);
+        }
+    }
+}
+
+pub(crate) async fn handle(broker: Arc<Broker>, request: Request) -> Reply {
+    let result = tokio::task::spawn_blocking(move || admin(&broker, request)).await;
+    match result {
+        Ok(r) => Reply::Frame(r, Bytes::new()),
+        Err(e) => Reply::Frame(
+            Err(WireError::new(
+                ErrorCode::Internal,
+                format!("pipeline handler failed: {e}"),
+            )),
+            Bytes::new(),
+        ),
+    }
+}
+
+fn unknown_pipeline(name: &str) -> WireError {
+    WireError::new(
+        ErrorCode::UnknownPipeline,
+        format!("pipeline {name:?} does not exist; see `sluice pipeline list`"),
+    )
+}
+
+fn record(broker: &Broker, name: &str) -> Result<PipelineRecord, WireError> {
+    broker
+        .controller
+        .read(|s| s.pipeline(name).cloned())
+        .ok_or_else(|| unknown_pipeline(name))
+}
+
+/// Pipeline requests. Blocking: runs on a blocking thread (tokio's, so runners can be spawned).
+fn admin(broker: &Arc<Broker>, request: Request) -> Result<ResponseBody, WireError> {
+    match request {
+        Request::CreatePipeline(req) => create(broker, req),
+        Request::ListPipelines => {
+            let records: Vec<PipelineRecord> =
+                broker.controller.read(|s| s.pipelines().cloned().collect());
+            Ok(ResponseBody::Pipelines(
+                records.iter().map(|r| describe(broker, r)).collect(),
+            ))
+        }
+        Request::DescribePipeline { name } => Ok(ResponseBody::Pipeline(Box::new(describe(
+            broker,
+            &record(broker, &name)?,
+        )))),
+        Request::PausePipeline { name } => set_paused(broker, &name, true),
+        Request::ResumePipeline { name } => set_paused(broker, &name, false),
+        Request::DeletePipeline { name } => {
+            let rec = record(broker, &name)?;
+            let description = describe(broker, &rec);
+            broker
+                .controller
+                .propose(MetadataCommand::DeletePipeline { name: name.clone() })
+                .map_err(propose_error)?;
+            broker.pipelines.stop(&name);
+            tracing::info!(pipeline = %name, "pipeline deleted");
+            Ok(ResponseBody::Pipeline(Box::new(description)))
+        }
+        _ => Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "request routed to the wrong handler",
+        )),
+    }
+}
+
+fn set_paused(broker: &Arc<Broker>, name: &str, paused: bool) -> Result<ResponseBody, WireError> {
+    record(broker, name)?;
+    broker
+        .controller
+        .propose(MetadataCommand::SetPipelinePaused {
+            name: name.to_owned(),
+            paused,
+        })
+        .map_err(propose_error)?;
+    let rec = record(broker, name)?;
+    // Resume restarts every runner from its checkpoint, failed ones included.
+    broker.pipelines.stop(name);
+    if !paused {
+        broker.pipelines.start(broker, &rec);
+    }
+    tracing::info!(pipeline = %name, paused, "pipeline {}", if paused { "paused" } else { "resumed" });
+    Ok(ResponseBody::Pipeline(Box::new(describe(broker, &rec))))
+}
+
+fn create(broker: &Arc<Broker>, req: CreatePipelineRequest) -> Result<ResponseBody, WireError> {
+    if req.plugins.is_empty() {
+        return Err(WireError::new(
+            ErrorCode::InvalidConfig,
+            "a pipeline needs at least one plugin (--plugin NAME)",
+        ));
+    }
+    let spec_limits = PipelineSpec {
+        name: req.name.clone(),
+        plugins: req.plugins.clone(),
+        from: req.from.clone(),
+        to: req.to.clone(),
+        config: req.config.clone(),
+        max_call_ms: req.max_call_ms,
+        max_memory_bytes: req.max_memory_bytes,
+        start_offsets: Vec::new(),
+    };
+    // Refuse what can never run now, not on the first record: a plugin that is not a
+    // transform, or one whose `init` refuses the configuration.
+    for name in &req.plugins {
+        let plugin = broker.plugin(name)?;
+        if plugin.kind() != PluginKind::Transform {
+            return Err(WireError::new(
+                ErrorCode::InvalidPlugin,
+                format!(
+                    "plugin {name:?} is a {}, not a transform; a pipeline runs transforms",
+                    plugin.kind()
+                ),
+            ));
+        }
+        plugin
+            .transform(
+                req.config.clone(),
+                limits(&spec_limits),
+                Box::new(MemoryState::new()),
+            )
+            .map_err(|e| {
+                WireError::new(
+                    ErrorCode::InvalidPlugin,
+                    format!("plugin {name:?} cannot start with this configuration: {e}"),
+                )
+            })?;
+    }
+    let from = broker.controller.read(|s| {
+        s.topic(&req.from)
+            .map(|t| (t.topic_id, t.partitions.len() as u32))
+    });
+    let Some((topic_id, n)) = from else {
+        return Err(WireError::new(
+            ErrorCode::UnknownTopic,
+            format!("input topic {:?} does not exist", req.from),
+        ));
+    };
+    let start_offsets = (0..n)
+        .map(|partition| {
+            let id = PartitionId {
+                topic_id,
+                partition,
+            };
+            match req.start {
+                PipelineStart::Earliest => {
+                    broker.store.partition_state(id).map_or(0, |s| s.log_start)
+                }
+                PipelineStart::Latest => broker.high_watermark(id),
+            }
+        })
+        .collect();
+    let spec = PipelineSpec {
+        start_offsets,
+        ..spec_limits
+    };
+    let rec = broker
+        .controller
+        .propose_then(MetadataCommand::CreatePipeline(spec), |s| {
+            s.pipeline(&req.name).cloned()
+        })
+        .map_err(propose_error)?
+        .ok_or_else(|| unknown_pipeline(&req.name))?;
+    broker.pipelines.start(broker, &rec);
+    tracing::info!(pipeline = %req.name, from = %req.from, to = %req.to, plugins = ?req.plugins, "pipeline created");
+    Ok(ResponseBody::Pipeline(Box::new(describe(broker, &rec))))
+}
+
+fn describe(broker: &Broker, rec: &PipelineRecord) -> PipelineDescription {
+    let statuses: Option<Vec<RunnerStatus>> = broker
+        .pipelines
+        .running
+        .lock()
+        .expect("pipelines lock")
+        .get(&rec.spec.name)
+        .filter(|r| r.created_index == rec.created_index)
+        .map(|r| {
+            r.partitions
+                .iter()
+                .map(|s| s.lock().expect("pipeline status lock").clone())
+                .collect()
+        });
+    let topic_id = broker
+        .controller
+        .read(|s| s.topic(&rec.spec.from).map(|t| t.topic_id));
+    let partitions: Vec<PipelinePartition> = (0..rec.spec.start_offsets.len() as u32)
+        .map(|partition| {
+            let status = statuses.as_ref().and_then(|s| s.get(partition as usize));
+            let checkpoint = match status {
+                Some(s) => s.checkpoint,
+                None => load_checkpoint(broker, rec, partition)
+                    .map_or(rec.spec.start_offsets[partition as usize], |c| {
+                        c.next_offset
+                    }),
+            };
+            let high_watermark = topic_id.map_or(0, |topic_id| {
+                broker.high_watermark(PartitionId {
+                    topic_id,
+                    partition,
+                })
+            });
+            let (state, error) = match status.map(|s| &s.state) {
+                _ if rec.paused => ("paused", None),
+                Some(RunnerState::Running) => ("running", None),
+                Some(RunnerState::Failed(e)) => ("failed", Some(e.clone())),
+                None => ("stopped", None),
+            };
+            PipelinePartition {
+                partition,
+                status: state.into(),
+                checkpoint,
+                high_watermark,
+                lag: high_watermark.saturating_sub(checkpoint),
+                error,
+                duplicates_dropped: status.map_or(0, |s| s.duplicates_dropped),
+            }
+        })
+        .collect();
+    let error = partitions.iter().find_map(|p| {
+        p.error
+            .as_ref()
+            .map(|e| format!("partition {}: {e}", p.partition))
+    });
+    let status = if rec.paused {
+        "paused"
+    } else if error.is_some() {
+        "failed"
+    } else {
+        "running"
+    };
+    PipelineDescription {
+        name: rec.spec.name.clone(),
+        plugins: rec.spec.plugins.clone(),
+        from: rec.spec.from.clone(),
+        to: rec.spec.to.clone(),
+        config: rec.spec.config.clone(),
+        status: status.into(),
+        error,
+        partitions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_roundtrip_and_refusals() {
+        let cp = Checkpoint {
+            next_offset: 1234,
+            sequences: [(0, 5), (3, i32::MAX)].into_iter().collect(),
+            states: vec![vec![], vec![1, 2, 3]],
+        };
+        let bytes = cp.encode();
+        assert_eq!(Checkpoint::decode(&bytes).unwrap(), cp);
+        for cut in 0..bytes.len() {
+            assert!(Checkpoint::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Checkpoint::decode(&longer).is_err());
+    }
+
+    #[test]
+    fn sequences_wrap_like_the_store() {
+        assert_eq!(advance_sequence(0, 3), 3);
+        assert_eq!(advance_sequence(i32::MAX, 1), 0);
+        assert_eq!(advance_sequence(i32::MAX - 1, 3), 1);
+    }
+
+    fn rec(key: Option<&str>, partition: u32) -> PluginRecord {
+        PluginRecord {
+            partition,
+            ..PluginRecord::new(key.map(|k| k.as_bytes().to_vec()), Some(b"v".to_vec()))
+        }
+    }
+
+    #[test]
+    fn routing_by_partition_key_and_round_robin() {
+        let out = route(
+            vec![
+                rec(None, 2),
+                rec(Some("k"), PARTITION_UNSET),
+                rec(None, PARTITION_UNSET),
+                rec(None, PARTITION_UNSET),
+            ],
+            3,
+            10,
+            "out",
+        )
+        .unwrap();
+        let k = sluice_proto::partitioner::partition_for_key(b"k", 3);
+        let mut expected: BTreeMap<u32, usize> = BTreeMap::new();
+        *expected.entry(2).or_default() += 1;
+        *expected.entry(k).or_default() += 1;
+        // Keyless records at output positions 2 and 3 of the batch at base 10.
+        *expected.entry(12 % 3).or_default() += 1;
+        *expected.entry(13 % 3).or_default() += 1;
+        let got: BTreeMap<u32, usize> = out.iter().map(|(p, r)| (*p, r.len())).collect();
+        assert_eq!(got, expected);
+        let err = route(vec![rec(None, 3)], 3, 0, "out").unwrap_err();
+        assert!(err.contains("names partition 3"), "{err}");
+    }
+}

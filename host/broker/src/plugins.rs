@@ -1,0 +1,294 @@
+//! Deployed plugins, and fetch-time transforms.
+//!
+//! A deployed component is validated and compiled by the plugin runtime, stored by content
+//! hash beside the metadata log (`plugin/<sha256>` in the store's key/value table), and
+//! recorded in metadata (`DeployPlugin`: name, kind, hash, size). Every node compiles a
+//! component once — the runtime caches machine code on disk by hash — and keeps the loaded
+//! plugin in memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use sluice_metadata::{MetadataCommand, PluginRecord};
+use sluice_plugin_host::{
+    Limits, MemoryState, Plugin, PluginError, PluginRecord as AbiRecord, PluginRuntime,
+};
+use sluice_proto::batch::{decode_records, split_batches};
+use sluice_proto::{
+    ErrorCode, FetchTransformedRequest, FetchTransformedResponse, PluginDescription, PluginVersion,
+    Request, ResponseBody, TransformedPartition, WireError,
+};
+
+use crate::handler::{Reply, metadata_error, storage_error};
+use crate::retention::now_ms;
+use crate::{Broker, BrokerError};
+
+#[derive(Debug)]
+pub(crate) struct PluginRegistry {
+    runtime: PluginRuntime,
+    /// Loaded plugins by content hash. A `std` mutex: held only for map lookups.
+    loaded: Mutex<HashMap<String, Plugin>>,
+}
+
+impl PluginRegistry {
+    pub(crate) fn new(cache_dir: &std::path::Path) -> Result<Self, BrokerError> {
+        let runtime = PluginRuntime::new(cache_dir)
+            .map_err(|e| BrokerError::Config(format!("plugin runtime: {e}")))?;
+        Ok(PluginRegistry {
+            runtime,
+            loaded: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+fn unknown_plugin(name: &str) -> WireError {
+    WireError::new(
+        ErrorCode::UnknownPlugin,
+        format!(
+            "plugin {name:?} is not deployed; deploy it with `sluice plugin deploy {name} FILE.wasm`"
+        ),
+    )
+}
+
+/// How a plugin failure is reported to clients.
+pub(crate) fn plugin_error(name: &str, e: PluginError) -> WireError {
+    WireError::new(ErrorCode::InvalidPlugin, format!("plugin {name:?}: {e}"))
+}
+
+fn wasm_key(hash: &str) -> String {
+    format!("plugin/{hash}")
+}
+
+fn describe(p: &PluginRecord) -> PluginDescription {
+    PluginDescription {
+        name: p.name.clone(),
+        kind: p.kind.clone(),
+        versions: p
+            .versions
+            .iter()
+            .map(|v| PluginVersion {
+                version: v.version,
+                hash: v.hash.clone(),
+                size_bytes: v.size_bytes,
+                deployed_at_ms: v.deployed_at_ms,
+            })
+            .collect(),
+    }
+}
+
+impl Broker {
+    /// The latest version of deployed plugin `name`, compiled (once per node) and loaded.
+    /// Blocking: may read the store and compile.
+    pub(crate) fn plugin(&self, name: &str) -> Result<Plugin, WireError> {
+        let hash = self
+            .controller
+            .read(|s| {
+                s.plugin(name)
+                    .and_then(|p| p.versions.last().map(|v| v.hash.clone()))
+            })
+            .ok_or_else(|| unknown_plugin(name))?;
+        if let Some(p) = self
+            .plugins
+            .loaded
+            .lock()
+            .expect("plugins lock poisoned")
+            .get(&hash)
+        {
+            return Ok(p.clone());
+        }
+        let wasm = self
+            .store
+            .meta_get(&wasm_key(&hash))
+            .map_err(storage_error)?
+            .ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::Internal,
+                    format!("plugin {name:?}: component {hash} is missing from the store"),
+                )
+            })?;
+        let plugin = self
+            .plugins
+            .runtime
+            .load(&wasm)
+            .map_err(|e| plugin_error(name, e))?;
+        self.plugins
+            .loaded
+            .lock()
+            .expect("plugins lock poisoned")
+            .insert(hash, plugin.clone());
+        Ok(plugin)
+    }
+}
+
+/// Plugin administration. Blocking: runs on a blocking thread.
+pub(crate) fn admin(
+    broker: &Broker,
+    request: Request,
+    raw: Bytes,
+) -> Result<ResponseBody, WireError> {
+    match request {
+        Request::DeployPlugin { name } => {
+            if raw.is_empty() {
+                return Err(WireError::new(
+                    ErrorCode::InvalidPlugin,
+                    "no component bytes were sent",
+                ));
+            }
+            // Validates (a component of a Sluice world) and compiles before anything is stored.
+            let plugin = broker
+                .plugins
+                .runtime
+                .load(&raw)
+                .map_err(|e| plugin_error(&name, e))?;
+            let hash = plugin.hash().to_owned();
+            broker
+                .store
+                .meta_put(&wasm_key(&hash), &raw)
+                .map_err(storage_error)?;
+            broker
+                .controller
+                .propose(MetadataCommand::DeployPlugin {
+                    name: name.clone(),
+                    kind: plugin.kind().as_str().to_owned(),
+                    hash: hash.clone(),
+                    size_bytes: raw.len() as u64,
+                    deployed_at_ms: now_ms(),
+                })
+                .map_err(|e| match e {
+                    crate::controller::ProposeError::Refused(m) => metadata_error(m),
+                    crate::controller::ProposeError::Storage(s) => storage_error(s),
+                })?;
+            broker
+                .plugins
+                .loaded
+                .lock()
+                .expect("plugins lock poisoned")
+                .insert(hash.clone(), plugin.clone());
+            tracing::info!(plugin = %name, kind = %plugin.kind(), %hash, "plugin deployed");
+            let p = broker
+                .controller
+                .read(|s| s.plugin(&name).cloned())
+                .ok_or_else(|| unknown_plugin(&name))?;
+            Ok(ResponseBody::Plugin(describe(&p)))
+        }
+        Request::ListPlugins => Ok(ResponseBody::Plugins(
+            broker
+                .controller
+                .read(|s| s.plugins().map(describe).collect()),
+        )),
+        Request::DescribePlugin { name } => broker
+            .controller
+            .read(|s| s.plugin(&name).map(describe))
+            .map(ResponseBody::Plugin)
+            .ok_or_else(|| unknown_plugin(&name)),
+        Request::DeletePlugin { name } => {
+            let p = broker
+                .controller
+                .read(|s| s.plugin(&name).cloned())
+                .ok_or_else(|| unknown_plugin(&name))?;
+            broker
+                .controller
+                .propose(MetadataCommand::DeletePlugin { name: name.clone() })
+                .map_err(|e| match e {
+                    crate::controller::ProposeError::Refused(m) => metadata_error(m),
+                    crate::controller::ProposeError::Storage(s) => storage_error(s),
+                })?;
+            tracing::info!(plugin = %name, "plugin deleted");
+            Ok(ResponseBody::Plugin(describe(&p)))
+        }
+        _ => Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "not a plugin request",
+        )),
+    }
+}
+
+/// A fetch whose records pass through a transform on the broker. Each partition's records
+/// (from the requested offset) are handed to one instance of the plugin in one call; what it
+/// returns is sent in the plugin ABI's packed format, and `next_offset` moves past every
+/// record the plugin saw, so filtered records are not fetched again.
+pub(crate) async fn fetch_transformed(broker: Arc<Broker>, req: FetchTransformedRequest) -> Reply {
+    let (resp, raw) = match crate::handler::fetch_batches(broker.clone(), req.fetch.clone()).await {
+        Ok(x) => x,
+        Err(e) => return Reply::error(e),
+    };
+    let b = broker.clone();
+    match tokio::task::spawn_blocking(move || transform_fetched(&b, &req, resp, raw)).await {
+        Ok(Ok((resp, raw))) => Reply::Frame(Ok(ResponseBody::FetchedTransformed(resp)), raw),
+        Ok(Err(e)) => Reply::error(e),
+        Err(e) => Reply::error(WireError::new(
+            ErrorCode::Internal,
+            format!("transform task: {e}"),
+        )),
+    }
+}
+
+fn transform_fetched(
+    broker: &Broker,
+    req: &FetchTransformedRequest,
+    fetched: sluice_proto::FetchResponse,
+    mut raw: Bytes,
+) -> Result<(FetchTransformedResponse, Bytes), WireError> {
+    let plugin = broker.plugin(&req.plugin)?;
+    let mut instance = plugin
+        .transform(
+            req.config.clone(),
+            Limits::default(),
+            Box::new(MemoryState::new()),
+        )
+        .map_err(|e| plugin_error(&req.plugin, e))?;
+    let mut out = BytesMut::new();
+    let mut partitions = Vec::with_capacity(fetched.partitions.len());
+    for (fp, asked) in fetched.partitions.iter().zip(&req.fetch.partitions) {
+        let data = raw.split_to((fp.bytes as usize).min(raw.len()));
+        let mut entry = TransformedPartition {
+            topic: fp.topic.clone(),
+            partition: fp.partition,
+            error: fp.error.clone(),
+            high_watermark: fp.high_watermark,
+            log_start: fp.log_start,
+            next_offset: asked.offset,
+            bytes: 0,
+        };
+        if entry.error.is_some() || data.is_empty() {
+            partitions.push(entry);
+            continue;
+        }
+        let mut input = Vec::new();
+        let batches = split_batches(data)
+            .map_err(|e| WireError::new(ErrorCode::CorruptData, format!("stored batch: {e}")))?;
+        for (header, batch) in batches {
+            for r in decode_records(&header, &batch)
+                .map_err(|e| WireError::new(ErrorCode::CorruptData, format!("stored batch: {e}")))?
+            {
+                if r.offset < asked.offset {
+                    continue;
+                }
+                entry.next_offset = r.offset + 1;
+                input.push(AbiRecord {
+                    key: r.key.map(|k| k.to_vec()),
+                    value: r.value.map(|v| v.to_vec()),
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|h| (h.key, h.value.map(|v| v.to_vec())))
+                        .collect(),
+                    timestamp: r.timestamp,
+                    partition: fp.partition,
+                    offset: r.offset,
+                });
+            }
+        }
+        if !input.is_empty() {
+            let output = instance
+                .process(&input)
+                .map_err(|e| plugin_error(&req.plugin, e))?;
+            let packed = sluice_plugin_abi::encode_batch(&output);
+            entry.bytes = packed.len() as u32;
+            out.extend_from_slice(&packed);
+        }
+        partitions.push(entry);
+    }
+    Ok((FetchTransformedResponse { partitions }, out.freeze()))
+}

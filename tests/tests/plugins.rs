@@ -1,0 +1,222 @@
+//! Plugins through the real broker: deploy (validated, versioned, kept across a restart), and
+//! fetch-time transforms (issue 3, acceptance 5).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_client::{ConsumerConfig, FetchTransform, ProducerConfig, ProducerRecord, SeekTo};
+use sluice_proto::{ErrorCode, Request, TopicConfig};
+use sluice_tests::{BrokerProcess, TEST_CONFIG, describe_output};
+
+fn ok(b: &BrokerProcess, args: &[&str]) -> String {
+    let out = b.run_cli(args, b"");
+    assert!(
+        out.status.success(),
+        "sluice {args:?}: {}",
+        describe_output(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(b: &BrokerProcess, args: &[&str], needle: &str) {
+    let out = b.run_cli(args, b"");
+    assert!(
+        !out.status.success(),
+        "sluice {args:?} should fail: {}",
+        describe_output(&out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(needle),
+        "sluice {args:?}: stderr lacks {needle:?}: {}",
+        describe_output(&out)
+    );
+}
+
+#[test]
+fn deploy_validates_versions_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let filter = sluice_wasm_plugins::path("json-filter");
+    let filter = filter.to_str().unwrap();
+    let out = ok(&broker, &["plugin", "deploy", "only-red", filter]);
+    assert!(
+        out.contains("deployed plugin only-red (transform) version 1"),
+        "{out}"
+    );
+    let out = ok(&broker, &["plugin", "deploy", "only-red", filter]);
+    assert!(out.contains("version 2"), "{out}");
+    let d = ok(&broker, &["plugin", "describe", "only-red"]);
+    assert!(d.contains("2 version(s)"), "{d}");
+
+    // Not a component; not even wasm.
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"\0asm this is not a component").unwrap();
+    fails(
+        &broker,
+        &["plugin", "deploy", "junk", junk.to_str().unwrap()],
+        "invalid plugin",
+    );
+    // A new version must implement the same world.
+    let partitioner = sluice_wasm_plugins::path("json-partitioner");
+    fails(
+        &broker,
+        &[
+            "plugin",
+            "deploy",
+            "only-red",
+            partitioner.to_str().unwrap(),
+        ],
+        "must be one too",
+    );
+    fails(&broker, &["plugin", "describe", "nope"], "not deployed");
+
+    // kill -9 and restart: the plugin is still there and still runs.
+    broker.kill9();
+    broker.restart();
+    let list = ok(&broker, &["plugin", "list"]);
+    assert!(list.contains("only-red\ttransform\tversion 2"), "{list}");
+    assert!(!list.contains("junk"), "{list}");
+    ok(&broker, &["topic", "create", "colors"]);
+    let out = broker.run_cli(
+        &["produce", "colors"],
+        b"{\"c\":\"red\"}\n{\"c\":\"blue\"}\n",
+    );
+    assert!(out.status.success());
+    let red = ok(
+        &broker,
+        &[
+            "consume",
+            "colors",
+            "--from-beginning",
+            "--transform",
+            "only-red",
+            "--config",
+            "field=c",
+            "--config",
+            "op=eq",
+            "--config",
+            "value=red",
+            "--timeout-ms",
+            "2000",
+        ],
+    );
+    assert_eq!(red, "{\"c\":\"red\"}\n");
+    ok(&broker, &["plugin", "delete", "only-red"]);
+    assert!(!ok(&broker, &["plugin", "list"]).contains("only-red"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_time_filter_returns_only_matches_and_moves_past_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("events", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    client
+        .request(
+            Request::DeployPlugin {
+                name: "filter".into(),
+            },
+            Bytes::from(sluice_wasm_plugins::read("json-filter")),
+        )
+        .await
+        .unwrap();
+    // 1,000 records per partition; every third is an error; the last 50 of each are not.
+    let producer = client.producer(ProducerConfig::default());
+    let mut expected = vec![Vec::new(), Vec::new()];
+    for p in 0..2u32 {
+        for i in 0..1000u64 {
+            let level = if i % 3 == 0 && i < 950 {
+                "error"
+            } else {
+                "info"
+            };
+            let v = format!("{{\"level\":\"{level}\",\"i\":{i}}}");
+            if level == "error" {
+                expected[p as usize].push((i, v.clone()));
+            }
+            producer
+                .send(ProducerRecord::new("events", v).with_partition(p))
+                .await
+                .unwrap();
+        }
+    }
+    producer.flush().await.unwrap();
+
+    let transform = FetchTransform {
+        plugin: "filter".into(),
+        config: vec![
+            ("field".into(), "level".into()),
+            ("op".into(), "eq".into()),
+            ("value".into(), "error".into()),
+        ],
+    };
+    let mut consumer = client.consumer(ConsumerConfig {
+        transform: Some(transform),
+        max_partition_bytes: 16 * 1024,
+        ..ConsumerConfig::default()
+    });
+    consumer.assign("events", &[0, 1]).await.unwrap();
+    for p in 0..2 {
+        consumer.seek("events", p, SeekTo::Earliest).await.unwrap();
+    }
+    let mut got = vec![Vec::new(), Vec::new()];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (consumer.position("events", 0) != Some(1000)
+        || consumer.position("events", 1) != Some(1000))
+        && Instant::now() < deadline
+    {
+        for r in consumer.poll().await.unwrap() {
+            got[r.partition as usize].push((
+                r.offset,
+                String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+            ));
+        }
+    }
+    assert_eq!(
+        got, expected,
+        "exactly the matching records, in order, with their offsets"
+    );
+    // The position moved past the filtered tail.
+    assert_eq!(consumer.position("events", 0), Some(1000));
+    assert_eq!(consumer.position("events", 1), Some(1000));
+    assert!(consumer.poll().await.unwrap().is_empty());
+
+    // A transform that is not deployed, or not a transform, is a clear error.
+    let mut bad = client.consumer(ConsumerConfig {
+        transform: Some(FetchTransform {
+            plugin: "missing".into(),
+            config: vec![],
+        }),
+        ..ConsumerConfig::default()
+    });
+    bad.assign("events", &[0]).await.unwrap();
+    bad.seek("events", 0, SeekTo::Earliest).await.unwrap();
+    let e = bad.poll().await.unwrap_err();
+    assert_eq!(e.wire_code(), Some(ErrorCode::UnknownPlugin), "{e}");
+    client
+        .request(
+            Request::DeployPlugin {
+                name: "part".into(),
+            },
+            Bytes::from(sluice_wasm_plugins::read("json-partitioner")),
+        )
+        .await
+        .unwrap();
+    let mut wrong = client.consumer(ConsumerConfig {
+        transform: Some(FetchTransform {
+            plugin: "part".into(),
+            config: vec![],
+        }),
+        ..ConsumerConfig::default()
+    });
+    wrong.assign("events", &[0]).await.unwrap();
+    wrong.seek("events", 0, SeekTo::Earliest).await.unwrap();
+    let e = wrong.poll().await.unwrap_err();
+    assert_eq!(e.wire_code(), Some(ErrorCode::InvalidPlugin), "{e}");
+    assert!(e.to_string().contains("not a transform"), "{e}");
+}
