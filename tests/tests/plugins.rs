@@ -220,3 +220,148 @@ async fn fetch_time_filter_returns_only_matches_and_moves_past_the_rest() {
     assert_eq!(e.wire_code(), Some(ErrorCode::InvalidPlugin), "{e}");
     assert!(e.to_string().contains("not a transform"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioner_plugin_routes_records_and_bad_output_is_a_clear_error() {
+    use sluice_proto::partitioner::partition_for_key;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let client = broker.client().await;
+    for (name, component) in [
+        ("by-user", "json-partitioner"),
+        ("bad", "hostile-bad-partition"),
+    ] {
+        client
+            .request(
+                Request::DeployPlugin { name: name.into() },
+                Bytes::from(sluice_wasm_plugins::read(component)),
+            )
+            .await
+            .unwrap();
+    }
+    let config = TopicConfig {
+        partitioner: Some("by-user".into()),
+        partitioner_config: vec![("field".into(), "user".into())],
+        ..TopicConfig::default()
+    };
+    client
+        .admin()
+        .create_topic("users", 4, config)
+        .await
+        .unwrap();
+    // A partitioner that is not a partitioner, or not deployed, is refused at create time.
+    let wrong = TopicConfig {
+        partitioner: Some("nope".into()),
+        ..TopicConfig::default()
+    };
+    let e = client
+        .admin()
+        .create_topic("users-x", 2, wrong)
+        .await
+        .unwrap_err();
+    assert_eq!(e.wire_code(), Some(ErrorCode::UnknownPlugin), "{e}");
+
+    let producer = client.producer(ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..200u32 {
+        let user = format!("u{}", i % 10);
+        let record = ProducerRecord::new("users", format!("{{\"user\":\"{user}\",\"n\":{i}}}"));
+        deliveries.push((user, producer.send(record).await.unwrap()));
+    }
+    // An explicit partition still wins.
+    let pinned = producer
+        .send_and_wait(ProducerRecord::new("users", "{\"user\":\"u1\",\"n\":-1}").with_partition(3))
+        .await
+        .unwrap();
+    assert_eq!(pinned.partition, 3);
+    producer.flush().await.unwrap();
+    let mut per_partition = [0u64; 4];
+    for (user, d) in deliveries {
+        let m = d.await.unwrap();
+        assert_eq!(
+            m.partition,
+            partition_for_key(user.as_bytes(), 4),
+            "{user} routed to {}",
+            m.partition
+        );
+        per_partition[m.partition as usize] += 1;
+    }
+    // What is stored agrees with what was acknowledged.
+    let t = client.admin().describe_topic("users").await.unwrap();
+    for p in &t.partitions {
+        let pinned_here = u64::from(p.partition == 3);
+        assert_eq!(
+            p.log_end,
+            per_partition[p.partition as usize] + pinned_here,
+            "partition {}",
+            p.partition
+        );
+    }
+
+    // A partitioner answering with a partition the topic does not have: a clear error, and
+    // the broker keeps serving.
+    let out = broker.run_cli(&["topic", "set-partitioner", "users", "bad"], b"");
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let fresh = broker.client().await;
+    let e = fresh
+        .producer(ProducerConfig::default())
+        .send_and_wait(ProducerRecord::new("users", "{\"user\":\"u1\"}"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.wire_code(), Some(ErrorCode::InvalidPlugin), "{e}");
+    assert!(e.to_string().contains("partition"), "{e}");
+    let m = fresh
+        .producer(ProducerConfig::default())
+        .send_and_wait(ProducerRecord::new("users", "still served").with_partition(0))
+        .await
+        .unwrap();
+    assert_eq!(m.partition, 0);
+
+    // The CLI: create with a partitioner, produce lines, see where they went.
+    let out = broker.run_cli(
+        &[
+            "topic",
+            "create",
+            "clicks",
+            "--partitions",
+            "3",
+            "--partitioner",
+            "by-user",
+            "--partitioner-config",
+            "field=user",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let lines: String = (0..30)
+        .map(|i| format!("{{\"user\":\"v{}\"}}\n", i % 5))
+        .collect();
+    let out = broker.run_cli(&["produce", "clicks"], lines.as_bytes());
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let out = broker.run_cli(
+        &[
+            "consume",
+            "clicks",
+            "--from-beginning",
+            "-n",
+            "30",
+            "--timeout-ms",
+            "5000",
+            "--format",
+            "%p %v\\n",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 30);
+    for line in text.lines() {
+        let (p, v) = line.split_once(' ').unwrap();
+        let user = v.trim_start_matches("{\"user\":\"").trim_end_matches("\"}");
+        assert_eq!(
+            p.parse::<u32>().unwrap(),
+            partition_for_key(user.as_bytes(), 3),
+            "{line}"
+        );
+    }
+}

@@ -116,7 +116,7 @@ pub(crate) fn handle(
     }
 }
 
-fn unknown_topic(name: &str) -> WireError {
+pub(crate) fn unknown_topic(name: &str) -> WireError {
     WireError::new(
         ErrorCode::UnknownTopic,
         format!("topic {name:?} does not exist; create it with `sluice topic create {name}`"),
@@ -267,6 +267,9 @@ impl Broker {
 }
 
 fn produce(broker: Arc<Broker>, req: ProduceRequest, raw: Bytes) -> BoxFuture<'static, Reply> {
+    if req.partition == sluice_proto::ROUTE_BY_PARTITIONER {
+        return Box::pin(crate::plugins::produce_routed(broker, req, raw));
+    }
     let acks = req.acks;
     let prepared = (|| {
         let led = broker.led_partition(&req.topic, req.partition)?;
@@ -551,6 +554,31 @@ fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, WireError> {
             Ok(ResponseBody::Topic(describe(broker, &t)))
         }
         Request::ListOffsets(req) => list_offsets(broker, req),
+        Request::SetPartitioner {
+            topic,
+            plugin,
+            config,
+        } => {
+            let t = broker
+                .controller
+                .read(|s| s.topic(&topic).cloned())
+                .ok_or_else(|| unknown_topic(&topic))?;
+            let mut new_config = t.config.clone();
+            new_config.partitioner = plugin;
+            new_config.partitioner_config = config;
+            broker
+                .controller
+                .propose(MetadataCommand::SetTopicConfig {
+                    name: topic.clone(),
+                    config: new_config,
+                })
+                .map_err(propose_error)?;
+            let t = broker
+                .controller
+                .read(|s| s.topic(&topic).cloned())
+                .ok_or_else(|| unknown_topic(&topic))?;
+            Ok(ResponseBody::Topic(describe(broker, &t)))
+        }
         Request::InitProducerId => {
             // Allocated through the metadata log, so an id is never handed out twice, not even
             // after a restart. Every new producer starts at epoch 0.
@@ -677,6 +705,7 @@ fn metadata(broker: &Broker, topics: Option<Vec<String>>) -> MetadataResponse {
             .map(|t| TopicMetadata {
                 name: t.name.clone(),
                 topic_id: t.topic_id,
+                partitioner: t.config.partitioner.clone(),
                 partitions: t
                     .partitions
                     .iter()

@@ -292,3 +292,202 @@ fn transform_fetched(
     }
     Ok((FetchTransformedResponse { partitions }, out.freeze()))
 }
+
+/// A produce whose records the topic's partitioner plugin places. The batch is checked like
+/// any other, its records handed to the partitioner in one call, and re-encoded into one batch
+/// per chosen partition (same compression; no producer id: routed batches are not
+/// idempotent), appended in the batch's order. The answer lists each record's partition and
+/// offset.
+pub(crate) async fn produce_routed(
+    broker: Arc<Broker>,
+    req: sluice_proto::ProduceRequest,
+    raw: Bytes,
+) -> Reply {
+    let acks = req.acks;
+    let b = broker.clone();
+    let prepared = tokio::task::spawn_blocking(move || route(&b, &req, &raw)).await;
+    let appends = match prepared {
+        Ok(Ok(appends)) => appends,
+        Ok(Err(e)) => {
+            tracing::debug!(cause = %e, "routed produce refused");
+            return if acks == sluice_proto::Acks::None {
+                Reply::None
+            } else {
+                Reply::error(e)
+            };
+        }
+        Err(e) => {
+            return Reply::error(WireError::new(
+                ErrorCode::Internal,
+                format!("routing task: {e}"),
+            ));
+        }
+    };
+    let mut placed: Vec<Option<sluice_proto::RoutedRecord>> =
+        vec![None; appends.iter().map(|a| a.indexes.len()).sum()];
+    for a in appends {
+        match a.append.await {
+            Ok(appended) => {
+                broker.advance_high_watermark(a.id, appended.log_end);
+                for (i, &index) in a.indexes.iter().enumerate() {
+                    placed[index] = Some(sluice_proto::RoutedRecord {
+                        partition: a.id.partition,
+                        offset: appended.base_offset + i as u64,
+                    });
+                }
+            }
+            Err(e) => {
+                return if acks == sluice_proto::Acks::None {
+                    Reply::None
+                } else {
+                    Reply::error(storage_error(e))
+                };
+            }
+        }
+    }
+    if acks == sluice_proto::Acks::None {
+        return Reply::None;
+    }
+    Reply::Frame(
+        Ok(ResponseBody::ProducedRouted(
+            placed.into_iter().flatten().collect(),
+        )),
+        Bytes::new(),
+    )
+}
+
+struct RoutedAppend {
+    id: sluice_storage::PartitionId,
+    /// Positions in the produced batch of the records in this append, in order.
+    indexes: Vec<usize>,
+    append: std::pin::Pin<
+        Box<
+            dyn Future<Output = Result<sluice_storage::Appended, sluice_storage::StorageError>>
+                + Send,
+        >,
+    >,
+}
+
+fn route(
+    broker: &Broker,
+    req: &sluice_proto::ProduceRequest,
+    raw: &Bytes,
+) -> Result<Vec<RoutedAppend>, WireError> {
+    let (topic_id, config, leaders) = broker
+        .controller
+        .read(|s| {
+            s.topic(&req.topic).map(|t| {
+                (
+                    t.topic_id,
+                    t.config.clone(),
+                    t.partitions
+                        .iter()
+                        .map(|p| (p.leader, p.leader_epoch))
+                        .collect::<Vec<_>>(),
+                )
+            })
+        })
+        .ok_or_else(|| crate::handler::unknown_topic(&req.topic))?;
+    let Some(name) = config.partitioner.clone() else {
+        return Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "topic {:?} has no partitioner plugin; name a partition for each record",
+                req.topic
+            ),
+        ));
+    };
+    let limit = config
+        .max_batch_bytes
+        .unwrap_or(broker.config.max_batch_bytes)
+        .min(broker.config.max_batch_bytes);
+    if raw.len() > limit as usize {
+        return Err(WireError::new(
+            ErrorCode::RecordTooLarge,
+            format!(
+                "batch of {} bytes exceeds the limit of {limit} bytes for topic {:?}",
+                raw.len(),
+                req.topic
+            ),
+        ));
+    }
+    let header = sluice_proto::batch::validate(raw).map_err(|e| {
+        WireError::new(
+            ErrorCode::InvalidRecord,
+            format!("invalid record batch: {e}"),
+        )
+    })?;
+    let records = decode_records(&header, raw).map_err(|e| {
+        WireError::new(
+            ErrorCode::InvalidRecord,
+            format!("invalid record batch: {e}"),
+        )
+    })?;
+    let input: Vec<AbiRecord> = records
+        .iter()
+        .map(|r| AbiRecord {
+            key: r.key.as_ref().map(|k| k.to_vec()),
+            value: r.value.as_ref().map(|v| v.to_vec()),
+            headers: r
+                .headers
+                .iter()
+                .map(|h| (h.key.clone(), h.value.as_ref().map(|v| v.to_vec())))
+                .collect(),
+            timestamp: r.timestamp,
+            partition: sluice_plugin_abi::PARTITION_UNSET,
+            offset: 0,
+        })
+        .collect();
+    let plugin = broker.plugin(&name)?;
+    let mut instance = plugin
+        .partitioner(config.partitioner_config.clone(), Limits::default())
+        .map_err(|e| plugin_error(&name, e))?;
+    let partitions = instance
+        .partition(&input, leaders.len() as u32)
+        .map_err(|e| plugin_error(&name, e))?;
+    // Group record positions by partition, keeping their order.
+    let mut by_partition: std::collections::BTreeMap<u32, Vec<usize>> =
+        std::collections::BTreeMap::new();
+    for (i, p) in partitions.iter().enumerate() {
+        by_partition.entry(*p).or_default().push(i);
+    }
+    let mut appends = Vec::with_capacity(by_partition.len());
+    for (partition, indexes) in by_partition {
+        let (leader, epoch) = leaders[partition as usize];
+        if leader != Some(broker.node_id) {
+            return Err(WireError::new(
+                ErrorCode::NotLeader,
+                format!(
+                    "node {} does not lead {}/{partition}",
+                    broker.node_id, req.topic
+                ),
+            ));
+        }
+        let mut builder = sluice_proto::BatchBuilder::new(header.compression);
+        for &i in &indexes {
+            let r = &records[i];
+            builder.push(&sluice_proto::Record {
+                key: r.key.clone(),
+                value: r.value.clone(),
+                headers: r.headers.clone(),
+                timestamp: r.timestamp,
+            });
+        }
+        let bytes = builder.finish(-1, -1, -1).map_err(|e| {
+            WireError::new(
+                ErrorCode::Internal,
+                format!("re-encoding routed records: {e}"),
+            )
+        })?;
+        let id = sluice_storage::PartitionId {
+            topic_id,
+            partition,
+        };
+        appends.push(RoutedAppend {
+            id,
+            indexes,
+            append: Box::pin(broker.store.append(id, bytes, epoch, config.durability)),
+        });
+    }
+    Ok(appends)
+}

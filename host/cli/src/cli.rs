@@ -50,6 +50,9 @@ pub enum Command {
     /// Deploy, list, describe and delete plugins; create a new plugin crate.
     #[command(subcommand)]
     Plugin(crate::plugin_cmds::PluginCommand),
+    /// Create, list, describe, pause, resume and delete pipelines (plugins from topic to topic).
+    #[command(subcommand)]
+    Pipeline(crate::pipeline_cmds::PipelineCommand),
     /// Measure throughput and latency against a running broker.
     Bench(bench::BenchArgs),
 }
@@ -89,6 +92,24 @@ pub enum TopicCommand {
         /// Largest batch the topic accepts (default: the broker's limit).
         #[arg(long)]
         max_batch_bytes: Option<u32>,
+        /// A deployed partitioner plugin that places records produced without a partition.
+        #[arg(long)]
+        partitioner: Option<String>,
+        /// With --partitioner: plugin configuration, KEY=VALUE (repeatable).
+        #[arg(long = "partitioner-config", value_parser = parse_kv, requires = "partitioner")]
+        partitioner_config: Vec<(String, String)>,
+    },
+    /// Set or remove a topic's partitioner plugin.
+    SetPartitioner {
+        name: String,
+        /// A deployed partitioner plugin.
+        plugin: Option<String>,
+        /// Remove the partitioner: records go by key hash again.
+        #[arg(long, conflicts_with = "plugin")]
+        none: bool,
+        /// Plugin configuration, KEY=VALUE (repeatable).
+        #[arg(long = "config", value_parser = parse_kv)]
+        config: Vec<(String, String)>,
     },
     /// List topics.
     List,
@@ -220,6 +241,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Consume(args) => client_cmds::consume(&connect(&cli).await?, args).await,
         Command::Group(cmd) => client_cmds::group(&connect(&cli).await?, cmd).await,
         Command::Plugin(cmd) => crate::plugin_cmds::run(cmd, async || connect(&cli).await).await,
+        Command::Pipeline(cmd) => crate::pipeline_cmds::run(&connect(&cli).await?, cmd).await,
         Command::Bench(args) => bench::run(&cli, args).await,
     }
 }

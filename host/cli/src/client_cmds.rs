@@ -30,12 +30,16 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
             retention_bytes,
             durability,
             max_batch_bytes,
+            partitioner,
+            partitioner_config,
         } => {
             let config = TopicConfig {
                 retention_ms: *retention_ms,
                 retention_bytes: *retention_bytes,
                 durability: *durability,
                 max_batch_bytes: *max_batch_bytes,
+                partitioner: partitioner.clone(),
+                partitioner_config: partitioner_config.clone(),
             };
             let t = admin.create_topic(name, *partitions, config).await?;
             println!(
@@ -43,6 +47,29 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
                 t.name,
                 t.partitions.len()
             );
+        }
+        TopicCommand::SetPartitioner {
+            name,
+            plugin,
+            none,
+            config,
+        } => {
+            if plugin.is_none() && !none {
+                bail!("name a partitioner plugin, or --none to go back to the key hash");
+            }
+            let request = Request::SetPartitioner {
+                topic: name.clone(),
+                plugin: plugin.clone(),
+                config: config.clone(),
+            };
+            match client.request(request, Bytes::new()).await? {
+                (ResponseBody::Topic(t), _) => println!(
+                    "topic {} partitioner: {}",
+                    t.name,
+                    t.config.partitioner.as_deref().unwrap_or("key hash")
+                ),
+                (other, _) => bail!("unexpected answer: {other:?}"),
+            }
         }
         TopicCommand::List => {
             for t in admin.list_topics().await? {
@@ -70,13 +97,14 @@ fn print_description(t: &TopicDescription) {
     let c = &t.config;
     let opt = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
     println!(
-        "topic {} (id {}): {} partition(s), retention.ms={}, retention.bytes={}, durability={}",
+        "topic {} (id {}): {} partition(s), retention.ms={}, retention.bytes={}, durability={}, partitioner={}",
         t.name,
         t.topic_id,
         t.partitions.len(),
         opt(c.retention_ms),
         opt(c.retention_bytes),
-        c.durability
+        c.durability,
+        c.partitioner.as_deref().unwrap_or("key-hash")
     );
     println!("partition\tleader\tepoch\tlog_start\tlog_end\tsize_bytes");
     for p in &t.partitions {

@@ -7,6 +7,7 @@ mod bench_groups;
 mod cli;
 mod client_cmds;
 mod format;
+mod pipeline_cmds;
 mod plugin_cmds;
 
 use std::process::ExitCode;

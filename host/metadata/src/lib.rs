@@ -295,7 +295,7 @@ impl MetadataState {
                     ));
                 }
                 self.validate_assignments(assignments, 0)?;
-                validate_config(config)
+                self.validate_config(config)
             }
             MetadataCommand::DeleteTopic { name } => self.existing(name).map(|_| ()),
             MetadataCommand::AddPartitions { name, assignments } => {
@@ -331,7 +331,7 @@ impl MetadataState {
             }
             MetadataCommand::SetTopicConfig { name, config } => {
                 self.existing(name)?;
-                validate_config(config)
+                self.validate_config(config)
             }
             MetadataCommand::DeployPlugin { name, kind, .. } => {
                 sluice_proto::validate_topic_name(name).map_err(|e| {
@@ -348,6 +348,16 @@ impl MetadataState {
             MetadataCommand::DeletePlugin { name } => {
                 if !self.plugins.contains_key(name) {
                     return Err(MetadataError::UnknownPlugin(name.clone()));
+                }
+                if let Some(t) = self
+                    .topics
+                    .values()
+                    .find(|t| t.config.partitioner.as_deref() == Some(name.as_str()))
+                {
+                    return Err(MetadataError::PluginInUse {
+                        plugin: name.clone(),
+                        user: format!("topic {:?} (its partitioner)", t.name),
+                    });
                 }
                 Ok(())
             }
@@ -558,6 +568,25 @@ fn new_partition(replicas: &[u32]) -> PartitionRecord {
         leader: replicas.first().copied(),
         leader_epoch: 0,
         in_sync: replicas.to_vec(),
+    }
+}
+
+impl MetadataState {
+    /// Config checks that need the state: a partitioner must be a deployed partitioner plugin.
+    fn validate_config(&self, config: &TopicConfig) -> Result<(), MetadataError> {
+        if let Some(name) = &config.partitioner {
+            match self.plugins.get(name) {
+                None => return Err(MetadataError::UnknownPlugin(name.clone())),
+                Some(p) if p.kind != "partitioner" => {
+                    return Err(MetadataError::InvalidConfig(format!(
+                        "plugin {name:?} is a {}, not a partitioner",
+                        p.kind
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        validate_config(config)
     }
 }
 

@@ -142,6 +142,7 @@ async fn serve_stream(
                     vec![TopicMetadata {
                         name: TOPIC.into(),
                         topic_id: 1,
+                        partitioner: None,
                         partitions: (0..PARTITIONS)
                             .map(|partition| PartitionMetadata {
                                 partition,

@@ -94,6 +94,12 @@ pub enum Request {
     DeletePipeline {
         name: String,
     },
+    /// Sets (or, with `None`, removes) a topic's partitioner plugin and its configuration.
+    SetPartitioner {
+        topic: String,
+        plugin: Option<String>,
+        config: Vec<(String, String)>,
+    },
 }
 
 impl Request {
@@ -123,6 +129,7 @@ impl Request {
             Request::DescribePlugin { .. } => "describe_plugin",
             Request::DeletePlugin { .. } => "delete_plugin",
             Request::FetchTransformed(_) => "fetch_transformed",
+            Request::SetPartitioner { .. } => "set_partitioner",
             Request::CreatePipeline(_) => "create_pipeline",
             Request::ListPipelines => "list_pipelines",
             Request::DescribePipeline { .. } => "describe_pipeline",
@@ -168,6 +175,9 @@ pub enum ResponseBody {
     /// Boxed: the description is large and responses are moved around often.
     Pipeline(Box<PipelineDescription>),
     Pipelines(Vec<PipelineDescription>),
+    /// The answer to a produce with [`ROUTE_BY_PARTITIONER`]: where each record of the batch
+    /// went, in the batch's order.
+    ProducedRouted(Vec<RoutedRecord>),
 }
 
 /// Where a new pipeline starts reading its input.
@@ -273,6 +283,12 @@ pub struct TransformedPartition {
     pub next_offset: u64,
     /// Length of this partition's packed records in the frame's raw bytes.
     pub bytes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutedRecord {
+    pub partition: u32,
+    pub offset: u64,
 }
 
 /// A topic and some of its partitions.
@@ -423,6 +439,9 @@ pub struct MetadataResponse {
 pub struct TopicMetadata {
     pub name: String,
     pub topic_id: u64,
+    /// The topic's partitioner plugin, if any: producers then send records without an
+    /// explicit partition with [`ROUTE_BY_PARTITIONER`].
+    pub partitioner: Option<String>,
     pub partitions: Vec<PartitionMetadata>,
 }
 
@@ -483,7 +502,17 @@ pub struct TopicConfig {
     pub durability: Durability,
     /// Largest batch the topic accepts; `None` uses the broker's limit.
     pub max_batch_bytes: Option<u32>,
+    /// A deployed partitioner plugin that places records produced without an explicit
+    /// partition (the producer sends them with [`ROUTE_BY_PARTITIONER`]); `None`: the key
+    /// hash, sticky for records without key.
+    pub partitioner: Option<String>,
+    /// Configuration passed to the partitioner plugin.
+    pub partitioner_config: Vec<(String, String)>,
 }
+
+/// `ProduceRequest::partition` meaning "let the topic's partitioner plugin place each record";
+/// answered with [`ResponseBody::ProducedRouted`].
+pub const ROUTE_BY_PARTITIONER: u32 = u32::MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateTopicRequest {
@@ -657,13 +686,21 @@ mod tests {
                 any::<u64>().prop_map(Durability::IntervalMs)
             ],
             proptest::option::of(any::<u32>()),
+            proptest::option::of("[a-z-]{1,6}"),
         )
             .prop_map(
-                |(retention_ms, retention_bytes, durability, max_batch_bytes)| TopicConfig {
-                    retention_ms,
-                    retention_bytes,
-                    durability,
-                    max_batch_bytes,
+                |(retention_ms, retention_bytes, durability, max_batch_bytes, partitioner)| {
+                    TopicConfig {
+                        retention_ms,
+                        retention_bytes,
+                        durability,
+                        max_batch_bytes,
+                        partitioner_config: partitioner
+                            .iter()
+                            .map(|p| ("field".to_string(), p.clone()))
+                            .collect(),
+                        partitioner,
+                    }
                 },
             )
     }
@@ -794,6 +831,13 @@ mod tests {
             Just(Request::ListPlugins),
             "[a-z-]{1,8}".prop_map(|name| Request::DescribePlugin { name }),
             "[a-z-]{1,8}".prop_map(|name| Request::DeletePlugin { name }),
+            ("[a-z]{1,5}", proptest::option::of("[a-z-]{1,6}")).prop_map(|(topic, plugin)| {
+                Request::SetPartitioner {
+                    topic,
+                    plugin,
+                    config: vec![("field".into(), "user".into())],
+                }
+            }),
             (
                 "[a-z]{1,5}",
                 any::<u64>(),
@@ -1053,6 +1097,7 @@ mod tests {
                         topics: topics
                             .into_iter()
                             .map(|(name, topic_id, ps)| TopicMetadata {
+                                partitioner: (topic_id % 2 == 0).then(|| name.clone()),
                                 name,
                                 topic_id,
                                 partitions: ps
@@ -1127,6 +1172,13 @@ mod tests {
             )),
             arb_group_response(),
             arb_plugin_description().prop_map(|p| Ok(ResponseBody::Plugin(p))),
+            proptest::collection::vec((any::<u32>(), any::<u64>()), 0..4).prop_map(|r| Ok(
+                ResponseBody::ProducedRouted(
+                    r.into_iter()
+                        .map(|(partition, offset)| RoutedRecord { partition, offset })
+                        .collect()
+                )
+            )),
             proptest::collection::vec(arb_plugin_description(), 0..3)
                 .prop_map(|p| Ok(ResponseBody::Plugins(p))),
             (

@@ -389,7 +389,11 @@ impl<W> Accumulator<W> {
                             std::mem::replace(&mut b.payload, Payload::Encoded(Ok(Bytes::new())));
                         b.payload = match payload {
                             Payload::Unencoded(builder) => {
-                                let stamp = match self.producer.filter(|_| self.config.idempotent) {
+                                // Routed batches are re-encoded by the broker per partition, so
+                                // they carry no producer sequence.
+                                let sequenced = self.config.idempotent
+                                    && tp.partition != sluice_proto::ROUTE_BY_PARTITIONER;
+                                let stamp = match self.producer.filter(|_| sequenced) {
                                     Some(id) => {
                                         let seq = q.next_sequence;
                                         q.next_sequence = advance_sequence(seq, builder.len());

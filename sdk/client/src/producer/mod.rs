@@ -207,21 +207,23 @@ struct Shared {
 
 /// Partition counts per topic. A `std` mutex: no await while it is held.
 #[derive(Debug, Default)]
-struct PartitionCache(Mutex<HashMap<String, (u32, Instant)>>);
+/// Per topic: partition count, whether a partitioner plugin places keyless-and-unpartitioned
+/// records, and when that was looked up.
+struct PartitionCache(Mutex<HashMap<String, (u32, bool, Instant)>>);
 
 impl PartitionCache {
-    fn get(&self, topic: &str, max_age: Duration) -> Option<u32> {
+    fn get(&self, topic: &str, max_age: Duration) -> Option<(u32, bool)> {
         let map = self.0.lock().unwrap();
         map.get(topic)
-            .filter(|(_, at)| at.elapsed() < max_age)
-            .map(|(n, _)| *n)
+            .filter(|(_, _, at)| at.elapsed() < max_age)
+            .map(|(n, routed, _)| (*n, *routed))
     }
 
-    fn put(&self, topic: &str, partitions: u32) {
+    fn put(&self, topic: &str, partitions: u32, routed: bool) {
         self.0
             .lock()
             .unwrap()
-            .insert(topic.to_string(), (partitions, Instant::now()));
+            .insert(topic.to_string(), (partitions, routed, Instant::now()));
     }
 
     fn invalidate(&self, topic: &str) {
@@ -272,13 +274,13 @@ impl Producer {
     /// here for an unknown topic, a partition the topic does not have, or an oversized record.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
         let shared = &self.shared;
-        let partitions = self.partition_count(&record.topic).await?;
+        let (partitions, routed) = self.topic_info(&record.topic).await?;
         if let Some(p) = record.partition
             && p >= partitions
         {
             // The cached count may be stale (partitions added): look again before refusing.
             shared.partitions.invalidate(&record.topic);
-            let fresh = self.partition_count(&record.topic).await?;
+            let (fresh, _) = self.topic_info(&record.topic).await?;
             if p >= fresh {
                 return Err(ClientError::UnknownPartition {
                     topic: record.topic,
@@ -287,8 +289,13 @@ impl Producer {
                 });
             }
         }
-        let partition =
-            accumulator::choose_partition(record.partition, record.key.as_deref(), partitions);
+        // A topic with a partitioner plugin places records the caller did not place itself:
+        // they go to the broker in batches addressed to ROUTE_BY_PARTITIONER.
+        let partition = if routed && record.partition.is_none() {
+            Some(sluice_proto::ROUTE_BY_PARTITIONER)
+        } else {
+            accumulator::choose_partition(record.partition, record.key.as_deref(), partitions)
+        };
         let record_bytes = Record {
             key: record.key,
             value: record.value,
@@ -351,25 +358,27 @@ impl Producer {
         &self.shared.config
     }
 
-    async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+    async fn topic_info(&self, topic: &str) -> Result<(u32, bool), ClientError> {
         let shared = &self.shared;
-        if let Some(n) = shared.partitions.get(topic, shared.config.metadata_max_age) {
-            return Ok(n);
+        if let Some(info) = shared.partitions.get(topic, shared.config.metadata_max_age) {
+            return Ok(info);
         }
         let meta = shared
             .client
             .metadata(Some(vec![topic.to_string()]))
             .await?;
-        let n = meta
+        let (n, routed) = meta
             .topics
             .iter()
             .find(|t| t.name == topic)
-            .map_or(0, |t| t.partitions.len() as u32);
+            .map_or((0, false), |t| {
+                (t.partitions.len() as u32, t.partitioner.is_some())
+            });
         if n == 0 {
             return Err(unknown_topic(topic));
         }
-        shared.partitions.put(topic, n);
-        Ok(n)
+        shared.partitions.put(topic, n, routed);
+        Ok((n, routed))
     }
 }
 
@@ -399,9 +408,16 @@ type Waiter = oneshot::Sender<Delivery>;
 const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
 
 /// What came of one attempt to send a batch: the broker's answer (`None` under `Acks::None`).
+/// What the broker acknowledged: a batch at a base offset, or (for a topic's partitioner)
+/// each record's partition and offset.
+enum Acked {
+    Batch(ProduceResponse),
+    Routed(Vec<sluice_proto::RoutedRecord>),
+}
+
 struct Attempt {
     batch: SealedBatch<Waiter>,
-    result: Result<Option<ProduceResponse>, ClientError>,
+    result: Result<Option<Acked>, ClientError>,
 }
 
 struct FlushWaiter {
@@ -633,7 +649,8 @@ impl Driver {
             let answer = lane.call(request, payload);
             tokio::spawn(async move {
                 let result = match tokio::time::timeout(wait, answer).await {
-                    Ok(Ok(Ok((ResponseBody::Produced(r), _)))) => Ok(Some(r)),
+                    Ok(Ok(Ok((ResponseBody::Produced(r), _)))) => Ok(Some(Acked::Batch(r))),
+                    Ok(Ok(Ok((ResponseBody::ProducedRouted(r), _)))) => Ok(Some(Acked::Routed(r))),
                     Ok(Ok(Ok((other, _)))) => Err(unexpected("Produced", &other)),
                     Ok(Ok(Err(e))) => Err(e),
                     Ok(Err(_)) => Err(ClientError::Closed),
@@ -649,13 +666,21 @@ impl Driver {
             Ok(response) => {
                 self.accumulator.handle_done(&batch.tp, batch.first_seq());
                 self.release(&batch);
-                let base = response.map(|r| r.base_offset);
                 let topic = batch.tp.topic.to_string();
                 for (i, r) in batch.records.into_iter().enumerate() {
+                    let (partition, offset) = match &response {
+                        Some(Acked::Batch(p)) => (batch.tp.partition, p.base_offset + i as u64),
+                        Some(Acked::Routed(placed)) => placed
+                            .get(i)
+                            .map_or((batch.tp.partition, RecordMetadata::UNKNOWN_OFFSET), |p| {
+                                (p.partition, p.offset)
+                            }),
+                        None => (batch.tp.partition, RecordMetadata::UNKNOWN_OFFSET),
+                    };
                     let _ = r.waiter.send(Ok(RecordMetadata {
                         topic: topic.clone(),
-                        partition: batch.tp.partition,
-                        offset: base.map_or(RecordMetadata::UNKNOWN_OFFSET, |b| b + i as u64),
+                        partition,
+                        offset,
                         timestamp: r.timestamp,
                     }));
                 }
