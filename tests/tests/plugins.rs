@@ -365,3 +365,90 @@ async fn partitioner_plugin_routes_records_and_bad_output_is_a_clear_error() {
         );
     }
 }
+
+/// `sluice plugin new` renders a crate that builds into a component the broker runs.
+#[test]
+fn plugin_new_creates_a_buildable_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("broker"), TEST_CONFIG);
+    let crate_dir = dir.path().join("shout");
+    let out = broker.run_cli(
+        &[
+            "plugin",
+            "new",
+            "shout",
+            "--kind",
+            "transform",
+            "--dir",
+            crate_dir.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", describe_output(&out));
+    assert!(crate_dir.join("src/lib.rs").exists() && crate_dir.join(".cargo/config.toml").exists());
+    let out = broker.run_cli(
+        &[
+            "plugin",
+            "new",
+            "shout",
+            "--dir",
+            crate_dir.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(
+        !out.status.success(),
+        "an existing directory is not overwritten"
+    );
+
+    // Build it the way its README says, sharing the wasm plugins' target dir (warm cache).
+    let target = sluice_wasm_plugins::path("identity-map")
+        .ancestors()
+        .nth(3)
+        .expect("<target>/wasm32-wasip2/release/x.wasm")
+        .to_path_buf();
+    let mut cargo =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .current_dir(&crate_dir)
+        .args(["build", "--release"])
+        .env("CARGO_TARGET_DIR", &target);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" || k == "RUSTFLAGS" {
+            cargo.env_remove(&k);
+        }
+    }
+    cargo.env("CARGO_TARGET_DIR", &target);
+    let out = sluice_tests::run_bounded(&mut cargo, b"", Duration::from_secs(600));
+    assert!(
+        out.status.success(),
+        "the new plugin does not build: {}",
+        describe_output(&out)
+    );
+    let wasm = target.join("wasm32-wasip2/release/shout.wasm");
+
+    // Deploy it and run it as a fetch-time map.
+    let out = broker.run_cli(&["plugin", "deploy", "shout", wasm.to_str().unwrap()], b"");
+    assert!(out.status.success(), "{}", describe_output(&out));
+    let out = broker.run_cli(&["topic", "create", "words"], b"");
+    assert!(out.status.success());
+    let out = broker.run_cli(&["produce", "words"], b"hello\n");
+    assert!(out.status.success());
+    let got = ok(
+        &broker,
+        &[
+            "consume",
+            "words",
+            "--from-beginning",
+            "--transform",
+            "shout",
+            "--config",
+            "prefix=>> ",
+            "-n",
+            "1",
+            "--timeout-ms",
+            "5000",
+        ],
+    );
+    assert_eq!(got, ">> hello\n");
+}
