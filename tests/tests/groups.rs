@@ -635,3 +635,63 @@ fn committed_offsets_survive_a_broker_crash_and_lag_and_reset_work() {
     }
     assert!(!ok(&broker, &["group", "list"]).contains("g3"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_subscription_follows_matching_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let client = broker.client().await;
+    let admin = client.admin();
+    admin
+        .create_topic("logs-a", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    admin
+        .create_topic("logs-b", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    admin
+        .create_topic("other", 3, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut consumer = client.consumer(ConsumerConfig {
+        max_wait: Duration::from_millis(50),
+        ..ConsumerConfig::default()
+    });
+    consumer
+        .subscribe_pattern("gp", "logs-*", group_options())
+        .await
+        .unwrap();
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        move |c: &sluice_client::Consumer| {
+            let got = c.assignment();
+            assert!(
+                Instant::now() < deadline,
+                "assignment never reached {n}: {got:?}"
+            );
+            got.len() == n
+        }
+    };
+    let done = wait_for(3);
+    while !done(&consumer) {
+        consumer.poll().await.unwrap();
+    }
+    assert!(
+        consumer
+            .assignment()
+            .iter()
+            .all(|(t, _)| t.starts_with("logs-"))
+    );
+    // A new matching topic is picked up.
+    admin
+        .create_topic("logs-c", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let done = wait_for(4);
+    while !done(&consumer) {
+        consumer.poll().await.unwrap();
+    }
+    assert!(consumer.assignment().contains(&("logs-c".to_string(), 0)));
+    consumer.close().await.unwrap();
+}

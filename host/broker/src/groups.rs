@@ -335,7 +335,16 @@ async fn heartbeat(
                     instance_id: req.instance_id,
                     client_id: req.client_id,
                     member_epoch: req.member_epoch,
-                    subscribed: req.topics.map(|t| t.into_iter().collect()),
+                    subscribed: match &req.topic_pattern {
+                        Some(pattern) => Some(
+                            partitions
+                                .keys()
+                                .filter(|t| glob_match(pattern, t))
+                                .cloned()
+                                .collect(),
+                        ),
+                        None => req.topics.map(|t| t.into_iter().collect()),
+                    },
                     assignor,
                     owned: req.owned.as_deref().map(to_assignment),
                     session_timeout_ms,
@@ -503,10 +512,46 @@ fn describe(broker: &Broker, group: &str) -> Option<GroupDescription> {
     })
 }
 
+/// Matches `name` against a glob: `*` is any run of characters, `?` one character.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Classic two-pointer match with backtracking to the last `*`.
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use sluice_groups::records::{RecordKey, RecordValue};
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("orders-*", "orders-eu"));
+        assert!(glob_match("orders-*", "orders-"));
+        assert!(!glob_match("orders-*", "order"));
+        assert!(glob_match("*-eu", "orders-eu"));
+        assert!(glob_match("o?ders", "orders"));
+        assert!(glob_match("*", "anything"));
+        assert!(!glob_match("a*b*c", "aXbY"));
+        assert!(glob_match("a*b*c", "aXbYc"));
+    }
 
     #[test]
     fn assignments_convert_both_ways() {

@@ -297,15 +297,12 @@ impl Groups {
                 ));
             }
             (0, _) => {
-                let subscribed = req
-                    .subscribed
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| {
-                        GroupError::Invalid(
-                            "a member joining a group must subscribe to at least one topic".into(),
-                        )
-                    })?;
+                // May be empty: a pattern that matches no topic yet.
+                let subscribed = req.subscribed.clone().ok_or_else(|| {
+                    GroupError::Invalid(
+                        "a member joining a group must say what it subscribes to".into(),
+                    )
+                })?;
                 if group.members.is_empty()
                     && let Some(a) = req.assignor
                 {
@@ -372,7 +369,7 @@ impl Groups {
                 if let Some(owned) = &req.owned {
                     m.owned = owned.clone();
                 }
-                if let Some(s) = req.subscribed.clone().filter(|s| !s.is_empty())
+                if let Some(s) = req.subscribed.clone()
                     && s != m.subscribed
                 {
                     m.subscribed = s;

@@ -20,7 +20,7 @@ use sluice_proto::{
 use tracing::debug;
 
 use crate::client::unexpected;
-use crate::group::{self, GroupEvent, GroupOptions, Membership};
+use crate::group::{self, GroupEvent, GroupOptions, Membership, Subscription};
 use crate::producer::unknown_topic;
 use crate::{Client, ClientError};
 
@@ -138,6 +138,38 @@ impl Consumer {
         topics: &[&str],
         options: GroupOptions,
     ) -> Result<(), ClientError> {
+        if group.is_empty() || topics.is_empty() {
+            return Err(ClientError::InvalidConfig(
+                "subscribe needs a group id and at least one topic".into(),
+            ));
+        }
+        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+        self.join(group, Subscription::Topics(topics), options)
+    }
+
+    /// Like [`Consumer::subscribe`], to every topic whose name matches `pattern`, a glob (`*`
+    /// any run of characters, `?` one character): topics created later that match are picked
+    /// up by the coordinator at the next heartbeat.
+    pub async fn subscribe_pattern(
+        &mut self,
+        group: &str,
+        pattern: &str,
+        options: GroupOptions,
+    ) -> Result<(), ClientError> {
+        if group.is_empty() || pattern.is_empty() {
+            return Err(ClientError::InvalidConfig(
+                "subscribe_pattern needs a group id and a pattern".into(),
+            ));
+        }
+        self.join(group, Subscription::Pattern(pattern.to_string()), options)
+    }
+
+    fn join(
+        &mut self,
+        group: &str,
+        subscription: Subscription,
+        options: GroupOptions,
+    ) -> Result<(), ClientError> {
         if self.group.is_some() {
             return Err(ClientError::InvalidConfig(
                 "the consumer is already subscribed to a group".into(),
@@ -148,16 +180,10 @@ impl Consumer {
                 "the consumer has manually assigned partitions; use one consumer per mode".into(),
             ));
         }
-        if group.is_empty() || topics.is_empty() {
-            return Err(ClientError::InvalidConfig(
-                "subscribe needs a group id and at least one topic".into(),
-            ));
-        }
-        let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
         self.group = Some(Membership::start(
             self.client.clone(),
             group.to_string(),
-            topics,
+            subscription,
             options,
         ));
         Ok(())

@@ -64,6 +64,30 @@ pub enum GroupEvent {
 
 pub(crate) type Tp = (String, u32);
 
+/// What a member subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Subscription {
+    Topics(Vec<String>),
+    /// A glob over topic names, resolved by the coordinator as topics come and go.
+    Pattern(String),
+}
+
+impl Subscription {
+    fn topics(&self) -> Option<Vec<String>> {
+        match self {
+            Subscription::Topics(t) => Some(t.clone()),
+            Subscription::Pattern(_) => None,
+        }
+    }
+
+    fn pattern(&self) -> Option<String> {
+        match self {
+            Subscription::Topics(_) => None,
+            Subscription::Pattern(p) => Some(p.clone()),
+        }
+    }
+}
+
 /// What the heartbeat task and `poll` share. A `std` mutex: never held across an await.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
@@ -125,7 +149,7 @@ impl Membership {
     pub(crate) fn start(
         client: Client,
         group: String,
-        topics: Vec<String>,
+        subscription: Subscription,
         options: GroupOptions,
     ) -> Self {
         let shared = Arc::new(Mutex::new(Shared {
@@ -136,7 +160,7 @@ impl Membership {
         let task = tokio::spawn(heartbeat_loop(
             client,
             group.clone(),
-            topics,
+            subscription,
             options.clone(),
             shared.clone(),
             wake.clone(),
@@ -171,6 +195,7 @@ impl Membership {
                 member_epoch::LEAVE
             },
             topics: None,
+            topic_pattern: None,
             assignor: None,
             owned: Some(Vec::new()),
             session_timeout_ms: self.options.session_timeout.as_millis() as u32,
@@ -187,7 +212,7 @@ impl Membership {
 async fn heartbeat_loop(
     client: Client,
     group: String,
-    topics: Vec<String>,
+    subscription: Subscription,
     options: GroupOptions,
     shared: Arc<Mutex<Shared>>,
     wake: Arc<Notify>,
@@ -216,6 +241,7 @@ async fn heartbeat_loop(
                     client_id: client.config().client_id.clone(),
                     member_epoch: member_epoch::LEAVE,
                     topics: None,
+                    topic_pattern: None,
                     assignor: None,
                     owned: Some(Vec::new()),
                     session_timeout_ms: session_ms,
@@ -227,12 +253,22 @@ async fn heartbeat_loop(
                     // Polling again: rejoin.
                     s.left = false;
                     Some(join_request(
-                        &client, &group, &topics, &options, &s, session_ms,
+                        &client,
+                        &group,
+                        &subscription,
+                        &options,
+                        &s,
+                        session_ms,
                     ))
                 }
             } else if s.member_id.is_none() {
                 Some(join_request(
-                    &client, &group, &topics, &options, &s, session_ms,
+                    &client,
+                    &group,
+                    &subscription,
+                    &options,
+                    &s,
+                    session_ms,
                 ))
             } else {
                 Some(GroupHeartbeatRequest {
@@ -241,7 +277,8 @@ async fn heartbeat_loop(
                     instance_id: options.instance_id.clone(),
                     client_id: client.config().client_id.clone(),
                     member_epoch: s.member_epoch.max(1),
-                    topics: Some(topics.clone()),
+                    topics: subscription.topics(),
+                    topic_pattern: subscription.pattern(),
                     assignor: None,
                     owned: Some(to_wire(&s.owned)),
                     session_timeout_ms: session_ms,
@@ -299,7 +336,7 @@ async fn heartbeat_loop(
 fn join_request(
     client: &Client,
     group: &str,
-    topics: &[String],
+    subscription: &Subscription,
     options: &GroupOptions,
     s: &Shared,
     session_ms: u32,
@@ -310,7 +347,8 @@ fn join_request(
         instance_id: options.instance_id.clone(),
         client_id: client.config().client_id.clone(),
         member_epoch: member_epoch::JOIN,
-        topics: Some(topics.to_vec()),
+        topics: subscription.topics(),
+        topic_pattern: subscription.pattern(),
         assignor: options.assignor.clone(),
         owned: Some(to_wire(&s.owned)),
         session_timeout_ms: session_ms,

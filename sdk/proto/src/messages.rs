@@ -320,6 +320,9 @@ pub struct GroupHeartbeatRequest {
     pub member_epoch: i32,
     /// Subscribed topics; `None` keeps the previous subscription.
     pub topics: Option<Vec<String>>,
+    /// Subscribes to every topic whose name matches this glob (`*` any run of characters,
+    /// `?` one character), now and as topics appear; used instead of `topics`.
+    pub topic_pattern: Option<String>,
     /// `range`, `round-robin` or `sticky` (default); the first member's choice holds.
     pub assignor: Option<String>,
     /// Partitions the member still owns (is consuming); `None` when unchanged.
@@ -992,6 +995,7 @@ mod tests {
                             instance_id,
                             client_id: "c".into(),
                             member_epoch,
+                            topic_pattern: topics.as_ref().map(|t| format!("{}*", t.len())),
                             topics,
                             assignor: Some("range".into()),
                             owned,
