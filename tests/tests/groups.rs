@@ -695,3 +695,71 @@ async fn pattern_subscription_follows_matching_topics() {
     assert!(consumer.assignment().contains(&("logs-c".to_string(), 0)));
     consumer.close().await.unwrap();
 }
+
+/// `__consumer_offsets` is kept compact: after many commits its old batches are dropped, and
+/// the group's state still survives a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_topic_is_compacted_and_state_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("busy", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut consumer = client.consumer(ConsumerConfig {
+        max_wait: Duration::from_millis(20),
+        ..ConsumerConfig::default()
+    });
+    consumer
+        .subscribe("compact-me", &["busy"], group_options())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while consumer.assignment().len() < 2 {
+        assert!(Instant::now() < deadline, "never assigned");
+        consumer.poll().await.unwrap();
+    }
+    for i in 0..1_200u64 {
+        consumer
+            .commit_offsets(&[("busy".into(), (i % 2) as u32, i)])
+            .await
+            .unwrap();
+    }
+    // Compaction runs in the background: the offsets partition's log start moves forward.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = client
+            .admin()
+            .describe_topic("__consumer_offsets")
+            .await
+            .unwrap();
+        let (start, end): (u64, u64) = t
+            .partitions
+            .iter()
+            .fold((0, 0), |a, p| (a.0 + p.log_start, a.1 + p.log_end));
+        let kept: u64 = end - start;
+        // 1,200 commits, compacted once past 1,000 batches: what stays is the snapshot and
+        // the commits after it.
+        if start > 0 && kept < 400 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "offsets topic not compacted: {t:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(consumer.committed("busy", 0).await.unwrap(), Some(1_198));
+    assert_eq!(consumer.committed("busy", 1).await.unwrap(), Some(1_199));
+    drop(consumer);
+    broker.kill9();
+    broker.restart();
+    let out = broker.run_cli(&["group", "describe", "compact-me"], b"");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("busy\t0\t1198\t") && text.contains("busy\t1\t1199\t"),
+        "{text}"
+    );
+}

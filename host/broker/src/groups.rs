@@ -68,8 +68,7 @@ fn from_assignment(a: &Assignment) -> Vec<TopicPartitions> {
 
 impl Broker {
     /// The offsets partition holding `group`.
-    fn offsets_partition(&self, group: &str) -> Result<(PartitionId, u32), WireError> {
-        let partition = records::partition_for_group(group, OFFSETS_PARTITIONS);
+    fn offsets_partition(&self, partition: u32) -> Result<(PartitionId, u32), WireError> {
         self.controller.read(|s| {
             let t = s.topic(OFFSETS_TOPIC).ok_or_else(|| {
                 WireError::new(
@@ -113,12 +112,25 @@ impl Broker {
         self: &Arc<Self>,
         group: &str,
         changes: Vec<Change>,
-    ) -> impl Future<Output = Result<(), WireError>> + Send + use<> {
+    ) -> impl Future<Output = Result<Option<u64>, WireError>> + Send + use<> {
+        self.persist_to(
+            records::partition_for_group(group, OFFSETS_PARTITIONS),
+            changes,
+        )
+    }
+
+    /// Queues `changes` as one batch on offsets partition `partition`; the future resolves to
+    /// the batch's base offset once it is durable (`None` when there was nothing to write).
+    fn persist_to(
+        self: &Arc<Self>,
+        partition: u32,
+        changes: Vec<Change>,
+    ) -> impl Future<Output = Result<Option<u64>, WireError>> + Send + use<> {
         let queued = (|| {
             if changes.is_empty() {
                 return Ok(None);
             }
-            let (id, epoch) = self.offsets_partition(group)?;
+            let (id, epoch) = self.offsets_partition(partition)?;
             let mut b = BatchBuilder::new(Compression::None);
             let ts = now_ms();
             for (key, value) in &changes {
@@ -142,11 +154,11 @@ impl Broker {
         let broker = self.clone();
         async move {
             match queued? {
-                None => Ok(()),
+                None => Ok(None),
                 Some((id, append)) => {
                     let appended = append.await.map_err(storage_error)?;
                     broker.advance_high_watermark(id, appended.log_end);
-                    Ok(())
+                    Ok(Some(appended.base_offset))
                 }
             }
         }
@@ -253,8 +265,53 @@ impl GroupCoordinator {
                     tracing::warn!(cause = %e, "could not persist expired members");
                 }
             }
+            for partition in 0..OFFSETS_PARTITIONS {
+                if let Err(e) = compact_if_due(&broker, partition).await {
+                    tracing::warn!(partition, cause = %e, "offsets topic compaction failed");
+                }
+            }
         }
     }
+}
+
+/// An offsets partition is compacted once it holds this many batches (about one per commit).
+pub(crate) const COMPACT_AFTER_BATCHES: u64 = 1_000;
+
+/// Keeps `__consumer_offsets` compact: when a partition has grown past
+/// [`COMPACT_AFTER_BATCHES`], the live state of its groups is written again as one batch and
+/// every batch before it is dropped. A crash between the two only leaves old records in front
+/// of the snapshot, which replay overwrites; a lost deletion is redone next time.
+async fn compact_if_due(broker: &Arc<Broker>, partition: u32) -> Result<(), WireError> {
+    let (id, _) = broker.offsets_partition(partition)?;
+    let Some(state) = broker.store.partition_state(id) else {
+        return Ok(());
+    };
+    if state.batches < COMPACT_AFTER_BATCHES {
+        return Ok(());
+    }
+    let persisted = {
+        let groups = broker.groups.groups.lock().expect("groups lock poisoned");
+        let live =
+            groups.snapshot(|g| records::partition_for_group(g, OFFSETS_PARTITIONS) == partition);
+        broker.persist_to(partition, live)
+    };
+    let keep_from = match persisted.await? {
+        Some(base) => base,
+        // Nothing is live: everything stored so far can go.
+        None => state.log_end,
+    };
+    let out = broker
+        .store
+        .delete_before(id, keep_from)
+        .await
+        .map_err(storage_error)?;
+    tracing::info!(
+        partition,
+        removed_batches = out.removed_batches,
+        log_start = out.log_start,
+        "offsets topic compacted"
+    );
+    Ok(())
 }
 
 /// Handles a consumer group request.

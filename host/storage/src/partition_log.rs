@@ -161,6 +161,21 @@ impl PartitionLog {
     ) -> RetentionPlan {
         let cutoff =
             retention_ms.map(|ms| now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)));
+        self.stage_prefix_removal(|meta, size| {
+            let expired = cutoff.is_some_and(|cutoff| meta.max_timestamp < cutoff);
+            let too_big = retention_bytes.is_some_and(|limit| size > limit);
+            expired || too_big
+        })
+    }
+
+    /// Stages the removal of every batch that ends at or before `offset` (whole batches only):
+    /// what compaction does once the live state has been rewritten after them.
+    pub fn stage_delete_before(&mut self, offset: u64) -> RetentionPlan {
+        self.stage_prefix_removal(|meta, _| meta.next_offset <= offset)
+    }
+
+    /// Removes batches from the front while `remove(batch, bytes still held)` says so.
+    fn stage_prefix_removal(&mut self, remove: impl Fn(&BatchMeta, u64) -> bool) -> RetentionPlan {
         let from = self.staged.log_start;
         let mut plan = RetentionPlan {
             from,
@@ -170,9 +185,7 @@ impl PartitionLog {
         };
         let mut size = self.staged.size_bytes;
         for (_, meta) in self.batches.range(from..self.staged.log_end) {
-            let expired = cutoff.is_some_and(|cutoff| meta.max_timestamp < cutoff);
-            let too_big = retention_bytes.is_some_and(|limit| size > limit);
-            if !(expired || too_big) {
+            if !remove(meta, size) {
                 break;
             }
             size -= u64::from(meta.len);
@@ -290,6 +303,12 @@ mod tests {
             log.stage_append(2, ts, 10);
         }
         log.commit_staged();
+        let mut copy = log.clone();
+        let plan = copy.stage_delete_before(10);
+        assert!(
+            plan.to <= 10,
+            "never removes a batch that ends after the offset"
+        );
         let plan = log.stage_retention(None, Some(25), 0);
         assert_eq!((plan.from, plan.to, plan.removed_batches), (0, 4, 2));
         log.commit_staged();

@@ -147,6 +147,8 @@ enum Command {
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
         now_ms: i64,
+        /// Instead of the limits: remove every batch that ends at or before this offset.
+        delete_before: Option<u64>,
         reply: Reply<RetentionOutcome>,
     },
     MetaAppend {
@@ -455,6 +457,22 @@ impl Store {
             retention_ms,
             retention_bytes,
             now_ms,
+            delete_before: None,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes every whole batch that ends at or before `offset` (compaction: after the live
+    /// records have been written again past it). Like retention, not durable by itself: if a
+    /// crash loses it, it is simply done again.
+    pub async fn delete_before(&self, id: PartitionId, offset: u64) -> Result<RetentionOutcome> {
+        self.submit(|reply| Command::Retention {
+            id,
+            retention_ms: None,
+            retention_bytes: None,
+            now_ms: 0,
+            delete_before: Some(offset),
             reply,
         })
         .await
@@ -1022,13 +1040,17 @@ impl Writer {
                 retention_ms,
                 retention_bytes,
                 now_ms,
+                delete_before,
                 reply,
             } => {
                 let Some(log) = self.lookup(group, id) else {
                     reply.send(Err(StorageError::UnknownPartition(id)));
                     return Ok(());
                 };
-                let plan = lock(&log).stage_retention(retention_ms, retention_bytes, now_ms);
+                let plan = match delete_before {
+                    Some(offset) => lock(&log).stage_delete_before(offset),
+                    None => lock(&log).stage_retention(retention_ms, retention_bytes, now_ms),
+                };
                 if plan.removed_batches > 0 {
                     let removed = (id.topic_id, id.partition, plan.from)
                         ..(id.topic_id, id.partition, plan.to);
