@@ -245,6 +245,28 @@ impl Broker {
         *self.runtime(id).high_watermark.borrow()
     }
 
+    /// Refuses a batch larger than the topic's limit (or the broker's, whichever is smaller).
+    pub(crate) fn check_batch_size(
+        &self,
+        topic: &str,
+        config: &TopicConfig,
+        len: usize,
+    ) -> Result<(), WireError> {
+        let limit = config
+            .max_batch_bytes
+            .unwrap_or(self.config.max_batch_bytes)
+            .min(self.config.max_batch_bytes);
+        if len > limit as usize {
+            return Err(WireError::new(
+                ErrorCode::RecordTooLarge,
+                format!(
+                    "batch of {len} bytes exceeds the limit of {limit} bytes for topic {topic:?}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Waits until the high watermark reaches `target`; false on timeout.
     async fn wait_high_watermark(&self, id: PartitionId, target: u64, timeout: Duration) -> bool {
         let mut hw = self.runtime(id).high_watermark.subscribe();
@@ -273,21 +295,7 @@ fn produce(broker: Arc<Broker>, req: ProduceRequest, raw: Bytes) -> BoxFuture<'s
     let acks = req.acks;
     let prepared = (|| {
         let led = broker.led_partition(&req.topic, req.partition)?;
-        let limit = led
-            .config
-            .max_batch_bytes
-            .unwrap_or(broker.config.max_batch_bytes)
-            .min(broker.config.max_batch_bytes);
-        if raw.len() > limit as usize {
-            return Err(WireError::new(
-                ErrorCode::RecordTooLarge,
-                format!(
-                    "batch of {} bytes exceeds the limit of {limit} bytes for topic {:?}",
-                    raw.len(),
-                    req.topic
-                ),
-            ));
-        }
+        broker.check_batch_size(&req.topic, &led.config, raw.len())?;
         let header = batch::validate(&raw).map_err(|e| {
             WireError::new(
                 ErrorCode::InvalidRecord,

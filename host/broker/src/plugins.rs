@@ -397,20 +397,7 @@ fn route(
             ),
         ));
     };
-    let limit = config
-        .max_batch_bytes
-        .unwrap_or(broker.config.max_batch_bytes)
-        .min(broker.config.max_batch_bytes);
-    if raw.len() > limit as usize {
-        return Err(WireError::new(
-            ErrorCode::RecordTooLarge,
-            format!(
-                "batch of {} bytes exceeds the limit of {limit} bytes for topic {:?}",
-                raw.len(),
-                req.topic
-            ),
-        ));
-    }
+    broker.check_batch_size(&req.topic, &config, raw.len())?;
     let header = sluice_proto::batch::validate(raw).map_err(|e| {
         WireError::new(
             ErrorCode::InvalidRecord,

@@ -5,43 +5,9 @@
 //! partitioner uses, so a key lands on the same partition number in Sluice as in Kafka. The
 //! function is part of the protocol contract: changing it would move keys between partitions.
 
-/// 32-bit MurmurHash2 with Kafka's seed.
-pub fn murmur2(data: &[u8]) -> u32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let len = data.len();
-    let mut h: u32 = SEED ^ (len as u32);
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
-/// The partition a keyed record goes to, out of `partitions` (which must be at least 1).
-pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
-    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
-}
+// One implementation serves the broker, the SDK and plugin guests (which cannot link this
+// crate): the dependency-free plugin ABI crate owns it.
+pub use sluice_plugin_abi::{murmur2, partition_for_key};
 
 #[cfg(test)]
 mod tests {
