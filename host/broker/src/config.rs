@@ -34,6 +34,10 @@ pub struct BrokerConfig {
     pub shutdown_timeout_ms: u64,
     /// Memory the store may use to cache pages.
     pub store_cache_bytes: usize,
+    /// Testing only (fault injection): abort the process, as `kill -9` would, when the n-th
+    /// pipeline step that wrote output has had that output acknowledged and before its
+    /// checkpoint is written — the window that the pipelines' exactly-once replay covers.
+    pub pipeline_fault_abort_before_checkpoint: Option<u64>,
 }
 
 /// TLS material. With neither `cert` nor `key` set, the broker creates a dev CA and a server
@@ -62,6 +66,7 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 5_000,
             shutdown_timeout_ms: 10_000,
             store_cache_bytes: 256 * 1024 * 1024,
+            pipeline_fault_abort_before_checkpoint: None,
         }
     }
 }

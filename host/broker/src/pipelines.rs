@@ -21,6 +21,7 @@
 //! per output partition.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -52,6 +53,8 @@ const READ_BYTES: u32 = 1 << 20;
 pub(crate) struct PipelineRunners {
     /// A `std` mutex: held only to look up, start or stop runners, never across an await.
     running: Mutex<HashMap<String, Running>>,
+    /// Steps that wrote output, for `pipeline_fault_abort_before_checkpoint`.
+    steps_with_output: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -436,6 +439,7 @@ async fn run(
         .map_err(|e| format!("pipeline task failed: {e}"))?;
         chain = chain_back;
         let (step, output) = result?;
+        let wrote_output = !step.batches.is_empty();
         // Queued now, in order; the store keeps that order for each output partition.
         let appends: Vec<_> = step
             .batches
@@ -466,6 +470,18 @@ async fn run(
         }
         if duplicates > 0 {
             tracing::info!(pipeline = %rec.spec.name, partition, duplicates, "replayed output recognised as already written; dropped");
+        }
+        if let Some(n) = broker.config.pipeline_fault_abort_before_checkpoint
+            && wrote_output
+            && broker
+                .pipelines
+                .steps_with_output
+                .fetch_add(1, Ordering::Relaxed)
+                + 1
+                == n
+        {
+            tracing::error!(pipeline = %rec.spec.name, partition, "pipeline_fault_abort_before_checkpoint: aborting (testing only)");
+            std::process::abort();
         }
         cp = step.checkpoint;
         let (b, k, bytes) = (broker.clone(), key.clone(), cp.encode());

@@ -830,4 +830,78 @@ mod tests {
         assert_eq!(live, replayed);
         assert_eq!(replayed.topic("b").unwrap().topic_id, 2);
     }
+
+    fn pipeline(name: &str, from: &str, to: &str, partitions: usize) -> MetadataCommand {
+        MetadataCommand::CreatePipeline(PipelineSpec {
+            name: name.into(),
+            plugins: vec!["f".into()],
+            from: from.into(),
+            to: to.into(),
+            config: vec![],
+            max_call_ms: None,
+            max_memory_bytes: None,
+            start_offsets: vec![0; partitions],
+        })
+    }
+
+    #[test]
+    fn pipelines_get_their_own_producer_ids_and_survive_replay() {
+        let deploy = MetadataCommand::DeployPlugin {
+            name: "f".into(),
+            kind: "transform".into(),
+            hash: "00".into(),
+            size_bytes: 1,
+            deployed_at_ms: 0,
+        };
+        let log = [
+            MetadataCommand::RegisterBroker {
+                node_id: 1,
+                addr: "a:1".into(),
+            },
+            create("in", 3),
+            create("out", 2),
+            MetadataCommand::AllocateProducerId,
+            pipeline("p", "in", "out", 3), // refused: plugin f not deployed yet
+            deploy,
+            pipeline("p", "in", "out", 3),
+            pipeline("p", "in", "out", 3),   // refused: exists
+            pipeline("q", "in", "in", 3),    // refused: writes to its input
+            pipeline("q", "in", "out", 2),   // refused: wrong number of start offsets
+            pipeline("q", "nope", "out", 3), // refused: unknown topic
+            MetadataCommand::SetPipelinePaused {
+                name: "p".into(),
+                paused: true,
+            },
+            MetadataCommand::AllocateProducerId,
+        ];
+        let mut live = MetadataState::new();
+        let refused: Vec<usize> = log
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| live.apply(*i as u64 + 1, c).is_err())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(refused, [4, 7, 8, 9, 10]);
+        let p = live.pipeline("p").unwrap();
+        assert_eq!(
+            p.producer_ids,
+            [1, 2, 3],
+            "after the one id allocated before"
+        );
+        assert!(p.paused);
+        assert_eq!(p.created_index, 7);
+        assert_eq!(live.next_producer_id(), 5);
+        let mut replayed = MetadataState::new();
+        for (i, c) in log.iter().enumerate() {
+            let _ = replayed.apply(i as u64 + 1, &decode_command(&encode_command(c)).unwrap());
+        }
+        assert_eq!(live, replayed);
+        live.apply(20, &MetadataCommand::DeletePipeline { name: "p".into() })
+            .unwrap();
+        assert!(live.pipeline("p").is_none());
+        assert_eq!(
+            live.apply(21, &MetadataCommand::DeletePipeline { name: "p".into() }),
+            Err(MetadataError::UnknownPipeline("p".into()))
+        );
+    }
 }
