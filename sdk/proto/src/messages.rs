@@ -825,7 +825,78 @@ mod tests {
             Just(Request::InitProducerId),
             arb_group_request(),
             arb_plugin_request(),
+            arb_pipeline_request(),
         ]
+    }
+
+    fn arb_pipeline_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (
+                "[a-z-]{1,8}",
+                proptest::collection::vec("[a-z-]{1,6}", 0..3),
+                proptest::collection::vec(("[a-z]{1,4}", "[a-z0-9]{0,4}"), 0..3),
+                any::<bool>(),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>()),
+            )
+                .prop_map(
+                    |(name, plugins, config, latest, max_call_ms, max_memory_bytes)| {
+                        Request::CreatePipeline(CreatePipelineRequest {
+                            name,
+                            plugins,
+                            from: "a".into(),
+                            to: "b".into(),
+                            config,
+                            start: if latest {
+                                PipelineStart::Latest
+                            } else {
+                                PipelineStart::Earliest
+                            },
+                            max_call_ms,
+                            max_memory_bytes,
+                        })
+                    }
+                ),
+            Just(Request::ListPipelines),
+            "[a-z-]{1,8}".prop_map(|name| Request::DescribePipeline { name }),
+            "[a-z-]{1,8}".prop_map(|name| Request::PausePipeline { name }),
+            "[a-z-]{1,8}".prop_map(|name| Request::ResumePipeline { name }),
+            "[a-z-]{1,8}".prop_map(|name| Request::DeletePipeline { name }),
+        ]
+    }
+
+    fn arb_pipeline_description() -> impl Strategy<Value = PipelineDescription> {
+        (
+            "[a-z-]{1,8}",
+            proptest::option::of(".{0,12}"),
+            proptest::collection::vec((any::<[u64; 4]>(), proptest::option::of(".{0,12}")), 0..3),
+        )
+            .prop_map(|(name, error, ps)| PipelineDescription {
+                name,
+                plugins: vec!["p".into(), "q".into()],
+                from: "a".into(),
+                to: "b".into(),
+                config: vec![("k".into(), "v".into())],
+                status: "failed".into(),
+                error,
+                partitions: ps
+                    .into_iter()
+                    .enumerate()
+                    .map(
+                        |(i, ([checkpoint, high_watermark, lag, duplicates_dropped], error))| {
+                            PipelinePartition {
+                                partition: i as u32,
+                                status: "running".into(),
+                                checkpoint,
+                                high_watermark,
+                                lag,
+                                error,
+                                duplicates_dropped,
+                            }
+                        },
+                    )
+                    .collect(),
+            })
     }
 
     fn arb_plugin_request() -> impl Strategy<Value = Request> {
@@ -1176,6 +1247,9 @@ mod tests {
             )),
             arb_group_response(),
             arb_plugin_description().prop_map(|p| Ok(ResponseBody::Plugin(p))),
+            arb_pipeline_description().prop_map(|p| Ok(ResponseBody::Pipeline(Box::new(p)))),
+            proptest::collection::vec(arb_pipeline_description(), 0..3)
+                .prop_map(|p| Ok(ResponseBody::Pipelines(p))),
             proptest::collection::vec((any::<u32>(), any::<u64>()), 0..4).prop_map(|r| Ok(
                 ResponseBody::ProducedRouted(
                     r.into_iter()
