@@ -359,6 +359,16 @@ impl MetadataState {
                         user: format!("topic {:?} (its partitioner)", t.name),
                     });
                 }
+                if let Some(p) = self
+                    .pipelines
+                    .values()
+                    .find(|p| p.spec.plugins.contains(name))
+                {
+                    return Err(MetadataError::PluginInUse {
+                        plugin: name.clone(),
+                        user: format!("pipeline {:?}", p.spec.name),
+                    });
+                }
                 Ok(())
             }
             MetadataCommand::CreatePipeline(spec) => {
@@ -374,6 +384,11 @@ impl MetadataState {
                     return Err(MetadataError::InvalidConfig(
                         "a pipeline cannot write to its own input topic".into(),
                     ));
+                }
+                if let Some(t) = [&spec.from, &spec.to].iter().find(|t| t.starts_with("__")) {
+                    return Err(MetadataError::InvalidConfig(format!(
+                        "{t:?} is an internal topic; pipelines read and write user topics"
+                    )));
                 }
                 if spec.plugins.is_empty() {
                     return Err(MetadataError::InvalidConfig(
@@ -899,6 +914,24 @@ mod tests {
         live.apply(20, &MetadataCommand::DeletePipeline { name: "p".into() })
             .unwrap();
         assert!(live.pipeline("p").is_none());
+        live.apply(22, &pipeline("r", "in", "out", 3)).unwrap();
+        assert!(matches!(
+            live.apply(23, &MetadataCommand::DeletePlugin { name: "f".into() }),
+            Err(MetadataError::PluginInUse { .. })
+        ));
+        live.apply(
+            24,
+            &MetadataCommand::CreateInternalTopic {
+                name: "__x".into(),
+                config: TopicConfig::default(),
+                assignments: vec![vec![1]; 3],
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            live.apply(25, &pipeline("s", "__x", "out", 3)),
+            Err(MetadataError::InvalidConfig(_))
+        ));
         assert_eq!(
             live.apply(21, &MetadataCommand::DeletePipeline { name: "p".into() }),
             Err(MetadataError::UnknownPipeline("p".into()))
