@@ -3,6 +3,9 @@
 //! - `produce`: P producers send N records of S bytes; latency is send → acknowledgement.
 //! - `consume`: fills the topic (untimed), then one consumer reads every record back.
 //! - `e2e`: producers and a consumer run together; latency is send → received by the consumer.
+//! - `pipeline`: the cost of a pipeline (`--plugin`, default `identity-map`, deployed
+//!   beforehand): plain produce, then the same produce into a topic a pipeline runs on, until
+//!   the pipeline has caught up (see `bench_pipeline`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +30,8 @@ pub enum BenchMode {
     Rebalance,
     /// Consumer group: offset commits per second and their latency.
     Commit,
+    /// Throughput of produce with and without a pipeline running on the topic.
+    Pipeline,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +74,9 @@ pub struct BenchArgs {
     /// Rounds of leave-and-rejoin (rebalance).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// A deployed transform plugin (pipeline).
+    #[arg(long, default_value = "identity-map")]
+    pub plugin: String,
 }
 
 pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<std::process::ExitCode> {
@@ -120,6 +128,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<std::process::ExitCode> 
             let args_c = BenchArgs {
                 mode: args.mode,
                 topic: args.topic.clone(),
+                plugin: args.plugin.clone(),
                 ..*args
             };
             let consumer = tokio::spawn(async move {
@@ -131,6 +140,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<std::process::ExitCode> 
         }
         BenchMode::Rebalance => crate::bench_groups::rebalance(cli, args).await?,
         BenchMode::Commit => crate::bench_groups::commits(cli, args).await?,
+        BenchMode::Pipeline => crate::bench_pipeline::run(cli, args, &admin_client).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -140,15 +150,15 @@ async fn list_latest(client: &Client, topic: &str) -> Result<Vec<u64>> {
     Ok(t.partitions.iter().map(|p| p.high_watermark).collect())
 }
 
-struct Report {
-    records: u64,
+pub(crate) struct Report {
+    pub(crate) records: u64,
     bytes: u64,
-    elapsed: Duration,
+    pub(crate) elapsed: Duration,
     latency_us: Option<Histogram<u64>>,
 }
 
 impl Report {
-    fn print(&self, what: &str) {
+    pub(crate) fn print(&self, what: &str) {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         println!(
             "{what}: {} records in {:.2} s: {:.0} records/s, {:.2} MB/s",
@@ -186,7 +196,7 @@ fn progress(label: &'static str, done: Arc<AtomicU64>, total: u64) -> tokio::tas
     })
 }
 
-async fn produce(cli: &Cli, args: &BenchArgs, measure: bool) -> Result<Report> {
+pub(crate) async fn produce(cli: &Cli, args: &BenchArgs, measure: bool) -> Result<Report> {
     produce_with_epoch(cli, args, measure, Instant::now()).await
 }
 

@@ -4,6 +4,7 @@
 mod acks;
 mod bench;
 mod bench_groups;
+mod bench_pipeline;
 mod cli;
 mod client_cmds;
 mod format;
