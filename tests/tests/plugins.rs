@@ -452,3 +452,103 @@ fn plugin_new_creates_a_buildable_plugin() {
     );
     assert_eq!(got, ">> hello\n");
 }
+
+/// The two built-ins the other tests do not run through the broker: regex-mask in a pipeline,
+/// split-lines as a fetch-time flat-map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regex_mask_pipeline_and_split_lines_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let client = broker.client().await;
+    for (name, component) in [("mask", "regex-mask"), ("lines", "split-lines")] {
+        let path = sluice_wasm_plugins::path(component);
+        ok(&broker, &["plugin", "deploy", name, path.to_str().unwrap()]);
+    }
+    ok(&broker, &["topic", "create", "payments"]);
+    ok(&broker, &["topic", "create", "payments-masked"]);
+    ok(
+        &broker,
+        &[
+            "pipeline",
+            "create",
+            "hide-cards",
+            "--plugin",
+            "mask",
+            "--from",
+            "payments",
+            "--to",
+            "payments-masked",
+            "--config",
+            r"pattern=\b(?:\d[ -]?){12}(\d{4})\b",
+            "--config",
+            "replacement=**** **** **** $1",
+        ],
+    );
+    let producer = client.producer(ProducerConfig::default());
+    producer
+        .send_and_wait(ProducerRecord::new(
+            "payments",
+            "card 4111 1111 1111 1234 paid",
+        ))
+        .await
+        .unwrap();
+    producer
+        .send_and_wait(ProducerRecord::new("payments", "no card here"))
+        .await
+        .unwrap();
+    let out = ok(
+        &broker,
+        &[
+            "consume",
+            "payments-masked",
+            "--from-beginning",
+            "-n",
+            "2",
+            "--timeout-ms",
+            "20000",
+        ],
+    );
+    assert_eq!(out, "card **** **** **** 1234 paid\nno card here\n");
+
+    // split-lines at fetch time: one stored record, three delivered, all at its offset.
+    ok(&broker, &["topic", "create", "blobs"]);
+    producer
+        .send_and_wait(ProducerRecord::new("blobs", "first"))
+        .await
+        .unwrap();
+    let m = producer
+        .send_and_wait(ProducerRecord::new("blobs", "a\nb\n\nc\n"))
+        .await
+        .unwrap();
+    let mut consumer = client.consumer(ConsumerConfig {
+        transform: Some(FetchTransform {
+            plugin: "lines".into(),
+            config: vec![],
+        }),
+        ..ConsumerConfig::default()
+    });
+    consumer.assign("blobs", &[0]).await.unwrap();
+    consumer
+        .seek("blobs", 0, SeekTo::Offset(m.offset))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < 3 && Instant::now() < deadline {
+        for r in consumer.poll().await.unwrap() {
+            got.push((
+                r.offset,
+                String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+            ));
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            (m.offset, "a".into()),
+            (m.offset, "b".into()),
+            (m.offset, "c".into())
+        ]
+    );
+    assert_eq!(consumer.position("blobs", 0), Some(m.offset + 1));
+}
