@@ -566,3 +566,18 @@ fn state_store_trait_object_is_usable() {
     let boxed: Box<dyn StateStore> = Box::new(m.clone());
     assert_eq!(MemoryState::copy_of(&*boxed), m);
 }
+
+/// A plugin that tries the file system, the environment, the network and the clock gets
+/// nothing: no preopened directories, no variables or arguments, no sockets, a frozen clock.
+#[test]
+fn sandbox_grants_no_files_env_network_or_clock() {
+    let (rt, _dir) = runtime();
+    let plugin = load(&rt, "hostile-escape");
+    let mut t = transform(&plugin, &[]);
+    let out = t.process(&[rec(None, Some("x"), 0, 0)]).unwrap();
+    assert_eq!(
+        values(&out),
+        vec!["fs=denied file=denied env=0 args=0 net=denied clock=0".to_string()]
+    );
+    assert_runtime_still_serves(&rt);
+}

@@ -27,6 +27,7 @@ pub const HOSTILE: &[&str] = &[
     "hostile-huge-output",
     "hostile-wrong-world",
     "hostile-bad-partition",
+    "hostile-escape",
 ];
 
 /// Path of the component built from the package `name` (e.g. `"json-filter"`,
