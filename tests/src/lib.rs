@@ -205,6 +205,43 @@ impl BrokerProcess {
         c
     }
 
+    /// Runs the CLI with `args`, asserts that it succeeded, and returns its stdout.
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        self.run_ok_in(args, b"")
+    }
+
+    /// [`BrokerProcess::run_ok`] with `stdin` as its input.
+    pub fn run_ok_in(&self, args: &[&str], stdin: &[u8]) -> String {
+        let out = self.run_cli(args, stdin);
+        assert!(
+            out.status.success(),
+            "sluice {args:?} failed: {}",
+            describe_output(&out)
+        );
+        String::from_utf8(out.stdout).expect("CLI output is UTF-8")
+    }
+
+    /// Runs the CLI with `args` and asserts that it failed with `needle` in its stderr.
+    pub fn run_fails(&self, args: &[&str], needle: &str) {
+        self.run_fails_in(args, b"", needle);
+    }
+
+    /// [`BrokerProcess::run_fails`] with `stdin` as its input.
+    pub fn run_fails_in(&self, args: &[&str], stdin: &[u8], needle: &str) {
+        let out = self.run_cli(args, stdin);
+        assert!(
+            !out.status.success(),
+            "sluice {args:?} should fail: {}",
+            describe_output(&out)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(needle),
+            "sluice {args:?}: stderr lacks {needle:?}: {}",
+            describe_output(&out)
+        );
+    }
+
     /// Runs the CLI with `args` and `stdin`, bounded in time.
     pub fn run_cli(&self, args: &[&str], stdin: &[u8]) -> Output {
         run_bounded(self.cli().args(args), stdin, Duration::from_secs(120))

@@ -3,39 +3,13 @@
 use sluice_tests::{BrokerProcess, TEST_CONFIG, describe_output, run_bounded, sluice_bin};
 use std::time::Duration;
 
-fn ok(broker: &BrokerProcess, args: &[&str], stdin: &[u8]) -> String {
-    let out = broker.run_cli(args, stdin);
-    assert!(
-        out.status.success(),
-        "sluice {args:?} failed: {}",
-        describe_output(&out)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(broker: &BrokerProcess, args: &[&str], stdin: &[u8], needle: &str) {
-    let out = broker.run_cli(args, stdin);
-    assert!(
-        !out.status.success(),
-        "sluice {args:?} should fail: {}",
-        describe_output(&out)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(needle),
-        "sluice {args:?}: stderr lacks {needle:?}: {}",
-        describe_output(&out)
-    );
-}
-
 #[test]
 fn cli_contract_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
 
     // Topics.
-    let out = ok(
-        &broker,
+    let out = broker.run_ok_in(
         &[
             "topic",
             "create",
@@ -52,13 +26,13 @@ fn cli_contract_end_to_end() {
         b"",
     );
     assert!(out.contains("events"), "{out}");
-    ok(&broker, &["topic", "create", "logs"], b"");
-    let list = ok(&broker, &["topic", "list"], b"");
+    broker.run_ok_in(&["topic", "create", "logs"], b"");
+    let list = broker.run_ok_in(&["topic", "list"], b"");
     assert!(
         list.contains("events\t3 partition(s)") && list.contains("logs\t1 partition(s)"),
         "{list}"
     );
-    let d = ok(&broker, &["topic", "describe", "events"], b"");
+    let d = broker.run_ok_in(&["topic", "describe", "events"], b"");
     assert!(
         d.contains("retention.ms=86400000") && d.contains("durability=interval:50"),
         "{d}"
@@ -70,21 +44,15 @@ fn cli_contract_end_to_end() {
         3,
         "{d}"
     );
-    let out = ok(
-        &broker,
-        &["topic", "add-partitions", "logs", "--count", "2"],
-        b"",
-    );
+    let out = broker.run_ok_in(&["topic", "add-partitions", "logs", "--count", "2"], b"");
     assert!(out.contains("3 partition(s)"), "{out}");
 
     // Produce with keys; consume with every format directive.
-    ok(
-        &broker,
+    broker.run_ok_in(
         &["produce", "events", "--key-separator", ":", "--acks", "all"],
         b"user1:login\nuser2:logout\nuser1:click\n",
     );
-    let out = ok(
-        &broker,
+    let out = broker.run_ok_in(
         &[
             "consume",
             "events",
@@ -115,8 +83,7 @@ fn cli_contract_end_to_end() {
     assert_eq!(user1[0].split('|').nth(1), user1[1].split('|').nth(1));
 
     // Explicit partition, acks 0 and 1, compression; --offset and --partition.
-    ok(
-        &broker,
+    broker.run_ok_in(
         &[
             "produce",
             "logs",
@@ -129,8 +96,7 @@ fn cli_contract_end_to_end() {
         ],
         b"a\nb\nc\n",
     );
-    ok(
-        &broker,
+    broker.run_ok_in(
         &[
             "produce",
             "logs",
@@ -145,8 +111,7 @@ fn cli_contract_end_to_end() {
     );
     let mut out = String::new();
     for _ in 0..50 {
-        out = ok(
-            &broker,
+        out = broker.run_ok_in(
             &[
                 "consume",
                 "logs",
@@ -170,8 +135,7 @@ fn cli_contract_end_to_end() {
         out, "1:b 2:c 3:d ",
         "acks=0 record never arrived or offsets wrong"
     );
-    let out = ok(
-        &broker,
+    let out = broker.run_ok_in(
         &[
             "consume",
             "logs",
@@ -186,8 +150,7 @@ fn cli_contract_end_to_end() {
     assert_eq!(out, "", "nothing was produced to partition 0");
 
     // --from-time: a time in the future gives nothing, one in the past everything.
-    let out = ok(
-        &broker,
+    let out = broker.run_ok_in(
         &[
             "consume",
             "logs",
@@ -201,8 +164,7 @@ fn cli_contract_end_to_end() {
         b"",
     );
     assert_eq!(out, "a\nb\nc\nd\n");
-    let out = ok(
-        &broker,
+    let out = broker.run_ok_in(
         &[
             "consume",
             "logs",
@@ -218,50 +180,35 @@ fn cli_contract_end_to_end() {
     assert_eq!(out, "");
 
     // Errors: unknown topic, bad flag values, bad times, out-of-range partition, unreachable broker.
-    fails(&broker, &["produce", "nope"], b"x\n", "does not exist");
-    fails(
-        &broker,
+    broker.run_fails_in(&["produce", "nope"], b"x\n", "does not exist");
+    broker.run_fails_in(
         &["consume", "nope", "--timeout-ms", "100"],
         b"",
         "does not exist",
     );
-    fails(
-        &broker,
-        &["produce", "events", "--acks", "2"],
-        b"x\n",
-        "acks",
-    );
-    fails(
-        &broker,
+    broker.run_fails_in(&["produce", "events", "--acks", "2"], b"x\n", "acks");
+    broker.run_fails_in(
         &["produce", "events", "--compression", "gzip"],
         b"x\n",
         "compression",
     );
-    fails(
-        &broker,
+    broker.run_fails_in(
         &["topic", "create", "x", "--durability", "sometimes"],
         b"",
         "durability",
     );
-    fails(
-        &broker,
+    broker.run_fails_in(
         &["consume", "events", "--from-time", "yesterday"],
         b"",
         "RFC 3339",
     );
-    fails(
-        &broker,
+    broker.run_fails_in(
         &["produce", "events", "--partition", "9"],
         b"x\n",
         "no partition 9",
     );
-    fails(
-        &broker,
-        &["topic", "create", "events"],
-        b"",
-        "already exists",
-    );
-    fails(&broker, &["topic", "create", "bad/name"], b"", "topic name");
+    broker.run_fails_in(&["topic", "create", "events"], b"", "already exists");
+    broker.run_fails_in(&["topic", "create", "bad/name"], b"", "topic name");
     let out = run_bounded(
         std::process::Command::new(sluice_bin())
             .args(["--broker", "127.0.0.1:1", "--tls-ca"])
@@ -278,15 +225,10 @@ fn cli_contract_end_to_end() {
     );
 
     // Delete.
-    ok(&broker, &["topic", "delete", "logs"], b"");
-    let list = ok(&broker, &["topic", "list"], b"");
+    broker.run_ok_in(&["topic", "delete", "logs"], b"");
+    let list = broker.run_ok_in(&["topic", "list"], b"");
     assert!(!list.contains("logs"), "{list}");
-    fails(
-        &broker,
-        &["topic", "describe", "logs"],
-        b"",
-        "does not exist",
-    );
+    broker.run_fails_in(&["topic", "describe", "logs"], b"", "does not exist");
 }
 
 #[test]
@@ -294,8 +236,7 @@ fn bench_runs_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
     for mode in ["produce", "consume", "e2e"] {
-        let out = ok(
-            &broker,
+        let out = broker.run_ok_in(
             &[
                 "bench",
                 mode,
@@ -327,8 +268,8 @@ fn bench_runs_and_reports() {
 fn broker_stops_cleanly_on_sigterm_and_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
-    ok(&broker, &["topic", "create", "t"], b"");
-    ok(&broker, &["produce", "t"], b"one\ntwo\n");
+    broker.run_ok_in(&["topic", "create", "t"], b"");
+    broker.run_ok_in(&["produce", "t"], b"one\ntwo\n");
     assert!(
         broker.terminate(),
         "broker did not exit cleanly on SIGTERM:\n{}",
@@ -340,8 +281,7 @@ fn broker_stops_cleanly_on_sigterm_and_keeps_data() {
         broker.log()
     );
     broker.restart();
-    let out = ok(
-        &broker,
+    let out = broker.run_ok_in(
         &[
             "consume",
             "t",

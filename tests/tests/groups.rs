@@ -420,41 +420,29 @@ fn killed_member_partitions_move_and_nothing_is_lost() {
 fn committed_offsets_survive_a_broker_crash_and_lag_and_reset_work() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
-    let ok = |b: &BrokerProcess, args: &[&str]| {
-        let out = b.run_cli(args, b"");
-        assert!(
-            out.status.success(),
-            "sluice {args:?}: {}",
-            describe_output(&out)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    ok(&broker, &["topic", "create", "lagged", "--partitions", "2"]);
+    broker.run_ok(&["topic", "create", "lagged", "--partitions", "2"]);
     let input: String = (0..100).map(|i| format!("{i}\n")).collect();
     let out = broker.run_cli(&["produce", "lagged", "--partition", "0"], input.as_bytes());
     assert!(out.status.success());
     let out = broker.run_cli(&["produce", "lagged", "--partition", "1"], input.as_bytes());
     assert!(out.status.success());
     // Read 30 records as group g3 (commits what it printed), then stop.
-    let read = ok(
-        &broker,
-        &[
-            "consume",
-            "lagged",
-            "--group",
-            "g3",
-            "--reset",
-            "earliest",
-            "-n",
-            "30",
-            "--timeout-ms",
-            "10000",
-            "--format",
-            "%p:%o\\n",
-        ],
-    );
+    let read = broker.run_ok(&[
+        "consume",
+        "lagged",
+        "--group",
+        "g3",
+        "--reset",
+        "earliest",
+        "-n",
+        "30",
+        "--timeout-ms",
+        "10000",
+        "--format",
+        "%p:%o\\n",
+    ]);
     assert_eq!(read.lines().count(), 30);
-    let describe = ok(&broker, &["group", "describe", "g3"]);
+    let describe = broker.run_ok(&["group", "describe", "g3"]);
     let lag_of = |text: &str, p: u32| -> (String, u64, u64) {
         let line = text
             .lines()
@@ -480,28 +468,25 @@ fn committed_offsets_survive_a_broker_crash_and_lag_and_reset_work() {
     // kill -9 the broker; committed offsets and the group survive.
     broker.kill9();
     broker.restart();
-    let again = ok(&broker, &["group", "describe", "g3"]);
+    let again = broker.run_ok(&["group", "describe", "g3"]);
     assert_eq!(lag_of(&again, 0), (c0.clone(), 100, lag0));
     assert_eq!(lag_of(&again, 1), (c1.clone(), 100, lag1));
-    assert!(ok(&broker, &["group", "list"]).contains("g3"));
+    assert!(broker.run_ok(&["group", "list"]).contains("g3"));
     // The group continues where it stopped: the remaining 170 records, none of the first 30.
-    let rest = ok(
-        &broker,
-        &[
-            "consume",
-            "lagged",
-            "--group",
-            "g3",
-            "--reset",
-            "earliest",
-            "-n",
-            "170",
-            "--timeout-ms",
-            "10000",
-            "--format",
-            "%p:%o\\n",
-        ],
-    );
+    let rest = broker.run_ok(&[
+        "consume",
+        "lagged",
+        "--group",
+        "g3",
+        "--reset",
+        "earliest",
+        "-n",
+        "170",
+        "--timeout-ms",
+        "10000",
+        "--format",
+        "%p:%o\\n",
+    ]);
     let first: HashSet<&str> = read.lines().collect();
     assert_eq!(rest.lines().count(), 170);
     assert!(
@@ -510,69 +495,60 @@ fn committed_offsets_survive_a_broker_crash_and_lag_and_reset_work() {
     );
 
     // Reset: to the earliest, to an offset, to the latest.
-    let out = ok(
-        &broker,
-        &[
-            "group",
-            "reset-offsets",
-            "g3",
-            "--topic",
-            "lagged",
-            "--to-earliest",
-        ],
-    );
+    let out = broker.run_ok(&[
+        "group",
+        "reset-offsets",
+        "g3",
+        "--topic",
+        "lagged",
+        "--to-earliest",
+    ]);
     assert!(
         out.contains("lagged\t0\t0") && out.contains("lagged\t1\t0"),
         "{out}"
     );
-    assert_eq!(lag_of(&ok(&broker, &["group", "describe", "g3"]), 0).2, 100);
-    ok(
-        &broker,
-        &[
-            "group",
-            "reset-offsets",
-            "g3",
-            "--topic",
-            "lagged",
-            "--to-offset",
-            "60",
-        ],
+    assert_eq!(
+        lag_of(&broker.run_ok(&["group", "describe", "g3"]), 0).2,
+        100
     );
-    let d = ok(&broker, &["group", "describe", "g3"]);
+    broker.run_ok(&[
+        "group",
+        "reset-offsets",
+        "g3",
+        "--topic",
+        "lagged",
+        "--to-offset",
+        "60",
+    ]);
+    let d = broker.run_ok(&["group", "describe", "g3"]);
     assert_eq!(lag_of(&d, 1), ("60".to_string(), 100, 40));
-    let replay = ok(
-        &broker,
-        &[
-            "consume",
-            "lagged",
-            "--group",
-            "g3",
-            "-n",
-            "80",
-            "--timeout-ms",
-            "10000",
-            "--format",
-            "%p:%o\\n",
-        ],
-    );
+    let replay = broker.run_ok(&[
+        "consume",
+        "lagged",
+        "--group",
+        "g3",
+        "-n",
+        "80",
+        "--timeout-ms",
+        "10000",
+        "--format",
+        "%p:%o\\n",
+    ]);
     assert!(
         replay
             .lines()
             .all(|l| l.split(':').nth(1).unwrap().parse::<u64>().unwrap() >= 60),
         "{replay}"
     );
-    ok(
-        &broker,
-        &[
-            "group",
-            "reset-offsets",
-            "g3",
-            "--topic",
-            "lagged",
-            "--to-latest",
-        ],
-    );
-    assert_eq!(lag_of(&ok(&broker, &["group", "describe", "g3"]), 0).2, 0);
+    broker.run_ok(&[
+        "group",
+        "reset-offsets",
+        "g3",
+        "--topic",
+        "lagged",
+        "--to-latest",
+    ]);
+    assert_eq!(lag_of(&broker.run_ok(&["group", "describe", "g3"]), 0).2, 0);
 
     // Refused while the group has members.
     let mut member = broker
@@ -593,7 +569,7 @@ fn committed_offsets_survive_a_broker_crash_and_lag_and_reset_work() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let d = ok(&broker, &["group", "describe", "g3"]);
+        let d = broker.run_ok(&["group", "describe", "g3"]);
         if d.contains("1 member(s)") {
             break;
         }
@@ -633,7 +609,7 @@ fn committed_offsets_survive_a_broker_crash_and_lag_and_reset_work() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(!ok(&broker, &["group", "list"]).contains("g3"));
+    assert!(!broker.run_ok(&["group", "list"]).contains("g3"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,59 +8,32 @@ use sluice_client::{ConsumerConfig, FetchTransform, ProducerConfig, ProducerReco
 use sluice_proto::{ErrorCode, Request, TopicConfig};
 use sluice_tests::{BrokerProcess, TEST_CONFIG, describe_output};
 
-fn ok(b: &BrokerProcess, args: &[&str]) -> String {
-    let out = b.run_cli(args, b"");
-    assert!(
-        out.status.success(),
-        "sluice {args:?}: {}",
-        describe_output(&out)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(b: &BrokerProcess, args: &[&str], needle: &str) {
-    let out = b.run_cli(args, b"");
-    assert!(
-        !out.status.success(),
-        "sluice {args:?} should fail: {}",
-        describe_output(&out)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(needle),
-        "sluice {args:?}: stderr lacks {needle:?}: {}",
-        describe_output(&out)
-    );
-}
-
 #[test]
 fn deploy_validates_versions_and_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
     let filter = sluice_wasm_plugins::path("json-filter");
     let filter = filter.to_str().unwrap();
-    let out = ok(&broker, &["plugin", "deploy", "only-red", filter]);
+    let out = broker.run_ok(&["plugin", "deploy", "only-red", filter]);
     assert!(
         out.contains("deployed plugin only-red (transform) version 1"),
         "{out}"
     );
-    let out = ok(&broker, &["plugin", "deploy", "only-red", filter]);
+    let out = broker.run_ok(&["plugin", "deploy", "only-red", filter]);
     assert!(out.contains("version 2"), "{out}");
-    let d = ok(&broker, &["plugin", "describe", "only-red"]);
+    let d = broker.run_ok(&["plugin", "describe", "only-red"]);
     assert!(d.contains("2 version(s)"), "{d}");
 
     // Not a component; not even wasm.
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"\0asm this is not a component").unwrap();
-    fails(
-        &broker,
+    broker.run_fails(
         &["plugin", "deploy", "junk", junk.to_str().unwrap()],
         "invalid plugin",
     );
     // A new version must implement the same world.
     let partitioner = sluice_wasm_plugins::path("json-partitioner");
-    fails(
-        &broker,
+    broker.run_fails(
         &[
             "plugin",
             "deploy",
@@ -69,41 +42,38 @@ fn deploy_validates_versions_and_survives_restart() {
         ],
         "must be one too",
     );
-    fails(&broker, &["plugin", "describe", "nope"], "not deployed");
+    broker.run_fails(&["plugin", "describe", "nope"], "not deployed");
 
     // kill -9 and restart: the plugin is still there and still runs.
     broker.kill9();
     broker.restart();
-    let list = ok(&broker, &["plugin", "list"]);
+    let list = broker.run_ok(&["plugin", "list"]);
     assert!(list.contains("only-red\ttransform\tversion 2"), "{list}");
     assert!(!list.contains("junk"), "{list}");
-    ok(&broker, &["topic", "create", "colors"]);
+    broker.run_ok(&["topic", "create", "colors"]);
     let out = broker.run_cli(
         &["produce", "colors"],
         b"{\"c\":\"red\"}\n{\"c\":\"blue\"}\n",
     );
     assert!(out.status.success());
-    let red = ok(
-        &broker,
-        &[
-            "consume",
-            "colors",
-            "--from-beginning",
-            "--transform",
-            "only-red",
-            "--config",
-            "field=c",
-            "--config",
-            "op=eq",
-            "--config",
-            "value=red",
-            "--timeout-ms",
-            "2000",
-        ],
-    );
+    let red = broker.run_ok(&[
+        "consume",
+        "colors",
+        "--from-beginning",
+        "--transform",
+        "only-red",
+        "--config",
+        "field=c",
+        "--config",
+        "op=eq",
+        "--config",
+        "value=red",
+        "--timeout-ms",
+        "2000",
+    ]);
     assert_eq!(red, "{\"c\":\"red\"}\n");
-    ok(&broker, &["plugin", "delete", "only-red"]);
-    assert!(!ok(&broker, &["plugin", "list"]).contains("only-red"));
+    broker.run_ok(&["plugin", "delete", "only-red"]);
+    assert!(!broker.run_ok(&["plugin", "list"]).contains("only-red"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,22 +404,19 @@ fn plugin_new_creates_a_buildable_plugin() {
     assert!(out.status.success());
     let out = broker.run_cli(&["produce", "words"], b"hello\n");
     assert!(out.status.success());
-    let got = ok(
-        &broker,
-        &[
-            "consume",
-            "words",
-            "--from-beginning",
-            "--transform",
-            "shout",
-            "--config",
-            "prefix=>> ",
-            "-n",
-            "1",
-            "--timeout-ms",
-            "5000",
-        ],
-    );
+    let got = broker.run_ok(&[
+        "consume",
+        "words",
+        "--from-beginning",
+        "--transform",
+        "shout",
+        "--config",
+        "prefix=>> ",
+        "-n",
+        "1",
+        "--timeout-ms",
+        "5000",
+    ]);
     assert_eq!(got, ">> hello\n");
 }
 
@@ -462,28 +429,25 @@ async fn regex_mask_pipeline_and_split_lines_fetch() {
     let client = broker.client().await;
     for (name, component) in [("mask", "regex-mask"), ("lines", "split-lines")] {
         let path = sluice_wasm_plugins::path(component);
-        ok(&broker, &["plugin", "deploy", name, path.to_str().unwrap()]);
+        broker.run_ok(&["plugin", "deploy", name, path.to_str().unwrap()]);
     }
-    ok(&broker, &["topic", "create", "payments"]);
-    ok(&broker, &["topic", "create", "payments-masked"]);
-    ok(
-        &broker,
-        &[
-            "pipeline",
-            "create",
-            "hide-cards",
-            "--plugin",
-            "mask",
-            "--from",
-            "payments",
-            "--to",
-            "payments-masked",
-            "--config",
-            r"pattern=\b(?:\d[ -]?){12}(\d{4})\b",
-            "--config",
-            "replacement=**** **** **** $1",
-        ],
-    );
+    broker.run_ok(&["topic", "create", "payments"]);
+    broker.run_ok(&["topic", "create", "payments-masked"]);
+    broker.run_ok(&[
+        "pipeline",
+        "create",
+        "hide-cards",
+        "--plugin",
+        "mask",
+        "--from",
+        "payments",
+        "--to",
+        "payments-masked",
+        "--config",
+        r"pattern=\b(?:\d[ -]?){12}(\d{4})\b",
+        "--config",
+        "replacement=**** **** **** $1",
+    ]);
     let producer = client.producer(ProducerConfig::default());
     producer
         .send_and_wait(ProducerRecord::new(
@@ -496,22 +460,19 @@ async fn regex_mask_pipeline_and_split_lines_fetch() {
         .send_and_wait(ProducerRecord::new("payments", "no card here"))
         .await
         .unwrap();
-    let out = ok(
-        &broker,
-        &[
-            "consume",
-            "payments-masked",
-            "--from-beginning",
-            "-n",
-            "2",
-            "--timeout-ms",
-            "20000",
-        ],
-    );
+    let out = broker.run_ok(&[
+        "consume",
+        "payments-masked",
+        "--from-beginning",
+        "-n",
+        "2",
+        "--timeout-ms",
+        "20000",
+    ]);
     assert_eq!(out, "card **** **** **** 1234 paid\nno card here\n");
 
     // split-lines at fetch time: one stored record, three delivered, all at its offset.
-    ok(&broker, &["topic", "create", "blobs"]);
+    broker.run_ok(&["topic", "create", "blobs"]);
     producer
         .send_and_wait(ProducerRecord::new("blobs", "first"))
         .await
