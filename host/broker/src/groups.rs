@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_groups::records::{self, OFFSETS_TOPIC};
-use sluice_groups::{Assignment, Change, GroupError, Groups, HeartbeatRequest};
+use sluice_groups::{Change, GroupError, Groups, HeartbeatRequest};
 use sluice_metadata::MetadataCommand;
 use sluice_proto::batch::{BatchHeader, decode_records, split_batches};
 use sluice_proto::{
@@ -44,26 +44,6 @@ fn group_error(e: GroupError) -> WireError {
         GroupError::Invalid(_) => ErrorCode::InvalidRequest,
     };
     WireError::new(code, e.to_string())
-}
-
-fn to_assignment(tps: &[TopicPartitions]) -> Assignment {
-    tps.iter()
-        .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.clone(), *p)))
-        .collect()
-}
-
-fn from_assignment(a: &Assignment) -> Vec<TopicPartitions> {
-    let mut out: Vec<TopicPartitions> = Vec::new();
-    for (t, p) in a {
-        match out.last_mut() {
-            Some(last) if &last.topic == t => last.partitions.push(*p),
-            _ => out.push(TopicPartitions {
-                topic: t.clone(),
-                partitions: vec![*p],
-            }),
-        }
-    }
-    out
 }
 
 impl Broker {
@@ -403,7 +383,10 @@ async fn heartbeat(
                         None => req.topics.map(|t| t.into_iter().collect()),
                     },
                     assignor,
-                    owned: req.owned.as_deref().map(to_assignment),
+                    owned: req
+                        .owned
+                        .as_deref()
+                        .map(|o| TopicPartitions::pairs(o).collect()),
                     session_timeout_ms,
                 },
                 &partitions,
@@ -416,7 +399,7 @@ async fn heartbeat(
         member_id: reply.member_id,
         member_epoch: reply.member_epoch,
         heartbeat_interval_ms: (session_timeout_ms / 4).clamp(100, 1_000),
-        assignment: from_assignment(&reply.assignment),
+        assignment: TopicPartitions::group(&reply.assignment),
     }))
 }
 
@@ -562,7 +545,7 @@ fn describe(broker: &Broker, group: &str) -> Option<GroupDescription> {
                 instance_id: m.instance_id,
                 client_id: m.client_id,
                 member_epoch: m.member_epoch,
-                assignment: from_assignment(&m.assigned),
+                assignment: TopicPartitions::group(&m.assigned),
             })
             .collect(),
         partitions,
@@ -608,21 +591,6 @@ mod tests {
         assert!(glob_match("*", "anything"));
         assert!(!glob_match("a*b*c", "aXbY"));
         assert!(glob_match("a*b*c", "aXbYc"));
-    }
-
-    #[test]
-    fn assignments_convert_both_ways() {
-        let a: Assignment = [
-            ("a".to_string(), 1),
-            ("a".to_string(), 0),
-            ("b".to_string(), 3),
-        ]
-        .into_iter()
-        .collect();
-        let tps = from_assignment(&a);
-        assert_eq!(tps.len(), 2);
-        assert_eq!(tps[0].partitions, vec![0, 1]);
-        assert_eq!(to_assignment(&tps), a);
     }
 
     #[test]

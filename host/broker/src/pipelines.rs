@@ -200,7 +200,7 @@ fn route(
     Ok(out)
 }
 
-fn to_plugin_record(r: sluice_proto::StoredRecord, partition: u32) -> PluginRecord {
+pub(crate) fn to_plugin_record(r: sluice_proto::StoredRecord, partition: u32) -> PluginRecord {
     PluginRecord {
         key: r.key.map(|b| b.to_vec()),
         value: r.value.map(|b| b.to_vec()),

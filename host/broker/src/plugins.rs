@@ -266,18 +266,7 @@ fn transform_fetched(
                     continue;
                 }
                 entry.next_offset = r.offset + 1;
-                input.push(AbiRecord {
-                    key: r.key.map(|k| k.to_vec()),
-                    value: r.value.map(|v| v.to_vec()),
-                    headers: r
-                        .headers
-                        .into_iter()
-                        .map(|h| (h.key, h.value.map(|v| v.to_vec())))
-                        .collect(),
-                    timestamp: r.timestamp,
-                    partition: fp.partition,
-                    offset: r.offset,
-                });
+                input.push(crate::pipelines::to_plugin_record(r, fp.partition));
             }
         }
         if !input.is_empty() {

@@ -125,26 +125,6 @@ pub(crate) fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     s.lock().expect("group state lock poisoned")
 }
 
-fn to_wire(set: &BTreeSet<Tp>) -> Vec<TopicPartitions> {
-    let mut out: Vec<TopicPartitions> = Vec::new();
-    for (t, p) in set {
-        match out.last_mut() {
-            Some(last) if &last.topic == t => last.partitions.push(*p),
-            _ => out.push(TopicPartitions {
-                topic: t.clone(),
-                partitions: vec![*p],
-            }),
-        }
-    }
-    out
-}
-
-fn from_wire(tps: &[TopicPartitions]) -> BTreeSet<Tp> {
-    tps.iter()
-        .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.clone(), *p)))
-        .collect()
-}
-
 impl Membership {
     pub(crate) fn start(
         client: Client,
@@ -280,7 +260,7 @@ async fn heartbeat_loop(
                     topics: subscription.topics(),
                     topic_pattern: subscription.pattern(),
                     assignor: None,
-                    owned: Some(to_wire(&s.owned)),
+                    owned: Some(TopicPartitions::group(&s.owned)),
                     session_timeout_ms: session_ms,
                 })
             }
@@ -297,7 +277,7 @@ async fn heartbeat_loop(
                     if !s.left {
                         s.member_id = Some(resp.member_id);
                         s.member_epoch = resp.member_epoch;
-                        s.target = Some(from_wire(&resp.assignment));
+                        s.target = Some(TopicPartitions::pairs(&resp.assignment).collect());
                     }
                 }
                 Ok((ResponseBody::GroupHeartbeat(_), _)) => {}
@@ -350,7 +330,7 @@ fn join_request(
         topics: subscription.topics(),
         topic_pattern: subscription.pattern(),
         assignor: options.assignor.clone(),
-        owned: Some(to_wire(&s.owned)),
+        owned: Some(TopicPartitions::group(&s.owned)),
         session_timeout_ms: session_ms,
     }
 }

@@ -670,6 +670,11 @@ mod tests {
             -1_486_304_829
         );
         assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58_897_971
+        );
+        assert_eq!(murmur2(b"abc") as i32, 479_470_107);
+        assert_eq!(
             partition_for_key(b"foobar", 0),
             partition_for_key(b"foobar", 1)
         );

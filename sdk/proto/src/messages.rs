@@ -298,6 +298,29 @@ pub struct TopicPartitions {
     pub partitions: Vec<u32>,
 }
 
+impl TopicPartitions {
+    /// Groups `(topic, partition)` pairs, sorted by topic, into one entry per topic.
+    pub fn group<'a>(pairs: impl IntoIterator<Item = &'a (String, u32)>) -> Vec<TopicPartitions> {
+        let mut out: Vec<TopicPartitions> = Vec::new();
+        for (t, p) in pairs {
+            match out.last_mut() {
+                Some(last) if &last.topic == t => last.partitions.push(*p),
+                _ => out.push(TopicPartitions {
+                    topic: t.clone(),
+                    partitions: vec![*p],
+                }),
+            }
+        }
+        out
+    }
+
+    /// The `(topic, partition)` pairs of a list, the inverse of [`TopicPartitions::group`].
+    pub fn pairs(list: &[TopicPartitions]) -> impl Iterator<Item = (String, u32)> + '_ {
+        list.iter()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.clone(), *p)))
+    }
+}
+
 /// `member_epoch` values with a meaning of their own in [`GroupHeartbeatRequest`].
 pub mod member_epoch {
     /// Join the group.
@@ -1306,6 +1329,24 @@ mod tests {
             let _ = decode_body::<Request>(Bytes::from(data.clone()));
             let _ = decode_body::<Response>(Bytes::from(data));
         }
+    }
+
+    #[test]
+    fn topic_partitions_group_and_flatten() {
+        let pairs: std::collections::BTreeSet<(String, u32)> = [
+            ("a".to_string(), 1),
+            ("a".to_string(), 0),
+            ("b".to_string(), 3),
+        ]
+        .into_iter()
+        .collect();
+        let grouped = TopicPartitions::group(&pairs);
+        assert_eq!(grouped.len(), 2);
+        assert_eq!(grouped[0].partitions, vec![0, 1]);
+        assert_eq!(
+            TopicPartitions::pairs(&grouped).collect::<std::collections::BTreeSet<_>>(),
+            pairs
+        );
     }
 
     #[test]
