@@ -600,6 +600,30 @@ impl Groups {
         Ok(changes)
     }
 
+    /// Forgets every committed offset of the topics `gone` selects, in every group: a
+    /// deleted topic's offsets must not carry over to a topic created again under its name
+    /// (Kafka drops them too). Returns the tombstones to persist.
+    pub fn drop_offsets(&mut self, gone: impl Fn(&str) -> bool) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (name, g) in &mut self.groups {
+            g.offsets.retain(|(topic, partition), _| {
+                if !gone(topic) {
+                    return true;
+                }
+                changes.push((
+                    RecordKey::Offset {
+                        group: name.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                    },
+                    None,
+                ));
+                false
+            });
+        }
+        changes
+    }
+
     /// Every live record of the groups `keep` selects — what compaction writes again so the
     /// records before it can be dropped. Replaying it alone rebuilds the same state.
     pub fn snapshot(&self, keep: impl Fn(&str) -> bool) -> Vec<Change> {
@@ -944,5 +968,48 @@ mod tests {
         assert_eq!(back.member_id, r.member_id);
         assert_eq!(back.assignment, r.assignment);
         assert_eq!(g.describe("g").unwrap().epoch, epoch, "no rebalance");
+    }
+    #[test]
+    fn offsets_of_deleted_topics_are_dropped_durably() {
+        let now = Instant::now();
+        let mut g = Groups::new();
+        let mut log: Vec<Change> = Vec::new();
+        for group in ["g", "h"] {
+            log.extend(
+                g.commit(
+                    group,
+                    None,
+                    &[("t".into(), 0, 50), ("t".into(), 1, 7), ("u".into(), 0, 3)],
+                    1,
+                )
+                .unwrap(),
+            );
+        }
+        let dropped = g.drop_offsets(|topic| topic == "t");
+        assert_eq!(dropped.len(), 4, "two partitions of t in two groups");
+        assert!(
+            dropped.iter().all(|(k, v)| v.is_none()
+                && matches!(k, RecordKey::Offset { topic, .. } if topic == "t"))
+        );
+        for group in ["g", "h"] {
+            assert_eq!(
+                g.committed(group).into_iter().collect::<Vec<_>>(),
+                [(("u".to_string(), 0), 3)],
+                "only u's offset is left in {group}"
+            );
+        }
+        assert!(
+            g.drop_offsets(|topic| topic == "t").is_empty(),
+            "nothing left"
+        );
+        // The tombstones replay: state rebuilt from the whole log agrees.
+        log.extend(dropped);
+        let mut replayed = Groups::new();
+        for (k, v) in log {
+            replayed.apply_record(now, k, v);
+        }
+        assert_eq!(replayed.committed("g"), g.committed("g"));
+        assert_eq!(replayed.committed("h"), g.committed("h"));
+        assert_eq!(replayed.names(), ["g", "h"], "the groups themselves stay");
     }
 }
