@@ -1,4 +1,7 @@
-//! The one error type of the storage API.
+//! The one error type of the storage API, and how a redb error is told apart: a full disk,
+//! another I/O error, or something else.
+
+use std::io;
 
 use crate::PartitionId;
 
@@ -7,7 +10,9 @@ use crate::PartitionId;
 /// `UnknownPartition`, `OffsetOutOfRange`, `InvalidBatch`, `OutOfOrderSequence` and
 /// `ProducerFenced` are about the request: the store is
 /// fine and the caller should answer its client. `Corrupt` means a stored batch failed its checks
-/// (it is never served). `Failed`, `Closed` and `Redb` mean the store itself cannot serve.
+/// (it is never served). `DiskFull`, `Failed`, `Closed` and `Redb` mean the store itself cannot
+/// serve; after `DiskFull` (and after `Failed` for an I/O error) writes resume by themselves once
+/// the store could reopen its file, so a later retry can succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The partition was never created, or its topic was deleted.
@@ -55,9 +60,23 @@ pub enum StorageError {
         epoch: i16,
         current_epoch: i16,
     },
-    /// An earlier commit or write failed (I/O error, full disk, ...). The store refuses every
-    /// further write rather than guess what reached the disk; reopen it to recover.
-    #[error("the store failed earlier and refuses writes until it is reopened: {0}")]
+    /// The disk holding the store is full (`ENOSPC`): this write, or the one that failed before
+    /// it, was not stored. While the disk stays full every write is refused with this error and
+    /// reads keep working; once space is freed the writer reopens the store by itself (see
+    /// `StoreOptions::reopen_interval`) and writes resume.
+    #[error(
+        "disk full: {cause} writing {location}; writes resume by themselves once space is freed"
+    )]
+    DiskFull {
+        /// The store's file, e.g. `/var/lib/sluice/sluice.redb`.
+        location: String,
+        /// The operating system's words, e.g. "No space left on device (os error 28)".
+        cause: String,
+    },
+    /// A commit or write failed for another reason than a full disk. The store refuses every
+    /// further write rather than guess what reached the disk; the message says whether it
+    /// reopens itself (after an I/O error) or must be reopened by hand.
+    #[error("the store refuses writes: {0}")]
     Failed(String),
     /// The store was shut down.
     #[error("the store is shut down")]
@@ -88,3 +107,64 @@ from_redb!(
     redb::CommitError,
     redb::SetDurabilityError
 );
+
+/// The `ENOSPC` ("No space left on device") error inside a redb error, if that is its cause.
+pub(crate) fn disk_full(err: &redb::Error) -> Option<&io::Error> {
+    match err {
+        redb::Error::Io(io) => full_io(io),
+        redb::Error::Backend(inner) => {
+            let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**inner);
+            while let Some(e) = next {
+                if let Some(found) = e.downcast_ref::<io::Error>().and_then(full_io) {
+                    return Some(found);
+                }
+                next = e.source();
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Whether the redb error came from the file (an I/O error now or earlier), so that reopening
+/// the file can end it.
+pub(crate) fn is_io(err: &redb::Error) -> bool {
+    matches!(
+        err,
+        redb::Error::Io(_) | redb::Error::Backend(_) | redb::Error::PreviousIo
+    )
+}
+
+/// `err` if it says the disk is full: by its kind, by its raw OS code, or by an `io::Error`
+/// wrapped inside it (as `io::Error::other` does).
+pub(crate) fn full_io(err: &io::Error) -> Option<&io::Error> {
+    // ENOSPC is 28 on Linux and the BSDs; other systems map their code to the kind.
+    if err.kind() == io::ErrorKind::StorageFull || (cfg!(unix) && err.raw_os_error() == Some(28)) {
+        return Some(err);
+    }
+    err.get_ref()
+        .and_then(|inner| inner.downcast_ref::<io::Error>())
+        .and_then(full_io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enospc_is_recognised_by_kind_code_and_wrapping() {
+        let by_code = redb::Error::Io(io::Error::from_raw_os_error(28));
+        assert!(disk_full(&by_code).is_some());
+        let by_kind = redb::Error::Io(io::Error::from(io::ErrorKind::StorageFull));
+        assert!(disk_full(&by_kind).is_some());
+        let wrapped = redb::Error::Io(io::Error::other(io::Error::from_raw_os_error(28)));
+        assert!(disk_full(&wrapped).is_some());
+        let boxed = redb::Error::Backend(Box::new(io::Error::from_raw_os_error(28)));
+        assert!(disk_full(&boxed).is_some());
+        let other = redb::Error::Io(io::Error::other("injected I/O error"));
+        assert!(disk_full(&other).is_none());
+        assert!(is_io(&other));
+        assert!(disk_full(&redb::Error::PreviousIo).is_none());
+        assert!(!is_io(&redb::Error::Corrupted("x".into())));
+    }
+}

@@ -19,16 +19,24 @@
 //! The offset logic is a pure state machine, [`PartitionLog`]; the redb and threading driver is
 //! in `store`. The on-disk format, durability modes and failure behaviour are described in
 //! `docs/storage.md`.
+//!
+//! **Failures**: after a failed write transaction the store refuses writes at once
+//! ([`StorageError::DiskFull`] when the disk is full) while reads keep working. After an I/O
+//! error the writer reopens the file by itself once a [`StoreFile::probe`] succeeds, rebuilding
+//! its in-memory state from what reached the file, and writes resume.
 
 mod error;
+mod file;
 pub mod partition_log;
 pub mod producer_state;
 mod store;
 mod tables;
 
 use std::fmt;
+use std::time::Duration;
 
 pub use error::StorageError;
+pub use file::StoreFile;
 pub use partition_log::{BatchMeta, PartitionLog, RetentionPlan};
 pub use producer_state::{ProducerStamp, ProducerState, SequenceCheck};
 pub use store::Store;
@@ -69,7 +77,7 @@ pub struct PartitionState {
     pub batches: u64,
 }
 
-/// Limits on how much the writer puts into one write transaction.
+/// Limits on how much the writer puts into one write transaction, and how it recovers.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Most commands (appends and others) in one group commit. Default 4096.
@@ -78,6 +86,9 @@ pub struct StoreOptions {
     pub max_group_bytes: usize,
     /// Memory redb may use to cache pages. Default 256 MiB; small edge nodes set less.
     pub cache_bytes: usize,
+    /// After an I/O error (a full disk, ...) the writer tries this often to reopen the file and
+    /// resume writes. Default 1 s.
+    pub reopen_interval: Duration,
 }
 
 impl Default for StoreOptions {
@@ -86,6 +97,7 @@ impl Default for StoreOptions {
             max_group_batches: 4096,
             max_group_bytes: 32 * 1024 * 1024,
             cache_bytes: 256 * 1024 * 1024,
+            reopen_interval: Duration::from_millis(1000),
         }
     }
 }

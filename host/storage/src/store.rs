@@ -15,15 +15,17 @@ use redb::{
 };
 use sluice_proto::batch::{self, BatchHeader};
 use tokio::sync::oneshot;
-use tracing::{debug, error, info, trace};
+use tracing::{debug, error, info, trace, warn};
 
+use crate::error;
+use crate::file::{PathFile, Reopen};
 use crate::partition_log::PartitionLog;
 use crate::producer_state::{ProducerStamp, ProducerState, SequenceCheck};
 use crate::tables::{
     self, BATCH_INDEX, BATCHES, BatchKey, IndexRow, META_KV, META_LOG, PARTITIONS,
 };
 use crate::{
-    Appended, PartitionId, PartitionState, ReadBatches, RetentionOutcome, StorageError,
+    Appended, PartitionId, PartitionState, ReadBatches, RetentionOutcome, StorageError, StoreFile,
     StoreOptions,
 };
 
@@ -54,8 +56,10 @@ struct Shared {
     db: RwLock<Option<Database>>,
     /// Committed view of every partition.
     partitions: RwLock<HashMap<PartitionId, SharedLog>>,
-    /// Set once a commit or write failed; the reason.
-    failure: Mutex<Option<String>>,
+    /// Set while writes are refused: why.
+    failure: Mutex<Option<Failure>>,
+    /// The store's file, as errors name it.
+    location: String,
     closed: AtomicBool,
     commits: AtomicU64,
     options: StoreOptions,
@@ -73,10 +77,105 @@ impl fmt::Debug for Store {
     }
 }
 
+/// Why the store refuses writes.
+#[derive(Debug, Clone)]
+enum Failure {
+    /// The disk is full (the operating system's words). The writer reopens the file once there
+    /// is room again.
+    DiskFull(String),
+    /// Another I/O error. The writer reopens the file once its probe passes; what reached the
+    /// file is then the truth, as after a crash.
+    Io(String),
+    /// Not an I/O error (redb found corruption, ...): reopening by itself is not known to cure
+    /// it, so writes stay refused until the store is reopened by hand.
+    Fatal(String),
+}
+
+impl Failure {
+    /// Why a write transaction failed.
+    fn of(err: &redb::Error) -> Failure {
+        if let Some(io) = error::disk_full(err) {
+            Failure::DiskFull(io.to_string())
+        } else if error::is_io(err) {
+            Failure::Io(err.to_string())
+        } else {
+            Failure::Fatal(err.to_string())
+        }
+    }
+
+    /// Whether the writer tries to reopen the file to end it.
+    fn reopens(&self) -> bool {
+        !matches!(self, Failure::Fatal(_))
+    }
+
+    /// The error a refused write gets.
+    fn error(&self, shared: &Shared) -> StorageError {
+        let location = &shared.location;
+        match self {
+            Failure::DiskFull(cause) => StorageError::DiskFull {
+                location: location.clone(),
+                cause: cause.clone(),
+            },
+            Failure::Io(cause) => StorageError::Failed(format!(
+                "writing {location} failed: {cause}; the store reopens itself every {} ms and \
+                 writes resume once that succeeds",
+                shared.options.reopen_interval.as_millis()
+            )),
+            Failure::Fatal(cause) => StorageError::Failed(format!(
+                "writing {location} failed: {cause}; writes stay refused until the store is \
+                 reopened"
+            )),
+        }
+    }
+}
+
+/// A full disk named as such, with the file it happened to; any other error as it is.
+fn naming_disk_full(err: StorageError, location: &str) -> StorageError {
+    match &err {
+        StorageError::Redb(e) => match error::disk_full(e) {
+            Some(io) => StorageError::DiskFull {
+                location: location.to_owned(),
+                cause: io.to_string(),
+            },
+            None => err,
+        },
+        _ => err,
+    }
+}
+
+/// Opens the file, creates or checks its tables and rebuilds the in-memory state from it: at
+/// start-up, and when the writer reopens the file after an I/O error.
+fn open_database(file: &dyn Reopen, options: &StoreOptions) -> Result<(Database, tables::Loaded)> {
+    let open = || {
+        let db = file.open_database(options)?;
+        tables::init(&db)?;
+        let loaded = tables::load_partitions(&db)?;
+        Ok((db, loaded))
+    };
+    open().map_err(|err| naming_disk_full(err, &file.location()))
+}
+
+fn shared_logs(logs: HashMap<PartitionId, PartitionLog>) -> HashMap<PartitionId, SharedLog> {
+    logs.into_iter()
+        .map(|(id, log)| (id, Arc::new(Mutex::new(log))))
+        .collect()
+}
+
 impl Shared {
     fn begin_read(&self) -> Result<ReadTransaction> {
-        let db = read_lock(&self.db);
-        Ok(db.as_ref().ok_or(StorageError::Closed)?.begin_read()?)
+        {
+            let db = read_lock(&self.db);
+            if let Some(db) = db.as_ref() {
+                return Ok(db.begin_read()?);
+            }
+        }
+        // No database: shut down, or the writer's last reopen after a failure did not succeed.
+        Err(self.refusal().unwrap_or(StorageError::Closed))
+    }
+
+    /// The error for a write while the store refuses writes; `None` when it takes them.
+    fn refusal(&self) -> Option<StorageError> {
+        lock(&self.failure).as_ref().map(|f| f.error(self))
     }
 
     fn begin_write(&self) -> Result<WriteTransaction, redb::Error> {
@@ -134,8 +233,8 @@ enum Command {
         durability: sluice_proto::Durability,
         reply: Reply<Appended>,
     },
-    CreatePartition {
-        id: PartitionId,
+    CreatePartitions {
+        ids: Vec<PartitionId>,
         reply: Reply<()>,
     },
     DeleteTopic {
@@ -183,7 +282,7 @@ impl Command {
         match self {
             Command::Append { reply, .. } => reply.send(Err(err())),
             Command::Retention { reply, .. } => reply.send(Err(err())),
-            Command::CreatePartition { reply, .. }
+            Command::CreatePartitions { reply, .. }
             | Command::DeleteTopic { reply, .. }
             | Command::MetaAppend { reply, .. }
             | Command::MetaPut { reply, .. }
@@ -196,31 +295,27 @@ impl Command {
 impl Store {
     /// Opens or creates the redb file at `path` (e.g. `DATA_DIR/sluice.redb`), checks its format
     /// version, rebuilds the in-memory index and starts the single writer thread.
+    ///
+    /// A full disk gives [`StorageError::DiskFull`] naming the file.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store> {
-        let db = redb::Builder::new()
-            .set_cache_size(options.cache_bytes)
-            .create(path)?;
-        Self::start(db, &path.display().to_string(), options)
+        Self::open_with(
+            PathFile {
+                path: path.to_owned(),
+            },
+            options,
+        )
     }
 
-    /// Like [`Store::open`], over any redb storage backend: an in-memory one for tests, or one
-    /// that injects faults.
-    pub fn open_with_backend(
-        backend: impl redb::StorageBackend,
-        options: StoreOptions,
-    ) -> Result<Store> {
-        let db = redb::Builder::new()
-            .set_cache_size(options.cache_bytes)
-            .create_with_backend(backend)?;
-        Self::start(db, "(custom backend)", options)
-    }
-
-    fn start(db: Database, location: &str, options: StoreOptions) -> Result<Store> {
-        tables::init(&db)?;
+    /// Like [`Store::open`], over any [`StoreFile`]: tests use a shared in-memory backend that
+    /// injects faults, and can still be reopened by the writer after one.
+    pub fn open_with(file: impl StoreFile, options: StoreOptions) -> Result<Store> {
+        let file: Box<dyn Reopen> = Box::new(file);
+        let location = file.location();
+        let (db, loaded) = open_database(&*file, &options)?;
         let tables::Loaded {
             logs: partitions,
             producers,
-        } = tables::load_partitions(&db)?;
+        } = loaded;
         info!(
             location,
             partitions = partitions.len(),
@@ -229,13 +324,9 @@ impl Store {
         );
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
-            partitions: RwLock::new(
-                partitions
-                    .into_iter()
-                    .map(|(id, log)| (id, Arc::new(Mutex::new(log))))
-                    .collect(),
-            ),
+            partitions: RwLock::new(shared_logs(partitions)),
             failure: Mutex::new(None),
+            location,
             closed: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             options,
@@ -244,7 +335,7 @@ impl Store {
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("sluice-storage-writer".into())
-            .spawn(move || Writer::new(writer_shared, producers).run(rx))
+            .spawn(move || Writer::new(writer_shared, file, producers).run(rx))
             .map_err(|e| StorageError::Redb(e.into()))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -260,10 +351,11 @@ impl Store {
         if shared.closed.load(Ordering::Acquire) {
             return Err(StorageError::Closed);
         }
-        if let Some(reason) = &*lock(&shared.failure) {
-            return Err(StorageError::Failed(reason.clone()));
+        // Refused at once, not queued: the caller learns now that the disk is full.
+        match shared.refusal() {
+            Some(err) => Err(err),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn check_open(&self) -> Result<()> {
@@ -310,7 +402,16 @@ impl Store {
     /// Creates an empty partition (log start = log end = 0). Idempotent. Durable on return.
     /// Blocks the calling thread for one commit.
     pub fn create_partition(&self, id: PartitionId) -> Result<()> {
-        self.submit_blocking(|reply| Command::CreatePartition { id, reply })
+        self.create_partitions(&[id])
+    }
+
+    /// Creates every partition of `ids` that does not exist yet, empty, in one write
+    /// transaction and one durable commit (a topic of 10,000 partitions costs one fsync, not
+    /// 10,000). Idempotent. Durable on return; on an error none of them was created. Blocks the
+    /// calling thread for that commit.
+    pub fn create_partitions(&self, ids: &[PartitionId]) -> Result<()> {
+        let ids = ids.to_vec();
+        self.submit_blocking(|reply| Command::CreatePartitions { ids, reply })
     }
 
     /// Removes every batch and the state of every partition of the topic. Durable on return.
@@ -418,6 +519,18 @@ impl Store {
         let log = read_lock(&self.inner.shared.partitions).get(&id)?.clone();
         let state = lock(&log).state();
         Some(state)
+    }
+
+    /// The distinct topic ids that have stored partitions, in order (to find topics the
+    /// metadata no longer knows).
+    pub fn stored_topic_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = read_lock(&self.inner.shared.partitions)
+            .keys()
+            .map(|id| id.topic_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Every partition that exists, in order.
@@ -602,13 +715,17 @@ fn check_stored_batch(id: PartitionId, base: u64, bytes: &[u8]) -> Result<BatchH
 /// The single writer: owns all writes to the database.
 struct Writer {
     shared: Arc<Shared>,
+    /// The file, to open it again after an I/O error.
+    file: Box<dyn Reopen>,
     /// Idempotent producers' recent batches per partition. Owned by the writer thread alone
     /// (no lock): it is read and changed only where offsets are assigned. Changed as batches
-    /// are staged, not on commit: if a commit fails the store refuses all writes until it is
-    /// reopened, and reopening rebuilds this from what reached the file.
+    /// are staged, not on commit: if a commit fails the store refuses all writes until the file
+    /// is reopened, and reopening rebuilds this from what reached the file.
     producers: HashMap<PartitionId, ProducerState>,
     /// When the last non-durable commit must be made durable by.
     sync_deadline: Option<Instant>,
+    /// While failed after an I/O error: when to try reopening the file next.
+    reopen_at: Option<Instant>,
 }
 
 /// A reply to send once the group's transaction committed.
@@ -627,8 +744,7 @@ impl Waiter {
         }
     }
 
-    fn fail(self, reason: &str) {
-        let err = || StorageError::Failed(reason.to_owned());
+    fn fail(self, err: impl Fn() -> StorageError) {
         match self {
             Waiter::Appended(reply, _) => reply.send(Err(err())),
             Waiter::Retention(reply, _) => reply.send(Err(err())),
@@ -679,23 +795,33 @@ impl<'t> GroupTables<'t> {
 }
 
 impl Writer {
-    fn new(shared: Arc<Shared>, producers: HashMap<PartitionId, ProducerState>) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        file: Box<dyn Reopen>,
+        producers: HashMap<PartitionId, ProducerState>,
+    ) -> Self {
         Writer {
             shared,
+            file,
             producers,
             sync_deadline: None,
+            reopen_at: None,
         }
     }
 
     fn run(mut self, rx: Receiver<Command>) {
         let _span = tracing::info_span!("storage_writer").entered();
         loop {
-            let first = match self.sync_deadline {
+            let timer = [self.sync_deadline, self.reopen_at]
+                .into_iter()
+                .flatten()
+                .min();
+            let first = match timer {
                 Some(deadline) => {
                     match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                         Ok(command) => command,
                         Err(RecvTimeoutError::Timeout) => {
-                            self.sync();
+                            self.handle_timers();
                             continue;
                         }
                         Err(RecvTimeoutError::Disconnected) => break,
@@ -736,14 +862,78 @@ impl Writer {
         }
     }
 
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<Failure> {
         lock(&self.shared.failure).clone()
     }
 
-    fn fail_store(&self, reason: &str) {
-        let mut failure = lock(&self.shared.failure);
-        if failure.is_none() {
-            *failure = Some(reason.to_owned());
+    /// Refuses writes from now on, for `failure`, and plans the first reopen if one can end it.
+    fn fail_store(&mut self, failure: Failure) {
+        if failure.reopens() {
+            self.reopen_at = Some(Instant::now() + self.shared.options.reopen_interval);
+        }
+        lock(&self.shared.failure).get_or_insert(failure);
+    }
+
+    fn handle_timers(&mut self) {
+        let now = Instant::now();
+        if self.reopen_at.is_some_and(|at| at <= now) {
+            self.reopen();
+        }
+        if self.sync_deadline.is_some_and(|at| at <= now) {
+            self.sync();
+        }
+    }
+
+    /// After an I/O error redb refuses every write until its database is dropped and opened
+    /// again. Once the probe says writes can succeed, this does that, rebuilds the in-memory
+    /// partitions and producer state from what reached the file (as opening does), and ends the
+    /// failure. Otherwise it tries again after `reopen_interval`.
+    fn reopen(&mut self) {
+        self.reopen_at = None;
+        if !self.failure().is_some_and(|f| f.reopens()) {
+            return;
+        }
+        let retry = Instant::now() + self.shared.options.reopen_interval;
+        // The failed database is kept until the probe passes, so reads keep working meanwhile.
+        if let Err(err) = self.file.probe() {
+            debug!(cause = %err, "storage not reopened yet: the probe write failed");
+            if error::full_io(&err).is_some() {
+                *lock(&self.shared.failure) = Some(Failure::DiskFull(err.to_string()));
+            }
+            self.reopen_at = Some(retry);
+            return;
+        }
+        let reopened = {
+            // Readers wait on this lock for the reopen rather than find no database.
+            let mut db = write_lock(&self.shared.db);
+            db.take();
+            open_database(&*self.file, &self.shared.options).map(|(new_db, loaded)| {
+                *db = Some(new_db);
+                *write_lock(&self.shared.partitions) = shared_logs(loaded.logs);
+                loaded.producers
+            })
+        };
+        match reopened {
+            Ok(producers) => {
+                self.producers = producers;
+                // Whatever was committed without fsync and not yet synced is what the file
+                // says now; there is nothing left to sync.
+                self.sync_deadline = None;
+                lock(&self.shared.failure).take();
+                info!(
+                    location = self.shared.location,
+                    partitions = read_lock(&self.shared.partitions).len(),
+                    "storage reopened after the failure; writes resume"
+                );
+            }
+            Err(err) => {
+                warn!(cause = %err, "reopening the store failed; trying again later");
+                *lock(&self.shared.failure) = Some(match err {
+                    StorageError::DiskFull { cause, .. } => Failure::DiskFull(cause),
+                    other => Failure::Io(format!("reopening it failed: {other}")),
+                });
+                self.reopen_at = Some(retry);
+            }
         }
     }
 
@@ -766,7 +956,7 @@ impl Writer {
             }
             Err(err) => {
                 error!(cause = %err, "storage sync failed; refusing further writes");
-                self.fail_store(&format!("sync failed: {err}"));
+                self.fail_store(Failure::of(&err));
             }
         }
     }
@@ -777,9 +967,9 @@ impl Writer {
         let shutdown = commands
             .iter()
             .any(|c| matches!(c, Command::Shutdown { .. }));
-        if let Some(reason) = self.failure() {
+        if let Some(failure) = self.failure() {
             for command in commands {
-                command.fail(|| StorageError::Failed(reason.clone()));
+                command.fail(|| failure.error(&self.shared));
             }
             return shutdown;
         }
@@ -814,16 +1004,17 @@ impl Writer {
             }
             Err(err) => {
                 error!(cause = %err, commands = count, "storage write failed; refusing further writes");
-                let reason = format!("write transaction failed: {err}");
-                self.fail_store(&reason);
+                let failure = Failure::of(&err);
+                self.fail_store(failure.clone());
                 for log in &group.staged {
                     lock(log).abort_staged();
                 }
+                let refusal = || failure.error(&self.shared);
                 for waiter in group.waiters {
-                    waiter.fail(&reason);
+                    waiter.fail(refusal);
                 }
                 for command in pending {
-                    command.fail(|| StorageError::Failed(reason.clone()));
+                    command.fail(refusal);
                 }
             }
         }
@@ -1009,14 +1200,16 @@ impl Writer {
                     },
                 ));
             }
-            Command::CreatePartition { id, reply } => {
+            Command::CreatePartitions { ids, reply } => {
                 group.durable = true;
-                if self.lookup(group, id).is_none() {
-                    tables
-                        .partitions
-                        .insert((id.topic_id, id.partition), (0, 0))?;
-                    group.created.insert(id, SharedLog::default());
-                    debug!(partition = %id, "partition created");
+                for id in ids {
+                    if self.lookup(group, id).is_none() {
+                        tables
+                            .partitions
+                            .insert((id.topic_id, id.partition), (0, 0))?;
+                        group.created.insert(id, SharedLog::default());
+                        debug!(partition = %id, "partition created");
+                    }
                 }
                 group.waiters.push(Waiter::Done(reply));
             }

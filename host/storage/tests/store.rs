@@ -2,15 +2,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use sluice_proto::batch::{BatchHeader, decode_records, split_batches};
 use sluice_proto::{BatchBuilder, Compression, Durability, Record};
-use sluice_storage::{PartitionId, StorageError, Store, StoreOptions};
+use sluice_storage::{PartitionId, StorageError, Store, StoreFile, StoreOptions};
 
 const FSYNC: Durability = Durability::Fsync;
 
@@ -524,73 +523,269 @@ async fn shutdown_closes_every_handle() {
     assert_eq!(again.partition_state(id).unwrap().log_end, 1);
 }
 
-/// An in-memory backend whose writes and syncs start failing on request.
-#[derive(Debug)]
-struct FlakyBackend {
-    inner: redb::backends::InMemoryBackend,
-    broken: Arc<AtomicBool>,
+/// What an injected fault looks like to redb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Writes, syncs and growth fail with `ENOSPC`.
+    DiskFull,
+    /// They fail with some other I/O error.
+    Broken,
 }
 
-impl FlakyBackend {
+/// In-memory bytes that outlive the redb database over them (so the store can reopen them), and
+/// a switch that makes writing to them fail.
+#[derive(Debug, Clone, Default)]
+struct FlakyFile {
+    bytes: Arc<redb::backends::InMemoryBackend>,
+    fault: Arc<Mutex<Option<Fault>>>,
+}
+
+impl FlakyFile {
+    const LOCATION: &str = "memory:flaky-disk";
+
+    fn set_fault(&self, fault: Option<Fault>) {
+        *self.fault.lock().unwrap() = fault;
+    }
+
     fn check(&self) -> std::io::Result<()> {
-        if self.broken.load(Ordering::SeqCst) {
-            Err(std::io::Error::other("injected I/O error"))
-        } else {
-            Ok(())
+        match *self.fault.lock().unwrap() {
+            None => Ok(()),
+            Some(Fault::DiskFull) => Err(std::io::Error::from_raw_os_error(28)),
+            Some(Fault::Broken) => Err(std::io::Error::other("injected I/O error")),
+        }
+    }
+
+    fn open(&self) -> Store {
+        Store::open_with(
+            self.clone(),
+            StoreOptions {
+                reopen_interval: Duration::from_millis(20),
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap()
+    }
+}
+
+/// One redb backend over a [`FlakyFile`]'s bytes.
+#[derive(Debug)]
+struct FlakyBackend(FlakyFile);
+
+impl redb::StorageBackend for FlakyBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.bytes.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.bytes.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.check()?;
+        self.0.bytes.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.check()?;
+        self.0.bytes.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.check()?;
+        self.0.bytes.write(offset, data)
+    }
+}
+
+impl StoreFile for FlakyFile {
+    type Backend = FlakyBackend;
+
+    fn location(&self) -> String {
+        Self::LOCATION.into()
+    }
+    fn open(&self) -> std::io::Result<FlakyBackend> {
+        Ok(FlakyBackend(self.clone()))
+    }
+    fn probe(&self) -> std::io::Result<()> {
+        self.check()
+    }
+}
+
+/// Appends `tag` again and again until the store takes it (bounded), as a client retrying does.
+async fn append_once_writable(store: &Store, id: PartitionId, tag: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.append(id, batch(1, 0, tag), 0, FSYNC).await {
+            Ok(got) => return got.base_offset,
+            Err(err) if Instant::now() < deadline => {
+                assert!(
+                    matches!(err, StorageError::DiskFull { .. } | StorageError::Failed(_)),
+                    "{err}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(err) => panic!("writes did not resume within 30 s: {err}"),
         }
     }
 }
 
-impl redb::StorageBackend for FlakyBackend {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.write(offset, data)
-    }
+fn idempotent_batch(tag: &str, sequence: i32) -> Vec<u8> {
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(&Record {
+        value: Some(Bytes::from(tag.to_owned())),
+        ..Default::default()
+    });
+    b.finish(7, 0, sequence).unwrap()
 }
 
 #[tokio::test]
-async fn after_a_failed_commit_the_store_refuses_writes_but_still_reads() {
-    let broken = Arc::new(AtomicBool::new(false));
-    let store = Store::open_with_backend(
-        FlakyBackend {
-            inner: redb::backends::InMemoryBackend::new(),
-            broken: broken.clone(),
-        },
-        StoreOptions::default(),
-    )
-    .unwrap();
+async fn a_full_disk_refuses_writes_naming_it_keeps_reads_and_resumes_once_space_returns() {
+    let file = FlakyFile::default();
+    let store = file.open();
+    let id = p(1, 0);
+    store.create_partition(id).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..3 {
+        let tag = format!("before{i}");
+        store.append(id, batch(1, 0, &tag), 0, FSYNC).await.unwrap();
+        acked.push(format!("{tag}-0"));
+    }
+    store
+        .append(id, idempotent_batch("seq0", 0), 0, FSYNC)
+        .await
+        .unwrap();
+    acked.push("seq0".into());
+
+    file.set_fault(Some(Fault::DiskFull));
+    // The append that meets the full disk, an idempotent one whose sequence must not count.
+    let err = store
+        .append(id, idempotent_batch("lost-seq1", 1), 0, FSYNC)
+        .await
+        .unwrap_err();
+    let StorageError::DiskFull { location, cause } = &err else {
+        panic!("expected DiskFull, got {err}");
+    };
+    assert_eq!(location, FlakyFile::LOCATION);
+    assert!(cause.contains("No space left on device"), "{cause}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("disk full: No space left on device")
+            && text.contains(FlakyFile::LOCATION)
+            && !text.contains("failed earlier"),
+        "{text}"
+    );
+    // Every write after it is refused at once, with the same words, while the disk is full —
+    // also across the writer's reopen attempts, which the probe holds back.
+    for i in 0..5 {
+        let refused = store
+            .append(id, batch(1, 0, &format!("lost{i}")), 0, FSYNC)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, StorageError::DiskFull { location, .. } if location == FlakyFile::LOCATION),
+            "{refused}"
+        );
+        assert!(matches!(
+            store.meta_put("k", b"v"),
+            Err(StorageError::DiskFull { .. })
+        ));
+        // Reads keep working on what was committed.
+        let read = values(store.read(id, 0, u32::MAX).unwrap().bytes);
+        assert_eq!(
+            read.iter().map(|v| &v.1).collect::<Vec<_>>(),
+            acked.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(store.partition_state(id).unwrap().log_end, 4);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+
+    file.set_fault(None);
+    let base = append_once_writable(&store, id, "after0").await;
+    assert_eq!(
+        base, 4,
+        "offsets continue after the last acknowledged append"
+    );
+    acked.push("after0-0".into());
+    // The sequence that failed was never stored: sending it again is accepted, not a duplicate.
+    let got = store
+        .append(id, idempotent_batch("seq1", 1), 0, FSYNC)
+        .await
+        .unwrap();
+    assert!(!got.duplicate);
+    acked.push("seq1".into());
+    store.meta_put("k", b"v").unwrap();
+
+    let expect = |store: &Store| {
+        let read = values(store.read(id, 0, u32::MAX).unwrap().bytes);
+        assert_eq!(
+            read,
+            acked
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i as u64, v.clone()))
+                .collect::<Vec<_>>(),
+            "every acknowledged append, densely, and none of the refused ones"
+        );
+    };
+    expect(&store);
+    // And the file says the same when opened afresh.
+    store.shutdown().unwrap();
+    drop(store);
+    let store = file.open();
+    expect(&store);
+    assert_eq!(store.meta_get("k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+#[tokio::test]
+async fn after_another_io_error_writes_are_refused_until_the_store_reopened_itself() {
+    let file = FlakyFile::default();
+    let store = file.open();
     let id = p(1, 0);
     store.create_partition(id).unwrap();
     store.append(id, batch(2, 0, "ok"), 0, FSYNC).await.unwrap();
-    broken.store(true, Ordering::SeqCst);
-    assert!(matches!(
-        store.append(id, batch(1, 0, "lost"), 0, FSYNC).await,
-        Err(StorageError::Failed(_))
-    ));
-    broken.store(false, Ordering::SeqCst);
-    // Even with the disk back, the store does not guess: writes stay refused.
-    assert!(matches!(
-        store.append(id, batch(1, 0, "no"), 0, FSYNC).await,
-        Err(StorageError::Failed(_))
-    ));
+    file.set_fault(Some(Fault::Broken));
+    let err = store
+        .append(id, batch(1, 0, "lost"), 0, FSYNC)
+        .await
+        .unwrap_err();
+    let StorageError::Failed(reason) = &err else {
+        panic!("expected Failed, got {err}");
+    };
+    assert!(
+        reason.contains("injected I/O error") && reason.contains("reopens itself"),
+        "{reason}"
+    );
     assert!(matches!(
         store.meta_put("k", b"v"),
         Err(StorageError::Failed(_))
     ));
     // What was acknowledged is still what readers see.
     assert_eq!(store.partition_state(id).unwrap().log_end, 2);
+    file.set_fault(None);
+    assert_eq!(append_once_writable(&store, id, "again").await, 2);
+    assert_eq!(
+        values(store.read(id, 0, u32::MAX).unwrap().bytes),
+        [(0, "ok-0"), (1, "ok-1"), (2, "again-0")].map(|(o, v)| (o, v.to_owned()))
+    );
+}
+
+#[test]
+fn create_partitions_makes_them_all_in_one_commit() {
+    let d = dir();
+    let store = open(&d.path);
+    let ids: Vec<_> = (0..1000)
+        .map(|i| p(9, i))
+        .chain([p(4, 0), p(4, 1)])
+        .collect();
+    let before = store.commit_count();
+    store.create_partitions(&ids).unwrap();
+    assert_eq!(
+        store.commit_count(),
+        before + 1,
+        "one commit for 1002 partitions"
+    );
+    // Idempotent, also when only some are new.
+    store.create_partitions(&[p(9, 0), p(9, 1000)]).unwrap();
+    assert_eq!(store.partitions().len(), 1003);
+    assert_eq!(store.stored_topic_ids(), [4, 9]);
+    drop(store);
+    let store = open(&d.path);
+    assert_eq!(store.partitions().len(), 1003);
+    assert_eq!(store.partition_state(p(9, 999)).unwrap().log_end, 0);
+    assert_eq!(store.stored_topic_ids(), [4, 9]);
 }
