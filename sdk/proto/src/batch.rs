@@ -28,6 +28,11 @@
 //! record_len varint | timestamp_delta zigzag | offset_delta varint | key nullable
 //! | value nullable | header_count varint | headers: (key string, value nullable)*
 //! ```
+//!
+//! Every count and length read from a batch is checked against the bytes actually present
+//! before anything is sized by it: a record takes at least [`MIN_RECORD_LEN`] bytes, so
+//! `record_count` must fit the records section; a compressed section is decompressed only up
+//! to a caller-given limit ([`validate_with_limit`], [`decode_records_with_limit`]).
 
 use bytes::Bytes;
 
@@ -36,9 +41,23 @@ use crate::varint;
 
 pub const HEADER_LEN: usize = 57;
 pub const MAGIC: u8 = 1;
-/// Upper bound on a decompressed records section; protects consumers and the broker from
-/// decompression bombs.
-pub const MAX_DECOMPRESSED: usize = 256 * 1024 * 1024;
+/// The limit [`validate`] and [`decode_records`] put on a decompressed records section: 64 MiB,
+/// eight times the broker's default largest batch. It keeps a decompression bomb from taking
+/// more than that; callers that know a tighter bound (the broker: its largest batch) pass it to
+/// [`validate_with_limit`] and [`decode_records_with_limit`] instead.
+pub const MAX_DECOMPRESSED: usize = 64 * 1024 * 1024;
+
+/// Fewest bytes one record takes in a records section: a one-byte length varint, then five
+/// one-byte fields (timestamp delta, offset delta, null key, null value, zero header count).
+/// A `record_count` larger than the section length divided by this is refused before any
+/// memory is sized by it.
+pub const MIN_RECORD_LEN: usize = 6;
+
+/// Fewest bytes one record header takes: an empty key (one-byte length) and a null value.
+const MIN_HEADER_LEN: usize = 2;
+
+/// The most an lz4 block can expand: a match length grows by at most 255 per input byte.
+const LZ4_MAX_RATIO: usize = 255;
 
 const OFF_BASE_OFFSET: usize = 0;
 const OFF_BATCH_LEN: usize = 8;
@@ -232,20 +251,24 @@ fn put_nullable(out: &mut Vec<u8>, v: Option<&[u8]>) {
     }
 }
 
-fn get_nullable(buf: &mut &[u8], src: &Bytes) -> Result<Option<Bytes>, ProtoError> {
+fn get_nullable<'a>(buf: &mut &'a [u8]) -> Result<Option<&'a [u8]>, ProtoError> {
     let n = varint::get_u64(buf)?;
     if n == 0 {
         return Ok(None);
     }
-    let len = usize::try_from(n - 1).map_err(|_| ProtoError::Malformed("length overflow"))?;
-    if len > buf.len() {
-        return Err(ProtoError::Malformed(
-            "byte string runs past the end of the record",
-        ));
-    }
+    take(buf, n - 1, "byte string runs past the end of the record").map(Some)
+}
+
+/// Splits `len` bytes (a length read from the input) off the front of `buf`, checked against
+/// what is there.
+fn take<'a>(buf: &mut &'a [u8], len: u64, past_end: &'static str) -> Result<&'a [u8], ProtoError> {
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|len| *len <= buf.len())
+        .ok_or(ProtoError::Malformed(past_end))?;
     let (head, rest) = buf.split_at(len);
     *buf = rest;
-    Ok(Some(src.slice_ref(head)))
+    Ok(head)
 }
 
 fn compress(compression: Compression, data: &[u8]) -> Result<Vec<u8>, ProtoError> {
@@ -258,27 +281,62 @@ fn compress(compression: Compression, data: &[u8]) -> Result<Vec<u8>, ProtoError
     }
 }
 
-fn decompress(compression: Compression, data: &[u8]) -> Result<Vec<u8>, ProtoError> {
-    match compression {
-        Compression::None => Ok(data.to_vec()),
-        Compression::Lz4 => {
-            if data.len() < 4 {
-                return Err(ProtoError::Malformed(
-                    "lz4 payload shorter than its size prefix",
-                ));
-            }
-            let size = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
-            if size > MAX_DECOMPRESSED {
-                return Err(ProtoError::Compression(format!(
-                    "lz4 batch claims {size} bytes decompressed; the limit is {MAX_DECOMPRESSED}"
-                )));
-            }
-            lz4_flex::block::decompress_size_prepended(data)
-                .map_err(|e| ProtoError::Compression(e.to_string()))
-        }
-        Compression::Zstd => zstd::bulk::decompress(data, MAX_DECOMPRESSED)
-            .map_err(|e| ProtoError::Compression(e.to_string())),
+fn too_large(max_decompressed: usize) -> ProtoError {
+    ProtoError::Compression(format!(
+        "records section decompresses to more than the limit of {max_decompressed} bytes"
+    ))
+}
+
+/// An lz4 records section: a little-endian u32 of the decompressed size, then one lz4 block.
+fn decompress_lz4(data: &[u8], max_decompressed: usize) -> Result<Vec<u8>, ProtoError> {
+    let Some((prefix, block)) = data.split_first_chunk::<4>() else {
+        return Err(ProtoError::Malformed(
+            "lz4 payload shorter than its size prefix",
+        ));
+    };
+    // The block format needs its whole output buffer up front: allocate only a size that the
+    // limit allows and that the input could really expand to.
+    let size = u32::from_le_bytes(*prefix) as usize;
+    if size > max_decompressed {
+        return Err(too_large(max_decompressed));
     }
+    if size > block.len().saturating_mul(LZ4_MAX_RATIO) {
+        return Err(ProtoError::Malformed(
+            "lz4 size prefix larger than the block can expand to",
+        ));
+    }
+    lz4_flex::block::decompress(block, size).map_err(|e| ProtoError::Compression(e.to_string()))
+}
+
+/// A zstd records section: one or more zstd frames. Refused as soon as the output passes
+/// `max_decompressed` bytes, into a buffer that grows with the output (never sized by the
+/// limit up front).
+fn decompress_zstd(data: &[u8], max_decompressed: usize) -> Result<Vec<u8>, ProtoError> {
+    use std::io::Read;
+    let codec = |e: std::io::Error| ProtoError::Compression(e.to_string());
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(codec)?;
+    // zstd allocates the window a frame asks for (in C, outside Rust's allocator): no window
+    // larger than the output may be.
+    decoder
+        .window_log_max(zstd_window_log_max(max_decompressed))
+        .map_err(codec)?;
+    let mut out = Vec::new();
+    decoder
+        .take(max_decompressed as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(codec)?;
+    if out.len() > max_decompressed {
+        return Err(too_large(max_decompressed));
+    }
+    Ok(out)
+}
+
+/// The largest zstd window (as a power of two) a frame may ask for when its output is limited
+/// to `max_decompressed` bytes: the limit rounded up, within 2^20..=2^30 (at least 1 MiB, so
+/// that ordinary encoder settings always pass whatever the limit).
+fn zstd_window_log_max(max_decompressed: usize) -> u32 {
+    let log = usize::BITS - max_decompressed.saturating_sub(1).leading_zeros();
+    log.clamp(20, 30)
 }
 
 /// The parsed header of one batch.
@@ -373,16 +431,25 @@ impl BatchHeader {
     }
 }
 
-/// Parses and fully validates one batch that must span all of `batch`: header, CRC, and every
-/// record (decompressing if needed). This is what the broker runs on produce.
+/// [`validate_with_limit`] with the default limit on decompression, [`MAX_DECOMPRESSED`].
 pub fn validate(batch: &[u8]) -> Result<BatchHeader, ProtoError> {
+    validate_with_limit(batch, MAX_DECOMPRESSED)
+}
+
+/// Parses and fully validates one batch that must span all of `batch`: header, CRC, and every
+/// record (decompressing if needed, to at most `max_decompressed` bytes). This is what the
+/// broker runs on produce. Records are walked, not collected: the only allocation is the
+/// decompressed section.
+pub fn validate_with_limit(
+    batch: &[u8],
+    max_decompressed: usize,
+) -> Result<BatchHeader, ProtoError> {
     let header = BatchHeader::parse(batch)?;
     header.verify_crc(batch)?;
-    let records = decode_records(&header, &Bytes::copy_from_slice(batch))?;
-    if records.len() != header.record_count as usize {
-        return Err(ProtoError::Malformed(
-            "record count does not match the header",
-        ));
+    let payload = &batch[HEADER_LEN..];
+    let decompressed = decompressed_section(&header, payload, max_decompressed)?;
+    for record in RecordWalk::new(&header, decompressed.as_deref().unwrap_or(payload))? {
+        record?;
     }
     Ok(header)
 }
@@ -393,79 +460,208 @@ pub fn assign_offset(batch: &mut [u8], base_offset: u64, leader_epoch: u32) {
     batch[OFF_LEADER_EPOCH..OFF_LEADER_EPOCH + 4].copy_from_slice(&leader_epoch.to_be_bytes());
 }
 
-/// Decodes every record of one batch (`batch` is exactly the batch's bytes).
+/// [`decode_records_with_limit`] with the default limit on decompression, [`MAX_DECOMPRESSED`].
 pub fn decode_records(
     header: &BatchHeader,
     batch: &Bytes,
+) -> Result<Vec<StoredRecord>, ProtoError> {
+    decode_records_with_limit(header, batch, MAX_DECOMPRESSED)
+}
+
+/// Decodes every record of one batch (`batch` is exactly the batch's bytes), decompressing
+/// the records section to at most `max_decompressed` bytes. Keys, values and header values
+/// share the section's buffer; nothing is copied but header keys.
+pub fn decode_records_with_limit(
+    header: &BatchHeader,
+    batch: &Bytes,
+    max_decompressed: usize,
 ) -> Result<Vec<StoredRecord>, ProtoError> {
     if batch.len() != header.batch_len as usize {
         return Err(ProtoError::Malformed(
             "batch length does not match its header",
         ));
     }
-    let payload = &batch[HEADER_LEN..];
-    let section = match header.compression {
-        Compression::None => batch.slice(HEADER_LEN..),
-        c => Bytes::from(decompress(c, payload)?),
+    let section = match decompressed_section(header, &batch[HEADER_LEN..], max_decompressed)? {
+        Some(section) => Bytes::from(section),
+        None => batch.slice(HEADER_LEN..),
     };
-    let mut buf: &[u8] = &section;
+    let walk = RecordWalk::new(header, &section)?;
+    // `RecordWalk::new` checked that the section can hold this many records.
     let mut out = Vec::with_capacity(header.record_count as usize);
-    while !buf.is_empty() {
-        if out.len() == header.record_count as usize {
-            return Err(ProtoError::Malformed("more records than the header counts"));
-        }
-        let len = varint::get_u64(&mut buf)? as usize;
-        if len > buf.len() {
-            return Err(ProtoError::Malformed(
-                "record runs past the end of the batch",
-            ));
-        }
-        let (mut rec, rest) = buf.split_at(len);
-        buf = rest;
-        let ts_delta = varint::get_i64(&mut rec)?;
-        let offset_delta = varint::get_u64(&mut rec)?;
-        if offset_delta != out.len() as u64 {
-            return Err(ProtoError::Malformed("record offset deltas are not dense"));
-        }
-        let key = get_nullable(&mut rec, &section)?;
-        let value = get_nullable(&mut rec, &section)?;
-        let n_headers = varint::get_u64(&mut rec)?;
-        if n_headers > rec.len() as u64 {
-            return Err(ProtoError::Malformed("header count larger than the record"));
-        }
-        let mut headers = Vec::with_capacity(n_headers as usize);
-        for _ in 0..n_headers {
-            let klen = varint::get_u64(&mut rec)? as usize;
-            if klen > rec.len() {
-                return Err(ProtoError::Malformed(
-                    "header key runs past the end of the record",
-                ));
-            }
-            let (k, rest) = rec.split_at(klen);
-            rec = rest;
-            let key = std::str::from_utf8(k)
-                .map_err(|_| ProtoError::Malformed("header key is not UTF-8"))?
-                .to_owned();
-            let value = get_nullable(&mut rec, &section)?;
-            headers.push(Header { key, value });
-        }
-        if !rec.is_empty() {
-            return Err(ProtoError::Malformed("trailing bytes inside a record"));
+    for record in walk {
+        let r = record?;
+        // The walk checked every header, so this is the exact count.
+        let mut headers = Vec::with_capacity(r.headers.left);
+        for h in r.headers {
+            let (key, value) = h?;
+            headers.push(Header {
+                key: key.to_owned(),
+                value: value.map(|v| section.slice_ref(v)),
+            });
         }
         out.push(StoredRecord {
-            offset: header.base_offset + offset_delta,
-            timestamp: header.first_timestamp.wrapping_add(ts_delta),
-            key,
-            value,
+            offset: header.base_offset + r.offset_delta,
+            timestamp: header.first_timestamp.wrapping_add(r.timestamp_delta),
+            key: r.key.map(|k| section.slice_ref(k)),
+            value: r.value.map(|v| section.slice_ref(v)),
             headers,
         });
     }
-    if out.len() != header.record_count as usize {
+    Ok(out)
+}
+
+/// The records section decompressed, or `None` when the batch is not compressed (the section
+/// is then the payload itself).
+fn decompressed_section(
+    header: &BatchHeader,
+    payload: &[u8],
+    max_decompressed: usize,
+) -> Result<Option<Vec<u8>>, ProtoError> {
+    // A count that no section within the limit could hold is refused before decompressing.
+    if header.compression != Compression::None && !count_fits(header.record_count, max_decompressed)
+    {
         return Err(ProtoError::Malformed(
-            "fewer records than the header counts",
+            "record count larger than the decompression limit can hold",
         ));
     }
-    Ok(out)
+    match header.compression {
+        Compression::None => Ok(None),
+        Compression::Lz4 => decompress_lz4(payload, max_decompressed).map(Some),
+        Compression::Zstd => decompress_zstd(payload, max_decompressed).map(Some),
+    }
+}
+
+/// Whether `len` bytes can hold `record_count` records.
+fn count_fits(record_count: u32, len: usize) -> bool {
+    u64::from(record_count) * MIN_RECORD_LEN as u64 <= len as u64
+}
+
+/// One record where it lies in a records section: nothing copied or collected.
+#[derive(Debug)]
+struct RawRecord<'a> {
+    timestamp_delta: i64,
+    offset_delta: u64,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers: RawHeaders<'a>,
+}
+
+/// Walks the records of a section, checking each one fully (dense offset deltas, lengths,
+/// UTF-8 header keys) and the count against the header, without allocating. The one record
+/// parser, shared by [`validate_with_limit`] and [`decode_records_with_limit`].
+#[derive(Debug)]
+struct RecordWalk<'a> {
+    rest: &'a [u8],
+    record_count: u32,
+    seen: u32,
+    done: bool,
+}
+
+impl<'a> RecordWalk<'a> {
+    /// Refuses a record count that the section is too short to hold.
+    fn new(header: &BatchHeader, section: &'a [u8]) -> Result<Self, ProtoError> {
+        if !count_fits(header.record_count, section.len()) {
+            return Err(ProtoError::Malformed(
+                "record count larger than the records section can hold",
+            ));
+        }
+        Ok(RecordWalk {
+            rest: section,
+            record_count: header.record_count,
+            seen: 0,
+            done: false,
+        })
+    }
+
+    fn read_record(&mut self) -> Result<RawRecord<'a>, ProtoError> {
+        let len = varint::get_u64(&mut self.rest)?;
+        let mut rec = take(&mut self.rest, len, "record runs past the end of the batch")?;
+        let timestamp_delta = varint::get_i64(&mut rec)?;
+        let offset_delta = varint::get_u64(&mut rec)?;
+        if offset_delta != u64::from(self.seen) {
+            return Err(ProtoError::Malformed("record offset deltas are not dense"));
+        }
+        let key = get_nullable(&mut rec)?;
+        let value = get_nullable(&mut rec)?;
+        let header_count = varint::get_u64(&mut rec)?;
+        if header_count > (rec.len() / MIN_HEADER_LEN) as u64 {
+            return Err(ProtoError::Malformed("header count larger than the record"));
+        }
+        let headers = RawHeaders {
+            rest: rec,
+            left: header_count as usize,
+        };
+        let mut check = headers.clone();
+        for h in &mut check {
+            h?;
+        }
+        if !check.rest.is_empty() {
+            return Err(ProtoError::Malformed("trailing bytes inside a record"));
+        }
+        Ok(RawRecord {
+            timestamp_delta,
+            offset_delta,
+            key,
+            value,
+            headers,
+        })
+    }
+}
+
+impl<'a> Iterator for RecordWalk<'a> {
+    type Item = Result<RawRecord<'a>, ProtoError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let result = if self.rest.is_empty() {
+            self.done = true;
+            if self.seen == self.record_count {
+                return None;
+            }
+            Err(ProtoError::Malformed(
+                "fewer records than the header counts",
+            ))
+        } else if self.seen == self.record_count {
+            Err(ProtoError::Malformed("more records than the header counts"))
+        } else {
+            self.read_record()
+        };
+        match &result {
+            Ok(_) => self.seen += 1,
+            Err(_) => self.done = true,
+        }
+        Some(result)
+    }
+}
+
+/// A record's headers, still encoded: `(key, value)` pairs.
+#[derive(Debug, Clone)]
+struct RawHeaders<'a> {
+    rest: &'a [u8],
+    left: usize,
+}
+
+impl<'a> Iterator for RawHeaders<'a> {
+    type Item = Result<(&'a str, Option<&'a [u8]>), ProtoError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        Some(read_header(&mut self.rest))
+    }
+}
+
+fn read_header<'a>(buf: &mut &'a [u8]) -> Result<(&'a str, Option<&'a [u8]>), ProtoError> {
+    let klen = varint::get_u64(buf)?;
+    let key = take(buf, klen, "header key runs past the end of the record")?;
+    let key =
+        std::str::from_utf8(key).map_err(|_| ProtoError::Malformed("header key is not UTF-8"))?;
+    let value = get_nullable(buf)?;
+    Ok((key, value))
 }
 
 /// Splits a run of concatenated batches (as a fetch returns them) into
@@ -582,6 +778,39 @@ mod tests {
             let h = validate(&bytes).unwrap();
             assert_eq!(h.compression, c);
         }
+    }
+
+    #[test]
+    fn decompression_stops_at_the_limit_not_after() {
+        let zeros = vec![0u8; 100_000];
+        let lz4 = compress(Compression::Lz4, &zeros).unwrap();
+        let zstd = compress(Compression::Zstd, &zeros).unwrap();
+        assert_eq!(decompress_lz4(&lz4, zeros.len()).unwrap(), zeros);
+        assert_eq!(decompress_zstd(&zstd, zeros.len()).unwrap(), zeros);
+        for err in [
+            decompress_lz4(&lz4, zeros.len() - 1).unwrap_err(),
+            decompress_zstd(&zstd, zeros.len() - 1).unwrap_err(),
+        ] {
+            assert!(
+                err.to_string()
+                    .contains("more than the limit of 99999 bytes"),
+                "{err}"
+            );
+        }
+        // An lz4 size prefix the block cannot expand to is refused whatever the limit.
+        let mut lying = lz4.clone();
+        let most = (lz4.len() - 4) * LZ4_MAX_RATIO;
+        lying[..4].copy_from_slice(&(most as u32 + 1).to_le_bytes());
+        assert!(decompress_lz4(&lying, usize::MAX).is_err());
+    }
+
+    #[test]
+    fn zstd_window_follows_the_limit() {
+        assert_eq!(zstd_window_log_max(8 << 20), 23);
+        assert_eq!(zstd_window_log_max((8 << 20) + 1), 24);
+        assert_eq!(zstd_window_log_max(0), 20);
+        assert_eq!(zstd_window_log_max(1000), 20);
+        assert_eq!(zstd_window_log_max(usize::MAX), 30);
     }
 
     #[test]
