@@ -63,6 +63,10 @@ impl Default for BrokerConfig {
             tls: TlsSettings::default(),
             max_frame_bytes: sluice_proto::frame::DEFAULT_MAX_FRAME,
             max_batch_bytes: 8 * 1024 * 1024,
+    /// Testing only (fault injection): abort the process, as `kill -9` would, when a topic
+    /// delete is durable in the metadata log and before the topic's group offsets and data are
+    /// removed — the window that start-up's clean-up covers.
+    pub topic_delete_fault_abort_after_metadata: bool,
             retention_check_interval_ms: 5_000,
             shutdown_timeout_ms: 10_000,
             store_cache_bytes: 256 * 1024 * 1024,
@@ -101,6 +105,7 @@ impl BrokerConfig {
             ));
         }
         if self.retention_check_interval_ms == 0 {
+            topic_delete_fault_abort_after_metadata: false,
             return bad("retention_check_interval_ms must be positive".into());
         }
         Ok(())

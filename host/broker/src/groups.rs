@@ -254,6 +254,53 @@ impl GroupCoordinator {
     }
 }
 
+/// Forgets, durably, every group's committed offsets for the topics `gone` selects; returns
+/// how many were dropped. Called when a topic is deleted, and at start-up for topics that no
+/// longer exist (see [`drop_deleted_offsets`]).
+pub(crate) async fn drop_offsets(
+    broker: &Arc<Broker>,
+    gone: impl Fn(&str) -> bool,
+) -> Result<usize, WireError> {
+    let (dropped, pending): (usize, Vec<_>) = {
+        let mut groups = broker.groups.groups.lock().expect("groups lock poisoned");
+        let changes = groups.drop_offsets(gone);
+        let mut by_group: BTreeMap<String, Vec<Change>> = BTreeMap::new();
+        for c in changes {
+            by_group.entry(c.0.group().to_owned()).or_default().push(c);
+        }
+        (
+            by_group.values().map(Vec::len).sum(),
+            by_group
+                .into_iter()
+                .map(|(g, c)| broker.persist_group_changes(&g, c))
+                .collect(),
+        )
+    };
+    for p in pending {
+        p.await?;
+    }
+    Ok(dropped)
+}
+
+/// Drops the offsets of topics the metadata no longer holds. Run at start-up once group state
+/// is replayed: a crash between a topic's metadata delete and the deletion of its offsets
+/// would otherwise let a topic created again under its name resume from the old offsets.
+pub(crate) async fn drop_deleted_offsets(broker: &Arc<Broker>) -> Result<(), BrokerError> {
+    let topics: std::collections::HashSet<String> = broker
+        .controller
+        .read(|s| s.topics().map(|t| t.name.clone()).collect());
+    let dropped = drop_offsets(broker, |t| !topics.contains(t))
+        .await
+        .map_err(|e| BrokerError::Metadata(format!("dropping offsets of deleted topics: {e}")))?;
+    if dropped > 0 {
+        tracing::info!(
+            offsets = dropped,
+            "dropped committed offsets of topics deleted before a crash"
+        );
+    }
+    Ok(())
+}
+
 /// An offsets partition is compacted once it holds this many batches (about one per commit).
 pub(crate) const COMPACT_AFTER_BATCHES: u64 = 1_000;
 

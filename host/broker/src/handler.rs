@@ -88,6 +88,10 @@ pub(crate) fn handle(
         | Request::PausePipeline { .. }
         | Request::ResumePipeline { .. }
         | Request::DeletePipeline { .. } => Box::pin(crate::pipelines::handle(broker, request)),
+        Request::DeleteTopic { name } => Box::pin(crate::topic_delete::handle(broker, name, false)),
+        Request::DeleteTopicForced { name } => {
+            Box::pin(crate::topic_delete::handle(broker, name, true))
+        }
         Request::FetchTransformed(req) => Box::pin(crate::plugins::fetch_transformed(broker, req)),
         Request::DeployPlugin { .. }
         | Request::ListPlugins
@@ -137,6 +141,7 @@ pub(crate) fn metadata_error(e: MetadataError) -> WireError {
         MetadataError::PluginInUse { .. } => ErrorCode::InvalidConfig,
         MetadataError::UnknownPipeline(_) => ErrorCode::UnknownPipeline,
         MetadataError::PipelineExists(_) => ErrorCode::PipelineExists,
+        MetadataError::TopicInUse { .. } => ErrorCode::InvalidConfig,
     };
     WireError::new(code, e.to_string())
 }
@@ -521,24 +526,6 @@ fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, WireError> {
             Ok(ResponseBody::Topic(describe(broker, &t)))
         }
         Request::CreateTopic(req) => create_topic(broker, req),
-        Request::DeleteTopic { name } => {
-            let t = broker
-                .controller
-                .read(|s| s.topic(&name).cloned())
-                .ok_or_else(|| unknown_topic(&name))?;
-            let description = describe(broker, &t);
-            broker
-                .controller
-                .propose(MetadataCommand::DeleteTopic { name: name.clone() })
-                .map_err(propose_error)?;
-            broker
-                .store
-                .delete_topic(t.topic_id)
-                .map_err(storage_error)?;
-            broker.forget_topic(t.topic_id);
-            tracing::info!(topic = %name, "topic deleted");
-            Ok(ResponseBody::Topic(description))
-        }
         Request::AddPartitions { name, count } => {
             if count == 0 {
                 return Err(WireError::new(
@@ -621,6 +608,8 @@ fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, WireError> {
         | Request::ListPipelines
         | Request::DescribePipeline { .. }
         | Request::PausePipeline { .. }
+        | Request::DeleteTopic { .. }
+        | Request::DeleteTopicForced { .. }
         | Request::ResumePipeline { .. }
         | Request::DeletePipeline { .. } => Err(WireError::new(
             ErrorCode::InvalidRequest,
@@ -667,7 +656,7 @@ fn create_partitions(broker: &Broker, t: &TopicRecord) -> Result<(), WireError> 
     Ok(())
 }
 
-fn describe(broker: &Broker, t: &TopicRecord) -> TopicDescription {
+pub(crate) fn describe(broker: &Broker, t: &TopicRecord) -> TopicDescription {
     TopicDescription {
         name: t.name.clone(),
         topic_id: t.topic_id,

@@ -15,8 +15,9 @@ mod plugins;
 mod retention;
 mod server;
 pub mod tls;
+mod topic_delete;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -214,6 +215,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     tokio::task::spawn_blocking(move || groups::GroupCoordinator::load(&b))
         .await
         .map_err(|e| BrokerError::Metadata(format!("group load task: {e}")))??;
+    remove_orphaned_topics(&store, &controller)?;
     // Pipelines resume from their checkpoints by themselves (paused ones stay paused).
     pipelines::PipelineRunners::start_all(&broker);
     let retention_task = tokio::spawn(retention::run(broker.clone()));
@@ -238,6 +240,7 @@ fn new_cluster_id() -> String {
         .build_hasher()
         .finish();
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    groups::drop_deleted_offsets(&broker).await?;
     h.write_u64(a);
     format!("{:016x}{:016x}", a, h.finish())
 }
@@ -255,6 +258,26 @@ impl Broker {
         }
         let log_end = self.store.partition_state(id).map_or(0, |s| s.log_end);
         self.partitions
+/// Deletes the stored partitions of topics the metadata no longer holds: a crash between a
+/// topic's delete in the metadata log and the removal of its data leaves them behind. Topic ids
+/// are never reused (`MetadataState` only ever hands out the next one), so such data belongs to
+/// no live topic, not even one created again under the same name.
+fn remove_orphaned_topics(
+    store: &Store,
+    controller: &MetadataController,
+) -> Result<(), BrokerError> {
+    let live: BTreeSet<u64> = controller.read(|s| s.topics().map(|t| t.topic_id).collect());
+    let stored: BTreeSet<u64> = store.partitions().iter().map(|p| p.topic_id).collect();
+    for &topic_id in stored.difference(&live) {
+        tracing::info!(
+            topic_id,
+            "removing the data of a topic deleted before a crash"
+        );
+        store.delete_topic(topic_id)?;
+    }
+    Ok(())
+}
+
             .write()
             .expect("partitions lock poisoned")
             .entry(id)

@@ -537,6 +537,33 @@ impl PipelineRunners {
         drop(old);
     }
 
+    /// Stops the runners of pipelines that the metadata command at log index `index` removed
+    /// (a forced topic delete removes every pipeline of the topic with it), as
+    /// [`PipelineRunners::stop`] does for one. `live` holds every pipeline as that command left
+    /// the metadata, by name and creating index; runners of pipelines created by a later
+    /// command are left alone.
+    pub(crate) fn stop_removed(&self, index: u64, live: &HashMap<String, u64>) {
+        let removed: Vec<(String, Running)> = {
+            let mut running = self.running.lock().expect("pipelines lock");
+            let names: Vec<String> = running
+                .iter()
+                .filter(|(name, r)| {
+                    r.created_index < index && live.get(*name) != Some(&r.created_index)
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|name| running.remove(&name).map(|r| (name, r)))
+                .collect()
+        };
+        for (name, _) in &removed {
+            tracing::info!(pipeline = %name, "pipeline deleted with its topic; runners stopped");
+        }
+        // Dropping a `Running` aborts its tasks, outside the lock.
+        drop(removed);
+    }
+
     /// Starts every pipeline in the metadata that is not paused (at broker start).
     pub(crate) fn start_all(broker: &Arc<Broker>) {
         let records: Vec<PipelineRecord> = broker

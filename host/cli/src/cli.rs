@@ -115,8 +115,14 @@ pub enum TopicCommand {
     List,
     /// Show a topic's partitions: leader, log start, log end, size.
     Describe { name: String },
-    /// Delete a topic and its data.
-    Delete { name: String },
+    /// Delete a topic, its data and the group offsets committed for it. Refused while a
+    /// pipeline reads or writes the topic, unless --force.
+    Delete {
+        name: String,
+        /// Stop and delete the pipelines that read or write the topic, then delete it.
+        #[arg(long)]
+        force: bool,
+    },
     /// Add partitions to a topic.
     AddPartitions {
         name: String,

@@ -77,8 +77,25 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
             }
         }
         TopicCommand::Describe { name } => print_description(&admin.describe_topic(name).await?),
-        TopicCommand::Delete { name } => {
+        TopicCommand::Delete { name, force: false } => {
             let t = admin.delete_topic(name).await?;
+            println!("deleted topic {}", t.name);
+        }
+        TopicCommand::Delete { name, force: true } => {
+            // Listed first only to say which pipelines went; the broker decides which to delete.
+            let users: Vec<String> =
+                match client.request(Request::ListPipelines, Bytes::new()).await? {
+                    (ResponseBody::Pipelines(ps), _) => ps
+                        .into_iter()
+                        .filter(|p| &p.from == name || &p.to == name)
+                        .map(|p| p.name)
+                        .collect(),
+                    (other, _) => bail!("unexpected answer from the broker: {other:?}"),
+                };
+            let t = admin.delete_topic_forced(name).await?;
+            for p in users {
+                println!("deleted pipeline {p}");
+            }
             println!("deleted topic {}", t.name);
         }
         TopicCommand::AddPartitions { name, count } => {

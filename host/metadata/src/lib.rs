@@ -62,6 +62,9 @@ pub enum MetadataCommand {
         config: TopicConfig,
         assignments: Vec<Vec<u32>>,
     },
+    /// Deletes a topic. Refused ([`MetadataError::TopicInUse`]) while anything reads or writes
+    /// it: a pipeline would fail on its next record, and a topic created again under the name
+    /// would silently become its input or output.
     DeleteTopic {
         name: String,
     },
@@ -116,6 +119,13 @@ pub enum MetadataCommand {
         paused: bool,
     },
     DeletePipeline {
+        name: String,
+    },
+    /// Deletes a topic together with every pipeline that reads or writes it (`topic delete
+    /// --force`). One command, so a crash cannot leave the pipelines deleted and the topic
+    /// not, nor a pipeline pointing at a topic that is gone. A new variant rather than a flag
+    /// on [`MetadataCommand::DeleteTopic`]: commands already in a log must keep decoding.
+    DeleteTopicForced {
         name: String,
     },
 }
@@ -191,6 +201,45 @@ pub enum MetadataError {
     UnknownPipeline(String),
     #[error("pipeline {0:?} already exists")]
     PipelineExists(String),
+    /// The topic is read or written by the `users` (never empty); deleting it needs them gone,
+    /// or [`MetadataCommand::DeleteTopicForced`].
+    #[error("{}", in_use_message(topic, users))]
+    TopicInUse {
+        topic: String,
+        users: Vec<TopicUser>,
+    },
+}
+
+/// Something that reads or writes a topic and so keeps it from being deleted. Connectors join
+/// pipelines here when they exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicUser {
+    /// A pipeline that reads the topic (`reads`) or writes it.
+    Pipeline { name: String, reads: bool },
+}
+
+impl std::fmt::Display for TopicUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TopicUser::Pipeline { name, reads: true } => write!(f, "read by pipeline {name:?}"),
+            TopicUser::Pipeline { name, reads: false } => {
+                write!(f, "written by pipeline {name:?}")
+            }
+        }
+    }
+}
+
+fn in_use_message(topic: &str, users: &[TopicUser]) -> String {
+    let list: Vec<String> = users.iter().map(ToString::to_string).collect();
+    let them = if users.len() == 1 {
+        "the pipeline"
+    } else {
+        "them"
+    };
+    format!(
+        "topic {topic:?} is {}; delete {them} first or use --force",
+        list.join(" and ")
+    )
 }
 
 /// Most partitions one topic may have; a guard against typos such as `--partitions 1000000`.
@@ -201,6 +250,10 @@ pub const MAX_PARTITIONS: usize = 10_000;
 pub struct MetadataState {
     brokers: BTreeMap<u32, BrokerRecord>,
     topics: BTreeMap<String, TopicRecord>,
+    /// The id the next created topic gets. It only grows (nothing but a create touches it)
+    /// and is rebuilt by replaying the log (or kept in a snapshot of this state), so topic ids
+    /// are never reused: data stored under an id the metadata no longer holds belongs to a
+    /// deleted topic, and the broker removes it at start-up.
     next_topic_id: u64,
     /// The id [`MetadataCommand::AllocateProducerId`] hands out next.
     next_producer_id: i64,
@@ -252,6 +305,26 @@ impl MetadataState {
         self.pipelines.values()
     }
 
+    /// Everything that reads or writes topic `name`, in name order.
+    pub fn topic_users(&self, name: &str) -> Vec<TopicUser> {
+        let mut users = Vec::new();
+        for p in self.pipelines.values() {
+            if p.spec.from == name {
+                users.push(TopicUser::Pipeline {
+                    name: p.spec.name.clone(),
+                    reads: true,
+                });
+            }
+            if p.spec.to == name {
+                users.push(TopicUser::Pipeline {
+                    name: p.spec.name.clone(),
+                    reads: false,
+                });
+            }
+        }
+        users
+    }
+
     pub fn broker(&self, node_id: u32) -> Option<&BrokerRecord> {
         self.brokers.get(&node_id)
     }
@@ -297,7 +370,19 @@ impl MetadataState {
                 self.validate_assignments(assignments, 0)?;
                 self.validate_config(config)
             }
-            MetadataCommand::DeleteTopic { name } => self.existing(name).map(|_| ()),
+            MetadataCommand::DeleteTopic { name } => {
+                self.existing(name)?;
+                let users = self.topic_users(name);
+                if users.is_empty() {
+                    Ok(())
+                } else {
+                    Err(MetadataError::TopicInUse {
+                        topic: name.clone(),
+                        users,
+                    })
+                }
+            }
+            MetadataCommand::DeleteTopicForced { name } => self.existing(name).map(|_| ()),
             MetadataCommand::AddPartitions { name, assignments } => {
                 let topic = self.existing(name)?;
                 if assignments.is_empty() {
@@ -502,6 +587,11 @@ impl MetadataState {
                 );
             }
             MetadataCommand::DeleteTopic { name } => {
+                self.topics.remove(name);
+            }
+            MetadataCommand::DeleteTopicForced { name } => {
+                self.pipelines
+                    .retain(|_, p| p.spec.from != *name && p.spec.to != *name);
                 self.topics.remove(name);
             }
             MetadataCommand::AddPartitions { name, assignments } => {
@@ -936,5 +1026,98 @@ mod tests {
             live.apply(21, &MetadataCommand::DeletePipeline { name: "p".into() }),
             Err(MetadataError::UnknownPipeline("p".into()))
         );
+    }
+    #[test]
+    fn topics_used_by_pipelines_are_deleted_only_with_them() {
+        let mut s = node1();
+        let setup = [
+            MetadataCommand::DeployPlugin {
+                name: "f".into(),
+                kind: "transform".into(),
+                hash: "00".into(),
+                size_bytes: 1,
+                deployed_at_ms: 0,
+            },
+            create("in", 2),
+            create("out", 1),
+            create("other", 1),
+            pipeline("p", "in", "out", 2),
+            pipeline("q", "out", "other", 1),
+        ];
+        for (i, c) in setup.iter().enumerate() {
+            s.apply(i as u64 + 2, c).unwrap();
+        }
+        let delete = |name: &str| MetadataCommand::DeleteTopic { name: name.into() };
+        let refused = s.apply(10, &delete("in")).unwrap_err();
+        assert_eq!(
+            refused,
+            MetadataError::TopicInUse {
+                topic: "in".into(),
+                users: vec![TopicUser::Pipeline {
+                    name: "p".into(),
+                    reads: true
+                }],
+            }
+        );
+        assert_eq!(
+            refused.to_string(),
+            r#"topic "in" is read by pipeline "p"; delete the pipeline first or use --force"#
+        );
+        assert_eq!(
+            s.apply(11, &delete("out")).unwrap_err().to_string(),
+            r#"topic "out" is written by pipeline "p" and read by pipeline "q"; delete them first or use --force"#
+        );
+        assert!(s.topic("in").is_some() && s.topic("out").is_some());
+        let out_id = s.topic("out").unwrap().topic_id;
+
+        // Forced: the topic and both pipelines go in one step; the rest stays.
+        s.apply(
+            12,
+            &MetadataCommand::DeleteTopicForced { name: "out".into() },
+        )
+        .unwrap();
+        assert!(s.topic("out").is_none());
+        assert!(s.pipelines().next().is_none());
+        assert!(s.topic("in").is_some() && s.topic("other").is_some());
+        assert_eq!(
+            s.apply(
+                13,
+                &MetadataCommand::DeleteTopicForced { name: "out".into() }
+            ),
+            Err(MetadataError::UnknownTopic("out".into()))
+        );
+        // Nothing uses "in" any more.
+        assert!(s.topic_users("in").is_empty());
+        s.apply(14, &delete("in")).unwrap();
+        // A topic created again never gets a deleted one's id.
+        s.apply(15, &create("out", 1)).unwrap();
+        assert!(s.topic("out").unwrap().topic_id > out_id);
+        assert!(s.topic("out").unwrap().topic_id > s.topic("other").unwrap().topic_id);
+
+        // The same log replays to the same state, refusals included.
+        let log: Vec<MetadataCommand> = std::iter::once(MetadataCommand::RegisterBroker {
+            node_id: 1,
+            addr: "127.0.0.1:1".into(),
+        })
+        .chain(setup.iter().cloned())
+        .collect();
+        let mut replayed = MetadataState::new();
+        for (i, c) in log.iter().enumerate() {
+            replayed.apply(i as u64 + 1, c).unwrap();
+        }
+        for (i, c) in [
+            delete("in"),
+            delete("out"),
+            MetadataCommand::DeleteTopicForced { name: "out".into() },
+            MetadataCommand::DeleteTopicForced { name: "out".into() },
+            delete("in"),
+            create("out", 1),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let _ = replayed.apply(i as u64 + 10, &decode_command(&encode_command(c)).unwrap());
+        }
+        assert_eq!(replayed, s);
     }
 }

@@ -36,9 +36,20 @@ impl Admin {
         .await
     }
 
-    /// Deletes a topic and its data; returns the topic as it was.
+    /// Deletes a topic, its data and the group offsets committed for it; returns the topic as
+    /// it was. Refused (an `InvalidConfig` broker error naming them) while a pipeline reads or
+    /// writes the topic: delete those first, or use [`Admin::delete_topic_forced`].
     pub async fn delete_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
         self.topic(Request::DeleteTopic {
+            name: name.to_string(),
+        })
+        .await
+    }
+
+    /// Like [`Admin::delete_topic`], but first stops and deletes every pipeline that reads or
+    /// writes the topic (`sluice topic delete --force`).
+    pub async fn delete_topic_forced(&self, name: &str) -> Result<TopicDescription, ClientError> {
+        self.topic(Request::DeleteTopicForced {
             name: name.to_string(),
         })
         .await

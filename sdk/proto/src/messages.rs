@@ -100,6 +100,13 @@ pub enum Request {
         plugin: Option<String>,
         config: Vec<(String, String)>,
     },
+    /// Deletes a topic together with every pipeline that reads or writes it (`topic delete
+    /// --force`); answered like [`Request::DeleteTopic`], which refuses a topic in use. A
+    /// request of its own rather than a flag on `DeleteTopic`, so that clients that send the
+    /// old `DeleteTopic` keep working (see the compatibility rule above).
+    DeleteTopicForced {
+        name: String,
+    },
 }
 
 impl Request {
@@ -136,6 +143,7 @@ impl Request {
             Request::PausePipeline { .. } => "pause_pipeline",
             Request::ResumePipeline { .. } => "resume_pipeline",
             Request::DeletePipeline { .. } => "delete_pipeline",
+            Request::DeleteTopicForced { .. } => "delete_topic_forced",
         }
     }
 }
@@ -791,6 +799,7 @@ mod tests {
                 })
             }),
             "[a-z]{1,10}".prop_map(|name| Request::DeleteTopic { name }),
+            "[a-z]{1,10}".prop_map(|name| Request::DeleteTopicForced { name }),
             Just(Request::ListTopics),
             "[a-z]{1,10}".prop_map(|name| Request::DescribeTopic { name }),
             ("[a-z]{1,10}", any::<u32>())
