@@ -38,7 +38,8 @@ pub enum ErrorCode {
     Timeout,
     /// Fewer in-sync replicas than `min.insync.replicas`; retry later.
     NotEnoughReplicas,
-    /// The broker's store failed; it refuses writes until restarted.
+    /// The broker's store refuses writes (a full disk, an I/O error); the message says why and
+    /// whether writes resume by themselves (they do once a full disk has space again).
     StorageError,
     /// The broker is shutting down; retry against it (or another) later.
     ShuttingDown,
