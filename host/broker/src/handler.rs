@@ -190,6 +190,8 @@ pub(crate) fn storage_error(e: StorageError) -> WireError {
             ErrorCode::ShuttingDown,
             "the store is closing; retry shortly",
         ),
+        // Says the disk is full, which file, and that writes resume once space is freed.
+        StorageError::DiskFull { .. } => WireError::new(ErrorCode::StorageError, e.to_string()),
         other => WireError::new(ErrorCode::StorageError, other.to_string()),
     }
 }

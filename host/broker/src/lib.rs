@@ -48,6 +48,11 @@ pub enum BrokerError {
     /// The endpoint could not bind or failed.
     #[error("network: {0}")]
     Io(#[from] std::io::Error),
+    /// The data dir's disk failed at start-up (full, read-only, ...): creating the dir, opening
+    /// the store, or writing a file in it. The message starts with `data dir <path>:` and says
+    /// what was being done.
+    #[error("{0}")]
+    Disk(String),
 }
 
 /// Per-partition state that lives only in memory.
@@ -132,12 +137,19 @@ impl BrokerHandle {
 /// starts serving QUIC. Must be called inside a tokio runtime.
 pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     config.validate()?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        BrokerError::Config(format!(
-            "cannot create data dir {}: {e}",
-            config.data_dir.display()
-        ))
-    })?;
+    // Disk errors name the data dir and what was being done: a full disk is no network error.
+    let data_dir = config.data_dir.clone();
+    let disk = move |what: &str, err: &dyn std::fmt::Display| {
+        BrokerError::Disk(format!("data dir {}: {what}: {err}", data_dir.display()))
+    };
+    let store_disk = |what: &str, err: sluice_storage::StorageError| match err {
+        // Its own words add that writes resume, which is not so while starting.
+        sluice_storage::StorageError::DiskFull { location, cause } => {
+            disk(what, &format!("disk full: {cause} writing {location}"))
+        }
+        other => disk(what, &other),
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| disk("cannot create it", &e))?;
     let (certs, key) = tls::server_identity(&config)?;
     let server_config = tls::quic_server_config(certs, key)?;
 
@@ -148,12 +160,15 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     };
     let store = tokio::task::spawn_blocking(move || Store::open(&store_path, options))
         .await
-        .map_err(|e| BrokerError::Metadata(format!("store open task: {e}")))??;
+        .map_err(|e| BrokerError::Metadata(format!("store open task: {e}")))?
+        .map_err(|e| store_disk("opening the store", e))?;
     let cluster_id = match store.meta_get("cluster_id")? {
         Some(id) => String::from_utf8_lossy(&id).into_owned(),
         None => {
             let id = new_cluster_id();
-            store.meta_put("cluster_id", id.as_bytes())?;
+            store
+                .meta_put("cluster_id", id.as_bytes())
+                .map_err(|e| store_disk("storing the cluster id", e))?;
             id
         }
     };
@@ -164,7 +179,9 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     // Tools and tests that start a broker on port 0 learn its address from this file.
     let addr_file = config.data_dir.join("broker.addr");
     let tmp = config.data_dir.join("broker.addr.tmp");
-    std::fs::write(&tmp, local_addr.to_string()).and_then(|_| std::fs::rename(&tmp, &addr_file))?;
+    std::fs::write(&tmp, local_addr.to_string())
+        .and_then(|_| std::fs::rename(&tmp, &addr_file))
+        .map_err(|e| disk("writing broker.addr", &e))?;
     let advertised = config.advertised(local_addr);
     let node_id = config.node_id;
     let registered = controller.read(|s| s.broker(node_id).map(|b| b.addr.clone()));
@@ -174,7 +191,10 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
                 node_id,
                 addr: advertised.clone(),
             })
-            .map_err(|e| BrokerError::Metadata(e.to_string()))?;
+            .map_err(|e| match e {
+                controller::ProposeError::Storage(e) => store_disk("registering this broker", e),
+                refused => BrokerError::Metadata(refused.to_string()),
+            })?;
     }
     // A crash between a topic's metadata entry and its partitions' creation in the store
     // leaves partitions missing; creating them again is idempotent.
