@@ -293,6 +293,7 @@ pub fn describe_output(out: &Output) -> String {
 }
 
 /// A raw QUIC connection to the broker, for tests that send hand-made (and malformed) frames.
+/// It sends a keep-alive every second, as a client that holds a connection open would.
 pub async fn raw_connection(addr: SocketAddr, ca_pem: &Path) -> quinn::Connection {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca_pem).expect("read CA");
@@ -309,7 +310,11 @@ pub async fn raw_connection(addr: SocketAddr, ca_pem: &Path) -> quinn::Connectio
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
     let mut endpoint =
         quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let mut config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(1)));
+    config.transport_config(std::sync::Arc::new(transport));
+    endpoint.set_default_client_config(config);
     endpoint
         .connect(addr, "127.0.0.1")
         .expect("connect")

@@ -34,10 +34,39 @@ pub struct BrokerConfig {
     pub shutdown_timeout_ms: u64,
     /// Memory the store may use to cache pages.
     pub store_cache_bytes: usize,
+    /// Most client connections open at once; more are refused at the handshake.
+    pub max_connections: usize,
+    /// Most request streams one connection may have open at once (QUIC stream credit).
+    pub max_streams_per_connection: u32,
+    /// Bytes a client may have in flight towards the broker on one connection before the
+    /// broker reads them (the QUIC receive window, per connection and per stream). With
+    /// `max_connections` it bounds what QUIC buffers for clients.
+    pub connection_window_bytes: u32,
+    /// Bytes of request frames (being read or being handled) all connections together may hold.
+    /// A frame waits for its share before its body is read.
+    pub request_memory_bytes: usize,
+    /// The same, for one connection; at least `max_frame_bytes`.
+    pub connection_request_memory_bytes: usize,
+    /// How long a frame waits for its memory before it is read, dropped and refused with a
+    /// retriable error (waiting longer would let its unread bytes block the connection).
+    pub request_memory_wait_ms: u64,
+    /// A frame must arrive whole within this many milliseconds of its first byte (of its
+    /// body, once the memory for it is granted); a stream that stalls mid-frame is reset.
+    pub frame_timeout_ms: u64,
+    /// A connection with no request in flight and none received for this long is closed by
+    /// the broker, keep-alives or not.
+    pub idle_timeout_ms: u64,
+    /// Threads that validate and decompress large or compressed batches, off the network
+    /// tasks. 0 means one per core.
+    pub validation_threads: usize,
     /// Testing only (fault injection): abort the process, as `kill -9` would, when the n-th
     /// pipeline step that wrote output has had that output acknowledged and before its
     /// checkpoint is written — the window that the pipelines' exactly-once replay covers.
     pub pipeline_fault_abort_before_checkpoint: Option<u64>,
+    /// Testing only (fault injection): abort the process, as `kill -9` would, when a topic
+    /// delete is durable in the metadata log and before the topic's group offsets and data are
+    /// removed — the window that start-up's clean-up covers.
+    pub topic_delete_fault_abort_after_metadata: bool,
 }
 
 /// TLS material. With neither `cert` nor `key` set, the broker creates a dev CA and a server
@@ -63,14 +92,20 @@ impl Default for BrokerConfig {
             tls: TlsSettings::default(),
             max_frame_bytes: sluice_proto::frame::DEFAULT_MAX_FRAME,
             max_batch_bytes: 8 * 1024 * 1024,
-    /// Testing only (fault injection): abort the process, as `kill -9` would, when a topic
-    /// delete is durable in the metadata log and before the topic's group offsets and data are
-    /// removed — the window that start-up's clean-up covers.
-    pub topic_delete_fault_abort_after_metadata: bool,
             retention_check_interval_ms: 5_000,
             shutdown_timeout_ms: 10_000,
             store_cache_bytes: 256 * 1024 * 1024,
+            max_connections: 1024,
+            max_streams_per_connection: 64,
+            connection_window_bytes: 1024 * 1024,
+            request_memory_bytes: 256 * 1024 * 1024,
+            connection_request_memory_bytes: 2 * sluice_proto::frame::DEFAULT_MAX_FRAME,
+            request_memory_wait_ms: 1_000,
+            frame_timeout_ms: 30_000,
+            idle_timeout_ms: 600_000,
+            validation_threads: 0,
             pipeline_fault_abort_before_checkpoint: None,
+            topic_delete_fault_abort_after_metadata: false,
         }
     }
 }
@@ -104,8 +139,36 @@ impl BrokerConfig {
                 self.max_batch_bytes, self.max_frame_bytes
             ));
         }
+        if self.connection_request_memory_bytes < self.max_frame_bytes {
+            return bad(format!(
+                "connection_request_memory_bytes = {} is below max_frame_bytes = {}: a largest frame could never be read",
+                self.connection_request_memory_bytes, self.max_frame_bytes
+            ));
+        }
+        if self.request_memory_bytes < self.connection_request_memory_bytes
+            || self.request_memory_bytes < 2 * self.max_frame_bytes
+        {
+            return bad(format!(
+                "request_memory_bytes = {} must be at least connection_request_memory_bytes = {} \
+                 and twice max_frame_bytes = {}",
+                self.request_memory_bytes,
+                self.connection_request_memory_bytes,
+                self.max_frame_bytes
+            ));
+        }
+        if self.max_connections == 0 || self.max_streams_per_connection == 0 {
+            return bad("max_connections and max_streams_per_connection must be positive".into());
+        }
+        if self.connection_window_bytes < 64 * 1024 {
+            return bad(format!(
+                "connection_window_bytes = {} is below the minimum of 65536",
+                self.connection_window_bytes
+            ));
+        }
+        if self.frame_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return bad("frame_timeout_ms and idle_timeout_ms must be positive".into());
+        }
         if self.retention_check_interval_ms == 0 {
-            topic_delete_fault_abort_after_metadata: false,
             return bad("retention_check_interval_ms must be positive".into());
         }
         Ok(())

@@ -73,7 +73,7 @@ pub(crate) fn handle(
     raw: Bytes,
 ) -> BoxFuture<'static, Reply> {
     match request {
-        Request::Produce(p) => produce(broker, p, raw),
+        Request::Produce(p) => Box::pin(crate::plugins::produce_routed(broker, p, raw)),
         Request::Fetch(f) => Box::pin(async move { fetch(broker, f).await }),
         Request::GroupHeartbeat(_)
         | Request::OffsetCommit(_)
@@ -295,41 +295,52 @@ impl Broker {
     }
 }
 
-fn produce(broker: Arc<Broker>, req: ProduceRequest, raw: Bytes) -> BoxFuture<'static, Reply> {
-    if req.partition == sluice_proto::ROUTE_BY_PARTITIONER {
-        return Box::pin(crate::plugins::produce_routed(broker, req, raw));
+/// Checks a produce request's batch whole: header, CRC, every record (decompressed within
+/// `max_decompressed` bytes), and the idempotence fields. CPU-bound: the server runs it off the
+/// network tasks for large or compressed batches.
+pub(crate) fn validate_batch(
+    raw: &[u8],
+    max_decompressed: usize,
+) -> Result<BatchHeader, WireError> {
+    let header = batch::validate_with_limit(raw, max_decompressed).map_err(|e| {
+        WireError::new(
+            ErrorCode::InvalidRecord,
+            format!("invalid record batch: {e}"),
+        )
+    })?;
+    if header.producer_id >= 0 && (header.producer_epoch < 0 || header.base_sequence < 0) {
+        return Err(WireError::new(
+            ErrorCode::InvalidRecord,
+            format!(
+                "invalid record batch: producer id {} needs a producer epoch and a base \
+                 sequence of 0 or more, got epoch {} and sequence {}",
+                header.producer_id, header.producer_epoch, header.base_sequence
+            ),
+        ));
     }
-    let acks = req.acks;
+    Ok(header)
+}
+
+/// Appends a produce request's batch, validated by [`validate_batch`], to a partition this node
+/// leads. The append is enqueued before this returns (stream order); the answer follows when
+/// it commits. Batches routed by a partitioner plugin go to `plugins::produce_routed`.
+pub(crate) fn produce(
+    broker: Arc<Broker>,
+    req: ProduceRequest,
+    raw: Bytes,
+    validated: Result<BatchHeader, WireError>,
+) -> BoxFuture<'static, Reply> {
     let prepared = (|| {
         let led = broker.led_partition(&req.topic, req.partition)?;
         broker.check_batch_size(&req.topic, &led.config, raw.len())?;
-        let header = batch::validate(&raw).map_err(|e| {
-            WireError::new(
-                ErrorCode::InvalidRecord,
-                format!("invalid record batch: {e}"),
-            )
-        })?;
-        if header.producer_id >= 0 && (header.producer_epoch < 0 || header.base_sequence < 0) {
-            return Err(WireError::new(
-                ErrorCode::InvalidRecord,
-                format!(
-                    "invalid record batch: producer id {} needs a producer epoch and a base \
-                     sequence of 0 or more, got epoch {} and sequence {}",
-                    header.producer_id, header.producer_epoch, header.base_sequence
-                ),
-            ));
-        }
-        Ok((led, header))
+        validated?;
+        Ok(led)
     })();
-    let (led, header) = match prepared {
-        Ok(p) => p,
-        Err(e) if acks == Acks::None => {
-            tracing::debug!(cause = %e, "acks=0 produce refused");
-            return Box::pin(async { Reply::None });
-        }
+    let led = match prepared {
+        Ok(led) => led,
         Err(e) => return Box::pin(async move { Reply::error(e) }),
     };
-    let _: BatchHeader = header;
+    let acks = req.acks;
     // Enqueued now, in stream order; awaited below.
     let append = broker.store.append(
         led.id,
@@ -535,6 +546,11 @@ fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, WireError> {
                     "--count must be at least 1",
                 ));
             }
+            let existing = broker
+                .controller
+                .read(|s| s.topic(&name).map(|t| t.partitions.len()))
+                .ok_or_else(|| unknown_topic(&name))?;
+            check_partition_count(existing.saturating_add(count as usize))?;
             let assignments = vec![vec![broker.node_id]; count as usize];
             broker
                 .controller
@@ -592,6 +608,8 @@ fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, WireError> {
             })
         }
         Request::Hello(_)
+        | Request::DeleteTopic { .. }
+        | Request::DeleteTopicForced { .. }
         | Request::Produce(_)
         | Request::Fetch(_)
         | Request::GroupHeartbeat(_)
@@ -610,8 +628,6 @@ fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, WireError> {
         | Request::ListPipelines
         | Request::DescribePipeline { .. }
         | Request::PausePipeline { .. }
-        | Request::DeleteTopic { .. }
-        | Request::DeleteTopicForced { .. }
         | Request::ResumePipeline { .. }
         | Request::DeletePipeline { .. } => Err(WireError::new(
             ErrorCode::InvalidRequest,
@@ -627,6 +643,7 @@ fn create_topic(broker: &Broker, req: CreateTopicRequest) -> Result<ResponseBody
             "a topic needs at least one partition",
         ));
     }
+    check_partition_count(req.partitions as usize)?;
     let assignments = vec![vec![broker.node_id]; req.partitions as usize];
     broker
         .controller
@@ -643,6 +660,21 @@ fn create_topic(broker: &Broker, req: CreateTopicRequest) -> Result<ResponseBody
     create_partitions(broker, &t)?;
     tracing::info!(topic = %t.name, topic_id = t.topic_id, partitions = t.partitions.len(), "topic created");
     Ok(ResponseBody::Topic(describe(broker, &t)))
+}
+
+/// Refuses a partition count above the limit before anything is allocated for it: the count
+/// comes from the request.
+fn check_partition_count(total: usize) -> Result<(), WireError> {
+    if total > sluice_metadata::MAX_PARTITIONS {
+        return Err(WireError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "{total} partitions requested in all; a topic may have at most {}",
+                sluice_metadata::MAX_PARTITIONS
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn create_partitions(broker: &Broker, t: &TopicRecord) -> Result<(), WireError> {

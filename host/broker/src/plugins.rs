@@ -387,12 +387,7 @@ fn route(
         ));
     };
     broker.check_batch_size(&req.topic, &config, raw.len())?;
-    let header = sluice_proto::batch::validate(raw).map_err(|e| {
-        WireError::new(
-            ErrorCode::InvalidRecord,
-            format!("invalid record batch: {e}"),
-        )
-    })?;
+    let header = crate::handler::validate_batch(raw, broker.config.max_batch_bytes as usize)?;
     let records = decode_records(&header, raw).map_err(|e| {
         WireError::new(
             ErrorCode::InvalidRecord,

@@ -1,29 +1,178 @@
 //! The QUIC side: accepts connections and streams, reads request frames, writes responses in
 //! request order.
+//!
+//! What a client can hold of the broker is bounded here (docs/cli.md has the settings and the
+//! arithmetic):
+//! - connections: at most `max_connections`; more are refused at the handshake;
+//! - streams: at most `max_streams_per_connection` per connection (QUIC stream credit);
+//! - bytes QUIC buffers for a client: its receive window, `connection_window_bytes`;
+//! - request frames: a frame's body is read only once its length is granted from the
+//!   connection's budget (`connection_request_memory_bytes`) and the broker's
+//!   (`request_memory_bytes`), and the grant is held until its answer is written; the buffer
+//!   grows as bytes arrive;
+//! - time: a frame must arrive whole within `frame_timeout_ms`, or its stream is reset; a
+//!   connection with no request for `idle_timeout_ms` is closed, keep-alives or not;
+//! - CPU: large or compressed batches are validated on a bounded set of threads, one at a time
+//!   per connection, so a flood of heavy requests queues behind its own sender.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use sluice_proto::frame::{decode_body, read_frame, write_frame};
-use sluice_proto::{ErrorCode, ProtoError, Request, Response, WireError};
-use tokio::sync::{OnceCell, mpsc};
+use sluice_proto::frame::{decode_body, read_frame_body, read_frame_len, write_frame};
+use sluice_proto::{Acks, ErrorCode, ProtoError, Request, Response, WireError};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Broker;
+use crate::config::BrokerConfig;
 use crate::handler::Reply;
 
 /// How many requests of one stream may be in flight before the broker stops reading more.
 const MAX_PIPELINED: usize = 128;
 
+/// Frames up to this size draw on the small-frame reserve of the request memory.
+const SMALL_FRAME: usize = 64 * 1024;
+/// The small-frame reserve is this fraction (1/n) of `request_memory_bytes`.
+const SMALL_FRAME_RESERVE_SHARE: usize = 8;
+
+/// QUIC application close code for a connection closed because it sat idle.
+pub const IDLE_CLOSE_CODE: u32 = 2;
+/// QUIC stream reset / stop code for a stream whose frame did not arrive in time.
+pub const FRAME_TIMEOUT_CODE: u32 = 3;
+
+/// Limits shared by every connection of a broker.
+#[derive(Debug)]
+pub(crate) struct ClientLimits {
+    /// Bytes of large request frames (above [`SMALL_FRAME`]) held by all connections together.
+    request_memory: Arc<Semaphore>,
+    /// The same for small frames: a reserve that slow large frames cannot take, so metadata,
+    /// fetch and small produce requests are served while a flood holds the rest.
+    small_request_memory: Arc<Semaphore>,
+    /// Validations of large or compressed batches running at once.
+    validation: Arc<Semaphore>,
+    connections: AtomicUsize,
+    /// `acks=0` produce requests refused; they get no answer, so they are counted here and
+    /// logged.
+    pub(crate) acks0_refused: AtomicU64,
+}
+
+impl ClientLimits {
+    pub(crate) fn new(config: &BrokerConfig) -> Self {
+        let threads = if config.validation_threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            config.validation_threads
+        };
+        let reserve = config.request_memory_bytes / SMALL_FRAME_RESERVE_SHARE;
+        ClientLimits {
+            request_memory: Arc::new(Semaphore::new(config.request_memory_bytes - reserve)),
+            small_request_memory: Arc::new(Semaphore::new(reserve)),
+            validation: Arc::new(Semaphore::new(threads)),
+            connections: AtomicUsize::new(0),
+            acks0_refused: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One connection's share of the broker, and what tells whether it is idle.
+#[derive(Debug)]
+struct ConnectionState {
+    /// Bytes of request frames this connection holds.
+    request_memory: Arc<Semaphore>,
+    /// One heavy validation at a time per connection.
+    validation: Arc<Semaphore>,
+    /// Requests being read or handled.
+    busy: AtomicUsize,
+    /// When the last request arrived or finished.
+    last_active: Mutex<Instant>,
+}
+
+impl ConnectionState {
+    fn new(config: &BrokerConfig) -> Self {
+        ConnectionState {
+            request_memory: Arc::new(Semaphore::new(config.connection_request_memory_bytes)),
+            validation: Arc::new(Semaphore::new(1)),
+            busy: AtomicUsize::new(0),
+            last_active: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn touch(&self) {
+        // A std mutex: held for one assignment, never across an await.
+        *self.last_active.lock().expect("activity lock poisoned") = Instant::now();
+    }
+
+    /// When the connection becomes idle if nothing happens before; `None` while busy.
+    fn idle_at(&self, idle: Duration) -> Option<Instant> {
+        if self.busy.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(*self.last_active.lock().expect("activity lock poisoned") + idle)
+    }
+}
+
+/// Marks a request as being read or handled on its connection until dropped.
+#[derive(Debug)]
+struct Busy(Arc<ConnectionState>);
+
+impl Busy {
+    fn new(state: &Arc<ConnectionState>) -> Self {
+        state.busy.fetch_add(1, Ordering::SeqCst);
+        state.touch();
+        Busy(state.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A request frame's grant of memory, from its connection's budget and the broker's; returned
+/// when the request's answer has been produced.
+#[derive(Debug)]
+pub(crate) struct FrameGrant {
+    _connection: OwnedSemaphorePermit,
+    _broker: OwnedSemaphorePermit,
+    _busy: Busy,
+}
+
+/// Counts a connection against `max_connections` until dropped.
+struct ConnectionSlot(Arc<Broker>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.limits.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub(crate) async fn accept_loop(broker: Arc<Broker>, endpoint: quinn::Endpoint) {
     let mut next_conn: u64 = 0;
     while let Some(incoming) = endpoint.accept().await {
+        let open = broker.limits.connections.fetch_add(1, Ordering::SeqCst);
+        let slot = ConnectionSlot(broker.clone());
+        if open >= broker.config.max_connections {
+            tracing::warn!(
+                peer = %incoming.remote_address(),
+                limit = broker.config.max_connections,
+                "connection refused: max_connections reached"
+            );
+            incoming.refuse();
+            continue;
+        }
         next_conn += 1;
         let span = tracing::info_span!("conn", id = next_conn, peer = %incoming.remote_address());
         let broker = broker.clone();
         tokio::spawn(
             async move {
+                let _slot = slot;
                 match incoming.await {
                     Ok(conn) => serve_connection(broker, conn).await,
                     Err(e) => tracing::debug!(cause = %e, "handshake failed"),
@@ -43,17 +192,31 @@ pub(crate) struct Session {
 async fn serve_connection(broker: Arc<Broker>, conn: quinn::Connection) {
     tracing::debug!("connection open");
     let session = Arc::new(Session::default());
+    let state = Arc::new(ConnectionState::new(&broker.config));
+    let idle = Duration::from_millis(broker.config.idle_timeout_ms);
     loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
-                let span = tracing::debug_span!("stream", id = %send.id());
-                tokio::spawn(
-                    serve_stream(broker.clone(), session.clone(), send, recv).instrument(span),
-                );
-            }
-            Err(e) => {
-                tracing::debug!(cause = %e, "connection closed");
-                return;
+        // While requests are in flight the connection is not idle; look again after `idle`.
+        let wake = state.idle_at(idle).unwrap_or_else(|| Instant::now() + idle);
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    let span = tracing::debug_span!("stream", id = %send.id());
+                    tokio::spawn(
+                        serve_stream(broker.clone(), session.clone(), state.clone(), send, recv)
+                            .instrument(span),
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(cause = %e, "connection closed");
+                    return;
+                }
+            },
+            _ = tokio::time::sleep_until(wake) => {
+                if state.idle_at(idle).is_some_and(|at| at <= Instant::now()) {
+                    tracing::debug!(idle_ms = broker.config.idle_timeout_ms, "closing idle connection");
+                    conn.close(IDLE_CLOSE_CODE.into(), b"idle: no request within idle_timeout_ms");
+                    return;
+                }
             }
         }
     }
@@ -61,9 +224,30 @@ async fn serve_connection(broker: Arc<Broker>, conn: quinn::Connection) {
 
 type Pending = tokio::task::JoinHandle<Reply>;
 
+/// A request frame read off a stream.
+enum ReadRequest {
+    /// Its body, and the memory granted for it.
+    Read { body: Bytes, grant: FrameGrant },
+    /// No memory was free for it in time: it was read and dropped, and is answered with
+    /// `refused` (unless it is an `acks=0` produce). The stream stays usable.
+    Dropped {
+        request: Option<Request>,
+        refused: WireError,
+    },
+}
+
+/// Why reading the next request of a stream ended.
+enum ReadEnd {
+    /// The client finished the stream between frames, or it failed.
+    Closed,
+    /// Answer this, then stop reading: the stream cannot be resynchronised.
+    Refuse(WireError),
+}
+
 async fn serve_stream(
     broker: Arc<Broker>,
     session: Arc<Session>,
+    state: Arc<ConnectionState>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -90,34 +274,26 @@ async fn serve_stream(
         let _ = send.finish();
     });
 
-    let max = broker.config.max_frame_bytes;
     loop {
-        let body = match read_frame(&mut recv, max).await {
-            Ok(Some(body)) => body,
-            Ok(None) => break,
-            Err(ProtoError::FrameTooLarge { len, max }) => {
-                // The body was not read, so the stream cannot be resynchronised: answer, then
-                // stop reading it. Other streams and connections are unaffected.
-                tracing::debug!(len, max, "oversized frame refused");
-                let msg = format!(
-                    "frame of {len} bytes exceeds the broker's maximum of {max} bytes; send smaller batches"
-                );
-                let _ = tx
-                    .send(ready(Reply::error(WireError::new(
-                        ErrorCode::FrameTooLarge,
-                        msg,
-                    ))))
-                    .await;
-                let _ = recv.stop(1u32.into());
-                break;
+        let (body, grant) = match read_request(&broker, &state, &mut recv).await {
+            Ok(ReadRequest::Read { body, grant }) => (body, grant),
+            Ok(ReadRequest::Dropped { request, refused }) => {
+                let silent = request.as_ref().is_some_and(is_silent);
+                let reply = silence(&broker, silent, Reply::error(refused));
+                if tx.send(ready(reply)).await.is_err() {
+                    break;
+                }
+                continue;
             }
-            Err(e) => {
-                tracing::debug!(cause = %e, "stream ended mid-frame");
+            Err(ReadEnd::Closed) => break,
+            Err(ReadEnd::Refuse(e)) => {
+                let _ = tx.send(ready(Reply::error(e))).await;
+                let _ = recv.stop(FRAME_TIMEOUT_CODE.into());
                 break;
             }
         };
         let pending = match decode_body::<Request>(body) {
-            Ok((request, raw)) => dispatch(&broker, &session, request, raw),
+            Ok((request, raw)) => dispatch(&broker, &session, &state, request, raw, grant).await,
             Err(e) => {
                 // The frame boundary is intact, so the stream stays usable.
                 tracing::debug!(cause = %e, "undecodable request");
@@ -135,35 +311,279 @@ async fn serve_stream(
     let _ = writer.await;
 }
 
+/// Reads one request frame: its length, then a grant of memory for it, then its body, each
+/// within the frame timeout.
+async fn read_request(
+    broker: &Broker,
+    state: &Arc<ConnectionState>,
+    recv: &mut quinn::RecvStream,
+) -> Result<ReadRequest, ReadEnd> {
+    let config = &broker.config;
+    let timeout = Duration::from_millis(config.frame_timeout_ms);
+    let timed_out = |what: &str| {
+        tracing::debug!(
+            timeout_ms = config.frame_timeout_ms,
+            "{what}; resetting the stream"
+        );
+        ReadEnd::Refuse(WireError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{what} within frame_timeout_ms = {} ms; the stream is closed",
+                config.frame_timeout_ms
+            ),
+        ))
+    };
+    // Waiting for the first byte of a frame is not a stall: the stream is between requests.
+    let mut first = [0u8; 1];
+    match recv.read(&mut first).await {
+        Ok(Some(1)) => {}
+        Ok(_) => return Err(ReadEnd::Closed),
+        Err(e) => {
+            tracing::debug!(cause = %e, "stream ended");
+            return Err(ReadEnd::Closed);
+        }
+    }
+    let busy = Busy::new(state);
+    let mut prefix = (&first[..]).chain(&mut *recv);
+    let len = match tokio::time::timeout(timeout, read_frame_len(&mut prefix)).await {
+        Ok(Ok(Some(len))) => len,
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            tracing::debug!("stream ended mid-frame");
+            return Err(ReadEnd::Closed);
+        }
+        Err(_) => return Err(timed_out("the frame's length prefix did not arrive")),
+    };
+    let max = config.max_frame_bytes;
+    if len > max {
+        // The body is not read, so the stream cannot be resynchronised: answer, then stop
+        // reading it. Other streams and connections are unaffected.
+        tracing::debug!(len, max, "oversized frame refused");
+        return Err(ReadEnd::Refuse(WireError::new(
+            ErrorCode::FrameTooLarge,
+            format!(
+                "frame of {len} bytes exceeds the broker's maximum of {max} bytes; send smaller batches"
+            ),
+        )));
+    }
+    let wait = Duration::from_millis(config.request_memory_wait_ms);
+    let grant = match tokio::time::timeout(wait, grant(broker, state, len)).await {
+        Ok((connection, broker_share)) => FrameGrant {
+            _connection: connection,
+            _broker: broker_share,
+            _busy: busy,
+        },
+        Err(_) => {
+            // Waiting longer would let this stream's unread bytes hold the connection's receive
+            // window, which the connection's granted frames need to finish: read the frame
+            // without keeping it, and refuse it.
+            tracing::debug!(len, "no request memory free; frame read and dropped");
+            let refused = WireError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the broker had no memory free for a {len}-byte request within {} ms \
+                     (request_memory_bytes); nothing was done, retry shortly",
+                    config.request_memory_wait_ms
+                ),
+            );
+            return match tokio::time::timeout(timeout, skip_frame(recv, len)).await {
+                Ok(Ok(request)) => Ok(ReadRequest::Dropped { request, refused }),
+                Ok(Err(e)) => {
+                    tracing::debug!(cause = %e, "stream ended mid-frame");
+                    Err(ReadEnd::Closed)
+                }
+                Err(_) => Err(timed_out("the frame's body did not arrive")),
+            };
+        }
+    };
+    match tokio::time::timeout(timeout, read_frame_body(recv, len)).await {
+        Ok(Ok(body)) => Ok(ReadRequest::Read { body, grant }),
+        Ok(Err(e)) => {
+            tracing::debug!(cause = %e, "stream ended mid-frame");
+            Err(ReadEnd::Closed)
+        }
+        Err(_) => Err(timed_out("the frame's body did not arrive")),
+    }
+}
+
+/// Waits for `len` bytes of the connection's budget, then of the broker's (the small-frame
+/// reserve or the rest). The connection's first, so one connection cannot queue for more of
+/// the broker than it may hold.
+async fn grant(
+    broker: &Broker,
+    state: &ConnectionState,
+    len: usize,
+) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+    // Frames are at most max_frame_bytes, which fits in u32; both semaphores are never closed.
+    let n = u32::try_from(len).expect("frame length fits in u32");
+    let connection = state
+        .request_memory
+        .clone()
+        .acquire_many_owned(n)
+        .await
+        .expect("connection budget is never closed");
+    let pool = if len <= SMALL_FRAME {
+        &broker.limits.small_request_memory
+    } else {
+        &broker.limits.request_memory
+    };
+    let broker_share = pool
+        .clone()
+        .acquire_many_owned(n)
+        .await
+        .expect("request memory is never closed");
+    (connection, broker_share)
+}
+
+/// Largest control message the broker decodes from a frame it drops.
+const MAX_CONTROL_OF_DROPPED: usize = 64 * 1024;
+
+/// Reads a frame body of `len` bytes keeping only its control message (a few bytes; the record
+/// batch is read and dropped chunk by chunk as QUIC hands it over). `None` when the control
+/// message does not decode.
+async fn skip_frame(
+    recv: &mut quinn::RecvStream,
+    len: usize,
+) -> Result<Option<Request>, ProtoError> {
+    let mut head = [0u8; 4];
+    if len < 4 {
+        skip(recv, len).await?;
+        return Ok(None);
+    }
+    recv.read_exact(&mut head).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => ProtoError::Truncated,
+        quinn::ReadExactError::ReadError(e) => ProtoError::Io(e.into()),
+    })?;
+    let control_len = u32::from_be_bytes(head) as usize;
+    if control_len > MAX_CONTROL_OF_DROPPED || control_len > len - 4 {
+        skip(recv, len - 4).await?;
+        return Ok(None);
+    }
+    let control = read_frame_body(recv, control_len).await?;
+    skip(recv, len - 4 - control_len).await?;
+    let mut body = bytes::BytesMut::with_capacity(4 + control_len);
+    body.extend_from_slice(&head);
+    body.extend_from_slice(&control);
+    Ok(decode_body::<Request>(body.freeze()).ok().map(|(r, _)| r))
+}
+
+/// Reads and drops `n` bytes of a stream.
+async fn skip(recv: &mut quinn::RecvStream, mut n: usize) -> Result<(), ProtoError> {
+    while n > 0 {
+        match recv.read_chunk(n, true).await {
+            Ok(Some(chunk)) => n -= chunk.bytes.len(),
+            Ok(None) => return Err(ProtoError::Truncated),
+            Err(e) => return Err(ProtoError::Io(e.into())),
+        }
+    }
+    Ok(())
+}
+
 fn ready(reply: Reply) -> Pending {
     tokio::spawn(async move { reply })
 }
 
-/// Starts handling one request. Produce requests enqueue their append here, before the next
-/// request of the stream is read, so pipelined batches of one partition keep their order.
-fn dispatch(broker: &Arc<Broker>, session: &Arc<Session>, request: Request, raw: Bytes) -> Pending {
-    if *broker.shutdown.borrow() {
-        return ready(Reply::error(WireError::new(
+/// Whether a request gets no answer whatever happens: `Produce` with `acks=0`.
+fn is_silent(request: &Request) -> bool {
+    matches!(request, Request::Produce(p) if p.acks == Acks::None)
+}
+
+/// Starts handling one request. Produce requests are validated and enqueue their append here,
+/// before the next request of the stream is read, so pipelined batches of one partition keep
+/// their order.
+async fn dispatch(
+    broker: &Arc<Broker>,
+    session: &Arc<Session>,
+    state: &Arc<ConnectionState>,
+    request: Request,
+    raw: Bytes,
+    grant: FrameGrant,
+) -> Pending {
+    let silent = is_silent(&request);
+    let early = if *broker.shutdown.borrow() {
+        Some(Reply::error(WireError::new(
             ErrorCode::ShuttingDown,
             "the broker is shutting down; retry shortly",
-        )));
-    }
-    let guard = crate::InFlight::new(broker);
-    if let Request::Hello(hello) = &request {
-        return ready(crate::handler::hello(broker, session, hello));
-    }
-    if session.version.get().is_none() {
-        return ready(Reply::error(WireError::new(
+        )))
+    } else if let Request::Hello(hello) = &request {
+        Some(crate::handler::hello(broker, session, hello))
+    } else if session.version.get().is_none() {
+        Some(Reply::error(WireError::new(
             ErrorCode::UnsupportedVersion,
             "the first request on a connection must be Hello (protocol version negotiation)",
-        )));
+        )))
+    } else {
+        None
+    };
+    if let Some(reply) = early {
+        return ready(silence(broker, silent, reply));
     }
-    let fut: BoxFuture<'static, Reply> = crate::handler::handle(broker.clone(), request, raw);
+    let guard = crate::InFlight::new(broker);
+    let fut: BoxFuture<'static, Reply> = match request {
+        Request::Produce(p) if p.partition != sluice_proto::ROUTE_BY_PARTITIONER => {
+            let validated = validate_batch(broker, state, &raw).await;
+            crate::handler::produce(broker.clone(), p, raw, validated)
+        }
+        request => crate::handler::handle(broker.clone(), request, raw),
+    };
+    let broker = broker.clone();
     tokio::spawn(async move {
         let reply = fut.await;
         drop(guard);
-        reply
+        drop(grant);
+        silence(&broker, silent, reply)
     })
+}
+
+/// An `acks=0` request never gets a frame back, whatever happened to it (the client pairs
+/// answers with requests by order, and expects none for it): its error is logged and counted.
+fn silence(broker: &Broker, silent: bool, reply: Reply) -> Reply {
+    if !silent {
+        return reply;
+    }
+    if let Reply::Frame(Err(e), _) = &reply {
+        let refused = broker.limits.acks0_refused.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(cause = %e, refused_so_far = refused, "acks=0 produce refused; no answer is sent");
+    }
+    Reply::None
+}
+
+/// Batches at most this large and not compressed are validated on the network task: that costs
+/// microseconds. Larger or compressed ones go to the validation threads.
+const INLINE_VALIDATION_BYTES: usize = 64 * 1024;
+
+/// Validates a produce request's batch (header, CRC, every record, decompressing within the
+/// broker's batch limit). Heavy batches run on the bounded validation threads, one at a time
+/// per connection.
+async fn validate_batch(
+    broker: &Broker,
+    state: &ConnectionState,
+    raw: &Bytes,
+) -> Result<sluice_proto::batch::BatchHeader, WireError> {
+    let limit = broker.config.max_batch_bytes as usize;
+    let compressed = sluice_proto::batch::BatchHeader::parse(raw)
+        .is_ok_and(|h| h.compression != sluice_proto::Compression::None);
+    if raw.len() <= INLINE_VALIDATION_BYTES && !compressed {
+        return crate::handler::validate_batch(raw, limit);
+    }
+    let _mine = state
+        .validation
+        .acquire()
+        .await
+        .expect("validation budget is never closed");
+    let _thread = broker
+        .limits
+        .validation
+        .acquire()
+        .await
+        .expect("validation threads are never closed");
+    let raw = raw.clone();
+    match tokio::task::spawn_blocking(move || crate::handler::validate_batch(&raw, limit)).await {
+        Ok(result) => result,
+        Err(e) => Err(WireError::new(
+            ErrorCode::Internal,
+            format!("batch validation failed: {e}"),
+        )),
+    }
 }
 
 impl Reply {

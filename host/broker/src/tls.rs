@@ -142,11 +142,16 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), BrokerError> {
         .map_err(|e| tls_err(&format!("cannot write {}", path.display()), e))
 }
 
-/// The QUIC server configuration: TLS 1.3, ALPN `sluice/1`, transport windows sized for
-/// throughput on fast links.
+/// Unacknowledged bytes the broker sends on one connection; room for a default fetch response
+/// (8 MiB) in flight.
+pub const SEND_WINDOW: u64 = 16 * 1024 * 1024;
+
+/// The QUIC server configuration: TLS 1.3, ALPN `sluice/1`, stream credit and receive windows
+/// from the broker's limits (they bound what QUIC buffers for each client).
 pub fn quic_server_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    config: &BrokerConfig,
 ) -> Result<quinn::ServerConfig, BrokerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -160,12 +165,18 @@ pub fn quic_server_config(
         .map_err(|e| tls_err("QUIC TLS", e))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
+    let window = config.connection_window_bytes;
     transport
-        .max_concurrent_bidi_streams(1024u32.into())
+        .max_concurrent_bidi_streams(config.max_streams_per_connection.into())
         .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window((16u32 * 1024 * 1024).into())
-        .receive_window((64u32 * 1024 * 1024).into())
-        .send_window(64 * 1024 * 1024)
+        .stream_receive_window(window.into())
+        .receive_window(window.into())
+        // Unacknowledged response bytes QUIC keeps per connection: a client that stops reading
+        // pins at most this much of the broker's memory in the transport.
+        .send_window(SEND_WINDOW)
+        // The transport's own timeout for a peer that went silent; a client that keeps the
+        // connection alive but sends no requests is closed by the server after
+        // `idle_timeout_ms` (server.rs).
         .max_idle_timeout(Some(
             std::time::Duration::from_secs(60)
                 .try_into()

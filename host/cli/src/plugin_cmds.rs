@@ -11,8 +11,18 @@ use sluice_proto::{PluginDescription, Request, ResponseBody};
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Deploy a WebAssembly component as plugin NAME (a new version if it exists).
-    Deploy { name: String, file: PathBuf },
+    /// Deploy a WebAssembly component as plugin NAME (a new version if it exists): from FILE,
+    /// or one of the built-ins embedded in this binary with --builtin.
+    Deploy {
+        name: String,
+        /// The component (.wasm) to deploy.
+        #[arg(required_unless_present = "builtin", conflicts_with = "builtin")]
+        file: Option<PathBuf>,
+        /// A built-in plugin: json-filter, regex-mask, split-lines, window-count,
+        /// json-partitioner or identity-map.
+        #[arg(long, value_parser = builtin_name)]
+        builtin: Option<String>,
+    },
     /// List deployed plugins.
     List,
     /// Show a plugin's kind and versions.
@@ -60,9 +70,19 @@ pub async fn run(
     }
     let client = connect().await?;
     let (request, raw) = match cmd {
-        PluginCommand::Deploy { name, file } => {
-            let wasm =
-                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        PluginCommand::Deploy {
+            name,
+            file,
+            builtin,
+        } => {
+            let wasm = match (file, builtin) {
+                (_, Some(b)) => sluice_wasm_plugins::builtin(b)
+                    .expect("checked by the argument parser")
+                    .to_vec(),
+                (Some(file), None) => std::fs::read(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?,
+                (None, None) => unreachable!("the argument parser requires one"),
+            };
             (
                 Request::DeployPlugin { name: name.clone() },
                 Bytes::from(wasm),
@@ -102,6 +122,20 @@ pub async fn run(
         (_, (other, _)) => bail!("unexpected answer: {other:?}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn builtin_name(name: &str) -> Result<String, String> {
+    match sluice_wasm_plugins::builtin(name) {
+        Some(_) => Ok(name.to_owned()),
+        None => Err(format!(
+            "no built-in plugin {name:?}; the built-ins are {}",
+            sluice_wasm_plugins::EMBEDDED
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 fn print_description(p: &PluginDescription) {

@@ -436,7 +436,8 @@ fn huge_output_is_refused() {
     let (rt, _dir) = runtime();
     // Enough memory to build the 100 MB answer: the output limit stops it.
     let roomy = Limits {
-        max_call_ms: 10_000,
+        // However busy the machine, building the 100 MB must not hit the time limit first.
+        max_call_ms: 120_000,
         max_memory_bytes: 512 << 20,
         ..tight()
     };
@@ -449,7 +450,11 @@ fn huge_output_is_refused() {
         other => panic!("expected OutputTooLarge, got {other:?}"),
     }
     // With the default memory limit it cannot even build it.
-    let (err, _) = hostile_call(&rt, "hostile-huge-output", Limits::default());
+    let default_memory = Limits {
+        max_call_ms: 120_000,
+        ..Limits::default()
+    };
+    let (err, _) = hostile_call(&rt, "hostile-huge-output", default_memory);
     assert!(matches!(err, PluginError::MemoryLimit { .. }), "{err:?}");
     assert_runtime_still_serves(&rt);
 }

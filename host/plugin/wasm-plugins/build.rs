@@ -60,10 +60,54 @@ fn main() {
         .map(|p| p.join("wasm-plugins"))
         .unwrap_or_else(|| out_dir.join("wasm-plugins"));
 
+    ensure_wasm_target();
     build(&repo.join("plugins"), &target_dir);
 
     let dir = target_dir.join("wasm32-wasip2").join("release");
     println!("cargo:rustc-env=SLUICE_WASM_PLUGINS_DIR={}", dir.display());
+}
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// rustup installs a toolchain file's `targets` only when it installs the toolchain itself:
+/// where the pinned toolchain is already present without the wasm target, add it here, so
+/// `cargo build` and `cargo test` work on such a machine with no step by hand.
+fn ensure_wasm_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if let Some(sysroot) = &sysroot
+        && sysroot.join("lib/rustlib").join(WASM_TARGET).is_dir()
+    {
+        return;
+    }
+    // Under rustup, cargo runs with RUSTUP_TOOLCHAIN naming the active toolchain.
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", WASM_TARGET]);
+    if let Some(toolchain) = std::env::var_os("RUSTUP_TOOLCHAIN") {
+        cmd.arg("--toolchain").arg(toolchain);
+    }
+    cmd.stdout(Stdio::from(std::io::stderr()));
+    match cmd.status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => panic!(
+            "the {WASM_TARGET} target is missing and `rustup target add {WASM_TARGET}` failed \
+             ({status}); the built-in plugins need it. Add it by hand and build again."
+        ),
+        Err(e) => panic!(
+            "the {WASM_TARGET} target is missing from the toolchain at {} and rustup cannot be \
+             run ({e}). Without rustup, install the Rust standard library for {WASM_TARGET} \
+             for this compiler (e.g. your distribution's rust-std package for it) and build again.",
+            sysroot
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(unknown sysroot)".into())
+        ),
+    }
 }
 
 fn build(plugins: &Path, target_dir: &Path) {
@@ -74,7 +118,7 @@ fn build(plugins: &Path, target_dir: &Path) {
             "build",
             "--release",
             "--target",
-            "wasm32-wasip2",
+            WASM_TARGET,
             "--manifest-path",
         ])
         .arg(plugins.join("Cargo.toml"))

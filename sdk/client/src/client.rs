@@ -137,6 +137,18 @@ impl Client {
         request: Request,
         raw: Bytes,
     ) -> Result<(ResponseBody, Bytes), ClientError> {
+        let max = self.inner.broker_max_frame;
+        // Only a large raw part can push a frame past the limit; control messages are small.
+        if raw.len() + 64 * 1024 > max {
+            let size = frame::encode_frame(&request, &[])
+                .map_err(ClientError::from_proto)?
+                .len()
+                - 4
+                + raw.len();
+            if size > max {
+                return Err(ClientError::RequestTooLarge { size, max });
+            }
+        }
         let connection = self.connection().await?;
         let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
         frame::write_frame(&mut send, &request, &raw)

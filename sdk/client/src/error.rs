@@ -103,6 +103,13 @@ pub enum ClientError {
         "record of about {size} bytes exceeds the largest request of {max} bytes the broker accepts — split it or store it elsewhere"
     )]
     RecordTooLarge { size: usize, max: usize },
+
+    /// A request (a plugin component, a batch) is larger than the broker accepts in one frame
+    /// (its `max_frame_bytes`, learnt at Hello). Nothing was sent.
+    #[error(
+        "request of {size} bytes exceeds the largest request of {max} bytes the broker accepts (its max_frame_bytes); nothing was sent"
+    )]
+    RequestTooLarge { size: usize, max: usize },
 }
 
 fn code_name(code: ErrorCode) -> String {
@@ -125,7 +132,8 @@ impl ClientError {
             | ClientError::OffsetOutOfRange { .. }
             | ClientError::NoPosition { .. }
             | ClientError::NotAssigned { .. }
-            | ClientError::RecordTooLarge { .. } => false,
+            | ClientError::RecordTooLarge { .. }
+            | ClientError::RequestTooLarge { .. } => false,
         }
     }
 
@@ -200,6 +208,10 @@ impl Clone for ClientError {
                 partition: *partition,
             },
             ClientError::RecordTooLarge { size, max } => ClientError::RecordTooLarge {
+                size: *size,
+                max: *max,
+            },
+            ClientError::RequestTooLarge { size, max } => ClientError::RequestTooLarge {
                 size: *size,
                 max: *max,
             },

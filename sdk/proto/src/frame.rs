@@ -10,7 +10,7 @@
 //! A bidirectional QUIC stream carries request frames one way and response frames the other,
 //! answered in order; a client may pipeline several requests on one stream.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -69,6 +69,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Option<Bytes>, ProtoError> {
+    let Some(len) = read_frame_len(r).await? else {
+        return Ok(None);
+    };
+    if len > max {
+        return Err(ProtoError::FrameTooLarge { len, max });
+    }
+    read_frame_body(r, len).await.map(Some)
+}
+
+/// Reads a frame's 4-byte length prefix. `Ok(None)` when the stream ends cleanly before it.
+pub async fn read_frame_len<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<usize>, ProtoError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -82,16 +93,34 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         got += n;
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(ProtoError::FrameTooLarge { len, max });
+    Ok(Some(u32::from_be_bytes(len) as usize))
+}
+
+/// First allocation for a frame body; it doubles from there as bytes arrive.
+const FIRST_BODY_CHUNK: usize = 64 * 1024;
+
+/// Reads a frame body of `len` bytes (a length the caller has checked against its limit).
+///
+/// The buffer grows as the bytes arrive, never past what has arrived times two: a peer that
+/// declares a large frame and then stalls pins what it sent, not what it declared.
+pub async fn read_frame_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+) -> Result<Bytes, ProtoError> {
+    let mut body = BytesMut::with_capacity(len.min(FIRST_BODY_CHUNK));
+    while body.len() < len {
+        if body.len() == body.capacity() {
+            let grow = body.len().max(FIRST_BODY_CHUNK).min(len - body.len());
+            body.reserve(grow);
+        }
+        let room = body.capacity().min(len) - body.len();
+        let mut limited = (&mut body).limit(room);
+        let n = r.read_buf(&mut limited).await?;
+        if n == 0 {
+            return Err(ProtoError::Truncated);
+        }
     }
-    let mut body = BytesMut::zeroed(len);
-    match r.read_exact(&mut body).await {
-        Ok(_) => Ok(Some(body.freeze())),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ProtoError::Truncated),
-        Err(e) => Err(e.into()),
-    }
+    Ok(body.freeze())
 }
 
 /// Writes one frame. The raw bytes are written as they are, without copying them into a
@@ -152,5 +181,18 @@ mod tests {
             read_frame(&mut r, 1024).await,
             Err(ProtoError::Truncated)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_body_arriving_in_small_pieces_is_read_whole() {
+        let raw: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let frame = encode_frame(&Request::ListTopics, &raw).unwrap();
+        // A pipe of 1000 bytes: the body arrives in many small reads and the buffer grows.
+        let (mut client, mut server) = tokio::io::duplex(1000);
+        let writer = tokio::spawn(async move { client.write_all(&frame).await });
+        let body = read_frame(&mut server, 2_000_000).await.unwrap().unwrap();
+        writer.await.unwrap().unwrap();
+        let (_, back): (Request, Bytes) = decode_body(body).unwrap();
+        assert_eq!(&back[..], &raw[..]);
     }
 }

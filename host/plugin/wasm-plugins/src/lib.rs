@@ -1,11 +1,26 @@
 //! The components of `plugins/`, built for wasm32-wasip2 by this crate's build script from
-//! this checkout, for tests and benchmarks (host/plugin's tests, the `tests/` crate).
+//! this checkout: embedded in the `sluice` binary (the built-ins, deployed by name), and on
+//! disk for tests and benchmarks (host/plugin's tests, the `tests/` crate).
 //!
 //! ```ignore
 //! let wasm = sluice_wasm_plugins::read("json-filter");
 //! ```
 
 use std::path::{Path, PathBuf};
+
+macro_rules! embed {
+    ($name:literal, $file:literal) => {
+        (
+            $name,
+            include_bytes!(concat!(
+                env!("SLUICE_WASM_PLUGINS_DIR"),
+                "/",
+                $file,
+                ".wasm"
+            )),
+        )
+    };
+}
 
 /// Directory holding the built `.wasm` components.
 pub const DIR: &str = env!("SLUICE_WASM_PLUGINS_DIR");
@@ -18,6 +33,23 @@ pub const BUILTINS: &[&str] = &[
     "window-count",
     "json-partitioner",
 ];
+
+/// The built-in plugins' components, embedded at build time, by package name: what
+/// `sluice plugin deploy NAME --builtin PACKAGE` deploys. `identity-map` (records unchanged)
+/// is the pipeline benchmark's default.
+pub const EMBEDDED: &[(&str, &[u8])] = &[
+    embed!("json-filter", "json_filter"),
+    embed!("regex-mask", "regex_mask"),
+    embed!("split-lines", "split_lines"),
+    embed!("window-count", "window_count"),
+    embed!("json-partitioner", "json_partitioner"),
+    embed!("identity-map", "identity_map"),
+];
+
+/// The embedded component of the built-in plugin `name`, if there is one.
+pub fn builtin(name: &str) -> Option<&'static [u8]> {
+    EMBEDDED.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
 
 /// Test fixtures that misbehave on purpose (package names in `plugins/hostile/`).
 pub const HOSTILE: &[&str] = &[

@@ -1,0 +1,592 @@
+//! Hostile clients against a real broker process (issue 7): crafted batches and admin requests,
+//! slow and stalled streams, idle and surplus connections, floods that try to pin memory,
+//! `acks=0` in every state, oversized deploys. After each, the broker answers a fresh client
+//! and every earlier record is intact.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_client::{Client, ClientError, ConsumerConfig, ProducerConfig, ProducerRecord, SeekTo};
+use sluice_proto::batch::{BatchBuilder, Compression, Record};
+use sluice_proto::frame::{decode_body, encode_frame, read_frame};
+use sluice_proto::{
+    Acks, CreateTopicRequest, ErrorCode, HelloRequest, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ProduceRequest, Request, Response, ResponseBody, TopicConfig,
+};
+use sluice_tests::{BrokerProcess, TEST_CONFIG, raw_connection};
+
+/// Every wait here is bounded by this; none needs to be short for the test to pass.
+const LIMIT: Duration = Duration::from_secs(60);
+
+async fn produce_kept(client: &Client, topic: &str, n: usize) -> Vec<String> {
+    let producer = client.producer(ProducerConfig::default());
+    let values: Vec<String> = (0..n).map(|i| format!("kept-{i}")).collect();
+    for v in &values {
+        producer
+            .send_and_wait(ProducerRecord::new(topic, v.clone()))
+            .await
+            .unwrap();
+    }
+    values
+}
+
+/// Reads partition 0 of `topic` from the start until `n` records are there (bounded).
+async fn read_values(client: &Client, topic: &str, n: usize) -> Vec<String> {
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign(topic, &[0]).await.unwrap();
+    consumer.seek(topic, 0, SeekTo::Earliest).await.unwrap();
+    let mut out = Vec::new();
+    let started = Instant::now();
+    while out.len() < n && started.elapsed() < LIMIT {
+        for r in consumer.poll().await.unwrap() {
+            out.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+        }
+    }
+    out
+}
+
+/// The broker still serves a new client, and `topic` still holds exactly `kept`.
+async fn assert_serving_and_intact(broker: &BrokerProcess, topic: &str, kept: &[String]) {
+    let fresh = broker.client().await;
+    let topics = fresh.admin().list_topics().await.unwrap();
+    assert!(topics.iter().any(|t| t.name == topic), "{topics:?}");
+    assert_eq!(read_values(&fresh, topic, kept.len()).await, kept);
+}
+
+fn batch(compression: Compression, records: usize, value_len: usize) -> Vec<u8> {
+    let mut b = BatchBuilder::new(compression);
+    for i in 0..records {
+        b.push(&Record {
+            value: Some(Bytes::from(vec![b'a' + (i % 26) as u8; value_len])),
+            ..Default::default()
+        });
+    }
+    b.finish(-1, -1, -1).unwrap()
+}
+
+/// Sets a batch's header record count and recomputes its CRC-32C, as a hostile client would.
+fn with_record_count(mut batch: Vec<u8>, count: u32) -> Vec<u8> {
+    batch[23..27].copy_from_slice(&count.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch
+}
+
+/// A zstd batch whose records section inflates to `inflated` bytes: one record holding zeros.
+fn zstd_bomb(inflated: usize) -> Vec<u8> {
+    let mut section = Vec::new();
+    // record_len, ts delta 0, offset delta 0, key null, value of `inflated` bytes, 0 headers
+    let value_len = inflated as u64;
+    let mut body = vec![0u8, 0u8, 0u8];
+    put_varint(&mut body, value_len + 1);
+    let body_len = body.len() as u64 + value_len + 1;
+    put_varint(&mut section, body_len);
+    section.extend_from_slice(&body);
+    section.resize(section.len() + inflated, 0);
+    section.push(0);
+    let payload = zstd::bulk::compress(&section, 3).unwrap();
+    let mut out = batch(Compression::Zstd, 1, 1)[..57].to_vec();
+    out.extend_from_slice(&payload);
+    let len = out.len() as u32;
+    out[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c::crc32c(&out[21..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn produce_request(topic: &str, acks: Acks) -> Request {
+    Request::Produce(ProduceRequest {
+        topic: topic.into(),
+        partition: 0,
+        acks,
+        timeout_ms: 10_000,
+    })
+}
+
+fn broker_error(result: Result<(ResponseBody, Bytes), ClientError>) -> (ErrorCode, String) {
+    match result {
+        Err(ClientError::Broker(e)) => (e.code, e.message),
+        other => panic!("expected a broker error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_record_counts_and_bombs_are_refused_and_the_broker_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("good", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let kept = produce_kept(&client, "good", 20).await;
+
+    for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        for count in [u32::MAX, 1 << 31, 1 << 28] {
+            let raw = with_record_count(batch(compression, 3, 10), count);
+            let (code, message) = broker_error(
+                client
+                    .request(produce_request("good", Acks::Leader), Bytes::from(raw))
+                    .await,
+            );
+            assert_eq!(code, ErrorCode::InvalidRecord, "{compression:?} {count}");
+            assert!(message.contains("record"), "{message}");
+        }
+    }
+    // A zstd bomb: 200 MiB of zeros in a few KiB. Refused once it crosses the batch limit.
+    let bomb = Bytes::from(zstd_bomb(200 << 20));
+    assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+    let (code, message) = broker_error(
+        client
+            .request(produce_request("good", Acks::Leader), bomb.clone())
+            .await,
+    );
+    assert_eq!(code, ErrorCode::InvalidRecord);
+    assert!(message.contains("limit"), "{message}");
+
+    // Bombs in parallel, from another client, while a fresh client connects and lists topics:
+    // decompression runs on the validation threads, not on the network tasks.
+    let bomber = broker.client().await;
+    let flood: Vec<_> = (0..16)
+        .map(|_| {
+            let (c, b) = (bomber.clone(), bomb.clone());
+            tokio::spawn(async move {
+                for _ in 0..4 {
+                    let r = c
+                        .request(produce_request("good", Acks::Leader), b.clone())
+                        .await;
+                    assert_eq!(broker_error(r).0, ErrorCode::InvalidRecord);
+                }
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let fresh = broker.client().await;
+        fresh.admin().list_topics().await.unwrap();
+        slowest = slowest.max(started.elapsed());
+    }
+    for f in flood {
+        f.await.unwrap();
+    }
+    println!("connect + list while bombs were refused: slowest {slowest:?}");
+    // Generous: the point is that the network tasks answer at all while bombs are decoded.
+    assert!(slowest < Duration::from_secs(10), "{slowest:?}");
+    assert_serving_and_intact(&broker, "good", &kept).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_counts_are_checked_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let client = broker.client().await;
+    let admin = client.admin();
+    admin
+        .create_topic("good", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let kept = produce_kept(&client, "good", 10).await;
+    for partitions in [u32::MAX, 10_001] {
+        let (code, message) = broker_error(
+            client
+                .request(
+                    Request::CreateTopic(CreateTopicRequest {
+                        name: "huge".into(),
+                        partitions,
+                        config: TopicConfig::default(),
+                    }),
+                    Bytes::new(),
+                )
+                .await,
+        );
+        assert_eq!(code, ErrorCode::InvalidConfig);
+        assert!(message.contains("at most 10000"), "{message}");
+        let (code, message) = broker_error(
+            client
+                .request(
+                    Request::AddPartitions {
+                        name: "good".into(),
+                        count: partitions,
+                    },
+                    Bytes::new(),
+                )
+                .await,
+        );
+        assert_eq!(code, ErrorCode::InvalidConfig);
+        assert!(message.contains("at most 10000"), "{message}");
+    }
+    // The largest legal topic is created within the client's request timeout.
+    let started = Instant::now();
+    let t = admin
+        .create_topic("widest", 10_000, TopicConfig::default())
+        .await
+        .unwrap();
+    println!("created 10,000 partitions in {:?}", started.elapsed());
+    assert_eq!(t.partitions.len(), 10_000);
+    let producer = client.producer(ProducerConfig::default());
+    let placed = producer
+        .send_and_wait(ProducerRecord::new("widest", "last").with_partition(9_999))
+        .await
+        .unwrap();
+    assert_eq!((placed.partition, placed.offset), (9_999, 0));
+    assert_serving_and_intact(&broker, "good", &kept).await;
+}
+
+/// A raw connection that has said Hello.
+async fn hello_connection(broker: &BrokerProcess) -> quinn::Connection {
+    let conn = raw_connection(broker.addr, &broker.ca_path()).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&encode_frame(&hello(), &[]).unwrap())
+        .await
+        .unwrap();
+    let _ = send.finish();
+    let body = read_frame(&mut recv, 1 << 20).await.unwrap().unwrap();
+    let (resp, _) = decode_body::<Response>(body).unwrap();
+    assert!(matches!(resp, Ok(ResponseBody::Hello(_))), "{resp:?}");
+    conn
+}
+
+fn hello() -> Request {
+    Request::Hello(HelloRequest {
+        client_id: "hostile".into(),
+        min_version: MIN_PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+    })
+}
+
+/// Reads every response frame of a stream until the broker finishes it.
+async fn all_responses(recv: &mut quinn::RecvStream) -> Vec<Response> {
+    let mut out = Vec::new();
+    while let Ok(Ok(Some(body))) = tokio::time::timeout(LIMIT, read_frame(recv, 1 << 24)).await {
+        out.push(decode_body::<Response>(body).unwrap().0);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_zero_never_gets_a_frame_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("good", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let kept = produce_kept(&client, "good", 5).await;
+    let good = Bytes::from(batch(Compression::None, 1, 8));
+    let bad = with_record_count(batch(Compression::None, 2, 8), u32::MAX);
+
+    // One stream, pipelined: acks=0 before Hello, Hello, acks=0 to an unknown topic, acks=0
+    // with a crafted batch, acks=0 to a missing partition, then a request that is answered.
+    let conn = raw_connection(broker.addr, &broker.ca_path()).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut frames = Vec::new();
+    frames.extend(encode_frame(&produce_request("good", Acks::None), &good).unwrap());
+    frames.extend(encode_frame(&hello(), &[]).unwrap());
+    frames.extend(encode_frame(&produce_request("missing", Acks::None), &good).unwrap());
+    frames.extend(encode_frame(&produce_request("good", Acks::None), &bad).unwrap());
+    let mut wrong_partition = produce_request("good", Acks::None);
+    if let Request::Produce(p) = &mut wrong_partition {
+        p.partition = 7;
+    }
+    frames.extend(encode_frame(&wrong_partition, &good).unwrap());
+    frames.extend(encode_frame(&Request::ListTopics, &[]).unwrap());
+    send.write_all(&frames).await.unwrap();
+    let _ = send.finish();
+    let responses = all_responses(&mut recv).await;
+    assert_eq!(responses.len(), 2, "{responses:?}");
+    assert!(
+        matches!(responses[0], Ok(ResponseBody::Hello(_))),
+        "{responses:?}"
+    );
+    assert!(
+        matches!(&responses[1], Ok(ResponseBody::Topics(t)) if t.iter().any(|t| t.name == "good")),
+        "{responses:?}"
+    );
+    assert_serving_and_intact(&broker, "good", &kept).await;
+    // Refused acks=0 requests are logged with a count.
+    let log = broker.log();
+    assert!(log.contains("acks=0 produce refused"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_dripping_streams_are_reset_and_idle_connections_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &format!(
+            "{TEST_CONFIG}frame_timeout_ms = 2000\nidle_timeout_ms = 3000\nmax_connections = 40\n"
+        ),
+    );
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("good", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let kept = produce_kept(&client, "good", 5).await;
+
+    let conn = hello_connection(&broker).await;
+    // Two bytes of a length prefix, then nothing.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0]).await.unwrap();
+    let started = Instant::now();
+    let responses = all_responses(&mut recv).await;
+    println!("stalled prefix answered after {:?}", started.elapsed());
+    match responses.as_slice() {
+        [Err(e)] => assert!(e.message.contains("frame_timeout_ms"), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    // A 1 MiB frame dripping 100 bytes every 100 ms: reset although bytes keep coming.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+    let drip = tokio::spawn(async move {
+        for _ in 0..(LIMIT.as_millis() / 100) {
+            if send.write_all(&[7; 100]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    });
+    let responses = all_responses(&mut recv).await;
+    match responses.as_slice() {
+        [Err(e)] => assert!(e.message.contains("did not arrive"), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        drip.await.unwrap(),
+        "the broker stopped the dripping stream"
+    );
+
+    // Idle connections are closed by the broker although their keep-alives flow
+    // (raw_connection's transport sends one every second).
+    let mut idle = Vec::new();
+    for _ in 0..30 {
+        idle.push(hello_connection(&broker).await);
+    }
+    for c in &idle {
+        let reason = tokio::time::timeout(LIMIT, c.closed())
+            .await
+            .expect("idle connection closed by the broker");
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, 2u32.into(), "{close:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // max_connections = 40: with the 40 open, the 41st is refused; closing one frees a slot.
+    let mut open = Vec::new();
+    for _ in 0..40 {
+        open.push(raw_connection(broker.addr, &broker.ca_path()).await);
+    }
+    let refused = tokio::time::timeout(LIMIT, try_connect(&broker))
+        .await
+        .unwrap();
+    assert!(refused.is_err(), "41st connection accepted");
+    open.pop().unwrap().close(0u32.into(), b"done");
+    drop(open);
+    // Slots are freed as the broker sees the closes: bounded retries.
+    let started = Instant::now();
+    loop {
+        if try_connect(&broker).await.is_ok() {
+            break;
+        }
+        assert!(started.elapsed() < LIMIT, "no slot freed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_serving_and_intact(&broker, "good", &kept).await;
+}
+
+/// A raw connection, or why it failed (raw_connection panics on a refused handshake).
+async fn try_connect(broker: &BrokerProcess) -> Result<quinn::Connection, String> {
+    let addr = broker.addr;
+    let ca = broker.ca_path();
+    tokio::spawn(async move { raw_connection(addr, &ca).await })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_pin_no_more_than_the_budget_and_memory_returns() {
+    const MIB: u64 = 1 << 20;
+    let request_memory = 64 * MIB;
+    let window = MIB;
+    let connections = 4u64;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &format!(
+            "{TEST_CONFIG}request_memory_bytes = {request_memory}\n\
+             connection_request_memory_bytes = {}\nconnection_window_bytes = {window}\n\
+             frame_timeout_ms = 120000\n",
+            32 * MIB
+        ),
+    );
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("good", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let kept = produce_kept(&client, "good", 5).await;
+    let baseline = rss_bytes(broker.pid());
+
+    // Each connection opens 8 streams that declare a 16 MiB frame, send all of it but its
+    // last byte as fast as the broker lets them, and stall there.
+    let streams = 8;
+    let frame_len: u32 = 16 << 20;
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut conns = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..connections {
+        let conn = hello_connection(&broker).await;
+        for _ in 0..streams {
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            let written = written.clone();
+            writers.push(tokio::spawn(async move {
+                let _keep = recv;
+                let _ = send.write_all(&frame_len.to_be_bytes()).await;
+                let chunk = vec![9u8; 64 * 1024];
+                let mut left = frame_len as usize - 1;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if send.write_all(&chunk[..n]).await.is_err() {
+                        break;
+                    }
+                    left -= n;
+                }
+                written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::future::pending::<()>().await;
+            }));
+        }
+        conns.push(conn);
+    }
+    // Let the flood pin what it can: every stream has sent what it will send (frames that got
+    // memory are held; the others were read and dropped).
+    let started = Instant::now();
+    let mut peak = 0;
+    while written.load(std::sync::atomic::Ordering::SeqCst) < writers.len()
+        && started.elapsed() < LIMIT
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_bytes(broker.pid()));
+    }
+    println!(
+        "{} of {} streams sent their frames in {:?}",
+        written.load(std::sync::atomic::Ordering::SeqCst),
+        writers.len(),
+        started.elapsed()
+    );
+    // Meanwhile small requests are served: they draw on a reserve the flood cannot take.
+    let fresh = broker.client().await;
+    fresh.admin().list_topics().await.unwrap();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_bytes(broker.pid()));
+    }
+    let bound = request_memory + connections * window + 48 * MIB;
+    println!(
+        "baseline {} MiB, peak {} MiB (+{} MiB), bound +{} MiB",
+        baseline / MIB,
+        peak / MIB,
+        peak.saturating_sub(baseline) / MIB,
+        bound / MIB
+    );
+    assert!(
+        peak.saturating_sub(baseline) <= bound,
+        "peak {peak} baseline {baseline}"
+    );
+    for w in &writers {
+        w.abort();
+    }
+    for c in &conns {
+        c.close(0u32.into(), b"done");
+    }
+    drop(conns);
+    // Memory is returned once they are gone (bounded wait).
+    let started = Instant::now();
+    let after = loop {
+        let now = rss_bytes(broker.pid());
+        if now <= baseline + 32 * MIB || started.elapsed() > LIMIT {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("after close: {} MiB", after / MIB);
+    assert!(
+        after <= baseline + 32 * MIB,
+        "after {after} baseline {baseline}"
+    );
+    assert_serving_and_intact(&broker, "good", &kept).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_above_the_frame_limit_names_the_limit_and_builtins_deploy_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let big = dir.path().join("big.wasm");
+    std::fs::write(&big, vec![0u8; 20 << 20]).unwrap();
+    let big = big.to_str().unwrap();
+    broker.run_fails(&["plugin", "deploy", "big", big], "max_frame_bytes");
+    broker.run_fails(
+        &["plugin", "deploy", "x", "--builtin", "no-such"],
+        "json-filter",
+    );
+
+    // Built-ins are embedded in the binary: no wasm build by hand.
+    broker.run_ok(&["topic", "create", "orders"]);
+    let out = broker.run_ok(&["plugin", "deploy", "only-tea", "--builtin", "json-filter"]);
+    assert!(
+        out.contains("deployed plugin only-tea (transform)"),
+        "{out}"
+    );
+    broker.run_ok_in(
+        &["produce", "orders"],
+        b"{\"drink\":\"tea\"}\n{\"drink\":\"coffee\"}\n{\"drink\":\"tea\",\"n\":2}\n",
+    );
+    let out = broker.run_ok(&[
+        "consume",
+        "orders",
+        "--from-beginning",
+        "--transform",
+        "only-tea",
+        "--config",
+        "field=drink",
+        "--config",
+        "op=eq",
+        "--config",
+        "value=tea",
+        "--timeout-ms",
+        "3000",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["{\"drink\":\"tea\"}", "{\"drink\":\"tea\",\"n\":2}"],
+        "{out}"
+    );
+}
