@@ -96,7 +96,7 @@ impl Default for BrokerConfig {
             shutdown_timeout_ms: 10_000,
             store_cache_bytes: 256 * 1024 * 1024,
             max_connections: 1024,
-            max_streams_per_connection: 64,
+            max_streams_per_connection: 1024,
             connection_window_bytes: 1024 * 1024,
             request_memory_bytes: 256 * 1024 * 1024,
             connection_request_memory_bytes: 2 * sluice_proto::frame::DEFAULT_MAX_FRAME,

@@ -677,17 +677,22 @@ fn check_partition_count(total: usize) -> Result<(), WireError> {
     Ok(())
 }
 
+/// Creates the topic's partitions the store does not have yet, in one commit.
 fn create_partitions(broker: &Broker, t: &TopicRecord) -> Result<(), WireError> {
-    for partition in 0..t.partitions.len() as u32 {
-        let id = PartitionId {
+    let missing: Vec<PartitionId> = (0..t.partitions.len() as u32)
+        .map(|partition| PartitionId {
             topic_id: t.topic_id,
             partition,
-        };
-        if broker.store.partition_state(id).is_none() {
-            broker.store.create_partition(id).map_err(storage_error)?;
-        }
+        })
+        .filter(|id| broker.store.partition_state(*id).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    broker
+        .store
+        .create_partitions(&missing)
+        .map_err(storage_error)
 }
 
 pub(crate) fn describe(broker: &Broker, t: &TopicRecord) -> TopicDescription {

@@ -76,6 +76,8 @@ pub(crate) struct Broker {
     plugins: plugins::PluginRegistry,
     pipelines: pipelines::PipelineRunners,
     partitions: RwLock<HashMap<PartitionId, Arc<PartitionRuntime>>>,
+    /// Connection, memory and validation limits shared by all clients.
+    limits: server::ClientLimits,
     /// Becomes true when shutdown begins; long-polls watch it to return early.
     shutdown: watch::Sender<bool>,
     in_flight: AtomicUsize,
@@ -151,7 +153,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| disk("cannot create it", &e))?;
     let (certs, key) = tls::server_identity(&config)?;
-    let server_config = tls::quic_server_config(certs, key)?;
+    let server_config = tls::quic_server_config(certs, key, &config)?;
 
     let store_path = config.data_dir.join("sluice.redb");
     let options = StoreOptions {
@@ -198,7 +200,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     }
     // A crash between a topic's metadata entry and its partitions' creation in the store
     // leaves partitions missing; creating them again is idempotent.
-    let expected: Vec<PartitionId> = controller.read(|s| {
+    let missing: Vec<PartitionId> = controller.read(|s| {
         s.topics()
             .flat_map(|t| {
                 (0..t.partitions.len() as u32).map(move |partition| PartitionId {
@@ -206,15 +208,16 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
                     partition,
                 })
             })
+            .filter(|id| store.partition_state(*id).is_none())
             .collect()
     });
-    for id in expected {
-        if store.partition_state(id).is_none() {
-            store.create_partition(id)?;
-        }
+    if !missing.is_empty() {
+        store.create_partitions(&missing)?;
     }
+    remove_orphaned_topics(&store, &controller)?;
 
     let plugins = plugins::PluginRegistry::new(&config.data_dir.join("plugin-cache"))?;
+    let limits = server::ClientLimits::new(&config);
     let broker = Arc::new(Broker {
         config,
         node_id,
@@ -225,6 +228,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         plugins,
         pipelines: pipelines::PipelineRunners::default(),
         partitions: RwLock::new(HashMap::new()),
+        limits,
         shutdown: watch::channel(false).0,
         in_flight: AtomicUsize::new(0),
         idle: Notify::new(),
@@ -235,7 +239,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     tokio::task::spawn_blocking(move || groups::GroupCoordinator::load(&b))
         .await
         .map_err(|e| BrokerError::Metadata(format!("group load task: {e}")))??;
-    remove_orphaned_topics(&store, &controller)?;
+    groups::drop_deleted_offsets(&broker).await?;
     // Pipelines resume from their checkpoints by themselves (paused ones stay paused).
     pipelines::PipelineRunners::start_all(&broker);
     let retention_task = tokio::spawn(retention::run(broker.clone()));
@@ -253,31 +257,6 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     })
 }
 
-fn new_cluster_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded from the OS's randomness; two of them give 128 random bits.
-    let a = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    groups::drop_deleted_offsets(&broker).await?;
-    h.write_u64(a);
-    format!("{:016x}{:016x}", a, h.finish())
-}
-
-impl Broker {
-    /// The in-memory runtime of a partition, created on first use from the store's state.
-    fn runtime(&self, id: PartitionId) -> Arc<PartitionRuntime> {
-        if let Some(rt) = self
-            .partitions
-            .read()
-            .expect("partitions lock poisoned")
-            .get(&id)
-        {
-            return rt.clone();
-        }
-        let log_end = self.store.partition_state(id).map_or(0, |s| s.log_end);
-        self.partitions
 /// Deletes the stored partitions of topics the metadata no longer holds: a crash between a
 /// topic's delete in the metadata log and the removal of its data leaves them behind. Topic ids
 /// are never reused (`MetadataState` only ever hands out the next one), so such data belongs to
@@ -298,6 +277,30 @@ fn remove_orphaned_topics(
     Ok(())
 }
 
+fn new_cluster_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness; two of them give 128 random bits.
+    let a = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(a);
+    format!("{:016x}{:016x}", a, h.finish())
+}
+
+impl Broker {
+    /// The in-memory runtime of a partition, created on first use from the store's state.
+    fn runtime(&self, id: PartitionId) -> Arc<PartitionRuntime> {
+        if let Some(rt) = self
+            .partitions
+            .read()
+            .expect("partitions lock poisoned")
+            .get(&id)
+        {
+            return rt.clone();
+        }
+        let log_end = self.store.partition_state(id).map_or(0, |s| s.log_end);
+        self.partitions
             .write()
             .expect("partitions lock poisoned")
             .entry(id)
