@@ -39,6 +39,8 @@ fn cap_allocations() {
             .set_limit(ALLOC.allocated() + HEADROOM)
             .expect("limit above what is allocated");
     });
+    // The limit is in force: an allocation past it fails (and, when not fallible, aborts).
+    assert!(Vec::<u8>::new().try_reserve(HEADROOM + 1).is_err());
 }
 
 /// Offset of `attributes`, the first byte the CRC covers, and of `record_count`.
