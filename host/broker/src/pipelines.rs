@@ -876,3 +876,63 @@ mod tests {
         assert!(err.contains("names partition 3"), "{err}");
     }
 }
+
+/// The checkpoint decoder against hostile or corrupt stored bytes. It reserves nothing from a
+/// count or length it reads (each entry is taken only once its bytes are there), so huge
+/// counts and lengths must end in an error at the first missing byte.
+#[cfg(test)]
+mod checkpoint_decoding {
+    use super::*;
+
+    fn sample() -> Checkpoint {
+        Checkpoint {
+            next_offset: 42,
+            sequences: BTreeMap::from([(0, 7), (3, i32::MAX)]),
+            states: vec![vec![], b"state".to_vec()],
+        }
+    }
+
+    /// Byte offsets of the sequence count, of the state count, and of the first state's
+    /// length in `sample().encode()`.
+    const AT_SEQUENCES: usize = 1 + 8;
+    const AT_STATES: usize = AT_SEQUENCES + 4 + 2 * 8;
+    const AT_FIRST_STATE_LEN: usize = AT_STATES + 4;
+
+    #[test]
+    fn round_trip() {
+        let c = sample();
+        assert_eq!(Checkpoint::decode(&c.encode()).unwrap(), c);
+    }
+
+    #[test]
+    fn huge_counts_and_lengths_are_refused() {
+        let good = sample().encode();
+        for at in [AT_SEQUENCES, AT_STATES, AT_FIRST_STATE_LEN] {
+            for v in [u32::MAX, 1 << 31, 1 << 28] {
+                let mut bad = good.clone();
+                bad[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                let err = Checkpoint::decode(&bad).unwrap_err();
+                assert!(err.contains("truncated"), "{v} at byte {at}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_and_no_changed_byte_panics() {
+        let good = sample().encode();
+        for n in 0..good.len() {
+            assert!(Checkpoint::decode(&good[..n]).is_err(), "cut at {n}");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(Checkpoint::decode(&longer).is_err());
+        for at in 0..good.len() {
+            for v in [0, 1, 0x7f, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[at] = v;
+                // A changed count or length is an error; a changed value may decode.
+                let _ = Checkpoint::decode(&bad);
+            }
+        }
+    }
+}
