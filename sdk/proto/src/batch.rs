@@ -322,7 +322,7 @@ fn decompress_zstd(data: &[u8], max_decompressed: usize) -> Result<Vec<u8>, Prot
         .map_err(codec)?;
     let mut out = Vec::new();
     decoder
-        .take(max_decompressed as u64 + 1)
+        .take((max_decompressed as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(codec)?;
     if out.len() > max_decompressed {
@@ -787,6 +787,7 @@ mod tests {
         let zstd = compress(Compression::Zstd, &zeros).unwrap();
         assert_eq!(decompress_lz4(&lz4, zeros.len()).unwrap(), zeros);
         assert_eq!(decompress_zstd(&zstd, zeros.len()).unwrap(), zeros);
+        assert_eq!(decompress_zstd(&zstd, usize::MAX).unwrap(), zeros);
         for err in [
             decompress_lz4(&lz4, zeros.len() - 1).unwrap_err(),
             decompress_zstd(&zstd, zeros.len() - 1).unwrap_err(),
