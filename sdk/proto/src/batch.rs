@@ -388,8 +388,15 @@ impl BatchHeader {
         if record_count == 0 {
             return Err(ProtoError::Malformed("batch with no records"));
         }
+        // Every record's offset, and `next_offset`, must exist.
+        let base_offset = be_u64(bytes, OFF_BASE_OFFSET);
+        if base_offset.checked_add(u64::from(record_count)).is_none() {
+            return Err(ProtoError::Malformed(
+                "base offset plus record count passes the largest offset",
+            ));
+        }
         Ok(BatchHeader {
-            base_offset: be_u64(bytes, OFF_BASE_OFFSET),
+            base_offset,
             batch_len,
             leader_epoch: be_u32(bytes, OFF_LEADER_EPOCH),
             crc: be_u32(bytes, OFF_CRC),
@@ -812,6 +819,18 @@ mod tests {
         assert_eq!(zstd_window_log_max(0), 20);
         assert_eq!(zstd_window_log_max(1000), 20);
         assert_eq!(zstd_window_log_max(usize::MAX), 30);
+    }
+
+    #[test]
+    fn offsets_past_the_largest_are_refused() {
+        let mut b = BatchBuilder::new(Compression::None);
+        b.push(&Record::default());
+        b.push(&Record::default());
+        let mut bytes = b.finish(-1, -1, -1).unwrap();
+        assign_offset(&mut bytes, u64::MAX - 2, 0);
+        assert_eq!(validate(&bytes).unwrap().next_offset(), u64::MAX);
+        assign_offset(&mut bytes, u64::MAX - 1, 0);
+        assert!(BatchHeader::parse(&bytes).is_err());
     }
 
     #[test]
