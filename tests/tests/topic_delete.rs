@@ -109,6 +109,13 @@ fn a_pipelines_topics_are_deleted_only_with_force_which_deletes_the_pipelines() 
         r#"topic "big" is read by pipeline "relay" and written by pipeline "teas"; delete them first or use --force"#,
     );
     assert_eq!(topic_names(&broker), ["archive", "big", "orders", "other"]);
+    // The groups' internal topic is not the user's to delete, forced or not.
+    for args in [
+        &["topic", "delete", "__consumer_offsets"][..],
+        &["topic", "delete", "__consumer_offsets", "--force"][..],
+    ] {
+        broker.run_fails(args, "is an internal topic");
+    }
     let pipelines = broker.run_ok(&["pipeline", "list"]);
     assert!(
         pipelines.contains("teas\trunning") && pipelines.contains("relay\trunning"),

@@ -32,6 +32,15 @@ async fn delete(
     name: String,
     force: bool,
 ) -> Result<TopicDescription, WireError> {
+    if name.starts_with("__") {
+        return Err(WireError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "{name:?} is an internal topic (consumer group state); it cannot be deleted — \
+                 delete groups with `sluice group delete`"
+            ),
+        ));
+    }
     let (b, n) = (broker.clone(), name.clone());
     let (description, topic_id) = blocking(move || delete_from_metadata(&b, &n, force)).await?;
     if broker.config.topic_delete_fault_abort_after_metadata {
