@@ -590,3 +590,56 @@ async fn a_deploy_above_the_frame_limit_names_the_limit_and_builtins_deploy_by_n
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_asking_for_gigabytes_gets_at_most_a_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let frame = 1usize << 20;
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &format!(
+            "{TEST_CONFIG}max_frame_bytes = {frame}\nmax_batch_bytes = {}\n\
+             connection_request_memory_bytes = {}\nrequest_memory_bytes = {}\n",
+            frame / 2,
+            2 * frame,
+            8 * frame
+        ),
+    );
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("big", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    // 3 MiB in 12 batches of 256 KiB.
+    for _ in 0..12 {
+        client
+            .request(
+                produce_request("big", Acks::Leader),
+                Bytes::from(batch(Compression::None, 4, 64 * 1024)),
+            )
+            .await
+            .unwrap();
+    }
+    let (body, raw) = client
+        .request(
+            Request::Fetch(sluice_proto::FetchRequest {
+                max_wait_ms: 0,
+                min_bytes: 1,
+                max_bytes: u32::MAX,
+                partitions: vec![sluice_proto::FetchPartition {
+                    topic: "big".into(),
+                    partition: 0,
+                    offset: 0,
+                    max_bytes: u32::MAX,
+                }],
+            }),
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(body, ResponseBody::Fetched(_)), "{body:?}");
+    assert!(!raw.is_empty() && raw.len() <= frame, "{} bytes", raw.len());
+    let kept = read_values(&client, "big", 48).await;
+    assert_eq!(kept.len(), 48);
+}

@@ -461,7 +461,14 @@ pub(crate) async fn fetch_batches(
 fn fetch_once(broker: &Broker, req: &FetchRequest) -> (FetchResponse, Bytes) {
     let mut raw = BytesMut::new();
     let mut partitions = Vec::with_capacity(req.partitions.len());
-    let max_total = req.max_bytes.max(1) as usize;
+    // The sizes come from the request: the answer must also fit in one frame, so neither asks
+    // the store for more than that (room is left for the control message).
+    let cap = broker
+        .config
+        .max_frame_bytes
+        .saturating_sub(64 * 1024)
+        .max(1);
+    let max_total = (req.max_bytes.max(1) as usize).min(cap);
     for p in &req.partitions {
         let mut entry = FetchedPartition {
             topic: p.topic.clone(),
@@ -492,7 +499,7 @@ fn fetch_once(broker: &Broker, req: &FetchRequest) -> (FetchResponse, Bytes) {
         }
         // At least one batch overall, even when it alone exceeds the limits.
         let budget = if raw.is_empty() {
-            p.max_bytes.max(1)
+            p.max_bytes.clamp(1, max_total as u32)
         } else {
             (room as u32).min(p.max_bytes).max(1)
         };
