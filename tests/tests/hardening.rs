@@ -179,6 +179,24 @@ async fn crafted_record_counts_and_bombs_are_refused_and_the_broker_serves_on() 
     for f in flood {
         f.await.unwrap();
     }
+    // A control message of 2 MiB (postcard that could decode to many times that) is refused
+    // before it is decoded; the stream stays usable.
+    let conn = hello_connection(&broker).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let control = 2u32 << 20;
+    let mut frame = (control + 4).to_be_bytes().to_vec();
+    frame.extend_from_slice(&control.to_be_bytes());
+    frame.resize(frame.len() + control as usize, 0);
+    frame.extend(encode_frame(&Request::ListTopics, &[]).unwrap());
+    send.write_all(&frame).await.unwrap();
+    let _ = send.finish();
+    match all_responses(&mut recv).await.as_slice() {
+        [Err(e), Ok(ResponseBody::Topics(_))] => {
+            assert_eq!(e.code, ErrorCode::InvalidRequest);
+            assert!(e.message.contains("control message"), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
     println!("connect + list while bombs were refused: slowest {slowest:?}");
     // Generous: the point is that the network tasks answer at all while bombs are decoded.
     assert!(slowest < Duration::from_secs(10), "{slowest:?}");
@@ -642,4 +660,40 @@ async fn a_fetch_asking_for_gigabytes_gets_at_most_a_frame() {
     assert!(!raw.is_empty() && raw.len() <= frame, "{} bytes", raw.len());
     let kept = read_values(&client, "big", 48).await;
     assert_eq!(kept.len(), 48);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_carry_on_after_the_broker_closed_their_idle_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(
+        dir.path(),
+        &format!("{TEST_CONFIG}idle_timeout_ms = 1000\n"),
+    );
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("t", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    let producer = client.producer(ProducerConfig::default());
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign("t", &[0]).await.unwrap();
+    consumer.seek("t", 0, SeekTo::Earliest).await.unwrap();
+    let mut seen = Vec::new();
+    for round in 0..3 {
+        let placed = producer
+            .send_and_wait(ProducerRecord::new("t", format!("r{round}")).with_partition(0))
+            .await
+            .unwrap();
+        assert_eq!(placed.offset, round);
+        let started = Instant::now();
+        while seen.len() < round as usize + 1 && started.elapsed() < LIMIT {
+            for r in consumer.poll().await.unwrap() {
+                seen.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+            }
+        }
+        // Idle for longer than idle_timeout_ms: the broker closes the connection.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    assert_eq!(seen, ["r0", "r1", "r2"]);
 }

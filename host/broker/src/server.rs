@@ -292,7 +292,7 @@ async fn serve_stream(
                 break;
             }
         };
-        let pending = match decode_body::<Request>(body) {
+        let pending = match decode_request(body) {
             Ok((request, raw)) => dispatch(&broker, &session, &state, request, raw, grant).await,
             Err(e) => {
                 // The frame boundary is intact, so the stream stays usable.
@@ -476,6 +476,24 @@ async fn skip(recv: &mut quinn::RecvStream, mut n: usize) -> Result<(), ProtoErr
         }
     }
     Ok(())
+}
+
+/// Largest control message (the postcard part of a frame) a request may have. Requests carry
+/// names, configs and partition lists there, far below this; decoded, a control message can take
+/// many times its size in memory (an empty string is 1 byte on the wire and 24 in memory), so
+/// it is bounded well below the frame limit.
+pub const MAX_REQUEST_CONTROL: usize = 1024 * 1024;
+
+fn decode_request(body: Bytes) -> Result<(Request, Bytes), ProtoError> {
+    let control_len = body
+        .get(..4)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    if control_len > MAX_REQUEST_CONTROL {
+        return Err(ProtoError::Malformed(
+            "control message longer than the broker's limit of 1 MiB",
+        ));
+    }
+    decode_body::<Request>(body)
 }
 
 fn ready(reply: Reply) -> Pending {
