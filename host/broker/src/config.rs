@@ -145,12 +145,16 @@ impl BrokerConfig {
                 self.connection_request_memory_bytes, self.max_frame_bytes
             ));
         }
+        // One eighth of request_memory_bytes is the small-frame reserve, which must hold one
+        // connection's share of it; the rest must hold a largest frame.
+        let reserve = self.request_memory_bytes / crate::server::SMALL_FRAME_RESERVE_SHARE;
         if self.request_memory_bytes < self.connection_request_memory_bytes
-            || self.request_memory_bytes < 2 * self.max_frame_bytes
+            || reserve < crate::server::CONNECTION_SMALL_BYTES
+            || self.request_memory_bytes - reserve < self.max_frame_bytes
         {
             return bad(format!(
-                "request_memory_bytes = {} must be at least connection_request_memory_bytes = {} \
-                 and twice max_frame_bytes = {}",
+                "request_memory_bytes = {} must be at least connection_request_memory_bytes = {}, \
+                 8 MiB, and max_frame_bytes = {} plus an eighth",
                 self.request_memory_bytes,
                 self.connection_request_memory_bytes,
                 self.max_frame_bytes

@@ -73,7 +73,14 @@ pub(crate) fn handle(
     raw: Bytes,
 ) -> BoxFuture<'static, Reply> {
     match request {
-        Request::Produce(p) => Box::pin(crate::plugins::produce_routed(broker, p, raw)),
+        // Produce requests are validated (and routed) in the stream's order by the server,
+        // which calls `produce` or `plugins::produce_routed` itself.
+        Request::Produce(_) => Box::pin(async {
+            Reply::error(WireError::new(
+                ErrorCode::InvalidRequest,
+                "request routed to the wrong handler",
+            ))
+        }),
         Request::Fetch(f) => Box::pin(async move { fetch(broker, f).await }),
         Request::GroupHeartbeat(_)
         | Request::OffsetCommit(_)
@@ -433,9 +440,16 @@ pub(crate) async fn fetch_batches(
             .map(|led| broker.runtime(led.id).high_watermark.subscribe())
             .collect();
         let (b, r) = (broker.clone(), req.clone());
+        let reading = broker
+            .limits
+            .fetch_reads
+            .acquire()
+            .await
+            .expect("fetch reads are never closed");
         let (resp, raw) = tokio::task::spawn_blocking(move || fetch_once(&b, &r))
             .await
             .map_err(|e| WireError::new(ErrorCode::Internal, format!("fetch failed: {e}")))?;
+        drop(reading);
         let has_error = resp.partitions.iter().any(|p| p.error.is_some());
         if raw.len() >= req.min_bytes.max(1) as usize
             || has_error

@@ -287,29 +287,18 @@ fn transform_fetched(
 /// per chosen partition (same compression; no producer id: routed batches are not
 /// idempotent), appended in the batch's order. The answer lists each record's partition and
 /// offset.
+///
+/// [`route`] runs first, in the stream's order (it enqueues the appends); this awaits them.
 pub(crate) async fn produce_routed(
     broker: Arc<Broker>,
-    req: sluice_proto::ProduceRequest,
-    raw: Bytes,
+    acks: sluice_proto::Acks,
+    routed: Result<Vec<RoutedAppend>, WireError>,
 ) -> Reply {
-    let acks = req.acks;
-    let b = broker.clone();
-    let prepared = tokio::task::spawn_blocking(move || route(&b, &req, &raw)).await;
-    let appends = match prepared {
-        Ok(Ok(appends)) => appends,
-        Ok(Err(e)) => {
-            tracing::debug!(cause = %e, "routed produce refused");
-            return if acks == sluice_proto::Acks::None {
-                Reply::None
-            } else {
-                Reply::error(e)
-            };
-        }
+    let appends = match routed {
+        Ok(appends) => appends,
         Err(e) => {
-            return Reply::error(WireError::new(
-                ErrorCode::Internal,
-                format!("routing task: {e}"),
-            ));
+            tracing::debug!(cause = %e, "routed produce refused");
+            return Reply::error(e);
         }
     };
     let mut placed: Vec<Option<sluice_proto::RoutedRecord>> =
@@ -325,13 +314,7 @@ pub(crate) async fn produce_routed(
                     });
                 }
             }
-            Err(e) => {
-                return if acks == sluice_proto::Acks::None {
-                    Reply::None
-                } else {
-                    Reply::error(storage_error(e))
-                };
-            }
+            Err(e) => return Reply::error(storage_error(e)),
         }
     }
     if acks == sluice_proto::Acks::None {
@@ -345,7 +328,8 @@ pub(crate) async fn produce_routed(
     )
 }
 
-struct RoutedAppend {
+/// One partition's share of a routed batch, its append enqueued.
+pub(crate) struct RoutedAppend {
     id: sluice_storage::PartitionId,
     /// Positions in the produced batch of the records in this append, in order.
     indexes: Vec<usize>,
@@ -357,7 +341,9 @@ struct RoutedAppend {
     >,
 }
 
-fn route(
+/// Validates a routed batch, runs the topic's partitioner on its records and enqueues one
+/// append per chosen partition. Blocking (the plugin call): run it on the validation threads.
+pub(crate) fn route(
     broker: &Broker,
     req: &sluice_proto::ProduceRequest,
     raw: &Bytes,

@@ -5,15 +5,19 @@
 //! arithmetic):
 //! - connections: at most `max_connections`; more are refused at the handshake;
 //! - streams: at most `max_streams_per_connection` per connection (QUIC stream credit);
-//! - bytes QUIC buffers for a client: its receive window, `connection_window_bytes`;
-//! - request frames: a frame's body is read only once its length is granted from the
-//!   connection's budget (`connection_request_memory_bytes`) and the broker's
-//!   (`request_memory_bytes`), and the grant is held until its answer is written; the buffer
-//!   grows as bytes arrive;
-//! - time: a frame must arrive whole within `frame_timeout_ms`, or its stream is reset; a
+//! - bytes QUIC buffers for a client: its receive window, `connection_window_bytes`, of which
+//!   one stream may fill a quarter (so a stream that is not being read cannot stall the others);
+//! - memory: a frame's body is read only once its length is granted from the connection's
+//!   budget and the broker's (small frames from a reserve of their own), and an answer's bytes
+//!   are charged the same way; both are held until the answer is written. Buffers grow as bytes
+//!   arrive. A frame that gets no memory in time is read, dropped and refused (the stream stays
+//!   usable); an answer that gets none is replaced by a retriable error;
+//! - time: a frame's length prefix, and then its body, must each arrive within
+//!   `frame_timeout_ms`, or the broker answers with an error and stops reading the stream; a
 //!   connection with no request for `idle_timeout_ms` is closed, keep-alives or not;
-//! - CPU: large or compressed batches are validated on a bounded set of threads, one at a time
-//!   per connection, so a flood of heavy requests queues behind its own sender.
+//! - CPU: large or compressed batches, and batches routed by a partitioner plugin, are handled
+//!   on a bounded set of threads, one at a time per connection, so a flood of heavy requests
+//!   queues behind its own sender.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,23 +42,29 @@ const MAX_PIPELINED: usize = 128;
 /// Frames up to this size draw on the small-frame reserve of the request memory.
 const SMALL_FRAME: usize = 64 * 1024;
 /// The small-frame reserve is this fraction (1/n) of `request_memory_bytes`.
-const SMALL_FRAME_RESERVE_SHARE: usize = 8;
+pub(crate) const SMALL_FRAME_RESERVE_SHARE: usize = 8;
+/// What one connection may hold of the small-frame reserve: 16 small frames.
+pub(crate) const CONNECTION_SMALL_BYTES: usize = 16 * SMALL_FRAME;
 
 /// QUIC application close code for a connection closed because it sat idle.
 pub const IDLE_CLOSE_CODE: u32 = 2;
-/// QUIC stream reset / stop code for a stream whose frame did not arrive in time.
-pub const FRAME_TIMEOUT_CODE: u32 = 3;
+/// QUIC stop code for a stream the broker stops reading (a frame too large or too slow).
+pub const STREAM_REFUSED_CODE: u32 = 3;
 
 /// Limits shared by every connection of a broker.
 #[derive(Debug)]
 pub(crate) struct ClientLimits {
-    /// Bytes of large request frames (above [`SMALL_FRAME`]) held by all connections together.
+    /// Bytes of large request frames and answers (above [`SMALL_FRAME`]) held by all
+    /// connections together.
     request_memory: Arc<Semaphore>,
-    /// The same for small frames: a reserve that slow large frames cannot take, so metadata,
+    /// The same for small ones: a reserve that slow large frames cannot take, so metadata,
     /// fetch and small produce requests are served while a flood holds the rest.
     small_request_memory: Arc<Semaphore>,
     /// Validations of large or compressed batches running at once.
     validation: Arc<Semaphore>,
+    /// Fetches reading from the store at once: what they read is in memory before its answer
+    /// is charged to the budgets, so their number is bounded too.
+    pub(crate) fetch_reads: Semaphore,
     connections: AtomicUsize,
     /// `acks=0` produce requests refused; they get no answer, so they are counted here and
     /// logged.
@@ -73,6 +83,7 @@ impl ClientLimits {
             request_memory: Arc::new(Semaphore::new(config.request_memory_bytes - reserve)),
             small_request_memory: Arc::new(Semaphore::new(reserve)),
             validation: Arc::new(Semaphore::new(threads)),
+            fetch_reads: Semaphore::new(4 * threads),
             connections: AtomicUsize::new(0),
             acks0_refused: AtomicU64::new(0),
         }
@@ -82,8 +93,11 @@ impl ClientLimits {
 /// One connection's share of the broker, and what tells whether it is idle.
 #[derive(Debug)]
 struct ConnectionState {
-    /// Bytes of request frames this connection holds.
+    /// Bytes of large request frames and answers this connection holds.
     request_memory: Arc<Semaphore>,
+    /// The same for small ones, so its large frames waiting for the broker's memory do not
+    /// hold up its small requests.
+    small_request_memory: Arc<Semaphore>,
     /// One heavy validation at a time per connection.
     validation: Arc<Semaphore>,
     /// Requests being read or handled.
@@ -96,6 +110,7 @@ impl ConnectionState {
     fn new(config: &BrokerConfig) -> Self {
         ConnectionState {
             request_memory: Arc::new(Semaphore::new(config.connection_request_memory_bytes)),
+            small_request_memory: Arc::new(Semaphore::new(CONNECTION_SMALL_BYTES)),
             validation: Arc::new(Semaphore::new(1)),
             busy: AtomicUsize::new(0),
             last_active: Mutex::new(Instant::now()),
@@ -135,13 +150,66 @@ impl Drop for Busy {
     }
 }
 
-/// A request frame's grant of memory, from its connection's budget and the broker's; returned
-/// when the request's answer has been produced.
-#[derive(Debug)]
-pub(crate) struct FrameGrant {
-    _connection: OwnedSemaphorePermit,
-    _broker: OwnedSemaphorePermit,
-    _busy: Busy,
+/// Memory granted to a request: its frame's and, once known, its answer's bytes, from the
+/// connection's budget and the broker's. Returned when the answer has been written.
+#[derive(Debug, Default)]
+pub(crate) struct Grant {
+    permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl Grant {
+    /// Takes `len` bytes from the pools for its size (the connection's first, so one connection
+    /// cannot queue for more of the broker than it may hold), waiting for them.
+    async fn acquire(broker: &Broker, state: &ConnectionState, len: usize) -> Grant {
+        let (connection, pool) = pools(broker, state, len);
+        // Lengths are at most max_frame_bytes, which fits in u32; the semaphores never close.
+        let n = u32::try_from(len).expect("frame length fits in u32");
+        let mine = connection
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("connection budget is never closed");
+        let shared = pool
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("request memory is never closed");
+        Grant {
+            permits: vec![mine, shared],
+        }
+    }
+
+    /// Adds `len` bytes if they are free now.
+    fn try_add(&mut self, broker: &Broker, state: &ConnectionState, len: usize) -> bool {
+        let (connection, pool) = pools(broker, state, len);
+        let Ok(n) = u32::try_from(len) else {
+            return false;
+        };
+        let Ok(mine) = connection.clone().try_acquire_many_owned(n) else {
+            return false;
+        };
+        let Ok(shared) = pool.clone().try_acquire_many_owned(n) else {
+            return false;
+        };
+        self.permits.extend([mine, shared]);
+        true
+    }
+}
+
+/// The connection's and the broker's budgets for a frame or answer of `len` bytes.
+fn pools<'a>(
+    broker: &'a Broker,
+    state: &'a ConnectionState,
+    len: usize,
+) -> (&'a Arc<Semaphore>, &'a Arc<Semaphore>) {
+    if len <= SMALL_FRAME {
+        (
+            &state.small_request_memory,
+            &broker.limits.small_request_memory,
+        )
+    } else {
+        (&state.request_memory, &broker.limits.request_memory)
+    }
 }
 
 /// Counts a connection against `max_connections` until dropped.
@@ -222,12 +290,24 @@ async fn serve_connection(broker: Arc<Broker>, conn: quinn::Connection) {
     }
 }
 
-type Pending = tokio::task::JoinHandle<Reply>;
+/// A request's answer on its way to the writer, with the memory it holds until written.
+type Pending = tokio::task::JoinHandle<(Reply, Grant)>;
+
+/// What the reader hands the writer for each request, in order.
+struct Queued {
+    pending: Pending,
+    /// An `acks=0` produce: nothing is written back, whatever happens to it.
+    silent: bool,
+}
 
 /// A request frame read off a stream.
 enum ReadRequest {
-    /// Its body, and the memory granted for it.
-    Read { body: Bytes, grant: FrameGrant },
+    /// Its body, and the memory granted for it (held while the request is in flight).
+    Read {
+        body: Bytes,
+        grant: Grant,
+        busy: Busy,
+    },
     /// No memory was free for it in time: it was read and dropped, and is answered with
     /// `refused` (unless it is an `acks=0` produce). The stream stays usable.
     Dropped {
@@ -251,17 +331,18 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let (tx, mut rx) = mpsc::channel::<Pending>(MAX_PIPELINED);
+    let (tx, mut rx) = mpsc::channel::<Queued>(MAX_PIPELINED);
     let writer = tokio::spawn(async move {
-        while let Some(pending) = rx.recv().await {
-            let reply = match pending.await {
-                Ok(reply) => reply,
+        while let Some(Queued { pending, silent }) = rx.recv().await {
+            let (reply, grant) = match pending.await {
+                Ok(done) => done,
                 Err(e) => {
                     tracing::error!(cause = %e, "request handler panicked");
-                    Reply::error(WireError::new(
+                    let reply = Reply::error(WireError::new(
                         ErrorCode::Internal,
                         "the broker failed while handling the request",
-                    ))
+                    ));
+                    (if silent { Reply::None } else { reply }, Grant::default())
                 }
             };
             if let Reply::Frame(resp, raw) = reply
@@ -270,40 +351,42 @@ async fn serve_stream(
                 tracing::debug!(cause = %e, "client went away before its response");
                 return;
             }
+            drop(grant);
         }
         let _ = send.finish();
     });
 
     loop {
-        let (body, grant) = match read_request(&broker, &state, &mut recv).await {
-            Ok(ReadRequest::Read { body, grant }) => (body, grant),
+        let queued = match read_request(&broker, &state, &mut recv).await {
+            Ok(ReadRequest::Read { body, grant, busy }) => match decode_request(body) {
+                Ok((request, raw)) => {
+                    dispatch(&broker, &session, &state, request, raw, grant, busy).await
+                }
+                Err(e) => {
+                    // The frame boundary is intact, so the stream stays usable.
+                    tracing::debug!(cause = %e, "undecodable request");
+                    ready(Reply::error(WireError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("request could not be decoded: {e}"),
+                    )))
+                }
+            },
             Ok(ReadRequest::Dropped { request, refused }) => {
                 let silent = request.as_ref().is_some_and(is_silent);
-                let reply = silence(&broker, silent, Reply::error(refused));
-                if tx.send(ready(reply)).await.is_err() {
-                    break;
+                Queued {
+                    pending: tokio::spawn(async { (Reply::error(refused), Grant::default()) }),
+                    silent,
                 }
-                continue;
+                .silenced(&broker)
             }
             Err(ReadEnd::Closed) => break,
             Err(ReadEnd::Refuse(e)) => {
                 let _ = tx.send(ready(Reply::error(e))).await;
-                let _ = recv.stop(FRAME_TIMEOUT_CODE.into());
+                let _ = recv.stop(STREAM_REFUSED_CODE.into());
                 break;
             }
         };
-        let pending = match decode_request(body) {
-            Ok((request, raw)) => dispatch(&broker, &session, &state, request, raw, grant).await,
-            Err(e) => {
-                // The frame boundary is intact, so the stream stays usable.
-                tracing::debug!(cause = %e, "undecodable request");
-                ready(Reply::error(WireError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("request could not be decoded: {e}"),
-                )))
-            }
-        };
-        if tx.send(pending).await.is_err() {
+        if tx.send(queued).await.is_err() {
             break;
         }
     }
@@ -366,72 +449,35 @@ async fn read_request(
         )));
     }
     let wait = Duration::from_millis(config.request_memory_wait_ms);
-    let grant = match tokio::time::timeout(wait, grant(broker, state, len)).await {
-        Ok((connection, broker_share)) => FrameGrant {
-            _connection: connection,
-            _broker: broker_share,
-            _busy: busy,
-        },
-        Err(_) => {
-            // Waiting longer would let this stream's unread bytes hold the connection's receive
-            // window, which the connection's granted frames need to finish: read the frame
-            // without keeping it, and refuse it.
-            tracing::debug!(len, "no request memory free; frame read and dropped");
-            let refused = WireError::new(
-                ErrorCode::Timeout,
-                format!(
-                    "the broker had no memory free for a {len}-byte request within {} ms \
-                     (request_memory_bytes); nothing was done, retry shortly",
-                    config.request_memory_wait_ms
-                ),
-            );
-            return match tokio::time::timeout(timeout, skip_frame(recv, len)).await {
-                Ok(Ok(request)) => Ok(ReadRequest::Dropped { request, refused }),
-                Ok(Err(e)) => {
-                    tracing::debug!(cause = %e, "stream ended mid-frame");
-                    Err(ReadEnd::Closed)
-                }
-                Err(_) => Err(timed_out("the frame's body did not arrive")),
-            };
-        }
+    let Ok(grant) = tokio::time::timeout(wait, Grant::acquire(broker, state, len)).await else {
+        // Waiting longer would let this stream's unread bytes sit in the connection's receive
+        // window: read the frame without keeping it, and refuse it.
+        tracing::debug!(len, "no request memory free; frame read and dropped");
+        let refused = WireError::new(
+            ErrorCode::Timeout,
+            format!(
+                "the broker had no memory free for a {len}-byte request within {} ms \
+                 (request_memory_bytes); nothing was done, retry shortly",
+                config.request_memory_wait_ms
+            ),
+        );
+        return match tokio::time::timeout(timeout, skip_frame(recv, len)).await {
+            Ok(Ok(request)) => Ok(ReadRequest::Dropped { request, refused }),
+            Ok(Err(e)) => {
+                tracing::debug!(cause = %e, "stream ended mid-frame");
+                Err(ReadEnd::Closed)
+            }
+            Err(_) => Err(timed_out("the frame's body did not arrive")),
+        };
     };
     match tokio::time::timeout(timeout, read_frame_body(recv, len)).await {
-        Ok(Ok(body)) => Ok(ReadRequest::Read { body, grant }),
+        Ok(Ok(body)) => Ok(ReadRequest::Read { body, grant, busy }),
         Ok(Err(e)) => {
             tracing::debug!(cause = %e, "stream ended mid-frame");
             Err(ReadEnd::Closed)
         }
         Err(_) => Err(timed_out("the frame's body did not arrive")),
     }
-}
-
-/// Waits for `len` bytes of the connection's budget, then of the broker's (the small-frame
-/// reserve or the rest). The connection's first, so one connection cannot queue for more of
-/// the broker than it may hold.
-async fn grant(
-    broker: &Broker,
-    state: &ConnectionState,
-    len: usize,
-) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
-    // Frames are at most max_frame_bytes, which fits in u32; both semaphores are never closed.
-    let n = u32::try_from(len).expect("frame length fits in u32");
-    let connection = state
-        .request_memory
-        .clone()
-        .acquire_many_owned(n)
-        .await
-        .expect("connection budget is never closed");
-    let pool = if len <= SMALL_FRAME {
-        &broker.limits.small_request_memory
-    } else {
-        &broker.limits.request_memory
-    };
-    let broker_share = pool
-        .clone()
-        .acquire_many_owned(n)
-        .await
-        .expect("request memory is never closed");
-    (connection, broker_share)
 }
 
 /// Largest control message the broker decodes from a frame it drops.
@@ -496,8 +542,34 @@ fn decode_request(body: Bytes) -> Result<(Request, Bytes), ProtoError> {
     decode_body::<Request>(body)
 }
 
-fn ready(reply: Reply) -> Pending {
-    tokio::spawn(async move { reply })
+fn ready(reply: Reply) -> Queued {
+    Queued {
+        pending: tokio::spawn(async move { (reply, Grant::default()) }),
+        silent: false,
+    }
+}
+
+impl Queued {
+    /// For an `acks=0` produce: its answer, whatever it is, is dropped (logged and counted).
+    fn silenced(self, broker: &Arc<Broker>) -> Queued {
+        if !self.silent {
+            return self;
+        }
+        let broker = broker.clone();
+        let pending = self.pending;
+        Queued {
+            pending: tokio::spawn(async move {
+                match pending.await {
+                    Ok((reply, grant)) => (silence(&broker, true, reply), grant),
+                    Err(e) => {
+                        tracing::error!(cause = %e, "request handler panicked");
+                        (Reply::None, Grant::default())
+                    }
+                }
+            }),
+            silent: true,
+        }
+    }
 }
 
 /// Whether a request gets no answer whatever happens: `Produce` with `acks=0`.
@@ -505,17 +577,18 @@ fn is_silent(request: &Request) -> bool {
     matches!(request, Request::Produce(p) if p.acks == Acks::None)
 }
 
-/// Starts handling one request. Produce requests are validated and enqueue their append here,
-/// before the next request of the stream is read, so pipelined batches of one partition keep
-/// their order.
+/// Starts handling one request. Produce requests are validated (and routed) and enqueue their
+/// appends here, before the next request of the stream is read, so pipelined batches of one
+/// partition keep their order.
 async fn dispatch(
     broker: &Arc<Broker>,
     session: &Arc<Session>,
     state: &Arc<ConnectionState>,
     request: Request,
     raw: Bytes,
-    grant: FrameGrant,
-) -> Pending {
+    grant: Grant,
+    busy: Busy,
+) -> Queued {
     let silent = is_silent(&request);
     let early = if *broker.shutdown.borrow() {
         Some(Reply::error(WireError::new(
@@ -533,23 +606,57 @@ async fn dispatch(
         None
     };
     if let Some(reply) = early {
-        return ready(silence(broker, silent, reply));
+        return Queued {
+            pending: tokio::spawn(async move { (reply, grant) }),
+            silent,
+        }
+        .silenced(broker);
     }
     let guard = crate::InFlight::new(broker);
     let fut: BoxFuture<'static, Reply> = match request {
-        Request::Produce(p) if p.partition != sluice_proto::ROUTE_BY_PARTITIONER => {
+        Request::Produce(p) if p.partition == sluice_proto::ROUTE_BY_PARTITIONER => {
+            let acks = p.acks;
+            let b = broker.clone();
+            let routed =
+                on_heavy_threads(broker, state, move || crate::plugins::route(&b, &p, &raw))
+                    .await
+                    .and_then(|r| r);
+            Box::pin(crate::plugins::produce_routed(broker.clone(), acks, routed))
+        }
+        Request::Produce(p) => {
             let validated = validate_batch(broker, state, &raw).await;
             crate::handler::produce(broker.clone(), p, raw, validated)
         }
         request => crate::handler::handle(broker.clone(), request, raw),
     };
-    let broker = broker.clone();
-    tokio::spawn(async move {
-        let reply = fut.await;
-        drop(guard);
-        drop(grant);
-        silence(&broker, silent, reply)
-    })
+    let (b, state) = (broker.clone(), state.clone());
+    Queued {
+        pending: tokio::spawn(async move {
+            let mut grant = grant;
+            let mut reply = fut.await;
+            drop(guard);
+            drop(busy);
+            // The answer's bytes wait for the writer (and the client) under the same budgets
+            // as requests; without room for them now, a retriable error goes instead.
+            if let Reply::Frame(_, raw) = &reply
+                && !raw.is_empty()
+                && !grant.try_add(&b, &state, raw.len())
+            {
+                tracing::debug!(len = raw.len(), "no memory free for an answer; refused");
+                reply = Reply::error(WireError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the broker had no memory free for a {}-byte answer \
+                         (request_memory_bytes); retry shortly",
+                        raw.len()
+                    ),
+                ));
+            }
+            (reply, grant)
+        }),
+        silent,
+    }
+    .silenced(broker)
 }
 
 /// An `acks=0` request never gets a frame back, whatever happened to it (the client pairs
@@ -583,6 +690,21 @@ async fn validate_batch(
     if raw.len() <= INLINE_VALIDATION_BYTES && !compressed {
         return crate::handler::validate_batch(raw, limit);
     }
+    let raw = raw.clone();
+    on_heavy_threads(broker, state, move || {
+        crate::handler::validate_batch(&raw, limit)
+    })
+    .await
+    .and_then(|r| r)
+}
+
+/// Runs CPU-heavy work (batch validation, decompression, a partitioner plugin) on the bounded
+/// validation threads, one job at a time per connection.
+async fn on_heavy_threads<T: Send + 'static>(
+    broker: &Broker,
+    state: &ConnectionState,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, WireError> {
     let _mine = state
         .validation
         .acquire()
@@ -594,14 +716,9 @@ async fn validate_batch(
         .acquire()
         .await
         .expect("validation threads are never closed");
-    let raw = raw.clone();
-    match tokio::task::spawn_blocking(move || crate::handler::validate_batch(&raw, limit)).await {
-        Ok(result) => result,
-        Err(e) => Err(WireError::new(
-            ErrorCode::Internal,
-            format!("batch validation failed: {e}"),
-        )),
-    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Internal, format!("request handling failed: {e}")))
 }
 
 impl Reply {

@@ -169,7 +169,9 @@ pub fn quic_server_config(
     transport
         .max_concurrent_bidi_streams(config.max_streams_per_connection.into())
         .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window(window.into())
+        // A stream may fill a quarter of the connection's window: one that is not being read
+        // (waiting for memory, or behind a long-poll) cannot stall the others.
+        .stream_receive_window((window / 4).max(64 * 1024).into())
         .receive_window(window.into())
         // Unacknowledged response bytes QUIC keeps per connection: a client that stops reading
         // pins at most this much of the broker's memory in the transport.

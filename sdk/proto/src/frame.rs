@@ -10,7 +10,7 @@
 //! A bidirectional QUIC stream carries request frames one way and response frames the other,
 //! answered in order; a client may pipeline several requests on one stream.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -107,11 +107,12 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
     r: &mut R,
     len: usize,
 ) -> Result<Bytes, ProtoError> {
-    let mut body = BytesMut::with_capacity(len.min(FIRST_BODY_CHUNK));
+    let mut body: Vec<u8> = Vec::with_capacity(len.min(FIRST_BODY_CHUNK));
     while body.len() < len {
         if body.len() == body.capacity() {
+            // Exactly: the buffer never holds more than twice what arrived, nor more than `len`.
             let grow = body.len().max(FIRST_BODY_CHUNK).min(len - body.len());
-            body.reserve(grow);
+            body.reserve_exact(grow);
         }
         let room = body.capacity().min(len) - body.len();
         let mut limited = (&mut body).limit(room);
@@ -120,7 +121,7 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
             return Err(ProtoError::Truncated);
         }
     }
-    Ok(body.freeze())
+    Ok(Bytes::from(body))
 }
 
 /// Writes one frame. The raw bytes are written as they are, without copying them into a
