@@ -697,3 +697,76 @@ async fn sdk_clients_carry_on_after_the_broker_closed_their_idle_connection() {
     }
     assert_eq!(seen, ["r0", "r1", "r2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_holds_at_most_its_share() {
+    const MIB: u64 = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("big", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    // 8 MiB in 32 batches of 256 KiB.
+    for _ in 0..32 {
+        client
+            .request(
+                produce_request("big", Acks::Leader),
+                Bytes::from(batch(Compression::None, 4, 64 * 1024)),
+            )
+            .await
+            .unwrap();
+    }
+    let baseline = rss_bytes(broker.pid());
+    // 4 streams × 100 pipelined fetches of the whole partition, answers never read.
+    let fetch = encode_frame(
+        &Request::Fetch(sluice_proto::FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes: 16 << 20,
+            partitions: vec![sluice_proto::FetchPartition {
+                topic: "big".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: 16 << 20,
+            }],
+        }),
+        &[],
+    )
+    .unwrap();
+    let conn = hello_connection(&broker).await;
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        for _ in 0..100 {
+            send.write_all(&fetch).await.unwrap();
+        }
+        streams.push((send, recv));
+    }
+    let mut peak = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_bytes(broker.pid()));
+    }
+    // The connection's share (32 MiB), what QUIC keeps unacknowledged (16 MiB), fetches being
+    // read (at most 4 × cores of 8 MiB here), and a constant for the allocator.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let bound = 32 * MIB + 16 * MIB + 4 * cores * 8 * MIB + 48 * MIB;
+    println!(
+        "400 unread fetches of 8 MiB: baseline {} MiB, peak +{} MiB, bound +{} MiB",
+        baseline / MIB,
+        peak.saturating_sub(baseline) / MIB,
+        bound / MIB
+    );
+    assert!(
+        peak.saturating_sub(baseline) <= bound,
+        "peak {peak} baseline {baseline}"
+    );
+    // Everyone else is served meanwhile.
+    let fresh = broker.client().await;
+    fresh.admin().list_topics().await.unwrap();
+    drop(streams);
+    conn.close(0u32.into(), b"done");
+}

@@ -473,7 +473,9 @@ pub(crate) async fn fetch_batches(
 }
 
 fn fetch_once(broker: &Broker, req: &FetchRequest) -> (FetchResponse, Bytes) {
-    let mut raw = BytesMut::new();
+    // The partitions' batches as the store returned them; joined only when there are several.
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
     let mut partitions = Vec::with_capacity(req.partitions.len());
     // The sizes come from the request: the answer must also fit in one frame, so neither asks
     // the store for more than that (room is left for the control message).
@@ -502,8 +504,8 @@ fn fetch_once(broker: &Broker, req: &FetchRequest) -> (FetchResponse, Bytes) {
         };
         let hw = broker.high_watermark(led.id);
         entry.high_watermark = hw;
-        let room = max_total.saturating_sub(raw.len());
-        if room == 0 && !raw.is_empty() {
+        let room = max_total.saturating_sub(len);
+        if room == 0 && len > 0 {
             entry.log_start = broker
                 .store
                 .partition_state(led.id)
@@ -512,7 +514,7 @@ fn fetch_once(broker: &Broker, req: &FetchRequest) -> (FetchResponse, Bytes) {
             continue;
         }
         // At least one batch overall, even when it alone exceeds the limits.
-        let budget = if raw.is_empty() {
+        let budget = if len == 0 {
             p.max_bytes.clamp(1, max_total as u32)
         } else {
             (room as u32).min(p.max_bytes).max(1)
@@ -521,12 +523,13 @@ fn fetch_once(broker: &Broker, req: &FetchRequest) -> (FetchResponse, Bytes) {
             Ok(read) => {
                 entry.log_start = read.log_start;
                 let bytes = below_high_watermark(read.bytes, hw);
-                if !raw.is_empty() && raw.len() + bytes.len() > max_total {
+                if len > 0 && len + bytes.len() > max_total {
                     // This partition's first batch would overflow the response; it gets its
                     // turn in the next fetch.
                 } else {
                     entry.bytes = bytes.len() as u32;
-                    raw.extend_from_slice(&bytes);
+                    len += bytes.len();
+                    parts.push(bytes);
                 }
             }
             Err(e) => {
@@ -538,7 +541,18 @@ fn fetch_once(broker: &Broker, req: &FetchRequest) -> (FetchResponse, Bytes) {
         }
         partitions.push(entry);
     }
-    (FetchResponse { partitions }, raw.freeze())
+    let raw = match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.swap_remove(0),
+        _ => {
+            let mut joined = BytesMut::with_capacity(len);
+            for part in &parts {
+                joined.extend_from_slice(part);
+            }
+            joined.freeze()
+        }
+    };
+    (FetchResponse { partitions }, raw)
 }
 
 /// Requests that read or change metadata. Blocking: runs on a blocking thread.

@@ -15,7 +15,30 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// glibc's malloc moves its threshold for serving large allocations by mmap up to the size of
+/// the largest one freed (up to 32 MiB), and keeps freed buffers below it in per-thread arenas.
+/// The broker's request and fetch buffers of megabytes, freed on many threads, then stayed
+/// resident after a burst (hundreds of MiB). A fixed threshold of 128 KiB serves every such
+/// buffer by mmap, so it goes back to the OS when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn return_large_buffers_to_the_os() {
+    const THRESHOLD: libc::c_int = 128 * 1024;
+    // SAFETY: mallopt only sets a tuning parameter of the process's allocator. It is called
+    // first thing in main, before any other thread exists.
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
+    if ok != 1 {
+        eprintln!(
+            "warning: could not set glibc's mmap threshold; memory may stay high after bursts"
+        );
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_buffers_to_the_os() {}
+
 fn main() -> ExitCode {
+    return_large_buffers_to_the_os();
     let args = cli::Cli::parse();
     init_tracing(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
