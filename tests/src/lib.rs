@@ -292,6 +292,26 @@ pub fn describe_output(out: &Output) -> String {
     )
 }
 
+/// Reads partition 0 of `topic` from its start until `n` records are there, or 60 s passed;
+/// returns the values as text.
+pub async fn read_values(client: &Client, topic: &str, n: usize) -> Vec<String> {
+    let mut consumer = client.consumer(sluice_client::ConsumerConfig::default());
+    consumer.assign(topic, &[0]).await.expect("assign");
+    consumer
+        .seek(topic, 0, sluice_client::SeekTo::Earliest)
+        .await
+        .expect("seek");
+    let mut out = Vec::new();
+    let started = Instant::now();
+    while out.len() < n && started.elapsed() < Duration::from_secs(60) {
+        for r in consumer.poll().await.expect("poll") {
+            let value = r.value.map(|v| v.to_vec()).unwrap_or_default();
+            out.push(String::from_utf8_lossy(&value).into_owned());
+        }
+    }
+    out
+}
+
 /// A raw QUIC connection to the broker, for tests that send hand-made (and malformed) frames.
 /// It sends a keep-alive every second, as a client that holds a connection open would.
 pub async fn raw_connection(addr: SocketAddr, ca_pem: &Path) -> quinn::Connection {

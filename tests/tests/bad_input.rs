@@ -3,35 +3,18 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_client::{
-    Client, ClientConfig, ClientError, ConsumerConfig, ProducerConfig, ProducerRecord, SeekTo,
-    TlsConfig,
-};
+use sluice_client::{Client, ClientConfig, ClientError, ProducerConfig, ProducerRecord, TlsConfig};
 use sluice_proto::frame::encode_frame;
 use sluice_proto::{
     Acks, ErrorCode, HelloRequest, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ProduceRequest, Request,
     ResponseBody, TopicConfig,
 };
-use sluice_tests::{BrokerProcess, TEST_CONFIG, describe_output, raw_connection, raw_exchange};
+use sluice_tests::{
+    BrokerProcess, TEST_CONFIG, describe_output, raw_connection, raw_exchange, read_values,
+};
 
 fn code(e: &ClientError) -> Option<ErrorCode> {
     e.wire_code()
-}
-
-async fn read_all(client: &Client, topic: &str, n: usize) -> Vec<String> {
-    let mut consumer = client.consumer(ConsumerConfig::default());
-    consumer.assign(topic, &[0]).await.unwrap();
-    consumer.seek(topic, 0, SeekTo::Earliest).await.unwrap();
-    let mut out = Vec::new();
-    for _ in 0..100 {
-        if out.len() >= n {
-            break;
-        }
-        for r in consumer.poll().await.unwrap() {
-            out.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +189,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     let fresh = broker.client().await;
     let got = tokio::time::timeout(
         Duration::from_secs(30),
-        read_all(&fresh, "good", before.len()),
+        read_values(&fresh, "good", before.len()),
     )
     .await
     .unwrap();

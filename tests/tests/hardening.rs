@@ -13,7 +13,7 @@ use sluice_proto::{
     Acks, CreateTopicRequest, ErrorCode, HelloRequest, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
     ProduceRequest, Request, Response, ResponseBody, TopicConfig,
 };
-use sluice_tests::{BrokerProcess, TEST_CONFIG, raw_connection};
+use sluice_tests::{BrokerProcess, TEST_CONFIG, raw_connection, read_values};
 
 /// Every wait here is bounded by this; none needs to be short for the test to pass.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -28,21 +28,6 @@ async fn produce_kept(client: &Client, topic: &str, n: usize) -> Vec<String> {
             .unwrap();
     }
     values
-}
-
-/// Reads partition 0 of `topic` from the start until `n` records are there (bounded).
-async fn read_values(client: &Client, topic: &str, n: usize) -> Vec<String> {
-    let mut consumer = client.consumer(ConsumerConfig::default());
-    consumer.assign(topic, &[0]).await.unwrap();
-    consumer.seek(topic, 0, SeekTo::Earliest).await.unwrap();
-    let mut out = Vec::new();
-    let started = Instant::now();
-    while out.len() < n && started.elapsed() < LIMIT {
-        for r in consumer.poll().await.unwrap() {
-            out.push(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
-        }
-    }
-    out
 }
 
 /// The broker still serves a new client, and `topic` still holds exactly `kept`.
@@ -100,6 +85,40 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
         v >>= 7;
     }
     out.push(v as u8);
+}
+
+/// A one-partition topic `name` holding `batches` batches of 256 KiB (4 records of 64 KiB).
+async fn topic_of_quarter_mib_batches(client: &Client, name: &str, batches: usize) {
+    client
+        .admin()
+        .create_topic(name, 1, TopicConfig::default())
+        .await
+        .unwrap();
+    for _ in 0..batches {
+        client
+            .request(
+                produce_request(name, Acks::Leader),
+                Bytes::from(batch(Compression::None, 4, 64 * 1024)),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// A fetch of partition 0 of `topic` from offset 0 asking for `max_bytes` (whole and per
+/// partition), answered at once.
+fn fetch_all(topic: &str, max_bytes: u32) -> Request {
+    Request::Fetch(sluice_proto::FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes,
+        partitions: vec![sluice_proto::FetchPartition {
+            topic: topic.into(),
+            partition: 0,
+            offset: 0,
+            max_bytes,
+        }],
+    })
 }
 
 fn produce_request(topic: &str, acks: Acks) -> Request {
@@ -624,36 +643,9 @@ async fn a_fetch_asking_for_gigabytes_gets_at_most_a_frame() {
         ),
     );
     let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("big", 1, TopicConfig::default())
-        .await
-        .unwrap();
-    // 3 MiB in 12 batches of 256 KiB.
-    for _ in 0..12 {
-        client
-            .request(
-                produce_request("big", Acks::Leader),
-                Bytes::from(batch(Compression::None, 4, 64 * 1024)),
-            )
-            .await
-            .unwrap();
-    }
+    topic_of_quarter_mib_batches(&client, "big", 12).await;
     let (body, raw) = client
-        .request(
-            Request::Fetch(sluice_proto::FetchRequest {
-                max_wait_ms: 0,
-                min_bytes: 1,
-                max_bytes: u32::MAX,
-                partitions: vec![sluice_proto::FetchPartition {
-                    topic: "big".into(),
-                    partition: 0,
-                    offset: 0,
-                    max_bytes: u32::MAX,
-                }],
-            }),
-            Bytes::new(),
-        )
+        .request(fetch_all("big", u32::MAX), Bytes::new())
         .await
         .unwrap();
     assert!(matches!(body, ResponseBody::Fetched(_)), "{body:?}");
@@ -704,38 +696,10 @@ async fn a_client_that_never_reads_its_answers_holds_at_most_its_share() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
     let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("big", 1, TopicConfig::default())
-        .await
-        .unwrap();
-    // 8 MiB in 32 batches of 256 KiB.
-    for _ in 0..32 {
-        client
-            .request(
-                produce_request("big", Acks::Leader),
-                Bytes::from(batch(Compression::None, 4, 64 * 1024)),
-            )
-            .await
-            .unwrap();
-    }
+    topic_of_quarter_mib_batches(&client, "big", 32).await;
     let baseline = rss_bytes(broker.pid());
-    // 4 streams × 100 pipelined fetches of the whole partition, answers never read.
-    let fetch = encode_frame(
-        &Request::Fetch(sluice_proto::FetchRequest {
-            max_wait_ms: 0,
-            min_bytes: 1,
-            max_bytes: 16 << 20,
-            partitions: vec![sluice_proto::FetchPartition {
-                topic: "big".into(),
-                partition: 0,
-                offset: 0,
-                max_bytes: 16 << 20,
-            }],
-        }),
-        &[],
-    )
-    .unwrap();
+    // 4 streams × 100 pipelined fetches of the whole partition (8 MiB), answers never read.
+    let fetch = encode_frame(&fetch_all("big", 16 << 20), &[]).unwrap();
     let conn = hello_connection(&broker).await;
     let mut streams = Vec::new();
     for _ in 0..4 {
