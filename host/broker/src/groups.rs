@@ -21,8 +21,9 @@ use sluice_proto::{
 };
 use sluice_storage::PartitionId;
 
-use crate::handler::{Reply, storage_error};
 use crate::retention::now_ms;
+use crate::router::Reply;
+use crate::wire_error::storage_error;
 use crate::{Broker, BrokerError};
 
 /// Partitions of the offsets topic.

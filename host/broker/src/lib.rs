@@ -1,21 +1,29 @@
 //! The Sluice broker: a QUIC endpoint in front of redb-backed partition logs and a metadata
 //! controller.
 //!
-//! Requests enter through [`server`] (one task per connection, one per stream), are dispatched
-//! by [`handler`], and reach the partition logs in `sluice-storage` and the metadata state
-//! machine in `sluice-metadata` through [`controller::MetadataController`]. Responses leave the
-//! way requests came, in request order per stream.
+//! Requests enter through `server` (one task per connection, one per stream: limits, framing,
+//! ordering), are dispatched by `router` to one module per request family (`produce`, `fetch`,
+//! `admin`, `topic_delete`, `groups`, `plugins`, `pipelines`), and reach the partition logs in
+//! `sluice-storage` and the metadata state machine in `sluice-metadata` through
+//! [`controller::MetadataController`]. Partition leadership and high watermarks are in
+//! `leadership`; every error a client sees is mapped in `wire_error`. Responses leave the way
+//! requests came, in request order per stream.
 
+mod admin;
 pub mod config;
 pub mod controller;
+mod fetch;
 mod groups;
-mod handler;
+mod leadership;
 mod pipelines;
 mod plugins;
+mod produce;
 mod retention;
+mod router;
 mod server;
 pub mod tls;
 mod topic_delete;
+mod wire_error;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -55,15 +63,6 @@ pub enum BrokerError {
     Disk(String),
 }
 
-/// Per-partition state that lives only in memory.
-#[derive(Debug)]
-struct PartitionRuntime {
-    /// Offset below which records are committed and visible. On a single node every appended
-    /// batch is committed once the store has committed it; with replication the leader moves
-    /// it to the minimum log end over the in-sync set.
-    high_watermark: watch::Sender<u64>,
-}
-
 /// Shared state of a running broker.
 #[derive(Debug)]
 pub(crate) struct Broker {
@@ -75,7 +74,7 @@ pub(crate) struct Broker {
     groups: groups::GroupCoordinator,
     plugins: plugins::PluginRegistry,
     pipelines: pipelines::PipelineRunners,
-    partitions: RwLock<HashMap<PartitionId, Arc<PartitionRuntime>>>,
+    partitions: RwLock<HashMap<PartitionId, Arc<leadership::PartitionRuntime>>>,
     /// Connection, memory and validation limits shared by all clients.
     limits: server::ClientLimits,
     /// Becomes true when shutdown begins; long-polls watch it to return early.
@@ -286,38 +285,6 @@ fn new_cluster_id() -> String {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(a);
     format!("{:016x}{:016x}", a, h.finish())
-}
-
-impl Broker {
-    /// The in-memory runtime of a partition, created on first use from the store's state.
-    fn runtime(&self, id: PartitionId) -> Arc<PartitionRuntime> {
-        if let Some(rt) = self
-            .partitions
-            .read()
-            .expect("partitions lock poisoned")
-            .get(&id)
-        {
-            return rt.clone();
-        }
-        let log_end = self.store.partition_state(id).map_or(0, |s| s.log_end);
-        self.partitions
-            .write()
-            .expect("partitions lock poisoned")
-            .entry(id)
-            .or_insert_with(|| {
-                Arc::new(PartitionRuntime {
-                    high_watermark: watch::channel(log_end).0,
-                })
-            })
-            .clone()
-    }
-
-    fn forget_topic(&self, topic_id: u64) {
-        self.partitions
-            .write()
-            .expect("partitions lock poisoned")
-            .retain(|id, _| id.topic_id != topic_id);
-    }
 }
 
 /// Counts a request as in flight until dropped, so shutdown can wait for it.

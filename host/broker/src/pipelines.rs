@@ -38,7 +38,9 @@ use sluice_proto::{
 use sluice_storage::{PartitionId, StorageError};
 
 use crate::Broker;
-use crate::handler::{Reply, below_high_watermark, propose_error, storage_error};
+use crate::fetch::below_high_watermark;
+use crate::router::Reply;
+use crate::wire_error::{propose_error, storage_error};
 
 /// Input batches handled between two checkpoints. Each gives at most one output batch per
 /// output partition, and a partition remembers a producer's last 5 batches, so a replay of

@@ -20,8 +20,9 @@ use sluice_proto::{
     Request, ResponseBody, TransformedPartition, WireError,
 };
 
-use crate::handler::{Reply, metadata_error, storage_error};
 use crate::retention::now_ms;
+use crate::router::Reply;
+use crate::wire_error::{metadata_error, storage_error};
 use crate::{Broker, BrokerError};
 
 #[derive(Debug)]
@@ -209,7 +210,7 @@ pub(crate) fn admin(
 /// returns is sent in the plugin ABI's packed format, and `next_offset` moves past every
 /// record the plugin saw, so filtered records are not fetched again.
 pub(crate) async fn fetch_transformed(broker: Arc<Broker>, req: FetchTransformedRequest) -> Reply {
-    let (resp, raw) = match crate::handler::fetch_batches(broker.clone(), req.fetch.clone()).await {
+    let (resp, raw) = match crate::fetch::fetch_batches(broker.clone(), req.fetch.clone()).await {
         Ok(x) => x,
         Err(e) => return Reply::error(e),
     };
@@ -362,7 +363,7 @@ pub(crate) fn route(
                 )
             })
         })
-        .ok_or_else(|| crate::handler::unknown_topic(&req.topic))?;
+        .ok_or_else(|| crate::wire_error::unknown_topic(&req.topic))?;
     let Some(name) = config.partitioner.clone() else {
         return Err(WireError::new(
             ErrorCode::InvalidRequest,
@@ -373,7 +374,7 @@ pub(crate) fn route(
         ));
     };
     broker.check_batch_size(&req.topic, &config, raw.len())?;
-    let header = crate::handler::validate_batch(raw, broker.config.max_batch_bytes as usize)?;
+    let header = crate::produce::validate_batch(raw, broker.config.max_batch_bytes as usize)?;
     let records = decode_records(&header, raw).map_err(|e| {
         WireError::new(
             ErrorCode::InvalidRecord,

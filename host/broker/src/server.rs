@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use sluice_proto::frame::{decode_body, read_frame_body, read_frame_len, write_frame};
-use sluice_proto::{Acks, ErrorCode, ProtoError, Request, Response, WireError};
+use sluice_proto::{Acks, ErrorCode, ProtoError, Request, WireError};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -34,7 +34,7 @@ use tracing::Instrument;
 
 use crate::Broker;
 use crate::config::BrokerConfig;
-use crate::handler::Reply;
+use crate::router::Reply;
 
 /// How many requests of one stream may be in flight before the broker stops reading more.
 const MAX_PIPELINED: usize = 128;
@@ -596,7 +596,7 @@ async fn dispatch(
             "the broker is shutting down; retry shortly",
         )))
     } else if let Request::Hello(hello) = &request {
-        Some(crate::handler::hello(broker, session, hello))
+        Some(crate::router::hello(broker, session, hello))
     } else if session.version.get().is_none() {
         Some(Reply::error(WireError::new(
             ErrorCode::UnsupportedVersion,
@@ -625,9 +625,9 @@ async fn dispatch(
         }
         Request::Produce(p) => {
             let validated = validate_batch(broker, state, &raw).await;
-            crate::handler::produce(broker.clone(), p, raw, validated)
+            crate::produce::produce(broker.clone(), p, raw, validated)
         }
-        request => crate::handler::handle(broker.clone(), request, raw),
+        request => crate::router::handle(broker.clone(), request, raw),
     };
     let (b, state) = (broker.clone(), state.clone());
     Queued {
@@ -688,11 +688,11 @@ async fn validate_batch(
     let compressed = sluice_proto::batch::BatchHeader::parse(raw)
         .is_ok_and(|h| h.compression != sluice_proto::Compression::None);
     if raw.len() <= INLINE_VALIDATION_BYTES && !compressed {
-        return crate::handler::validate_batch(raw, limit);
+        return crate::produce::validate_batch(raw, limit);
     }
     let raw = raw.clone();
     on_heavy_threads(broker, state, move || {
-        crate::handler::validate_batch(&raw, limit)
+        crate::produce::validate_batch(&raw, limit)
     })
     .await
     .and_then(|r| r)
@@ -719,11 +719,4 @@ async fn on_heavy_threads<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| WireError::new(ErrorCode::Internal, format!("request handling failed: {e}")))
-}
-
-impl Reply {
-    pub(crate) fn error(e: WireError) -> Reply {
-        let resp: Response = Err(e);
-        Reply::Frame(resp, Bytes::new())
-    }
 }

@@ -19,7 +19,9 @@ use sluice_metadata::MetadataCommand;
 use sluice_proto::{ErrorCode, ResponseBody, TopicDescription, WireError};
 
 use crate::Broker;
-use crate::handler::{Reply, describe, propose_error, storage_error, unknown_topic};
+use crate::admin::describe;
+use crate::router::Reply;
+use crate::wire_error::{propose_error, storage_error, unknown_topic};
 
 /// Handles `DeleteTopic` (`force` false) and `DeleteTopicForced`.
 pub(crate) async fn handle(broker: Arc<Broker>, name: String, force: bool) -> Reply {

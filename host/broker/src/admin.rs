@@ -1,0 +1,279 @@
+//! Administrative requests, answered from the metadata and the store on a blocking thread:
+//! topics (create, describe, list, add partitions, set a partitioner), cluster metadata, offset
+//! lookups and producer ids. Topic deletion has a module of its own (`topic_delete.rs`).
+
+use sluice_metadata::{MetadataCommand, TopicRecord};
+use sluice_proto::{
+    BrokerInfo, CreateTopicRequest, ErrorCode, ListOffsetsRequest, MetadataResponse, OffsetSpec,
+    PartitionDescription, PartitionMetadata, PartitionOffset, Request, ResponseBody,
+    TopicDescription, TopicMetadata, WireError,
+};
+use sluice_storage::PartitionId;
+
+use crate::Broker;
+use crate::wire_error::{propose_error, storage_error, unknown_topic};
+
+/// Requests that read or change metadata. Blocking: runs on a blocking thread.
+pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, WireError> {
+    match request {
+        Request::Metadata { topics } => Ok(ResponseBody::Metadata(metadata(broker, topics))),
+        Request::ListTopics => {
+            let topics: Vec<TopicRecord> =
+                broker.controller.read(|s| s.topics().cloned().collect());
+            Ok(ResponseBody::Topics(
+                topics.iter().map(|t| describe(broker, t)).collect(),
+            ))
+        }
+        Request::DescribeTopic { name } => {
+            let t = broker
+                .controller
+                .read(|s| s.topic(&name).cloned())
+                .ok_or_else(|| unknown_topic(&name))?;
+            Ok(ResponseBody::Topic(describe(broker, &t)))
+        }
+        Request::CreateTopic(req) => create_topic(broker, req),
+        Request::AddPartitions { name, count } => {
+            if count == 0 {
+                return Err(WireError::new(
+                    ErrorCode::InvalidConfig,
+                    "--count must be at least 1",
+                ));
+            }
+            let existing = broker
+                .controller
+                .read(|s| s.topic(&name).map(|t| t.partitions.len()))
+                .ok_or_else(|| unknown_topic(&name))?;
+            check_partition_count(existing.saturating_add(count as usize))?;
+            let assignments = vec![vec![broker.node_id]; count as usize];
+            broker
+                .controller
+                .propose(MetadataCommand::AddPartitions {
+                    name: name.clone(),
+                    assignments,
+                })
+                .map_err(propose_error)?;
+            let t = broker
+                .controller
+                .read(|s| s.topic(&name).cloned())
+                .ok_or_else(|| unknown_topic(&name))?;
+            create_partitions(broker, &t)?;
+            Ok(ResponseBody::Topic(describe(broker, &t)))
+        }
+        Request::ListOffsets(req) => list_offsets(broker, req),
+        Request::SetPartitioner {
+            topic,
+            plugin,
+            config,
+        } => {
+            let t = broker
+                .controller
+                .read(|s| s.topic(&topic).cloned())
+                .ok_or_else(|| unknown_topic(&topic))?;
+            let mut new_config = t.config.clone();
+            new_config.partitioner = plugin;
+            new_config.partitioner_config = config;
+            broker
+                .controller
+                .propose(MetadataCommand::SetTopicConfig {
+                    name: topic.clone(),
+                    config: new_config,
+                })
+                .map_err(propose_error)?;
+            let t = broker
+                .controller
+                .read(|s| s.topic(&topic).cloned())
+                .ok_or_else(|| unknown_topic(&topic))?;
+            Ok(ResponseBody::Topic(describe(broker, &t)))
+        }
+        Request::InitProducerId => {
+            // Allocated through the metadata log, so an id is never handed out twice, not even
+            // after a restart. Every new producer starts at epoch 0.
+            let producer_id = broker
+                .controller
+                .propose_then(MetadataCommand::AllocateProducerId, |s| {
+                    s.next_producer_id() - 1
+                })
+                .map_err(propose_error)?;
+            tracing::debug!(producer_id, "producer id allocated");
+            Ok(ResponseBody::ProducerId {
+                producer_id,
+                epoch: 0,
+            })
+        }
+        Request::Hello(_)
+        | Request::DeleteTopic { .. }
+        | Request::DeleteTopicForced { .. }
+        | Request::Produce(_)
+        | Request::Fetch(_)
+        | Request::GroupHeartbeat(_)
+        | Request::OffsetCommit(_)
+        | Request::OffsetFetch { .. }
+        | Request::ListGroups
+        | Request::DescribeGroup { .. }
+        | Request::ResetOffsets(_)
+        | Request::DeleteGroup { .. }
+        | Request::FetchTransformed(_)
+        | Request::DeployPlugin { .. }
+        | Request::ListPlugins
+        | Request::DescribePlugin { .. }
+        | Request::DeletePlugin { .. }
+        | Request::CreatePipeline(_)
+        | Request::ListPipelines
+        | Request::DescribePipeline { .. }
+        | Request::PausePipeline { .. }
+        | Request::ResumePipeline { .. }
+        | Request::DeletePipeline { .. } => Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "request routed to the wrong handler",
+        )),
+    }
+}
+
+fn create_topic(broker: &Broker, req: CreateTopicRequest) -> Result<ResponseBody, WireError> {
+    if req.partitions == 0 {
+        return Err(WireError::new(
+            ErrorCode::InvalidConfig,
+            "a topic needs at least one partition",
+        ));
+    }
+    check_partition_count(req.partitions as usize)?;
+    let assignments = vec![vec![broker.node_id]; req.partitions as usize];
+    broker
+        .controller
+        .propose(MetadataCommand::CreateTopic {
+            name: req.name.clone(),
+            config: req.config,
+            assignments,
+        })
+        .map_err(propose_error)?;
+    let t = broker
+        .controller
+        .read(|s| s.topic(&req.name).cloned())
+        .ok_or_else(|| unknown_topic(&req.name))?;
+    create_partitions(broker, &t)?;
+    tracing::info!(topic = %t.name, topic_id = t.topic_id, partitions = t.partitions.len(), "topic created");
+    Ok(ResponseBody::Topic(describe(broker, &t)))
+}
+
+/// Refuses a partition count above the limit before anything is allocated for it: the count
+/// comes from the request.
+fn check_partition_count(total: usize) -> Result<(), WireError> {
+    if total > sluice_metadata::MAX_PARTITIONS {
+        return Err(WireError::new(
+            ErrorCode::InvalidConfig,
+            format!(
+                "{total} partitions requested in all; a topic may have at most {}",
+                sluice_metadata::MAX_PARTITIONS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the topic's partitions the store does not have yet, in one commit.
+fn create_partitions(broker: &Broker, t: &TopicRecord) -> Result<(), WireError> {
+    let missing: Vec<PartitionId> = (0..t.partitions.len() as u32)
+        .map(|partition| PartitionId {
+            topic_id: t.topic_id,
+            partition,
+        })
+        .filter(|id| broker.store.partition_state(*id).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    broker
+        .store
+        .create_partitions(&missing)
+        .map_err(storage_error)
+}
+
+pub(crate) fn describe(broker: &Broker, t: &TopicRecord) -> TopicDescription {
+    TopicDescription {
+        name: t.name.clone(),
+        topic_id: t.topic_id,
+        config: t.config.clone(),
+        partitions: t
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let id = PartitionId {
+                    topic_id: t.topic_id,
+                    partition: i as u32,
+                };
+                let state = broker.store.partition_state(id);
+                PartitionDescription {
+                    partition: i as u32,
+                    leader: p.leader,
+                    leader_epoch: p.leader_epoch,
+                    log_start: state.map_or(0, |s| s.log_start),
+                    log_end: state.map_or(0, |s| s.log_end),
+                    high_watermark: broker.high_watermark(id),
+                    size_bytes: state.map_or(0, |s| s.size_bytes),
+                }
+            })
+            .collect(),
+    }
+}
+
+fn metadata(broker: &Broker, topics: Option<Vec<String>>) -> MetadataResponse {
+    broker.controller.read(|s| MetadataResponse {
+        cluster_id: broker.cluster_id.clone(),
+        controller: Some(broker.node_id),
+        brokers: s
+            .brokers()
+            .map(|b| BrokerInfo {
+                node_id: b.node_id,
+                addr: b.addr.clone(),
+            })
+            .collect(),
+        topics: s
+            .topics()
+            .filter(|t| topics.as_ref().is_none_or(|names| names.contains(&t.name)))
+            .map(|t| TopicMetadata {
+                name: t.name.clone(),
+                topic_id: t.topic_id,
+                partitioner: t.config.partitioner.clone(),
+                partitions: t
+                    .partitions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| PartitionMetadata {
+                        partition: i as u32,
+                        leader: p.leader,
+                        leader_epoch: p.leader_epoch,
+                        replicas: p.replicas.clone(),
+                        in_sync: p.in_sync.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+fn list_offsets(broker: &Broker, req: ListOffsetsRequest) -> Result<ResponseBody, WireError> {
+    let mut out = Vec::with_capacity(req.partitions.len());
+    for (partition, spec) in req.partitions {
+        let result = broker.led_partition(&req.topic, partition).and_then(|led| {
+            let hw = broker.high_watermark(led.id);
+            let state = broker.store.partition_state(led.id).ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::UnknownPartition,
+                    format!("partition {partition} is not stored here"),
+                )
+            })?;
+            match spec {
+                OffsetSpec::Earliest => Ok(state.log_start),
+                OffsetSpec::Latest => Ok(hw),
+                OffsetSpec::Timestamp(ts) => broker
+                    .store
+                    .offset_for_timestamp(led.id, ts)
+                    .map(|o| o.min(hw))
+                    .map_err(storage_error),
+            }
+        });
+        out.push(PartitionOffset { partition, result });
+    }
+    Ok(ResponseBody::Offsets(out))
+}

@@ -1,0 +1,140 @@
+//! Produce: a batch for a partition this node leads is validated whole, appended in the
+//! stream's order, and acknowledged per `acks`. Batches routed by a partitioner plugin are in
+//! `plugins.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use sluice_proto::batch::{self, BatchHeader};
+use sluice_proto::{
+    Acks, ErrorCode, ProduceRequest, ProduceResponse, ResponseBody, TopicConfig, WireError,
+};
+
+use crate::Broker;
+use crate::retention::now_ms;
+use crate::router::Reply;
+use crate::wire_error::storage_error;
+
+/// Checks a produce request's batch whole: header, CRC, every record (decompressed within
+/// `max_decompressed` bytes), and the idempotence fields. CPU-bound: the server runs it off the
+/// network tasks for large or compressed batches.
+pub(crate) fn validate_batch(
+    raw: &[u8],
+    max_decompressed: usize,
+) -> Result<BatchHeader, WireError> {
+    let header = batch::validate_with_limit(raw, max_decompressed).map_err(|e| {
+        WireError::new(
+            ErrorCode::InvalidRecord,
+            format!("invalid record batch: {e}"),
+        )
+    })?;
+    if header.producer_id >= 0 && (header.producer_epoch < 0 || header.base_sequence < 0) {
+        return Err(WireError::new(
+            ErrorCode::InvalidRecord,
+            format!(
+                "invalid record batch: producer id {} needs a producer epoch and a base \
+                 sequence of 0 or more, got epoch {} and sequence {}",
+                header.producer_id, header.producer_epoch, header.base_sequence
+            ),
+        ));
+    }
+    Ok(header)
+}
+
+impl Broker {
+    /// Refuses a batch larger than the topic's limit (or the broker's, whichever is smaller).
+    pub(crate) fn check_batch_size(
+        &self,
+        topic: &str,
+        config: &TopicConfig,
+        len: usize,
+    ) -> Result<(), WireError> {
+        let limit = config
+            .max_batch_bytes
+            .unwrap_or(self.config.max_batch_bytes)
+            .min(self.config.max_batch_bytes);
+        if len > limit as usize {
+            return Err(WireError::new(
+                ErrorCode::RecordTooLarge,
+                format!(
+                    "batch of {len} bytes exceeds the limit of {limit} bytes for topic {topic:?}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Appends a produce request's batch, validated by [`validate_batch`], to a partition this node
+/// leads. The append is enqueued before this returns (stream order); the answer follows when
+/// it commits. Batches routed by a partitioner plugin go to `plugins::produce_routed`.
+pub(crate) fn produce(
+    broker: Arc<Broker>,
+    req: ProduceRequest,
+    raw: Bytes,
+    validated: Result<BatchHeader, WireError>,
+) -> BoxFuture<'static, Reply> {
+    let prepared = (|| {
+        let led = broker.led_partition(&req.topic, req.partition)?;
+        broker.check_batch_size(&req.topic, &led.config, raw.len())?;
+        validated?;
+        Ok(led)
+    })();
+    let led = match prepared {
+        Ok(led) => led,
+        Err(e) => return Box::pin(async move { Reply::error(e) }),
+    };
+    let acks = req.acks;
+    // Enqueued now, in stream order; awaited below.
+    let append = broker.store.append(
+        led.id,
+        raw.to_vec(),
+        led.leader_epoch,
+        led.config.durability,
+    );
+    let timeout = Duration::from_millis(u64::from(req.timeout_ms.max(1)));
+    Box::pin(async move {
+        // The store commits or fails every queued append; it is never abandoned half-way,
+        // because the high watermark must move past a committed batch either way.
+        let appended = match append.await {
+            Ok(appended) => appended,
+            Err(e) => {
+                tracing::warn!(topic = %req.topic, partition = req.partition, cause = %e, "append failed");
+                return match acks {
+                    Acks::None => Reply::None,
+                    Acks::Leader | Acks::All => Reply::error(storage_error(e)),
+                };
+            }
+        };
+        // On one node the committed log end is the high watermark. With replication the
+        // leader moves it when the in-sync followers have fetched the batch.
+        broker.advance_high_watermark(led.id, appended.log_end);
+        let produced = ResponseBody::Produced(ProduceResponse {
+            base_offset: appended.base_offset,
+            log_start: appended.log_start,
+            append_time: now_ms(),
+        });
+        match acks {
+            Acks::None => Reply::None,
+            Acks::Leader => Reply::ok(produced),
+            Acks::All => {
+                if broker
+                    .wait_high_watermark(led.id, appended.log_end, timeout)
+                    .await
+                {
+                    Reply::ok(produced)
+                } else {
+                    Reply::error(WireError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the batch at offset {} was not replicated to the in-sync replicas within {} ms; it may still commit",
+                            appended.base_offset, req.timeout_ms
+                        ),
+                    ))
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,126 @@
+//! The request router: which module handles each request, and what goes back for it.
+//!
+//! The server (`server.rs`) reads a request off a stream and validates produce batches in the
+//! stream's order; everything else enters here and goes to its family's module: `produce`,
+//! `fetch`, `admin` (topics, metadata, offsets, producer ids), `topic_delete`, `groups`,
+//! `plugins`, `pipelines`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use sluice_proto::{
+    ErrorCode, HelloRequest, HelloResponse, Request, Response, ResponseBody, WireError,
+};
+
+use crate::Broker;
+use crate::server::Session;
+
+/// What goes back on the stream for one request.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Frame(Response, Bytes),
+    /// Nothing: `acks=0` produce requests get no response.
+    None,
+}
+
+impl Reply {
+    pub(crate) fn error(e: WireError) -> Reply {
+        let resp: Response = Err(e);
+        Reply::Frame(resp, Bytes::new())
+    }
+
+    pub(crate) fn ok(body: ResponseBody) -> Reply {
+        Reply::Frame(Ok(body), Bytes::new())
+    }
+
+    pub(crate) fn from(result: Result<ResponseBody, WireError>) -> Reply {
+        Reply::Frame(result, Bytes::new())
+    }
+}
+
+pub(crate) fn hello(broker: &Broker, session: &Session, hello: &HelloRequest) -> Reply {
+    let version = sluice_proto::PROTOCOL_VERSION.min(hello.max_version);
+    if version < hello.min_version || version < sluice_proto::MIN_PROTOCOL_VERSION {
+        return Reply::error(WireError::new(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "client speaks protocol versions {}..={}, this broker {}..={}; upgrade the older side",
+                hello.min_version,
+                hello.max_version,
+                sluice_proto::MIN_PROTOCOL_VERSION,
+                sluice_proto::PROTOCOL_VERSION
+            ),
+        ));
+    }
+    let _ = session.version.set(version);
+    tracing::debug!(client = %hello.client_id, version, "hello");
+    Reply::ok(ResponseBody::Hello(HelloResponse {
+        version,
+        node_id: broker.node_id,
+        cluster_id: broker.cluster_id.clone(),
+        max_frame_bytes: broker.config.max_frame_bytes as u32,
+    }))
+}
+
+/// Starts handling a request. Called in stream order: anything that must keep that order
+/// (enqueueing a produce) happens before this returns; the rest runs in the returned future.
+pub(crate) fn handle(
+    broker: Arc<Broker>,
+    request: Request,
+    raw: Bytes,
+) -> BoxFuture<'static, Reply> {
+    match request {
+        // Produce requests are validated (and routed) in the stream's order by the server,
+        // which calls `produce` or `plugins::produce_routed` itself.
+        Request::Produce(_) => Box::pin(async {
+            Reply::error(WireError::new(
+                ErrorCode::InvalidRequest,
+                "request routed to the wrong handler",
+            ))
+        }),
+        Request::Fetch(f) => Box::pin(async move { crate::fetch::fetch(broker, f).await }),
+        Request::GroupHeartbeat(_)
+        | Request::OffsetCommit(_)
+        | Request::OffsetFetch { .. }
+        | Request::ListGroups
+        | Request::DescribeGroup { .. }
+        | Request::ResetOffsets(_)
+        | Request::DeleteGroup { .. } => Box::pin(crate::groups::handle(broker, request)),
+        Request::CreatePipeline(_)
+        | Request::ListPipelines
+        | Request::DescribePipeline { .. }
+        | Request::PausePipeline { .. }
+        | Request::ResumePipeline { .. }
+        | Request::DeletePipeline { .. } => Box::pin(crate::pipelines::handle(broker, request)),
+        Request::DeleteTopic { name } => Box::pin(crate::topic_delete::handle(broker, name, false)),
+        Request::DeleteTopicForced { name } => {
+            Box::pin(crate::topic_delete::handle(broker, name, true))
+        }
+        Request::FetchTransformed(req) => Box::pin(crate::plugins::fetch_transformed(broker, req)),
+        Request::DeployPlugin { .. }
+        | Request::ListPlugins
+        | Request::DescribePlugin { .. }
+        | Request::DeletePlugin { .. } => Box::pin(async move {
+            let b = broker.clone();
+            match tokio::task::spawn_blocking(move || crate::plugins::admin(&b, request, raw)).await
+            {
+                Ok(r) => Reply::from(r),
+                Err(e) => Reply::error(WireError::new(
+                    ErrorCode::Internal,
+                    format!("handler failed: {e}"),
+                )),
+            }
+        }),
+        other => Box::pin(async move {
+            let b = broker.clone();
+            match tokio::task::spawn_blocking(move || crate::admin::admin(&b, other)).await {
+                Ok(r) => Reply::from(r),
+                Err(e) => Reply::error(WireError::new(
+                    ErrorCode::Internal,
+                    format!("handler failed: {e}"),
+                )),
+            }
+        }),
+    }
+}

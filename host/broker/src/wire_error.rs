@@ -1,0 +1,91 @@
+//! The one place where errors of the broker's parts (metadata, storage, the controller) become
+//! the error codes and messages a client receives.
+
+use sluice_metadata::MetadataError;
+use sluice_proto::{ErrorCode, WireError};
+use sluice_storage::StorageError;
+
+use crate::controller::ProposeError;
+
+pub(crate) fn unknown_topic(name: &str) -> WireError {
+    WireError::new(
+        ErrorCode::UnknownTopic,
+        format!("topic {name:?} does not exist; create it with `sluice topic create {name}`"),
+    )
+}
+
+pub(crate) fn metadata_error(e: MetadataError) -> WireError {
+    let code = match &e {
+        MetadataError::UnknownTopic(name) => return unknown_topic(name),
+        MetadataError::TopicExists(_) => ErrorCode::TopicAlreadyExists,
+        MetadataError::InvalidName(_) => ErrorCode::InvalidTopicName,
+        MetadataError::UnknownPartition { .. } => ErrorCode::UnknownPartition,
+        MetadataError::InvalidPartitions(_)
+        | MetadataError::InvalidConfig(_)
+        | MetadataError::UnknownBroker(_) => ErrorCode::InvalidConfig,
+        MetadataError::ProducerIdsExhausted => ErrorCode::Internal,
+        MetadataError::UnknownPlugin(_) => ErrorCode::UnknownPlugin,
+        MetadataError::PluginInUse { .. } => ErrorCode::InvalidConfig,
+        MetadataError::UnknownPipeline(_) => ErrorCode::UnknownPipeline,
+        MetadataError::PipelineExists(_) => ErrorCode::PipelineExists,
+        MetadataError::TopicInUse { .. } => ErrorCode::InvalidConfig,
+    };
+    WireError::new(code, e.to_string())
+}
+
+pub(crate) fn storage_error(e: StorageError) -> WireError {
+    match e {
+        StorageError::OffsetOutOfRange { log_start, log_end } => WireError::new(
+            ErrorCode::OffsetOutOfRange,
+            format!("offset out of range: the partition holds offsets {log_start}..{log_end}"),
+        )
+        .with_offset(log_start),
+        StorageError::UnknownPartition(id) => WireError::new(
+            ErrorCode::UnknownPartition,
+            format!("partition {} is not stored here", id.partition),
+        ),
+        StorageError::Corrupt { .. } => WireError::new(ErrorCode::CorruptData, e.to_string()),
+        StorageError::OutOfOrderSequence {
+            id,
+            producer_id,
+            expected,
+            got,
+        } => WireError::new(
+            ErrorCode::OutOfOrderSequence,
+            format!(
+                "out of order sequence on partition {}: producer {producer_id} sent sequence \
+                 {got}, expected sequence {expected} (a batch before it is missing); nothing was \
+                 stored — the producer must start over with a new producer id",
+                id.partition
+            ),
+        ),
+        StorageError::ProducerFenced {
+            id,
+            producer_id,
+            epoch,
+            current_epoch,
+        } => WireError::new(
+            ErrorCode::ProducerFenced,
+            format!(
+                "producer {producer_id} epoch {epoch} is fenced on partition {}: epoch \
+                 {current_epoch} is current (a newer instance of this producer exists); nothing \
+                 was stored",
+                id.partition
+            ),
+        ),
+        StorageError::Closed => WireError::new(
+            ErrorCode::ShuttingDown,
+            "the store is closing; retry shortly",
+        ),
+        // Says the disk is full, which file, and that writes resume once space is freed.
+        StorageError::DiskFull { .. } => WireError::new(ErrorCode::StorageError, e.to_string()),
+        other => WireError::new(ErrorCode::StorageError, other.to_string()),
+    }
+}
+
+pub(crate) fn propose_error(e: ProposeError) -> WireError {
+    match e {
+        ProposeError::Refused(m) => metadata_error(m),
+        ProposeError::Storage(s) => storage_error(s),
+    }
+}
