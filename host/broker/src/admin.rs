@@ -2,6 +2,9 @@
 //! topics (create, describe, list, add partitions, set a partitioner), cluster metadata, offset
 //! lookups and producer ids. Topic deletion has a module of its own (`topic_delete.rs`).
 
+use std::collections::BTreeMap;
+
+use sluice_metadata::placement::{self, Candidate};
 use sluice_metadata::{MetadataCommand, TopicRecord};
 use sluice_proto::{
     BrokerInfo, CreateTopicRequest, ErrorCode, ListOffsetsRequest, MetadataResponse, OffsetSpec,
@@ -44,7 +47,7 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
                 .read(|s| s.topic(&name).map(|t| t.partitions.len()))
                 .ok_or_else(|| unknown_topic(&name))?;
             check_partition_count(existing.saturating_add(count as usize))?;
-            let assignments = vec![vec![broker.node_id]; count as usize];
+            let assignments = place_partitions(broker, count as usize)?;
             broker
                 .controller
                 .propose(MetadataCommand::AddPartitions {
@@ -137,7 +140,7 @@ fn create_topic(broker: &Broker, req: CreateTopicRequest) -> Result<ResponseBody
         ));
     }
     check_partition_count(req.partitions as usize)?;
-    let assignments = vec![vec![broker.node_id]; req.partitions as usize];
+    let assignments = place_partitions(broker, req.partitions as usize)?;
     broker
         .controller
         .propose(MetadataCommand::CreateTopic {
@@ -153,6 +156,31 @@ fn create_topic(broker: &Broker, req: CreateTopicRequest) -> Result<ResponseBody
     create_partitions(broker, &t)?;
     tracing::info!(topic = %t.name, topic_id = t.topic_id, partitions = t.partitions.len(), "topic created");
     Ok(ResponseBody::Topic(describe(broker, &t)))
+}
+
+/// Places `count` new partitions (one replica each until replication lands) over the registered
+/// brokers, leaders spread evenly starting at the broker that leads the fewest
+/// (`sluice_metadata::placement`).
+pub(crate) fn place_partitions(broker: &Broker, count: usize) -> Result<Vec<Vec<u32>>, WireError> {
+    let (brokers, leading) = broker.controller.read(|s| {
+        let brokers: Vec<Candidate> = s
+            .brokers()
+            .map(|b| Candidate {
+                node_id: b.node_id,
+                rack: None,
+            })
+            .collect();
+        let mut leading: BTreeMap<u32, usize> = BTreeMap::new();
+        for leader in s
+            .topics()
+            .flat_map(|t| t.partitions.iter().filter_map(|p| p.leader))
+        {
+            *leading.entry(leader).or_insert(0) += 1;
+        }
+        (brokers, leading)
+    });
+    placement::place(&brokers, count, 1, &leading)
+        .map_err(|e| WireError::new(ErrorCode::InvalidConfig, e.to_string()))
 }
 
 /// Refuses a partition count above the limit before anything is allocated for it: the count

@@ -156,7 +156,8 @@ impl GroupCoordinator {
                     durability: Durability::Fsync,
                     ..TopicConfig::default()
                 },
-                assignments: vec![vec![broker.node_id]; OFFSETS_PARTITIONS as usize],
+                assignments: crate::admin::place_partitions(broker, OFFSETS_PARTITIONS as usize)
+                    .map_err(|e| BrokerError::Metadata(e.message))?,
             };
             broker
                 .controller

@@ -10,6 +10,8 @@
 //! Data enters as commands (from the broker's controller) and leaves as read-only views of
 //! topics, partitions and brokers.
 
+pub mod placement;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
