@@ -158,16 +158,16 @@ fn create_topic(broker: &Broker, req: CreateTopicRequest) -> Result<ResponseBody
     Ok(ResponseBody::Topic(describe(broker, &t)))
 }
 
-/// Places `count` new partitions (one replica each until replication lands) over the registered
-/// brokers, leaders spread evenly starting at the broker that leads the fewest
+/// Places `count` new partitions (one replica each until replication lands) over the live
+/// (registered, unfenced) brokers, leaders spread evenly starting at the broker that leads the fewest
 /// (`sluice_metadata::placement`).
 pub(crate) fn place_partitions(broker: &Broker, count: usize) -> Result<Vec<Vec<u32>>, WireError> {
     let (brokers, leading) = broker.controller.read(|s| {
         let brokers: Vec<Candidate> = s
-            .brokers()
+            .live_brokers()
             .map(|b| Candidate {
                 node_id: b.node_id,
-                rack: None,
+                rack: b.rack.clone(),
             })
             .collect();
         let mut leading: BTreeMap<u32, usize> = BTreeMap::new();

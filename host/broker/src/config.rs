@@ -23,6 +23,9 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Address clients are told to reach this node at; defaults to `listen`.
     pub advertised_addr: Option<String>,
+    /// Where this node stands (a rack, a zone): replicas of a partition are placed on
+    /// different racks while there are enough of them.
+    pub rack: Option<String>,
     pub tls: TlsSettings,
     /// Largest frame accepted from a client.
     pub max_frame_bytes: usize,
@@ -89,6 +92,7 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("sluice-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             advertised_addr: None,
+            rack: None,
             tls: TlsSettings::default(),
             max_frame_bytes: sluice_proto::frame::DEFAULT_MAX_FRAME,
             max_batch_bytes: 8 * 1024 * 1024,

@@ -185,18 +185,19 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         .map_err(|e| disk("writing broker.addr", &e))?;
     let advertised = config.advertised(local_addr);
     let node_id = config.node_id;
-    let registered = controller.read(|s| s.broker(node_id).map(|b| b.addr.clone()));
-    if registered.as_deref() != Some(advertised.as_str()) {
-        controller
-            .propose(MetadataCommand::RegisterBroker {
-                node_id,
-                addr: advertised.clone(),
-            })
-            .map_err(|e| match e {
-                controller::ProposeError::Storage(e) => store_disk("registering this broker", e),
-                refused => BrokerError::Metadata(refused.to_string()),
-            })?;
-    }
+    // Every start is a new life of the node: registering gives it a new broker epoch (and
+    // unfences it), so nothing from an earlier life can pass for this one.
+    controller
+        .propose(MetadataCommand::RegisterBrokerEpoch {
+            node_id,
+            addr: advertised.clone(),
+            peer_addr: None,
+            rack: config.rack.clone(),
+        })
+        .map_err(|e| match e {
+            controller::ProposeError::Storage(e) => store_disk("registering this broker", e),
+            refused => BrokerError::Metadata(refused.to_string()),
+        })?;
     // A crash between a topic's metadata entry and its partitions' creation in the store
     // leaves partitions missing; creating them again is idempotent.
     let missing: Vec<PartitionId> = controller.read(|s| {

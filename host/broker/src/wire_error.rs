@@ -23,6 +23,7 @@ pub(crate) fn metadata_error(e: MetadataError) -> WireError {
         MetadataError::InvalidPartitions(_)
         | MetadataError::InvalidConfig(_)
         | MetadataError::UnknownBroker(_) => ErrorCode::InvalidConfig,
+        MetadataError::StaleBrokerEpoch { .. } => ErrorCode::InvalidRequest,
         MetadataError::ProducerIdsExhausted => ErrorCode::Internal,
         MetadataError::UnknownPlugin(_) => ErrorCode::UnknownPlugin,
         MetadataError::PluginInUse { .. } => ErrorCode::InvalidConfig,

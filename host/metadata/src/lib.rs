@@ -23,6 +23,16 @@ pub struct BrokerRecord {
     pub node_id: u32,
     /// Address clients reach the node at, `host:port`.
     pub addr: String,
+    /// Address other brokers reach the node at (the peer listener), when it has one.
+    pub peer_addr: Option<String>,
+    /// Where the node stands (a rack, a zone), for placing replicas apart.
+    pub rack: Option<String>,
+    /// The broker epoch: the log index of the node's latest registration. Unique and growing,
+    /// so a message from an earlier life of the node (a stale epoch) can always be told apart.
+    pub epoch: u64,
+    /// The node missed its session: it leads nothing and gets no new partitions until it
+    /// registers again (with a new epoch).
+    pub fenced: bool,
 }
 
 /// One partition's placement and leadership.
@@ -130,6 +140,23 @@ pub enum MetadataCommand {
     DeleteTopicForced {
         name: String,
     },
+    /// A node (re)joins the cluster with its addresses and rack. Its broker epoch becomes the
+    /// index of this entry and it is no longer fenced. (The older
+    /// [`MetadataCommand::RegisterBroker`] says the same without a peer address or rack.)
+    RegisterBrokerEpoch {
+        node_id: u32,
+        addr: String,
+        peer_addr: Option<String>,
+        rack: Option<String>,
+    },
+    /// The node missed its session while in `epoch`: it is fenced, and every partition it
+    /// leads loses its leader (leader epoch bumped, the node out of the in-sync set) until a
+    /// new leader is elected. Refused when `epoch` is not the node's current one: the node has
+    /// registered again since, and that life is not the one that missed its session.
+    FenceBroker {
+        node_id: u32,
+        epoch: u64,
+    },
 }
 
 /// What a user asks for when creating a pipeline, plus where each input partition starts.
@@ -192,6 +219,13 @@ pub enum MetadataError {
     InvalidConfig(String),
     #[error("node {0} is not a registered broker")]
     UnknownBroker(u32),
+    /// A command names a broker epoch that is not the node's current one.
+    #[error("node {node_id}'s broker epoch {epoch} is stale; its current epoch is {current}")]
+    StaleBrokerEpoch {
+        node_id: u32,
+        epoch: u64,
+        current: u64,
+    },
     /// Every producer id (0..i64::MAX) has been handed out.
     #[error("no producer ids are left")]
     ProducerIdsExhausted,
@@ -331,6 +365,11 @@ impl MetadataState {
         self.brokers.get(&node_id)
     }
 
+    /// Registered brokers that are not fenced: those that may lead and hold new partitions.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerRecord> {
+        self.brokers.values().filter(|b| !b.fenced)
+    }
+
     pub fn brokers(&self) -> impl Iterator<Item = &BrokerRecord> {
         self.brokers.values()
     }
@@ -338,7 +377,22 @@ impl MetadataState {
     /// Checks that `cmd` can be applied to the current state.
     pub fn validate(&self, cmd: &MetadataCommand) -> Result<(), MetadataError> {
         match cmd {
-            MetadataCommand::RegisterBroker { .. } => Ok(()),
+            MetadataCommand::RegisterBroker { .. }
+            | MetadataCommand::RegisterBrokerEpoch { .. } => Ok(()),
+            MetadataCommand::FenceBroker { node_id, epoch } => {
+                let b = self
+                    .brokers
+                    .get(node_id)
+                    .ok_or(MetadataError::UnknownBroker(*node_id))?;
+                if b.epoch != *epoch {
+                    return Err(MetadataError::StaleBrokerEpoch {
+                        node_id: *node_id,
+                        epoch: *epoch,
+                        current: b.epoch,
+                    });
+                }
+                Ok(())
+            }
             MetadataCommand::CreateTopic {
                 name,
                 config,
@@ -514,6 +568,27 @@ impl MetadataState {
         }
     }
 
+    fn register(
+        &mut self,
+        index: u64,
+        node_id: u32,
+        addr: &str,
+        peer_addr: Option<String>,
+        rack: Option<String>,
+    ) {
+        self.brokers.insert(
+            node_id,
+            BrokerRecord {
+                node_id,
+                addr: addr.to_owned(),
+                peer_addr,
+                rack,
+                epoch: index,
+                fenced: false,
+            },
+        );
+    }
+
     fn existing(&self, name: &str) -> Result<&TopicRecord, MetadataError> {
         self.topics
             .get(name)
@@ -558,13 +633,29 @@ impl MetadataState {
         self.validate(cmd)?;
         match cmd {
             MetadataCommand::RegisterBroker { node_id, addr } => {
-                self.brokers.insert(
-                    *node_id,
-                    BrokerRecord {
-                        node_id: *node_id,
-                        addr: addr.clone(),
-                    },
-                );
+                self.register(index, *node_id, addr, None, None);
+            }
+            MetadataCommand::RegisterBrokerEpoch {
+                node_id,
+                addr,
+                peer_addr,
+                rack,
+            } => {
+                self.register(index, *node_id, addr, peer_addr.clone(), rack.clone());
+            }
+            MetadataCommand::FenceBroker { node_id, .. } => {
+                self.brokers.get_mut(node_id).expect("validated").fenced = true;
+                for p in self
+                    .topics
+                    .values_mut()
+                    .flat_map(|t| t.partitions.iter_mut())
+                {
+                    if p.leader == Some(*node_id) {
+                        p.leader = None;
+                        p.leader_epoch += 1;
+                    }
+                    p.in_sync.retain(|n| n != node_id);
+                }
             }
             MetadataCommand::CreateTopic {
                 name,
@@ -734,6 +825,95 @@ pub fn decode_command(bytes: &[u8]) -> Result<MetadataCommand, postcard::Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn join(node_id: u32, rack: &str) -> MetadataCommand {
+        MetadataCommand::RegisterBrokerEpoch {
+            node_id,
+            addr: format!("127.0.0.1:{node_id}"),
+            peer_addr: Some(format!("127.0.0.1:{}", 1000 + node_id)),
+            rack: Some(rack.into()),
+        }
+    }
+
+    #[test]
+    fn broker_epochs_are_registration_indexes_and_fencing_needs_the_current_one() {
+        let mut s = MetadataState::new();
+        s.apply(1, &join(1, "a")).unwrap();
+        s.apply(2, &join(2, "b")).unwrap();
+        s.apply(
+            3,
+            &MetadataCommand::CreateTopic {
+                name: "t".into(),
+                config: TopicConfig::default(),
+                assignments: vec![vec![1, 2], vec![2, 1], vec![1, 2]],
+            },
+        )
+        .unwrap();
+        assert_eq!(s.broker(1).unwrap().epoch, 1);
+        assert_eq!(s.broker(2).unwrap().rack.as_deref(), Some("b"));
+
+        // Node 1 registers again (a restart): a new epoch; fencing the old one is refused.
+        s.apply(4, &join(1, "a")).unwrap();
+        assert_eq!(s.broker(1).unwrap().epoch, 4);
+        let stale = MetadataCommand::FenceBroker {
+            node_id: 1,
+            epoch: 1,
+        };
+        assert_eq!(
+            s.validate(&stale),
+            Err(MetadataError::StaleBrokerEpoch {
+                node_id: 1,
+                epoch: 1,
+                current: 4
+            })
+        );
+        assert!(s.apply(5, &stale).is_err());
+        assert!(!s.broker(1).unwrap().fenced);
+
+        // Fencing the current epoch: node 1 leads nothing, its partitions' epochs move on.
+        let before: Vec<u32> = s
+            .topic("t")
+            .unwrap()
+            .partitions
+            .iter()
+            .map(|p| p.leader_epoch)
+            .collect();
+        s.apply(
+            6,
+            &MetadataCommand::FenceBroker {
+                node_id: 1,
+                epoch: 4,
+            },
+        )
+        .unwrap();
+        let t = s.topic("t").unwrap();
+        assert_eq!(t.partitions[0].leader, None);
+        assert_eq!(t.partitions[0].leader_epoch, before[0] + 1);
+        assert_eq!(
+            t.partitions[1].leader,
+            Some(2),
+            "node 2's partition keeps its leader"
+        );
+        assert_eq!(t.partitions[1].leader_epoch, before[1]);
+        assert!(t.partitions.iter().all(|p| !p.in_sync.contains(&1)));
+        assert_eq!(
+            s.live_brokers().map(|b| b.node_id).collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert!(s.broker(1).unwrap().fenced);
+
+        // Registering again unfences it, with a new epoch.
+        s.apply(7, &join(1, "a")).unwrap();
+        assert_eq!(s.broker(1).unwrap().epoch, 7);
+        assert_eq!(s.live_brokers().count(), 2);
+        assert_eq!(
+            s.validate(&MetadataCommand::FenceBroker {
+                node_id: 9,
+                epoch: 1
+            }),
+            Err(MetadataError::UnknownBroker(9))
+        );
+    }
 
     fn node1() -> MetadataState {
         let mut s = MetadataState::new();
