@@ -1,9 +1,16 @@
-//! TLS for the QUIC endpoint: production certificates from the config, or a dev CA.
+//! TLS for the QUIC endpoints.
+//!
+//! Two listeners, two trust models. The client listener (ALPN `sluice/1`) presents a server
+//! certificate from the config, or one signed by a dev CA, and does not ask clients for
+//! certificates. The peer listener (ALPN [`PEER_ALPN`]) is mutual TLS under a cluster CA: each
+//! broker presents a node certificate signed by that CA and accepts only a peer whose
+//! certificate the same CA signed; the node id is read back from the certificate's
+//! `node-<id>.sluice.invalid` name ([`peer_node_id`]). docs/cluster.md describes both.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::BrokerError;
 use crate::config::BrokerConfig;
@@ -26,25 +33,129 @@ pub fn server_identity(
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => ensure_dev_certificates(config)?,
     };
+    Ok((load_certificates(&cert)?, load_private_key(&key)?))
+}
+
+/// Reads the PEM certificates in `path`, in file order; an error when there are none.
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, BrokerError> {
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(&cert)
-            .map_err(|e| tls_err(&format!("cannot open {}", cert.display()), e))?,
+        std::fs::File::open(path)
+            .map_err(|e| tls_err(&format!("cannot open {}", path.display()), e))?,
     ))
     .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| tls_err(&format!("cannot parse {}", cert.display()), e))?;
+    .map_err(|e| tls_err(&format!("cannot parse {}", path.display()), e))?;
     if certs.is_empty() {
         return Err(BrokerError::Tls(format!(
             "{} holds no certificate",
-            cert.display()
+            path.display()
         )));
     }
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(&key)
-            .map_err(|e| tls_err(&format!("cannot open {}", key.display()), e))?,
+    Ok(certs)
+}
+
+/// Reads the first PEM private key (PKCS#8, PKCS#1 or SEC1) in `path`.
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, BrokerError> {
+    rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(path)
+            .map_err(|e| tls_err(&format!("cannot open {}", path.display()), e))?,
     ))
-    .map_err(|e| tls_err(&format!("cannot parse {}", key.display()), e))?
-    .ok_or_else(|| BrokerError::Tls(format!("{} holds no private key", key.display())))?;
-    Ok((certs, key))
+    .map_err(|e| tls_err(&format!("cannot parse {}", path.display()), e))?
+    .ok_or_else(|| BrokerError::Tls(format!("{} holds no private key", path.display())))
+}
+
+/// A CA whose key is on this machine: the dev CA of the client listener, or the dev cluster CA.
+struct LocalCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    cert: CertificateDer<'static>,
+}
+
+/// Loads the CA in `pem`/`key`, or creates both when neither exists.
+///
+/// The issuer is rebuilt from fixed parameters and the stored key, not parsed from `pem`: the
+/// subject and key identifier it writes into the certificates it signs are the ones in the
+/// stored CA certificate because both come from the same `common_name` and key. A key without
+/// its certificate gets the certificate back the same way (it verifies what the old one did);
+/// a certificate without its key is refused, as a new key would leave every holder of the old
+/// certificate unable to verify what it signs.
+fn load_or_create_ca(pem: &Path, key: &Path, common_name: &str) -> Result<LocalCa, BrokerError> {
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| tls_err("CA params", e))?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let (keypair, cert) = match (key.exists(), pem.exists()) {
+        (true, true) => {
+            let keypair = read_key_pair(key)?;
+            let cert = load_certificates(pem)?.swap_remove(0);
+            (keypair, cert)
+        }
+        (true, false) => {
+            let keypair = read_key_pair(key)?;
+            let cert = params
+                .self_signed(&keypair)
+                .map_err(|e| tls_err("CA certificate", e))?;
+            std::fs::write(pem, cert.pem()).map_err(|e| tls_err("cannot write the CA", e))?;
+            (keypair, cert.der().clone())
+        }
+        (false, true) => {
+            return Err(BrokerError::Tls(format!(
+                "{} has no key at {}: restore the key, or remove the certificate to create a new CA",
+                pem.display(),
+                key.display()
+            )));
+        }
+        (false, false) => {
+            if let Some(dir) = pem.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| tls_err(&format!("cannot create {}", dir.display()), e))?;
+            }
+            let keypair = rcgen::KeyPair::generate().map_err(|e| tls_err("CA key", e))?;
+            let cert = params
+                .self_signed(&keypair)
+                .map_err(|e| tls_err("CA certificate", e))?;
+            write_private(key, keypair.serialize_pem().as_bytes())?;
+            std::fs::write(pem, cert.pem()).map_err(|e| tls_err("cannot write the CA", e))?;
+            tracing::info!(ca = %pem.display(), common_name, "created a dev CA");
+            (keypair, cert.der().clone())
+        }
+    };
+    Ok(LocalCa {
+        issuer: rcgen::Issuer::new(params, keypair),
+        cert,
+    })
+}
+
+fn read_key_pair(path: &Path) -> Result<rcgen::KeyPair, BrokerError> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| tls_err(&format!("cannot read {}", path.display()), e))?;
+    rcgen::KeyPair::from_pem(&pem)
+        .map_err(|e| tls_err(&format!("cannot parse {}", path.display()), e))
+}
+
+/// Signs a fresh key for `names` (DNS names or IP addresses) with `ca`.
+fn issue_certificate(
+    ca: &LocalCa,
+    common_name: &str,
+    names: Vec<String>,
+    usages: Vec<rcgen::ExtendedKeyUsagePurpose>,
+) -> Result<(rcgen::Certificate, rcgen::KeyPair), BrokerError> {
+    let mut params = rcgen::CertificateParams::new(names)
+        .map_err(|e| tls_err(&format!("{common_name} params"), e))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.extended_key_usages = usages;
+    let keypair =
+        rcgen::KeyPair::generate().map_err(|e| tls_err(&format!("{common_name} key"), e))?;
+    let cert = params
+        .signed_by(&keypair, &ca.issuer)
+        .map_err(|e| tls_err(&format!("{common_name} certificate"), e))?;
+    Ok((cert, keypair))
 }
 
 /// Creates `ca.pem`, `ca.key`, `server.pem` and `server.key` under `DATA_DIR/tls/` when they
@@ -62,34 +173,8 @@ fn ensure_dev_certificates(config: &BrokerConfig) -> Result<(PathBuf, PathBuf), 
         tracing::info!(ca = %ca_pem.display(), "using the dev TLS certificate; clients verify it with this CA");
         return Ok((server_pem, server_key));
     }
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| tls_err(&format!("cannot create {}", dir.display()), e))?;
-
-    let mut ca_params =
-        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| tls_err("CA params", e))?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Sluice dev CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca_keypair = if ca_key.exists() && ca_pem.exists() {
-        // Keep an existing CA so clients that trust it keep working.
-        let pem =
-            std::fs::read_to_string(&ca_key).map_err(|e| tls_err("cannot read the CA key", e))?;
-        rcgen::KeyPair::from_pem(&pem).map_err(|e| tls_err("cannot parse the CA key", e))?
-    } else {
-        let kp = rcgen::KeyPair::generate().map_err(|e| tls_err("CA key", e))?;
-        let cert = ca_params
-            .self_signed(&kp)
-            .map_err(|e| tls_err("CA certificate", e))?;
-        write_private(&ca_key, kp.serialize_pem().as_bytes())?;
-        std::fs::write(&ca_pem, cert.pem()).map_err(|e| tls_err("cannot write the CA", e))?;
-        kp
-    };
-    let issuer = rcgen::Issuer::new(ca_params, ca_keypair);
+    // An existing CA is kept so clients that trust it keep working.
+    let ca = load_or_create_ca(&ca_pem, &ca_key, "Sluice dev CA")?;
 
     let mut names = vec![
         "localhost".to_string(),
@@ -110,20 +195,16 @@ fn ensure_dev_certificates(config: &BrokerConfig) -> Result<(PathBuf, PathBuf), 
     names.extend(config.tls.extra_names.iter().cloned());
     names.sort();
     names.dedup();
-    let mut params =
-        rcgen::CertificateParams::new(names).map_err(|e| tls_err("server params", e))?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Sluice broker");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let kp = rcgen::KeyPair::generate().map_err(|e| tls_err("server key", e))?;
-    let cert = params
-        .signed_by(&kp, &issuer)
-        .map_err(|e| tls_err("server certificate", e))?;
-    write_private(&server_key, kp.serialize_pem().as_bytes())?;
+    let (cert, keypair) = issue_certificate(
+        &ca,
+        "Sluice broker",
+        names,
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+    )?;
+    write_private(&server_key, keypair.serialize_pem().as_bytes())?;
     std::fs::write(&server_pem, cert.pem())
         .map_err(|e| tls_err("cannot write the server certificate", e))?;
-    tracing::info!(ca = %ca_pem.display(), "created a dev CA and server certificate; clients verify the broker with this CA");
+    tracing::info!(ca = %ca_pem.display(), "created a dev server certificate; clients verify the broker with this CA");
     Ok((server_pem, server_key))
 }
 
@@ -142,6 +223,11 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), BrokerError> {
         .map_err(|e| tls_err(&format!("cannot write {}", path.display()), e))
 }
 
+/// The crypto provider of every TLS endpoint the broker runs or dials: ring, as quinn uses.
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
 /// Unacknowledged bytes the broker sends on one connection; room for a default fetch response
 /// (8 MiB) in flight.
 pub const SEND_WINDOW: u64 = 16 * 1024 * 1024;
@@ -153,8 +239,7 @@ pub fn quic_server_config(
     key: PrivateKeyDer<'static>,
     config: &BrokerConfig,
 ) -> Result<quinn::ServerConfig, BrokerError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_err("TLS versions", e))?
         .with_no_client_auth()
@@ -187,4 +272,209 @@ pub fn quic_server_config(
         .keep_alive_interval(Some(std::time::Duration::from_secs(10)));
     server.transport_config(Arc::new(transport));
     Ok(server)
+}
+
+/// ALPN of the broker-to-broker protocol (Raft, later replication). A peer endpoint offers only
+/// this one, so a client of `sluice/1` cannot reach it and a peer cannot reach the client
+/// listener.
+pub const PEER_ALPN: &[u8] = b"sluice-peer/1";
+
+/// Where a broker finds its peer TLS material. With all three set, production: the cluster
+/// CA's certificate (the only trust anchor for peers) and this node's certificate chain and
+/// key, as PEM files. Loaded with [`load_certificates`] and [`load_private_key`]; not yet part
+/// of [`BrokerConfig`].
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerTlsSettings {
+    /// PEM certificate(s) of the cluster CA.
+    pub ca: Option<PathBuf>,
+    /// PEM certificate chain of this node, signed by the cluster CA.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+}
+
+/// File names of the dev cluster CA, inside the directory given to [`create_cluster_ca`].
+pub const CLUSTER_CA_CERT_FILE: &str = "cluster-ca.pem";
+/// See [`CLUSTER_CA_CERT_FILE`]; written with mode 0600.
+pub const CLUSTER_CA_KEY_FILE: &str = "cluster-ca.key";
+
+/// A dev cluster CA whose key is at hand, to issue node certificates.
+pub struct ClusterCa(LocalCa);
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // rcgen's `Issuer` elides its key in `Debug`.
+        f.debug_struct("ClusterCa")
+            .field("issuer", &self.0.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterCa {
+    /// The CA's certificate: the trust anchor to hand to [`peer_server_config`] and
+    /// [`peer_client_config`].
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.0.cert
+    }
+}
+
+/// Loads the dev cluster CA from `dir`, creating [`CLUSTER_CA_CERT_FILE`] and
+/// [`CLUSTER_CA_KEY_FILE`] (and `dir`) when neither exists. Every broker of a dev cluster
+/// must use the same files; create them once, before the brokers start, as two creating them
+/// at the same moment would each write their own.
+pub fn create_cluster_ca(dir: &Path) -> Result<ClusterCa, BrokerError> {
+    load_or_create_ca(
+        &dir.join(CLUSTER_CA_CERT_FILE),
+        &dir.join(CLUSTER_CA_KEY_FILE),
+        "Sluice cluster CA",
+    )
+    .map(ClusterCa)
+}
+
+/// The DNS name that identifies node `node_id` in its peer certificate. A peer dials node
+/// `node_id` with this as the server name, so the handshake checks it reached that node.
+pub fn node_dns_name(node_id: u32) -> String {
+    format!("node-{node_id}.sluice.invalid")
+}
+
+/// Signs a certificate for node `node_id`, usable both to serve and to dial peers (extended
+/// key usages serverAuth and clientAuth). It names [`node_dns_name`] and `names` (DNS names
+/// or IP addresses, e.g. the peer listen address). Returns the chain (the node certificate
+/// alone; peers hold the CA) and its key.
+pub fn issue_node_certificate(
+    ca: &ClusterCa,
+    node_id: u32,
+    names: &[String],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), BrokerError> {
+    let mut all_names = vec![node_dns_name(node_id)];
+    all_names.extend(names.iter().cloned());
+    all_names.sort();
+    all_names.dedup();
+    let (cert, keypair) = issue_certificate(
+        &ca.0,
+        &format!("Sluice node {node_id}"),
+        all_names,
+        vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )?;
+    Ok((vec![cert.der().clone()], keypair.into()))
+}
+
+/// A root store holding only the cluster CA: peers must not be trusted because some public CA
+/// signed them.
+fn cluster_roots(
+    ca_certs: &[CertificateDer<'static>],
+) -> Result<rustls::RootCertStore, BrokerError> {
+    if ca_certs.is_empty() {
+        return Err(BrokerError::Tls("no cluster CA certificate given".into()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in ca_certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| tls_err("cannot use the cluster CA certificate", e))?;
+    }
+    Ok(roots)
+}
+
+/// The QUIC server configuration of the peer listener: TLS 1.3, ALPN [`PEER_ALPN`] only, and a
+/// client certificate required and verified against `ca_certs` alone. A peer with no
+/// certificate, or with one the cluster CA did not sign, fails the handshake.
+pub fn peer_server_config(
+    ca_certs: &[CertificateDer<'static>],
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<quinn::ServerConfig, BrokerError> {
+    let provider = crypto_provider();
+    // `build` without `allow_unauthenticated`: a client certificate is mandatory.
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(cluster_roots(ca_certs)?),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| tls_err("peer certificate verifier", e))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err("TLS versions", e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(cert_chain, key)
+        .map_err(|e| tls_err("node certificate and key do not match", e))?;
+    tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| tls_err("QUIC TLS", e))?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+}
+
+/// The QUIC client configuration to dial peers: TLS 1.3, ALPN [`PEER_ALPN`], the server
+/// verified against `ca_certs` alone (not the system roots), this node's certificate presented.
+/// Dial node `n` with [`node_dns_name`]`(n)` as the server name.
+pub fn peer_client_config(
+    ca_certs: &[CertificateDer<'static>],
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<quinn::ClientConfig, BrokerError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err("TLS versions", e))?
+        .with_root_certificates(cluster_roots(ca_certs)?)
+        .with_client_auth_cert(cert_chain, key)
+        .map_err(|e| tls_err("node certificate and key do not match", e))?;
+    tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| tls_err("QUIC TLS", e))?;
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// Why [`peer_node_id`] could not name the node at the other end of a peer connection. All are
+/// reasons to close the connection: the handshake has verified the certificate's signature, so
+/// these mean a certificate issued for something other than one member of this cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerIdentityError {
+    /// The connection carries no peer certificate: it is not a handshaken peer connection.
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    /// The peer's certificate could not be parsed.
+    #[error("the peer certificate cannot be parsed: {0}")]
+    Unparsable(rustls::Error),
+    /// The certificate names none of the members given.
+    #[error("the peer certificate names no member of the cluster")]
+    NotAMember,
+    /// The certificate names two members; node certificates name one.
+    #[error("the peer certificate names both node {0} and node {1}")]
+    Ambiguous(u32, u32),
+}
+
+/// The node at the other end of a peer connection: the one member of `members` whose
+/// [`node_dns_name`] the peer's verified certificate carries.
+///
+/// The name is matched by webpki (through rustls), the code that checks server names, rather
+/// than read out of the certificate: the workspace has no X.509 parser of its own. A node learns
+/// the member ids from the cluster membership, or checks a single id the peer claims.
+pub fn peer_node_id(
+    connection: &quinn::Connection,
+    members: impl IntoIterator<Item = u32>,
+) -> Result<u32, PeerIdentityError> {
+    let chain = connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or(PeerIdentityError::NoCertificate)?;
+    let end_entity = chain.first().ok_or(PeerIdentityError::NoCertificate)?;
+    let cert = rustls::server::ParsedCertificate::try_from(end_entity)
+        .map_err(PeerIdentityError::Unparsable)?;
+    let mut found = None;
+    for id in members {
+        let Ok(name) = ServerName::try_from(node_dns_name(id)) else {
+            continue;
+        };
+        if rustls::client::verify_server_name(&cert, &name).is_ok() {
+            match found {
+                Some(first) if first != id => return Err(PeerIdentityError::Ambiguous(first, id)),
+                _ => found = Some(id),
+            }
+        }
+    }
+    found.ok_or(PeerIdentityError::NotAMember)
 }
