@@ -1,0 +1,89 @@
+//! The metadata log, replicated by Raft (openraft). The only crate that links openraft.
+//!
+//! [`sluice_metadata`] stays a pure state machine; this crate makes a quorum of controller
+//! nodes agree on the order of its [`MetadataCommand`]s and applies them, in that order, to a
+//! [`MetadataState`] on every node.
+//!
+//! How data enters: the broker calls [`MetadataRaft::propose`] with a command. The command is
+//! validated against the local state (as the single-node controller does), then appended by the
+//! leader to its log and replicated to the voters through a [`RaftTransport`]. Once a quorum
+//! holds it durably, every node applies it. A command refused at apply time (two proposals
+//! that raced) is refused identically everywhere: that is an outcome, not a storage error.
+//!
+//! How data leaves: [`MetadataRaft::read`] (or the shared [`MetadataRaft::state_handle`]) gives
+//! read access to the applied state; [`MetadataRaft::status`] reports role, leader, term and log
+//! positions. Peers' messages arrive through the transport's server side, which hands them to
+//! [`MetadataRaft::handle_rpc`].
+//!
+//! On disk (one redb file per node, [`RAFT_FILE`], apart from the partition data store): the
+//! log entries, the vote, the committed id, the last purged id and the latest snapshot. A
+//! restarted node loads the snapshot and replays only the log after it. See docs/storage.md,
+//! "Metadata Raft log".
+
+mod log_store;
+mod network;
+mod node;
+mod outcome;
+mod state_machine;
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+pub use sluice_metadata::{MetadataCommand, MetadataError, MetadataState};
+
+pub use log_store::{LogStore, StorageOpenError};
+pub use network::{
+    InProcessRouter, InProcessTransport, RaftReply, RaftRequest, RaftTransport, TransportError,
+};
+pub use node::{
+    MembershipError, MetadataRaft, MetadataRaftConfig, ProposeError, RAFT_FILE, RaftStatus,
+    RaftStopped, Role, StartError,
+};
+pub use state_machine::StateMachineStore;
+
+/// A controller node's id in the Raft group.
+pub type NodeId = u64;
+
+/// A controller node as the Raft membership holds it: where its peers reach it. Kept in the
+/// membership entries, so every node learns every peer's address from the log itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    /// `host:port` of the node's peer (Raft) endpoint.
+    pub peer_addr: String,
+}
+
+impl PeerNode {
+    pub fn new(peer_addr: impl Into<String>) -> Self {
+        PeerNode {
+            peer_addr: peer_addr.into(),
+        }
+    }
+}
+
+impl fmt::Display for PeerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.peer_addr)
+    }
+}
+
+/// What applying one log entry produced. Blank and membership entries are always `Ok`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResponse {
+    /// `Err` when [`MetadataState::apply`] refused the command; every node reaches the same
+    /// outcome for the same entry.
+    #[serde(with = "outcome")]
+    pub outcome: Result<(), MetadataError>,
+}
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for the metadata log.
+    pub TypeConfig:
+        D = MetadataCommand,
+        R = CommandResponse,
+        NodeId = NodeId,
+        Node = PeerNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);

@@ -1,0 +1,385 @@
+//! [`MetadataRaft`]: one controller node of the metadata Raft group, the API the broker calls.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use sluice_metadata::{MetadataCommand, MetadataError, MetadataState};
+
+use crate::log_store::{LogStore, StorageOpenError, open_database};
+use crate::network::{NetworkFactory, RaftReply, RaftRequest, RaftTransport};
+use crate::state_machine::StateMachineStore;
+use crate::{NodeId, PeerNode, TypeConfig};
+
+/// The raft file's name in the node's data directory.
+pub const RAFT_FILE: &str = "raft.redb";
+
+/// Timing, snapshot and size settings. The defaults suit a cluster on one LAN or loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataRaftConfig {
+    /// How often the leader sends heartbeats.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in this range starts an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Time allowed for one snapshot chunk to be sent and acknowledged.
+    pub install_snapshot_timeout_ms: u64,
+    /// A snapshot is taken every this many applied entries.
+    pub snapshot_every_logs: u64,
+    /// Entries kept in the log behind the snapshot, so a follower a little behind catches up
+    /// from the log rather than a whole snapshot.
+    pub keep_logs_after_snapshot: u64,
+    /// Largest snapshot a node accepts from a leader; bigger ones are refused with an error.
+    pub max_snapshot_bytes: u64,
+}
+
+impl Default for MetadataRaftConfig {
+    fn default() -> Self {
+        MetadataRaftConfig {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            // openraft's 200 ms default times a 3 MiB chunk out on a busy or slow link.
+            install_snapshot_timeout_ms: 2_000,
+            snapshot_every_logs: 1_000,
+            keep_logs_after_snapshot: 100,
+            max_snapshot_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The raft file could not be opened or read.
+    #[error(transparent)]
+    Storage(#[from] StorageOpenError),
+    /// The settings are inconsistent (for instance election timeouts not above the heartbeat).
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+    /// openraft refused to start.
+    #[error("raft did not start: {0}")]
+    Raft(#[from] Fatal<NodeId>),
+}
+
+/// The node has stopped (shut down, or halted after a storage error).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the metadata raft node has stopped: {0}")]
+pub struct RaftStopped(String);
+
+/// Why a proposal was not applied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    /// The command is invalid against the metadata: refused before it reached the log, or
+    /// refused when applied (it raced another command), in which case every node refused it.
+    /// Not retriable as is.
+    #[error(transparent)]
+    Refused(#[from] MetadataError),
+    /// This node is not the leader. Retriable: send to `leader` (when known; otherwise wait
+    /// for an election).
+    #[error("not the metadata leader; the leader is {leader:?}")]
+    NotLeader { leader: Option<(NodeId, PeerNode)> },
+    /// The node has stopped.
+    #[error(transparent)]
+    Stopped(#[from] RaftStopped),
+}
+
+/// Why a membership change or initialization failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MembershipError {
+    /// Membership changes go to the leader. Retriable there.
+    #[error("not the metadata leader; the leader is {leader:?}")]
+    NotLeader { leader: Option<(NodeId, PeerNode)> },
+    /// The change is not allowed now or at all (another change in progress, a voter that is
+    /// not yet a learner, an empty voter set, this node not among the initial voters).
+    #[error("membership change refused: {0}")]
+    Refused(String),
+    /// The node has stopped.
+    #[error(transparent)]
+    Stopped(#[from] RaftStopped),
+}
+
+/// A node's role in the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    /// Receives the log but does not vote.
+    Learner,
+    ShuttingDown,
+}
+
+/// What `sluice cluster status` shows of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    pub id: NodeId,
+    pub role: Role,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    /// Index of the last entry in this node's log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry known committed (held by a quorum).
+    pub committed: Option<u64>,
+    /// Index of the last entry applied to the metadata state.
+    pub last_applied: Option<u64>,
+    /// Index the latest snapshot covers.
+    pub snapshot: Option<u64>,
+    /// Entries up to this index are gone from the log (covered by the snapshot).
+    pub purged: Option<u64>,
+    /// Snapshots received from a leader and installed since this node started.
+    pub snapshots_installed: u64,
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+}
+
+/// One controller node. Cheap to clone; clones drive the same node.
+#[derive(Clone)]
+pub struct MetadataRaft {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    state: Arc<RwLock<MetadataState>>,
+    snapshots_installed: Arc<AtomicU64>,
+    max_snapshot_bytes: u64,
+}
+
+impl fmt::Debug for MetadataRaft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetadataRaft")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn leader_of(f: openraft::error::ForwardToLeader<NodeId, PeerNode>) -> Option<(NodeId, PeerNode)> {
+    Some((f.leader_id?, f.leader_node.unwrap_or_default()))
+}
+
+impl MetadataRaft {
+    /// Starts node `id` from `dir`/[`RAFT_FILE`] (created if absent), talking to its peers
+    /// through `transport`. A fresh node then waits for [`MetadataRaft::initialize`] or for a
+    /// leader to add it; a restarted one resumes from its snapshot and log. Must be called
+    /// inside a multi-threaded tokio runtime.
+    pub async fn start<T: RaftTransport>(
+        id: NodeId,
+        dir: &Path,
+        transport: T,
+        config: &MetadataRaftConfig,
+    ) -> Result<MetadataRaft, StartError> {
+        let raft_config = Config {
+            cluster_name: "sluice-metadata".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            install_snapshot_timeout: config.install_snapshot_timeout_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_logs),
+            max_in_snapshot_log_to_keep: config.keep_logs_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+
+        let path = dir.join(RAFT_FILE);
+        let db = tokio::task::spawn_blocking(move || open_database(&path))
+            .await
+            .expect("opening the raft file panicked")
+            .map_err(StorageOpenError::from)?;
+        let log = LogStore::new(db.clone());
+        let state_machine = StateMachineStore::open(db, config.max_snapshot_bytes).await?;
+        let state = state_machine.state();
+        let snapshots_installed = state_machine.installed_counter();
+        let network = NetworkFactory {
+            transport: Arc::new(transport),
+        };
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, state_machine).await?;
+        tracing::info!(node_id = id, dir = %dir.display(), "metadata raft node started");
+        Ok(MetadataRaft {
+            id,
+            raft,
+            state,
+            snapshots_installed,
+            max_snapshot_bytes: config.max_snapshot_bytes,
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Makes `voters` the group's first membership. Call it once, with the same set, on one
+    /// node of a new cluster (or on all: a node that already has a log answers `Ok` and does
+    /// nothing). Different sets on different nodes would form different clusters.
+    pub async fn initialize(
+        &self,
+        voters: BTreeMap<NodeId, PeerNode>,
+    ) -> Result<(), MembershipError> {
+        match self.raft.initialize(voters).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                tracing::debug!(node_id = self.id, reason = %e, "already initialized; nothing to do");
+                Ok(())
+            }
+            Err(RaftError::APIError(e @ InitializeError::NotInMembers(_))) => {
+                Err(MembershipError::Refused(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(RaftStopped(e.to_string()).into()),
+        }
+    }
+
+    /// Proposes `cmd` and waits until it is committed and applied here. Returns the log index
+    /// it was applied at. The command is first validated against this node's state, so a
+    /// command that is already invalid never takes a log entry.
+    pub async fn propose(&self, cmd: MetadataCommand) -> Result<u64, ProposeError> {
+        self.read(|state| state.validate(&cmd))?;
+        match self.raft.client_write(cmd).await {
+            Ok(written) => {
+                written.data.outcome?;
+                Ok(written.log_id.index)
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader: leader_of(f),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                unreachable!("a normal entry is not a membership change: {e}")
+            }
+            Err(RaftError::Fatal(e)) => Err(RaftStopped(e.to_string()).into()),
+        }
+    }
+
+    /// Reads this node's applied state. Not linearizable: a follower may lag the leader (use
+    /// [`MetadataRaft::read_linearizable`] when that matters).
+    pub fn read<T>(&self, f: impl FnOnce(&MetadataState) -> T) -> T {
+        f(&self.state.read().expect("metadata state lock poisoned"))
+    }
+
+    /// Like [`MetadataRaft::read`], on the leader, after confirming with a quorum that it still
+    /// leads and applying everything committed before the call.
+    pub async fn read_linearizable<T>(
+        &self,
+        f: impl FnOnce(&MetadataState) -> T,
+    ) -> Result<T, ProposeError> {
+        use openraft::error::CheckIsLeaderError;
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(self.read(f)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader: leader_of(f),
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(ProposeError::NotLeader { leader: None }).inspect_err(
+                    |_| tracing::debug!(node_id = self.id, cause = %e, "no quorum for a read"),
+                )
+            }
+            Err(RaftError::Fatal(e)) => Err(RaftStopped(e.to_string()).into()),
+        }
+    }
+
+    /// The state the broker reads, shared with the state machine. Hold its lock briefly.
+    pub fn state_handle(&self) -> Arc<RwLock<MetadataState>> {
+        self.state.clone()
+    }
+
+    /// Adds node `id` as a learner (receives the log, does not vote) and waits until it has
+    /// caught up. Leader only.
+    pub async fn add_learner(&self, id: NodeId, node: PeerNode) -> Result<(), MembershipError> {
+        self.membership_result(self.raft.add_learner(id, node, true).await)
+    }
+
+    /// Makes `voters` the voter set (each must already be a learner or voter). Removed voters
+    /// stay as learners when `retain`, else leave the group. Leader only; one change at a time.
+    pub async fn change_membership(
+        &self,
+        voters: BTreeSet<NodeId>,
+        retain: bool,
+    ) -> Result<(), MembershipError> {
+        let change = ChangeMembers::ReplaceAllVoters(voters);
+        self.membership_result(self.raft.change_membership(change, retain).await)
+    }
+
+    fn membership_result<T>(
+        &self,
+        result: Result<T, RaftError<NodeId, ClientWriteError<NodeId, PeerNode>>>,
+    ) -> Result<(), MembershipError> {
+        match result {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(MembershipError::NotLeader {
+                    leader: leader_of(f),
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(MembershipError::Refused(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(RaftStopped(e.to_string()).into()),
+        }
+    }
+
+    /// This node's view of the group.
+    pub async fn status(&self) -> Result<RaftStatus, RaftStopped> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let committed = self
+            .raft
+            .with_raft_state(|st| st.committed)
+            .await
+            .map_err(|e| RaftStopped(e.to_string()))?;
+        let membership = metrics.membership_config.membership();
+        Ok(RaftStatus {
+            id: metrics.id,
+            role: match metrics.state {
+                ServerState::Leader => Role::Leader,
+                ServerState::Follower => Role::Follower,
+                ServerState::Candidate => Role::Candidate,
+                ServerState::Learner => Role::Learner,
+                ServerState::Shutdown => Role::ShuttingDown,
+            },
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            committed: committed.map(|id| id.index),
+            last_applied: metrics.last_applied.map(|id| id.index),
+            snapshot: metrics.snapshot.map(|id| id.index),
+            purged: metrics.purged.map(|id| id.index),
+            snapshots_installed: self.snapshots_installed.load(Ordering::Relaxed),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        })
+    }
+
+    /// Handles a request from a peer (the server side of a [`RaftTransport`]).
+    pub async fn handle_rpc(&self, request: RaftRequest) -> RaftReply {
+        match request {
+            RaftRequest::AppendEntries(rpc) => {
+                RaftReply::AppendEntries(self.raft.append_entries(rpc).await)
+            }
+            RaftRequest::Vote(rpc) => RaftReply::Vote(self.raft.vote(rpc).await),
+            RaftRequest::InstallSnapshot(rpc) => {
+                // Checked before openraft buffers the chunk: a snapshot is held whole in memory.
+                let end = rpc.offset.saturating_add(rpc.data.len() as u64);
+                if end > self.max_snapshot_bytes {
+                    let why = format!(
+                        "snapshot {} reaches {end} bytes, over this node's limit of {}",
+                        rpc.meta.snapshot_id, self.max_snapshot_bytes
+                    );
+                    tracing::error!(node_id = self.id, cause = %why, "snapshot refused");
+                    return RaftReply::Refused(why);
+                }
+                RaftReply::InstallSnapshot(self.raft.install_snapshot(rpc).await)
+            }
+        }
+    }
+
+    /// Stops the node: its tasks end, and the raft file is closed once every clone is dropped.
+    pub async fn shutdown(&self) -> Result<(), RaftStopped> {
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| RaftStopped(e.to_string()))
+    }
+}
