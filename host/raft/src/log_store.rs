@@ -7,9 +7,10 @@
 //! I/O failure nothing more is written to the file.
 
 use std::fmt::Debug;
-use std::ops::{Bound, RangeBounds};
+use std::ops::{Bound, Deref, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -44,19 +45,53 @@ pub enum StorageOpenError {
     Corrupt(String),
 }
 
+/// The open raft file. Says when it is closed: redb releases the file in `Database`'s drop,
+/// which may run on a blocking-pool thread after the last handle went away, and a restart in
+/// the same process must wait for it.
+#[derive(Debug)]
+pub(crate) struct RaftFile {
+    db: Option<Database>,
+    closed: Arc<AtomicBool>,
+}
+
+impl RaftFile {
+    /// Becomes true once the file is closed.
+    pub(crate) fn closed_flag(&self) -> Arc<AtomicBool> {
+        self.closed.clone()
+    }
+}
+
+impl Deref for RaftFile {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.db.as_ref().expect("open until dropped")
+    }
+}
+
+impl Drop for RaftFile {
+    fn drop(&mut self) {
+        drop(self.db.take());
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
 /// Opens (creating if needed) the raft file and its tables.
-pub(crate) fn open_database(path: &Path) -> Result<Arc<Database>, redb::Error> {
+pub(crate) fn open_database(path: &Path) -> Result<Arc<RaftFile>, redb::Error> {
     let db = Database::create(path)?;
     let txn = db.begin_write()?;
     txn.open_table(LOG)?;
     txn.open_table(META)?;
     txn.open_table(SNAPSHOT)?;
     txn.commit()?;
-    Ok(Arc::new(db))
+    Ok(Arc::new(RaftFile {
+        db: Some(db),
+        closed: Arc::new(AtomicBool::new(false)),
+    }))
 }
 
 /// Runs blocking redb work on tokio's blocking pool.
-pub(crate) async fn blocking<T, F>(db: &Arc<Database>, f: F) -> Result<T, redb::Error>
+pub(crate) async fn blocking<T, F>(db: &Arc<RaftFile>, f: F) -> Result<T, redb::Error>
 where
     T: Send + 'static,
     F: FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
@@ -81,11 +116,11 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, redb::Error
 /// reader openraft's replication tasks use.
 #[derive(Debug, Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: Arc<RaftFile>,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>) -> Self {
+    pub(crate) fn new(db: Arc<RaftFile>) -> Self {
         LogStore { db }
     }
 

@@ -3,8 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
@@ -145,6 +147,9 @@ pub struct MetadataRaft {
     state: Arc<RwLock<MetadataState>>,
     snapshots_installed: Arc<AtomicU64>,
     max_snapshot_bytes: u64,
+    /// Set once openraft's storage tasks have let go of the raft file and it is closed (see
+    /// [`MetadataRaft::shutdown`]).
+    file_closed: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for MetadataRaft {
@@ -188,6 +193,7 @@ impl MetadataRaft {
             .await
             .expect("opening the raft file panicked")
             .map_err(StorageOpenError::from)?;
+        let file_closed = db.closed_flag();
         let log = LogStore::new(db.clone());
         let state_machine = StateMachineStore::open(db, config.max_snapshot_bytes).await?;
         let state = state_machine.state();
@@ -203,6 +209,7 @@ impl MetadataRaft {
             state,
             snapshots_installed,
             max_snapshot_bytes: config.max_snapshot_bytes,
+            file_closed,
         })
     }
 
@@ -375,11 +382,27 @@ impl MetadataRaft {
         }
     }
 
-    /// Stops the node: its tasks end, and the raft file is closed once every clone is dropped.
+    /// Stops the node and waits until the raft file is closed, so the node can be started
+    /// again from it in this process.
     pub async fn shutdown(&self) -> Result<(), RaftStopped> {
         self.raft
             .shutdown()
             .await
-            .map_err(|e| RaftStopped(e.to_string()))
+            .map_err(|e| RaftStopped(e.to_string()))?;
+        // openraft's state machine and replication tasks drop their storage handles shortly
+        // after the core stops, not before `shutdown` returns.
+        let start = Instant::now();
+        while !self.file_closed.load(Ordering::Acquire) {
+            if start.elapsed() > FILE_CLOSE_WAIT {
+                return Err(RaftStopped(format!(
+                    "stopped, but the raft file is still open after {FILE_CLOSE_WAIT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
     }
 }
+
+/// How long [`MetadataRaft::shutdown`] waits for openraft's tasks to release the raft file.
+const FILE_CLOSE_WAIT: Duration = Duration::from_secs(10);

@@ -15,12 +15,13 @@ use openraft::{
     EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Durability, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use sluice_metadata::MetadataState;
 
 use crate::log_store::{
-    SNAPSHOT, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY, StorageOpenError, blocking, decode, encode,
+    RaftFile, SNAPSHOT, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY, StorageOpenError, blocking, decode,
+    encode,
 };
 use crate::{CommandResponse, NodeId, PeerNode, TypeConfig};
 
@@ -39,7 +40,7 @@ struct SnapshotPayload {
 /// [`crate::MetadataRaft::state_handle`] gives out.
 #[derive(Debug)]
 pub struct StateMachineStore {
-    db: Arc<Database>,
+    db: Arc<RaftFile>,
     /// A `std::sync::RwLock`, not tokio's: no await happens while it is held, and the broker
     /// reads it from synchronous code.
     state: Arc<RwLock<MetadataState>>,
@@ -53,7 +54,7 @@ pub struct StateMachineStore {
 /// Takes a snapshot of the state as it was when openraft asked for the builder.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
-    db: Arc<Database>,
+    db: Arc<RaftFile>,
     state: MetadataState,
     last_applied: Option<LogId<NodeId>>,
     last_membership: Membership,
@@ -62,7 +63,7 @@ pub struct SnapshotBuilder {
 impl StateMachineStore {
     /// Opens the state machine from the latest persisted snapshot, if any.
     pub(crate) async fn open(
-        db: Arc<Database>,
+        db: Arc<RaftFile>,
         max_snapshot_bytes: u64,
     ) -> Result<Self, StorageOpenError> {
         let stored = read_snapshot(&db).await?;
@@ -94,7 +95,7 @@ impl StateMachineStore {
 }
 
 /// The latest snapshot in the file: its meta and its bytes.
-async fn read_snapshot(db: &Arc<Database>) -> Result<Option<(Meta, Vec<u8>)>, redb::Error> {
+async fn read_snapshot(db: &Arc<RaftFile>) -> Result<Option<(Meta, Vec<u8>)>, redb::Error> {
     blocking(db, |db| {
         let txn = db.begin_read()?;
         let table = txn.open_table(SNAPSHOT)?;
@@ -112,7 +113,7 @@ async fn read_snapshot(db: &Arc<Database>) -> Result<Option<(Meta, Vec<u8>)>, re
 /// (a snapshot installed from the leader while this one was being built). Returns whether it
 /// was stored.
 async fn write_snapshot(
-    db: &Arc<Database>,
+    db: &Arc<RaftFile>,
     meta: &Meta,
     data: Vec<u8>,
 ) -> Result<bool, redb::Error> {
