@@ -104,6 +104,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         partition: 0,
         acks: Acks::All,
         timeout_ms: 5000,
+        leader_epoch: None,
     });
     let e = client
         .request(produce.clone(), Bytes::from(batch))

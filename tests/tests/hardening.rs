@@ -117,6 +117,7 @@ fn fetch_all(topic: &str, max_bytes: u32) -> Request {
             partition: 0,
             offset: 0,
             max_bytes,
+            leader_epoch: None,
         }],
     })
 }
@@ -127,6 +128,7 @@ fn produce_request(topic: &str, acks: Acks) -> Request {
         partition: 0,
         acks,
         timeout_ms: 10_000,
+        leader_epoch: None,
     })
 }
 

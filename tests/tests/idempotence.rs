@@ -163,6 +163,7 @@ async fn produce(client: &Client, topic: &str, raw: Bytes) -> Result<u64, Client
         partition: 0,
         acks: Acks::All,
         timeout_ms: 10_000,
+        leader_epoch: None,
     });
     match client.request(request, raw).await? {
         (ResponseBody::Produced(p), _) => Ok(p.base_offset),

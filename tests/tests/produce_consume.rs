@@ -177,6 +177,7 @@ async fn lz4_and_zstd_batches_round_trip_and_are_stored_compressed() {
                         partition: 0,
                         offset: 0,
                         max_bytes: 64 << 20,
+                        leader_epoch: None,
                     }],
                 }),
                 Bytes::new(),

@@ -112,7 +112,7 @@ fn fetch_once(broker: &Broker, req: &FetchRequest) -> (FetchResponse, Bytes) {
             log_start: 0,
             bytes: 0,
         };
-        let led = match broker.led_partition(&p.topic, p.partition) {
+        let led = match broker.led_partition_in(&p.topic, p.partition, p.leader_epoch) {
             Ok(led) => led,
             Err(e) => {
                 entry.error = Some(e);

@@ -19,7 +19,46 @@ pub(crate) struct Led {
     pub(crate) config: TopicConfig,
 }
 
+/// Checks the leader epoch a request carries against the partition's current one: an older one
+/// means the client's metadata is stale, a newer one that this broker's is behind.
+pub(crate) fn check_leader_epoch(
+    topic: &str,
+    partition: u32,
+    current: u32,
+    requested: Option<u32>,
+) -> Result<(), WireError> {
+    match requested {
+        Some(e) if e < current => Err(WireError::new(
+            ErrorCode::FencedLeaderEpoch,
+            format!(
+                "{topic}/{partition}: the request names leader epoch {e}, the current one is \
+                 {current}; refresh metadata and retry"
+            ),
+        )),
+        Some(e) if e > current => Err(WireError::new(
+            ErrorCode::UnknownLeaderEpoch,
+            format!(
+                "{topic}/{partition}: the request names leader epoch {e}, this broker knows \
+                 {current}; retry shortly"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Broker {
+    /// The partition, if this node leads it in the leader epoch the request names (if any).
+    pub(crate) fn led_partition_in(
+        &self,
+        topic: &str,
+        partition: u32,
+        leader_epoch: Option<u32>,
+    ) -> Result<Led, WireError> {
+        let led = self.led_partition(topic, partition)?;
+        check_leader_epoch(topic, partition, led.leader_epoch, leader_epoch)?;
+        Ok(led)
+    }
+
     pub(crate) fn led_partition(&self, topic: &str, partition: u32) -> Result<Led, WireError> {
         self.controller.read(|s| {
             let t = s.topic(topic).ok_or_else(|| unknown_topic(topic))?;
@@ -125,5 +164,25 @@ impl Broker {
             .write()
             .expect("partitions lock poisoned")
             .retain(|id, _| id.topic_id != topic_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_epochs_are_fenced_newer_ones_unknown_and_none_passes() {
+        assert!(check_leader_epoch("t", 0, 3, None).is_ok());
+        assert!(check_leader_epoch("t", 0, 3, Some(3)).is_ok());
+        let old = check_leader_epoch("t", 0, 3, Some(2)).unwrap_err();
+        assert_eq!(old.code, ErrorCode::FencedLeaderEpoch);
+        assert!(
+            old.message.contains("epoch 2") && old.message.contains("is 3"),
+            "{old:?}"
+        );
+        let new = check_leader_epoch("t", 0, 3, Some(4)).unwrap_err();
+        assert_eq!(new.code, ErrorCode::UnknownLeaderEpoch);
+        assert!(old.code.is_retriable() && new.code.is_retriable());
     }
 }

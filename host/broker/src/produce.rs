@@ -77,7 +77,7 @@ pub(crate) fn produce(
     validated: Result<BatchHeader, WireError>,
 ) -> BoxFuture<'static, Reply> {
     let prepared = (|| {
-        let led = broker.led_partition(&req.topic, req.partition)?;
+        let led = broker.led_partition_in(&req.topic, req.partition, req.leader_epoch)?;
         broker.check_batch_size(&req.topic, &led.config, raw.len())?;
         validated?;
         Ok(led)

@@ -518,6 +518,7 @@ impl Consumer {
                 partition: a.partition,
                 offset: a.position.unwrap_or(0),
                 max_bytes: self.config.max_partition_bytes,
+                leader_epoch: None,
             })
             .collect();
         let fetch = FetchRequest {

@@ -129,7 +129,7 @@ async fn serve_stream(
         let (response, raw): (Response, Bytes) = match request {
             Request::Hello(_) => (
                 Ok(ResponseBody::Hello(HelloResponse {
-                    version: 1,
+                    version: sluice_proto::PROTOCOL_VERSION,
                     node_id: 7,
                     cluster_id: "test-cluster".into(),
                     max_frame_bytes: frame::DEFAULT_MAX_FRAME as u32,

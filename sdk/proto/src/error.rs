@@ -72,6 +72,12 @@ pub enum ErrorCode {
     UnknownPipeline,
     /// A pipeline of that name already exists.
     PipelineExists,
+    /// The request carries an older leader epoch than the partition's current one: the
+    /// client's metadata is stale. Refresh it and retry at the current leader.
+    FencedLeaderEpoch,
+    /// The request carries a newer leader epoch than this broker knows: this broker's metadata
+    /// is behind. Retry shortly.
+    UnknownLeaderEpoch,
 }
 
 impl ErrorCode {
@@ -85,6 +91,8 @@ impl ErrorCode {
                 | ErrorCode::NotEnoughReplicas
                 | ErrorCode::ShuttingDown
                 | ErrorCode::NotCoordinator
+                | ErrorCode::FencedLeaderEpoch
+                | ErrorCode::UnknownLeaderEpoch
         )
     }
 }

@@ -26,10 +26,12 @@ pub use messages::*;
 /// ALPN protocol id negotiated by TLS on every Sluice QUIC connection.
 pub const ALPN: &[u8] = b"sluice/1";
 
-/// Newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
-/// Oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Newest protocol version this build speaks. Version 2 added the leader epoch to produce and
+/// fetch requests.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Oldest protocol version this build still speaks. Version 1 clients are told at `Hello` to
+/// upgrade: their produce and fetch requests would not decode.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 
 /// Topic names: 1–249 characters of `[A-Za-z0-9._-]`, not `.` or `..`; names starting with
 /// `__` are reserved for internal topics. Same rule as Kafka, so names carry over.

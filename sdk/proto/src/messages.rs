@@ -609,6 +609,10 @@ pub struct ProduceRequest {
     pub acks: Acks,
     /// How long the broker may wait for the acknowledgement condition.
     pub timeout_ms: u32,
+    /// The leader epoch the client believes the partition's leader is in (from its metadata);
+    /// `None` skips the check. An older epoch is answered `FencedLeaderEpoch`, a newer one
+    /// `UnknownLeaderEpoch`: either way the client refreshes its metadata and retries.
+    pub leader_epoch: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -638,6 +642,8 @@ pub struct FetchPartition {
     /// First offset wanted; the first batch returned may start before it.
     pub offset: u64,
     pub max_bytes: u32,
+    /// As in [`ProduceRequest::leader_epoch`].
+    pub leader_epoch: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -804,20 +810,32 @@ mod tests {
             "[a-z]{1,10}".prop_map(|name| Request::DescribeTopic { name }),
             ("[a-z]{1,10}", any::<u32>())
                 .prop_map(|(name, count)| Request::AddPartitions { name, count }),
-            ("[a-z]{1,10}", any::<u32>(), arb_acks(), any::<u32>()).prop_map(
-                |(topic, partition, acks, timeout_ms)| {
+            (
+                "[a-z]{1,10}",
+                any::<u32>(),
+                arb_acks(),
+                any::<u32>(),
+                any::<Option<u32>>()
+            )
+                .prop_map(|(topic, partition, acks, timeout_ms, leader_epoch)| {
                     Request::Produce(ProduceRequest {
                         topic,
                         partition,
                         acks,
                         timeout_ms,
+                        leader_epoch,
                     })
-                }
-            ),
+                }),
             (
                 any::<[u32; 3]>(),
                 proptest::collection::vec(
-                    ("[a-z]{1,5}", any::<u32>(), any::<u64>(), any::<u32>()),
+                    (
+                        "[a-z]{1,5}",
+                        any::<u32>(),
+                        any::<u64>(),
+                        any::<u32>(),
+                        any::<Option<u32>>()
+                    ),
                     0..4
                 )
             )
@@ -828,11 +846,14 @@ mod tests {
                         max_bytes,
                         partitions: ps
                             .into_iter()
-                            .map(|(topic, partition, offset, max_bytes)| FetchPartition {
-                                topic,
-                                partition,
-                                offset,
-                                max_bytes
+                            .map(|(topic, partition, offset, max_bytes, leader_epoch)| {
+                                FetchPartition {
+                                    topic,
+                                    partition,
+                                    offset,
+                                    max_bytes,
+                                    leader_epoch,
+                                }
                             })
                             .collect(),
                     }
@@ -959,7 +980,8 @@ mod tests {
                                 topic,
                                 partition: 0,
                                 offset,
-                                max_bytes: 3
+                                max_bytes: 3,
+                                leader_epoch: Some(4),
                             }],
                         },
                         plugin: "p".into(),

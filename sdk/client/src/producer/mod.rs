@@ -626,6 +626,9 @@ impl Driver {
             partition: batch.tp.partition,
             acks,
             timeout_ms: self.config.request_timeout_ms,
+            // Not checked until the client routes by leader (cluster work); the broker checks
+            // it whenever it is given.
+            leader_epoch: None,
         });
         // The broker may legitimately take up to `timeout_ms` to acknowledge; give the network
         // some slack on top before calling the outcome unknown.
