@@ -320,3 +320,36 @@ async fn learner_catches_up_from_a_snapshot_and_restarts_from_its_own() {
         cluster.stop(id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_chunks_past_the_limit_are_refused() {
+    use openraft::raft::InstallSnapshotRequest;
+    use openraft::{SnapshotMeta, Vote};
+    use sluice_raft::{RaftReply, RaftRequest};
+
+    let config = MetadataRaftConfig {
+        max_snapshot_bytes: 1024,
+        ..MetadataRaftConfig::default()
+    };
+    let mut cluster = Cluster::new(config);
+    cluster.start(1).await;
+    let chunk = |offset: u64, len: usize| {
+        RaftRequest::InstallSnapshot(InstallSnapshotRequest {
+            vote: Vote::new_committed(1, 2),
+            meta: SnapshotMeta::default(),
+            offset,
+            data: vec![0; len],
+            done: false,
+        })
+    };
+    let node = cluster.node(1).clone();
+    // The first chunk fits; a later one would take the snapshot past 1 KiB.
+    let reply = node.handle_rpc(chunk(0, 1000)).await;
+    assert!(
+        matches!(reply, RaftReply::InstallSnapshot(Ok(_))),
+        "{reply:?}"
+    );
+    let reply = node.handle_rpc(chunk(1000, 100)).await;
+    assert!(matches!(reply, RaftReply::Refused(_)), "{reply:?}");
+    cluster.stop(1).await;
+}
