@@ -17,6 +17,9 @@ pub const DEFAULT_PORT: u16 = 9470;
 pub struct BrokerConfig {
     /// This node's id in the cluster.
     pub node_id: u32,
+    /// The cluster this node belongs to. A new data dir takes it (a random one when unset); a
+    /// data dir of another cluster is refused.
+    pub cluster_id: Option<String>,
     /// Where the store, the metadata log and the dev TLS material live.
     pub data_dir: PathBuf,
     /// UDP address the QUIC endpoint binds.
@@ -89,6 +92,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             node_id: 1,
+            cluster_id: None,
             data_dir: PathBuf::from("sluice-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
             advertised_addr: None,

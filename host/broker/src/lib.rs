@@ -166,13 +166,14 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     let cluster_id = match store.meta_get("cluster_id")? {
         Some(id) => String::from_utf8_lossy(&id).into_owned(),
         None => {
-            let id = new_cluster_id();
+            let id = config.cluster_id.clone().unwrap_or_else(new_cluster_id);
             store
                 .meta_put("cluster_id", id.as_bytes())
                 .map_err(|e| store_disk("storing the cluster id", e))?;
             id
         }
     };
+    check_identity(&config, &store, &cluster_id)?;
     let controller = MetadataController::open(store.clone())?;
 
     let endpoint = quinn::Endpoint::server(server_config, config.listen)?;
@@ -273,6 +274,40 @@ fn remove_orphaned_topics(
             "removing the data of a topic deleted before a crash"
         );
         store.delete_topic(topic_id)?;
+    }
+    Ok(())
+}
+
+/// A data dir belongs to one node of one cluster: it records both on first start, and a start
+/// with another node id, or into another cluster, is refused rather than mixing two nodes' data.
+fn check_identity(
+    config: &BrokerConfig,
+    store: &Store,
+    cluster_id: &str,
+) -> Result<(), BrokerError> {
+    let dir = config.data_dir.display();
+    if let Some(wanted) = &config.cluster_id
+        && wanted != cluster_id
+    {
+        return Err(BrokerError::Config(format!(
+            "data dir {dir} belongs to cluster {cluster_id}, but this node is configured for \
+             cluster {wanted}; use that cluster id, or another data dir"
+        )));
+    }
+    match store.meta_get("node_id")? {
+        Some(recorded) => {
+            let recorded = String::from_utf8_lossy(&recorded).into_owned();
+            if recorded != config.node_id.to_string() {
+                return Err(BrokerError::Config(format!(
+                    "data dir {dir} belongs to node {recorded}, but this node is configured as \
+                     node {}; start it with node_id = {recorded}, or give it another data dir",
+                    config.node_id
+                )));
+            }
+        }
+        None => store
+            .meta_put("node_id", config.node_id.to_string().as_bytes())
+            .map_err(|e| BrokerError::Disk(format!("data dir {dir}: storing the node id: {e}")))?,
     }
     Ok(())
 }
