@@ -15,6 +15,18 @@
 //! positions. Peers' messages arrive through the transport's server side, which hands them to
 //! [`MetadataRaft::handle_rpc`].
 //!
+//! Between nodes, [`QuicTransport`] carries the messages and [`serve_peers`] answers them, over
+//! QUIC with mutual TLS under the cluster CA (the caller supplies the quinn endpoint and
+//! configs). Peer RPC framing: each request takes one bidirectional stream of one connection
+//! per peer; the dialler writes one frame and finishes its side, the server writes one reply
+//! frame and finishes. A frame is the wire protocol's (`sluice_proto::frame`): a `u32`
+//! big-endian body length, then the body: a `u32` big-endian control length and the
+//! postcard-encoded [`RaftRequest`] or [`RaftReply`], with nothing after it. Each reader checks
+//! the length against its maximum ([`DEFAULT_MAX_PEER_FRAME`], 64 MiB, room for a snapshot
+//! chunk) before allocating; a frame too large, undecodable, or not arriving within the
+//! server's frame timeout resets that stream (codes [`MALFORMED_FRAME_CODE`],
+//! [`FRAME_TIMEOUT_CODE`]), not the connection.
+//!
 //! On disk (one redb file per node, [`RAFT_FILE`], apart from the partition data store): the
 //! log entries, the vote, the committed id, the last purged id and the latest snapshot. A
 //! restarted node loads the snapshot and replays only the log after it. See docs/storage.md,
@@ -24,6 +36,7 @@ mod log_store;
 mod network;
 mod node;
 mod outcome;
+mod quic;
 mod state_machine;
 
 use std::fmt;
@@ -39,6 +52,10 @@ pub use network::{
 pub use node::{
     MembershipError, MetadataRaft, MetadataRaftConfig, ProposeError, RAFT_FILE, RaftStatus,
     RaftStopped, Role, StartError,
+};
+pub use quic::{
+    DEFAULT_MAX_PEER_FRAME, FRAME_TIMEOUT_CODE, MALFORMED_FRAME_CODE, PeerServerConfig,
+    QuicTransport, QuicTransportConfig, peer_server_name, peer_transport_config, serve_peers,
 };
 pub use state_machine::StateMachineStore;
 
