@@ -73,7 +73,7 @@ impl BrokerProcess {
             .arg(listen.to_string())
             .env(
                 "RUST_LOG",
-                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())

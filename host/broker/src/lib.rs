@@ -101,7 +101,7 @@ impl BrokerHandle {
     }
 
     /// Stops accepting connections, lets in-flight requests finish (up to the configured
-    /// timeout), closes the store cleanly and closes the endpoint.
+    /// timeout), stops the metadata log, closes the store cleanly and closes the endpoint.
     pub async fn shutdown(self) -> Result<(), BrokerError> {
         tracing::info!("shutting down: no new requests, finishing in-flight ones");
         self.broker.shutdown.send_replace(true);
@@ -122,6 +122,9 @@ impl BrokerHandle {
         .await;
         if drained.is_err() {
             tracing::warn!("in-flight requests still running after {timeout:?}; closing anyway");
+        }
+        if let Err(e) = self.broker.controller.shutdown().await {
+            tracing::warn!(cause = %e, "metadata log did not stop cleanly");
         }
         let store = self.broker.store.clone();
         tokio::task::spawn_blocking(move || store.shutdown())
@@ -174,7 +177,14 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         }
     };
     check_identity(&config, &store, &cluster_id)?;
-    let controller = MetadataController::open(store.clone())?;
+    let controller = MetadataController::open(config.node_id, &config.data_dir, &store)
+        .await
+        .map_err(|e| {
+            BrokerError::Disk(format!(
+                "data dir {}: opening the metadata log: {e}",
+                config.data_dir.display()
+            ))
+        })?;
 
     let endpoint = quinn::Endpoint::server(server_config, config.listen)?;
     let local_addr = endpoint.local_addr()?;
@@ -189,15 +199,18 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     // Every start is a new life of the node: registering gives it a new broker epoch (and
     // unfences it), so nothing from an earlier life can pass for this one.
     controller
-        .propose(MetadataCommand::RegisterBrokerEpoch {
+        .propose_async(MetadataCommand::RegisterBrokerEpoch {
             node_id,
             addr: advertised.clone(),
             peer_addr: None,
             rack: config.rack.clone(),
         })
-        .map_err(|e| match e {
-            controller::ProposeError::Storage(e) => store_disk("registering this broker", e),
-            refused => BrokerError::Metadata(refused.to_string()),
+        .await
+        .map_err(|e| {
+            BrokerError::Disk(format!(
+                "data dir {}: registering this broker in the metadata log: {e}",
+                config.data_dir.display()
+            ))
         })?;
     // A crash between a topic's metadata entry and its partitions' creation in the store
     // leaves partitions missing; creating them again is idempotent.

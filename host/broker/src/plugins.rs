@@ -22,7 +22,7 @@ use sluice_proto::{
 
 use crate::retention::now_ms;
 use crate::router::Reply;
-use crate::wire_error::{metadata_error, storage_error};
+use crate::wire_error::storage_error;
 use crate::{Broker, BrokerError};
 
 #[derive(Debug)]
@@ -156,10 +156,7 @@ pub(crate) fn admin(
                     size_bytes: raw.len() as u64,
                     deployed_at_ms: now_ms(),
                 })
-                .map_err(|e| match e {
-                    crate::controller::ProposeError::Refused(m) => metadata_error(m),
-                    crate::controller::ProposeError::Storage(s) => storage_error(s),
-                })?;
+                .map_err(crate::wire_error::propose_error)?;
             broker
                 .plugins
                 .loaded
@@ -191,10 +188,7 @@ pub(crate) fn admin(
             broker
                 .controller
                 .propose(MetadataCommand::DeletePlugin { name: name.clone() })
-                .map_err(|e| match e {
-                    crate::controller::ProposeError::Refused(m) => metadata_error(m),
-                    crate::controller::ProposeError::Storage(s) => storage_error(s),
-                })?;
+                .map_err(crate::wire_error::propose_error)?;
             tracing::info!(plugin = %name, "plugin deleted");
             Ok(ResponseBody::Plugin(describe(&p)))
         }

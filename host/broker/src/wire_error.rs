@@ -87,6 +87,9 @@ pub(crate) fn storage_error(e: StorageError) -> WireError {
 pub(crate) fn propose_error(e: ProposeError) -> WireError {
     match e {
         ProposeError::Refused(m) => metadata_error(m),
-        ProposeError::Storage(s) => storage_error(s),
+        ProposeError::Unavailable(why) => WireError::new(
+            ErrorCode::LeaderNotAvailable,
+            format!("{why}; retry shortly"),
+        ),
     }
 }

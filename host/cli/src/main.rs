@@ -65,9 +65,10 @@ fn main() -> ExitCode {
 
 fn init_tracing(args: &cli::Cli) {
     use tracing_subscriber::EnvFilter;
-    // The broker logs at info by default; client commands keep stderr quiet unless asked.
+    // The broker logs at info by default (openraft's own info lines narrate every election
+    // and snapshot: warn for it); client commands keep stderr quiet unless asked.
     let default = if matches!(args.command, cli::Command::Broker(_)) {
-        "info"
+        "info,openraft=warn"
     } else {
         "warn"
     };
