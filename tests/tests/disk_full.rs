@@ -163,6 +163,24 @@ async fn a_full_disk_refuses_produce_naming_it_and_writes_resume_once_space_is_f
     assert!(acked.len() > 50, "only {} records fit", acked.len());
     // Reads keep working.
     assert_eq!(stored_ids(&client).await, acked);
+    // Admin writes fail while the disk is full (a topic's partitions go into the store).
+    let admin = client.admin();
+    let mut metadata_refused = None;
+    for i in 0..20 {
+        // A topic of 64 partitions at a time, until the metadata log finds no room either.
+        if let Err(e) = admin
+            .create_topic(&format!("meta-{i}"), 64, TopicConfig::default())
+            .await
+        {
+            metadata_refused = Some(e.to_string());
+            break;
+        }
+    }
+    let metadata_refused = metadata_refused.expect("a metadata write failed on the full disk");
+    assert!(
+        metadata_refused.contains("disk full"),
+        "the error does not say the disk is full: {metadata_refused}"
+    );
 
     std::fs::remove_file(&filler).unwrap();
     // Writes resume by themselves (the store reopens about every second).
@@ -194,6 +212,28 @@ async fn a_full_disk_refuses_produce_naming_it_and_writes_resume_once_space_is_f
     }
     // Every acknowledged record, in order, and none of the refused ones.
     assert_eq!(stored_ids(&client).await, acked);
+    // Admin writes resume too: bounded retries.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin
+            .create_topic("after-full", 1, TopicConfig::default())
+            .await
+        {
+            Ok(t) => {
+                assert_eq!(t.partitions.len(), 1);
+                break;
+            }
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "metadata writes did not resume within 30 s: {e}; log:
+{}",
+                broker.log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let topics = admin.list_topics().await.unwrap();
+    assert!(topics.iter().any(|t| t.name == "after-full"), "{topics:?}");
 }
 
 #[test]
