@@ -18,16 +18,24 @@ use sluice_tests::{BrokerProcess, TEST_CONFIG, raw_connection, read_values};
 /// Every wait here is bounded by this; none needs to be short for the test to pass.
 const LIMIT: Duration = Duration::from_secs(60);
 
-async fn produce_kept(client: &Client, topic: &str, n: usize) -> Vec<String> {
+/// A client of `broker` and the topic "good" (one partition) holding `n` records, whose values
+/// it returns: what every test checks is still there at its end.
+async fn good_topic(broker: &BrokerProcess, n: usize) -> (Client, Vec<String>) {
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("good", 1, TopicConfig::default())
+        .await
+        .unwrap();
     let producer = client.producer(ProducerConfig::default());
-    let values: Vec<String> = (0..n).map(|i| format!("kept-{i}")).collect();
-    for v in &values {
+    let kept: Vec<String> = (0..n).map(|i| format!("kept-{i}")).collect();
+    for v in &kept {
         producer
-            .send_and_wait(ProducerRecord::new(topic, v.clone()))
+            .send_and_wait(ProducerRecord::new("good", v.clone()))
             .await
             .unwrap();
     }
-    values
+    (client, kept)
 }
 
 /// The broker still serves a new client, and `topic` still holds exactly `kept`.
@@ -143,13 +151,7 @@ fn broker_error(result: Result<(ResponseBody, Bytes), ClientError>) -> (ErrorCod
 async fn crafted_record_counts_and_bombs_are_refused_and_the_broker_serves_on() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
-    let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("good", 1, TopicConfig::default())
-        .await
-        .unwrap();
-    let kept = produce_kept(&client, "good", 20).await;
+    let (client, kept) = good_topic(&broker, 20).await;
 
     for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
         for count in [u32::MAX, 1 << 31, 1 << 28] {
@@ -228,13 +230,8 @@ async fn crafted_record_counts_and_bombs_are_refused_and_the_broker_serves_on() 
 async fn partition_counts_are_checked_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
-    let client = broker.client().await;
+    let (client, kept) = good_topic(&broker, 10).await;
     let admin = client.admin();
-    admin
-        .create_topic("good", 1, TopicConfig::default())
-        .await
-        .unwrap();
-    let kept = produce_kept(&client, "good", 10).await;
     for partitions in [u32::MAX, 10_001] {
         let (code, message) = broker_error(
             client
@@ -316,13 +313,7 @@ async fn all_responses(recv: &mut quinn::RecvStream) -> Vec<Response> {
 async fn acks_zero_never_gets_a_frame_back() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
-    let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("good", 1, TopicConfig::default())
-        .await
-        .unwrap();
-    let kept = produce_kept(&client, "good", 5).await;
+    let (client, kept) = good_topic(&broker, 5).await;
     let good = Bytes::from(batch(Compression::None, 1, 8));
     let bad = with_record_count(batch(Compression::None, 2, 8), u32::MAX);
 
@@ -368,13 +359,7 @@ async fn stalled_and_dripping_streams_are_reset_and_idle_connections_closed() {
             "{TEST_CONFIG}frame_timeout_ms = 2000\nidle_timeout_ms = 3000\nmax_connections = 40\n"
         ),
     );
-    let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("good", 1, TopicConfig::default())
-        .await
-        .unwrap();
-    let kept = produce_kept(&client, "good", 5).await;
+    let (client, kept) = good_topic(&broker, 5).await;
 
     let conn = hello_connection(&broker).await;
     // Two bytes of a length prefix, then nothing.
@@ -485,13 +470,7 @@ async fn slow_clients_pin_no_more_than_the_budget_and_memory_returns() {
             32 * MIB
         ),
     );
-    let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("good", 1, TopicConfig::default())
-        .await
-        .unwrap();
-    let kept = produce_kept(&client, "good", 5).await;
+    let (client, kept) = good_topic(&broker, 5).await;
     let baseline = rss_bytes(broker.pid());
 
     // Each connection opens 8 streams that declare a 16 MiB frame, send all of it but its
