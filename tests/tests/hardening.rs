@@ -313,7 +313,7 @@ async fn all_responses(recv: &mut quinn::RecvStream) -> Vec<Response> {
 async fn acks_zero_never_gets_a_frame_back() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
-    let (client, kept) = good_topic(&broker, 5).await;
+    let (_client, kept) = good_topic(&broker, 5).await;
     let good = Bytes::from(batch(Compression::None, 1, 8));
     let bad = with_record_count(batch(Compression::None, 2, 8), u32::MAX);
 
@@ -359,7 +359,7 @@ async fn stalled_and_dripping_streams_are_reset_and_idle_connections_closed() {
             "{TEST_CONFIG}frame_timeout_ms = 2000\nidle_timeout_ms = 3000\nmax_connections = 40\n"
         ),
     );
-    let (client, kept) = good_topic(&broker, 5).await;
+    let (_client, kept) = good_topic(&broker, 5).await;
 
     let conn = hello_connection(&broker).await;
     // Two bytes of a length prefix, then nothing.
