@@ -470,7 +470,7 @@ async fn slow_clients_pin_no_more_than_the_budget_and_memory_returns() {
             32 * MIB
         ),
     );
-    let (client, kept) = good_topic(&broker, 5).await;
+    let (_client, kept) = good_topic(&broker, 5).await;
     let baseline = rss_bytes(broker.pid());
 
     // Each connection opens 8 streams that declare a 16 MiB frame, send all of it but its
