@@ -47,7 +47,8 @@ pub use sluice_metadata::{MetadataCommand, MetadataError, MetadataState};
 
 pub use log_store::{LogStore, StorageOpenError};
 pub use network::{
-    InProcessRouter, InProcessTransport, RaftReply, RaftRequest, RaftTransport, TransportError,
+    Forwarded, InProcessRouter, InProcessTransport, RaftReply, RaftRequest, RaftTransport,
+    TransportError,
 };
 pub use node::{
     MembershipError, MetadataRaft, MetadataRaftConfig, ProposeError, RAFT_FILE, RaftStatus,

@@ -21,7 +21,9 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{MetadataRaft, NodeId, PeerNode, TypeConfig};
+use sluice_metadata::MetadataCommand;
+
+use crate::{CommandResponse, MetadataRaft, NodeId, PeerNode, TypeConfig};
 
 /// A Raft message from one node to another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +32,8 @@ pub enum RaftRequest {
     Vote(VoteRequest<NodeId>),
     /// One chunk of a snapshot.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A follower hands the leader a command to propose (its own client asked for it).
+    Propose(MetadataCommand),
 }
 
 /// The answer to a [`RaftRequest`], of the matching variant, or [`RaftReply::Refused`].
@@ -43,6 +47,24 @@ pub enum RaftReply {
     /// The receiver would not take the request (a snapshot over its size limit); the text says
     /// why. The sender backs off and tries again, so the limit must be raised to recover.
     Refused(String),
+    /// What became of a forwarded [`RaftRequest::Propose`].
+    Proposed(Forwarded),
+}
+
+/// The outcome of a proposal a follower forwarded to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Forwarded {
+    /// Committed at this log index, with this outcome (a refusal is an outcome too).
+    Committed {
+        index: u64,
+        response: CommandResponse,
+    },
+    /// Refused before it reached the log.
+    Refused(CommandResponse),
+    /// The receiver does not lead (any more); `leader` is who does, when known.
+    NotLeader { leader: Option<(NodeId, PeerNode)> },
+    /// The receiver has stopped.
+    Stopped(String),
 }
 
 /// Why a request got no reply.

@@ -13,9 +13,11 @@ use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use sluice_metadata::{MetadataCommand, MetadataError, MetadataState};
 
 use crate::log_store::{LogStore, StorageOpenError, open_database};
-use crate::network::{NetworkFactory, RaftReply, RaftRequest, RaftTransport};
+use crate::network::{
+    Forwarded, NetworkFactory, RaftReply, RaftRequest, RaftTransport, TransportError,
+};
 use crate::state_machine::StateMachineStore;
-use crate::{NodeId, PeerNode, TypeConfig};
+use crate::{CommandResponse, NodeId, PeerNode, TypeConfig};
 
 /// The raft file's name in the node's data directory.
 pub const RAFT_FILE: &str = "raft.redb";
@@ -150,7 +152,15 @@ pub struct MetadataRaft {
     /// Set once openraft's storage tasks have let go of the raft file and it is closed (see
     /// [`MetadataRaft::shutdown`]).
     file_closed: Arc<AtomicBool>,
+    /// Sends a request to a peer: how a follower hands a proposal to the leader.
+    forward: Arc<dyn Fn(NodeId, PeerNode, RaftRequest) -> ForwardCall + Send + Sync>,
 }
+
+type ForwardCall =
+    std::pin::Pin<Box<dyn Future<Output = Result<RaftReply, TransportError>> + Send>>;
+
+/// How long a follower waits for a proposal it forwarded to be applied here too.
+const FORWARDED_APPLY_WAIT: Duration = Duration::from_secs(30);
 
 impl fmt::Debug for MetadataRaft {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -198,9 +208,15 @@ impl MetadataRaft {
         let state_machine = StateMachineStore::open(db, config.max_snapshot_bytes).await?;
         let state = state_machine.state();
         let snapshots_installed = state_machine.installed_counter();
+        let transport = Arc::new(transport);
         let network = NetworkFactory {
-            transport: Arc::new(transport),
+            transport: transport.clone(),
         };
+        let forward: Arc<dyn Fn(NodeId, PeerNode, RaftRequest) -> ForwardCall + Send + Sync> =
+            Arc::new(move |target, peer, request| {
+                let transport = transport.clone();
+                Box::pin(async move { transport.call(target, &peer, request).await })
+            });
         let raft = Raft::new(id, Arc::new(raft_config), network, log, state_machine).await?;
         tracing::info!(node_id = id, dir = %dir.display(), "metadata raft node started");
         Ok(MetadataRaft {
@@ -210,6 +226,7 @@ impl MetadataRaft {
             snapshots_installed,
             max_snapshot_bytes: config.max_snapshot_bytes,
             file_closed,
+            forward,
         })
     }
 
@@ -240,7 +257,61 @@ impl MetadataRaft {
     /// Proposes `cmd` and waits until it is committed and applied here. Returns the log index
     /// it was applied at. The command is first validated against this node's state, so a
     /// command that is already invalid never takes a log entry.
+    ///
+    /// On a follower the command is forwarded to the leader (once), and this returns when the
+    /// entry is applied here too, so the caller reads its own write.
     pub async fn propose(&self, cmd: MetadataCommand) -> Result<u64, ProposeError> {
+        match self.propose_here(cmd.clone()).await {
+            Err(ProposeError::NotLeader {
+                leader: Some((leader, node)),
+            }) if leader != self.id => self.forward_to(leader, node, cmd).await,
+            other => other,
+        }
+    }
+
+    async fn forward_to(
+        &self,
+        leader: NodeId,
+        node: PeerNode,
+        cmd: MetadataCommand,
+    ) -> Result<u64, ProposeError> {
+        let not_leader = |why: String| {
+            tracing::debug!(node_id = self.id, leader, cause = %why, "forwarding a proposal failed");
+            ProposeError::NotLeader {
+                leader: Some((leader, node.clone())),
+            }
+        };
+        let reply = (self.forward)(leader, node.clone(), RaftRequest::Propose(cmd))
+            .await
+            .map_err(|e| not_leader(e.to_string()))?;
+        let index = match reply {
+            RaftReply::Proposed(Forwarded::Committed { index, response }) => {
+                response.outcome.map(|()| index)?
+            }
+            RaftReply::Proposed(Forwarded::Refused(response)) => {
+                return Err(match response.outcome {
+                    Err(e) => ProposeError::Refused(e),
+                    Ok(()) => not_leader("refused without a reason".into()),
+                });
+            }
+            RaftReply::Proposed(Forwarded::NotLeader { leader }) => {
+                return Err(ProposeError::NotLeader { leader });
+            }
+            RaftReply::Proposed(Forwarded::Stopped(why)) | RaftReply::Refused(why) => {
+                return Err(not_leader(why));
+            }
+            other => return Err(not_leader(format!("unexpected reply {other:?}"))),
+        };
+        self.raft
+            .wait(Some(FORWARDED_APPLY_WAIT))
+            .applied_index_at_least(Some(index), "a forwarded proposal")
+            .await
+            .map_err(|e| not_leader(format!("entry {index} not applied here: {e}")))?;
+        Ok(index)
+    }
+
+    /// Proposes on this node only: the leader's side of a forwarded proposal.
+    async fn propose_here(&self, cmd: MetadataCommand) -> Result<u64, ProposeError> {
         self.read(|state| state.validate(&cmd))?;
         match self.raft.client_write(cmd).await {
             Ok(written) => {
@@ -366,6 +437,17 @@ impl MetadataRaft {
                 RaftReply::AppendEntries(self.raft.append_entries(rpc).await)
             }
             RaftRequest::Vote(rpc) => RaftReply::Vote(self.raft.vote(rpc).await),
+            RaftRequest::Propose(cmd) => RaftReply::Proposed(match self.propose_here(cmd).await {
+                Ok(index) => Forwarded::Committed {
+                    index,
+                    response: CommandResponse { outcome: Ok(()) },
+                },
+                Err(ProposeError::Refused(e)) => {
+                    Forwarded::Refused(CommandResponse { outcome: Err(e) })
+                }
+                Err(ProposeError::NotLeader { leader }) => Forwarded::NotLeader { leader },
+                Err(ProposeError::Stopped(e)) => Forwarded::Stopped(e.to_string()),
+            }),
             RaftRequest::InstallSnapshot(rpc) => {
                 // Checked before openraft buffers the chunk: a snapshot is held whole in memory.
                 let end = rpc.offset.saturating_add(rpc.data.len() as u64);

@@ -166,17 +166,21 @@ async fn three_nodes_agree_and_survive_losing_the_leader() {
     assert_eq!(topics, 100);
     assert_eq!(cluster.node(leader).read(|s| s.next_producer_id()), 100);
 
-    // A follower sends proposals to the leader.
+    // A follower forwards proposals to the leader, and returns once it has applied the entry
+    // itself: the caller reads its own write there.
     let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
-    match cluster.node(follower).propose(topic("x", 1)).await {
-        Err(ProposeError::NotLeader {
-            leader: Some((id, node)),
-        }) => {
-            assert_eq!(id, leader);
-            assert_eq!(node, peer(leader));
-        }
-        other => panic!("a follower accepted a proposal: {other:?}"),
-    }
+    let index = cluster
+        .node(follower)
+        .propose(topic("x", 1))
+        .await
+        .expect("a forwarded proposal");
+    assert!(cluster.node(follower).read(|s| s.topic("x").is_some()));
+    assert!(cluster.node(follower).read(|s| s.applied_index()) >= index);
+    // A forwarded command the metadata refuses comes back refused, with the reason.
+    assert!(matches!(
+        cluster.node(follower).propose(topic("x", 1)).await,
+        Err(ProposeError::Refused(MetadataError::TopicExists(_)))
+    ));
 
     // Invalid against the state: refused before it takes a log entry.
     let before = cluster.status(leader).await.last_log_index;
