@@ -53,11 +53,18 @@ impl BrokerProcess {
 
     /// Starts a broker listening on `listen` (port 0 picks a free one).
     pub fn start_at(data_dir: &Path, config: &str, listen: SocketAddr) -> BrokerProcess {
+        let mut broker = Self::spawn_at(data_dir, config, listen);
+        broker.wait_ready();
+        broker
+    }
+
+    /// Starts a broker process without waiting for it to serve (nodes of a cluster, which
+    /// wait for each other at start); [`BrokerProcess::wait_ready`] waits.
+    pub fn spawn_at(data_dir: &Path, config: &str, listen: SocketAddr) -> BrokerProcess {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let config_path = data_dir.join("test-config.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let addr_file = data_dir.join("broker.addr");
-        let _ = std::fs::remove_file(&addr_file);
+        let _ = std::fs::remove_file(data_dir.join("broker.addr"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -86,7 +93,14 @@ impl BrokerProcess {
             addr: listen,
             config: config.to_owned(),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        broker
+    }
+
+    /// Waits (up to 120 s) until the broker serves, and learns its address.
+    pub fn wait_ready(&mut self) {
+        let broker = self;
+        let addr_file = broker.data_dir.join("broker.addr");
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(addr) = std::fs::read_to_string(&addr_file)
                 .ok()
@@ -107,12 +121,11 @@ impl BrokerProcess {
             }
             assert!(
                 Instant::now() < deadline,
-                "broker did not start within 60 s; log:\n{}",
+                "broker did not start within 120 s; log:\n{}",
                 broker.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        broker
     }
 
     /// Restarts a stopped broker on the same address and data.

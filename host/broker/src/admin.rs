@@ -198,9 +198,11 @@ fn check_partition_count(total: usize) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Creates the topic's partitions the store does not have yet, in one commit.
+/// Creates the partitions of `t` this node holds a replica of and its store lacks, in one
+/// commit.
 fn create_partitions(broker: &Broker, t: &TopicRecord) -> Result<(), WireError> {
     let missing: Vec<PartitionId> = (0..t.partitions.len() as u32)
+        .filter(|p| t.partitions[*p as usize].replicas.contains(&broker.node_id))
         .map(|partition| PartitionId {
             topic_id: t.topic_id,
             partition,

@@ -30,6 +30,8 @@ pub struct BrokerConfig {
     /// different racks while there are enough of them.
     pub rack: Option<String>,
     pub tls: TlsSettings,
+    /// Other brokers of this node's cluster; none for a single node (its own cluster of one).
+    pub cluster: Option<ClusterSettings>,
     /// Largest frame accepted from a client.
     pub max_frame_bytes: usize,
     /// Largest record batch accepted, unless a topic sets a smaller one.
@@ -75,6 +77,46 @@ pub struct BrokerConfig {
     pub topic_delete_fault_abort_after_metadata: bool,
 }
 
+/// How this node reaches the other brokers of its cluster (the metadata quorum today).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// UDP address of the peer listener (QUIC, ALPN `sluice-peer/1`, mutual TLS).
+    pub peer_listen: SocketAddr,
+    /// Address peers are told to reach this node at; defaults to `peer_listen`.
+    pub peer_advertised_addr: Option<String>,
+    /// The metadata quorum's voters, `id@host:port` (their peer addresses), the same list on
+    /// every node. This node must be one of them (learners join later).
+    pub voters: Vec<String>,
+    /// Dev: a directory holding the cluster CA (`cluster-ca.pem`, `cluster-ca.key`), created by
+    /// the first node that needs it; each node gets a certificate from it at start. Production
+    /// sets `tls` instead.
+    pub ca_dir: Option<PathBuf>,
+    /// Production: the cluster CA certificate and this node's certificate and key.
+    #[serde(default)]
+    pub tls: crate::tls::PeerTlsSettings,
+}
+
+impl ClusterSettings {
+    /// The voters as (node id, peer address), checked.
+    pub fn voter_addrs(&self) -> Result<Vec<(u32, String)>, BrokerError> {
+        self.voters
+            .iter()
+            .map(|v| {
+                let (id, addr) = v.split_once('@').ok_or_else(|| {
+                    BrokerError::Config(format!("cluster.voters entry {v:?} is not id@host:port"))
+                })?;
+                let id: u32 = id.parse().map_err(|_| {
+                    BrokerError::Config(format!(
+                        "cluster.voters entry {v:?}: {id:?} is not a node id"
+                    ))
+                })?;
+                Ok((id, addr.to_owned()))
+            })
+            .collect()
+    }
+}
+
 /// TLS material. With neither `cert` nor `key` set, the broker creates a dev CA and a server
 /// certificate under `DATA_DIR/tls/` on first start and reuses them afterwards.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -98,6 +140,7 @@ impl Default for BrokerConfig {
             advertised_addr: None,
             rack: None,
             tls: TlsSettings::default(),
+            cluster: None,
             max_frame_bytes: sluice_proto::frame::DEFAULT_MAX_FRAME,
             max_batch_bytes: 8 * 1024 * 1024,
             retention_check_interval_ms: 5_000,
@@ -179,6 +222,32 @@ impl BrokerConfig {
         }
         if self.frame_timeout_ms == 0 || self.idle_timeout_ms == 0 {
             return bad("frame_timeout_ms and idle_timeout_ms must be positive".into());
+        }
+        if let Some(cluster) = &self.cluster {
+            let voters = cluster.voter_addrs()?;
+            if !voters.iter().any(|(id, _)| *id == self.node_id) {
+                return bad(format!(
+                    "node {} is not among cluster.voters {:?}",
+                    self.node_id, cluster.voters
+                ));
+            }
+            let mut ids: Vec<u32> = voters.iter().map(|(id, _)| *id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() != voters.len() {
+                return bad(format!(
+                    "cluster.voters names a node twice: {:?}",
+                    cluster.voters
+                ));
+            }
+            let production = [&cluster.tls.ca, &cluster.tls.cert, &cluster.tls.key];
+            let given = production.iter().filter(|p| p.is_some()).count();
+            if given != 0 && given != 3 {
+                return bad("cluster.tls needs ca, cert and key together".into());
+            }
+            if given == 0 && cluster.ca_dir.is_none() {
+                return bad("cluster needs tls (ca, cert, key) or a dev ca_dir".into());
+            }
         }
         if self.retention_check_interval_ms == 0 {
             return bad("retention_check_interval_ms must be positive".into());

@@ -2,8 +2,9 @@
 //! node reaches by applying it.
 //!
 //! The log is replicated by Raft (`sluice-raft`, its own file `DATA_DIR/raft.redb`); the state
-//! machine is `sluice-metadata`'s. Until peers are configured a broker is a cluster of one: the
-//! only voter, and so its own metadata leader. A data dir written before the Raft log existed
+//! machine is `sluice-metadata`'s. Without `[cluster]` in its config a broker is a cluster of
+//! one: the only voter, and so its own metadata leader. With it, the configured voters form the
+//! group over the peer endpoint (`peers.rs`); a follower forwards proposals to the leader. A data dir written before the Raft log existed
 //! keeps its metadata log in the store; it is proposed again, entry by entry, into the Raft log
 //! once, at the first start with Raft.
 
@@ -15,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use sluice_metadata::{MetadataCommand, MetadataError, MetadataState, decode_command};
 use sluice_raft::{
-    MetadataRaft, MetadataRaftConfig, NodeId, PeerNode, RaftReply, RaftRequest, RaftStatus,
-    RaftTransport, TransportError,
+    MetadataRaft, MetadataRaftConfig, NodeId, PeerNode, PeerServerConfig, QuicTransport,
+    QuicTransportConfig, RaftReply, RaftRequest, RaftStatus, RaftTransport, TransportError,
 };
 use sluice_storage::Store;
 
 use crate::BrokerError;
+use crate::config::{BrokerConfig, ClusterSettings};
 
 /// Key in the store's metadata table marking that the store's own (pre-Raft) metadata log was
 /// proposed into the Raft log.
@@ -28,6 +30,12 @@ const IMPORTED_KEY: &str = "metadata_log_imported_to_raft";
 
 /// How long start-up waits for this node to lead its one-node metadata group.
 const LEADERSHIP_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a proposal in a cluster waits for a metadata leader to take it.
+const PROPOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a cluster node waits at start for the voters to elect a metadata leader.
+const CLUSTER_WAIT: Duration = Duration::from_secs(120);
 
 /// A stopped Raft node (a write failed: the disk is full, say) is reopened at most this often.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
@@ -41,6 +49,8 @@ pub struct MetadataController {
     data_dir: PathBuf,
     /// When the node was last (re)opened; reopening is tried at most once per interval.
     opened_at: Mutex<Instant>,
+    /// The peer endpoint, in a cluster; `None` for a cluster of one.
+    peer_endpoint: Option<quinn::Endpoint>,
     /// Serialises this node's proposals, so [`MetadataController::propose_then`] reads the
     /// state exactly as its own command left it. A `std` mutex: proposals run on blocking
     /// threads, which wait for the commit while holding it; no async task ever takes it.
@@ -68,17 +78,27 @@ impl MetadataController {
     /// Starts the metadata Raft node of `node_id` in `data_dir`, makes it the single voter of
     /// a new group (a restarted node already is), waits until it leads, and brings over a
     /// pre-Raft metadata log from `store` once.
-    pub async fn open(node_id: u32, data_dir: &Path, store: &Store) -> Result<Self, BrokerError> {
-        let raft = start_node(node_id, data_dir).await?;
+    pub async fn open(config: &BrokerConfig, store: &Store) -> Result<Self, BrokerError> {
+        let (node_id, data_dir) = (config.node_id, config.data_dir.as_path());
+        let (raft, peer_endpoint) = match &config.cluster {
+            None => (start_node(node_id, data_dir).await?, None),
+            Some(cluster) => {
+                let (raft, endpoint) = start_cluster_node(node_id, data_dir, cluster).await?;
+                (raft, Some(endpoint))
+            }
+        };
         let controller = MetadataController {
             raft: RwLock::new(raft),
             node_id,
             data_dir: data_dir.to_owned(),
             opened_at: Mutex::new(Instant::now()),
+            peer_endpoint,
             proposing: Mutex::new(()),
             runtime: tokio::runtime::Handle::current(),
         };
-        controller.import_store_log(store).await?;
+        if config.cluster.is_none() {
+            controller.import_store_log(store).await?;
+        }
         Ok(controller)
     }
 
@@ -90,8 +110,28 @@ impl MetadataController {
     /// Proposes through the current node; if it has stopped, opens it again (at most once per
     /// [`REOPEN_INTERVAL`]) and proposes once more.
     async fn propose_raft(&self, cmd: MetadataCommand) -> Result<u64, ProposeError> {
+        // No leader known, or it could not be reached (an election, a leader that just died):
+        // wait for the group to settle, a bounded time, as a client would retry.
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.propose_once(cmd.clone()).await {
+                Err(ProposeError::Unavailable(why))
+                    if self.peer_endpoint.is_some() && started.elapsed() < PROPOSE_WAIT =>
+                {
+                    tracing::debug!(cause = %why, "no metadata leader to take the proposal yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn propose_once(&self, cmd: MetadataCommand) -> Result<u64, ProposeError> {
         match self.node().propose(cmd.clone()).await {
-            Err(sluice_raft::ProposeError::Stopped(stopped)) => {
+            // In a cluster the peers' transport comes with the node: restart the broker.
+            Err(sluice_raft::ProposeError::Stopped(stopped)) if self.peer_endpoint.is_none() => {
                 let due = {
                     let mut at = self.opened_at.lock().expect("reopen lock poisoned");
                     if at.elapsed() < REOPEN_INTERVAL {
@@ -117,6 +157,70 @@ impl MetadataController {
             other => Ok(other?),
         }
     }
+}
+
+/// Starts node `node_id` of a configured cluster: its peer endpoint (listening and dialling
+/// under mutual TLS), the Raft node over it, the peer listener; initializes the group with the
+/// configured voters (the same on every node; a node with a log already ignores it) and waits
+/// until some node leads, saying what it waits for.
+async fn start_cluster_node(
+    node_id: u32,
+    data_dir: &Path,
+    cluster: &ClusterSettings,
+) -> Result<(MetadataRaft, quinn::Endpoint), BrokerError> {
+    let voters = cluster.voter_addrs()?;
+    let (endpoint, client) = crate::peers::peer_endpoint(node_id, cluster)?;
+    let transport = QuicTransport::new(endpoint.clone(), client, QuicTransportConfig::default());
+    let raft = MetadataRaft::start(
+        NodeId::from(node_id),
+        data_dir,
+        transport,
+        &MetadataRaftConfig::default(),
+    )
+    .await
+    .map_err(|e| BrokerError::Metadata(format!("starting the metadata log: {e}")))?;
+    tokio::spawn(sluice_raft::serve_peers(
+        endpoint.clone(),
+        raft.clone(),
+        PeerServerConfig::default(),
+    ));
+    let members: BTreeMap<NodeId, PeerNode> = voters
+        .iter()
+        .map(|(id, addr)| (NodeId::from(*id), PeerNode::new(addr.clone())))
+        .collect();
+    raft.initialize(members)
+        .await
+        .map_err(|e| BrokerError::Metadata(format!("initializing the metadata log: {e}")))?;
+    let started = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        let status = raft
+            .status()
+            .await
+            .map_err(|e| BrokerError::Metadata(e.to_string()))?;
+        if let Some(leader) = status.leader {
+            tracing::info!(
+                node_id,
+                leader,
+                term = status.term,
+                "metadata quorum formed"
+            );
+            break;
+        }
+        if said.elapsed() > Duration::from_secs(5) {
+            tracing::info!(node_id, voters = ?cluster.voters, "waiting for a quorum of the voters to elect a metadata leader");
+            said = Instant::now();
+        }
+        if started.elapsed() > CLUSTER_WAIT {
+            return Err(BrokerError::Metadata(format!(
+                "no metadata leader among the voters {:?} within {CLUSTER_WAIT:?}: are a \
+                 majority of them running and reachable on their peer addresses?",
+                cluster.voters
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((raft, endpoint))
 }
 
 /// Starts the metadata Raft node of `node_id` from `data_dir`, makes it the single voter of a
@@ -225,12 +329,17 @@ impl MetadataController {
             .map_err(|e| ProposeError::Unavailable(e.to_string()))
     }
 
-    /// Stops the Raft node and closes its file.
+    /// Stops the Raft node and closes its file, then the peer endpoint.
     pub async fn shutdown(&self) -> Result<(), BrokerError> {
-        self.node()
+        let stopped = self
+            .node()
             .shutdown()
             .await
-            .map_err(|e| BrokerError::Metadata(e.to_string()))
+            .map_err(|e| BrokerError::Metadata(e.to_string()));
+        if let Some(endpoint) = &self.peer_endpoint {
+            endpoint.close(0u32.into(), b"broker shutting down");
+        }
+        stopped
     }
 }
 

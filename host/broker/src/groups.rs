@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_groups::records::{self, OFFSETS_TOPIC};
 use sluice_groups::{Change, GroupError, Groups, HeartbeatRequest};
-use sluice_metadata::MetadataCommand;
+use sluice_metadata::{MetadataCommand, MetadataError};
 use sluice_proto::batch::{BatchHeader, decode_records, split_batches};
 use sluice_proto::{
     BatchBuilder, Compression, Durability, ErrorCode, GroupDescription, GroupHeartbeatRequest,
@@ -21,6 +21,7 @@ use sluice_proto::{
 };
 use sluice_storage::PartitionId;
 
+use crate::controller::ProposeError;
 use crate::retention::now_ms;
 use crate::router::Reply;
 use crate::wire_error::storage_error;
@@ -159,10 +160,11 @@ impl GroupCoordinator {
                 assignments: crate::admin::place_partitions(broker, OFFSETS_PARTITIONS as usize)
                     .map_err(|e| BrokerError::Metadata(e.message))?,
             };
-            broker
-                .controller
-                .propose(cmd)
-                .map_err(|e| BrokerError::Metadata(e.to_string()))?;
+            match broker.controller.propose(cmd) {
+                // In a cluster starting together, another node created it first.
+                Ok(()) | Err(ProposeError::Refused(MetadataError::TopicExists(_))) => {}
+                Err(e) => return Err(BrokerError::Metadata(e.to_string())),
+            }
         }
         let topic_id = broker
             .controller
@@ -311,7 +313,12 @@ pub(crate) const COMPACT_AFTER_BATCHES: u64 = 1_000;
 /// every batch before it is dropped. A crash between the two only leaves old records in front
 /// of the snapshot, which replay overwrites; a lost deletion is redone next time.
 async fn compact_if_due(broker: &Arc<Broker>, partition: u32) -> Result<(), WireError> {
-    let (id, _) = broker.offsets_partition(partition)?;
+    let (id, _) = match broker.offsets_partition(partition) {
+        Ok(led) => led,
+        // Another node coordinates these groups (in a cluster): its compaction, not ours.
+        Err(e) if e.code == ErrorCode::NotCoordinator => return Ok(()),
+        Err(e) => return Err(e),
+    };
     let Some(state) = broker.store.partition_state(id) else {
         return Ok(());
     };

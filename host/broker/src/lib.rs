@@ -15,6 +15,7 @@ pub mod controller;
 mod fetch;
 mod groups;
 mod leadership;
+mod peers;
 mod pipelines;
 mod plugins;
 mod produce;
@@ -177,7 +178,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         }
     };
     check_identity(&config, &store, &cluster_id)?;
-    let controller = MetadataController::open(config.node_id, &config.data_dir, &store)
+    let controller = MetadataController::open(&config, &store)
         .await
         .map_err(|e| {
             BrokerError::Disk(format!(
@@ -188,12 +189,6 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
 
     let endpoint = quinn::Endpoint::server(server_config, config.listen)?;
     let local_addr = endpoint.local_addr()?;
-    // Tools and tests that start a broker on port 0 learn its address from this file.
-    let addr_file = config.data_dir.join("broker.addr");
-    let tmp = config.data_dir.join("broker.addr.tmp");
-    std::fs::write(&tmp, local_addr.to_string())
-        .and_then(|_| std::fs::rename(&tmp, &addr_file))
-        .map_err(|e| disk("writing broker.addr", &e))?;
     let advertised = config.advertised(local_addr);
     let node_id = config.node_id;
     // Every start is a new life of the node: registering gives it a new broker epoch (and
@@ -202,7 +197,11 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         .propose_async(MetadataCommand::RegisterBrokerEpoch {
             node_id,
             addr: advertised.clone(),
-            peer_addr: None,
+            peer_addr: config.cluster.as_ref().map(|c| {
+                c.peer_advertised_addr
+                    .clone()
+                    .unwrap_or_else(|| c.peer_listen.to_string())
+            }),
             rack: config.rack.clone(),
         })
         .await
@@ -217,10 +216,12 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     let missing: Vec<PartitionId> = controller.read(|s| {
         s.topics()
             .flat_map(|t| {
-                (0..t.partitions.len() as u32).map(move |partition| PartitionId {
-                    topic_id: t.topic_id,
-                    partition,
-                })
+                (0..t.partitions.len() as u32)
+                    .filter(|p| t.partitions[*p as usize].replicas.contains(&node_id))
+                    .map(move |partition| PartitionId {
+                        topic_id: t.topic_id,
+                        partition,
+                    })
             })
             .filter(|id| store.partition_state(*id).is_none())
             .collect()
@@ -249,6 +250,19 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     });
     tracing::info!(node_id, addr = %local_addr, cluster_id = %broker.cluster_id, "broker listening (QUIC, ALPN sluice/1)");
     let accept_task = tokio::spawn(server::accept_loop(broker.clone(), endpoint.clone()));
+    // Tools and tests that start a broker on port 0 learn its address from this file, written
+    // once the broker serves.
+    let data_dir = &broker.config.data_dir;
+    let addr_file = data_dir.join("broker.addr");
+    let tmp = data_dir.join("broker.addr.tmp");
+    std::fs::write(&tmp, local_addr.to_string())
+        .and_then(|_| std::fs::rename(&tmp, &addr_file))
+        .map_err(|e| {
+            BrokerError::Disk(format!(
+                "data dir {}: writing broker.addr: {e}",
+                data_dir.display()
+            ))
+        })?;
     let b = broker.clone();
     tokio::task::spawn_blocking(move || groups::GroupCoordinator::load(&b))
         .await

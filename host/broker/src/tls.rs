@@ -281,8 +281,8 @@ pub const PEER_ALPN: &[u8] = b"sluice-peer/1";
 
 /// Where a broker finds its peer TLS material. With all three set, production: the cluster
 /// CA's certificate (the only trust anchor for peers) and this node's certificate chain and
-/// key, as PEM files. Loaded with [`load_certificates`] and [`load_private_key`]; not yet part
-/// of [`BrokerConfig`].
+/// key, as PEM files (`[cluster.tls]` in the broker config). Loaded with [`load_certificates`]
+/// and [`load_private_key`].
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PeerTlsSettings {
