@@ -87,13 +87,12 @@ impl BrokerProcess {
             .stderr(log)
             .spawn()
             .expect("spawn sluice broker");
-        let mut broker = BrokerProcess {
+        BrokerProcess {
             child: Some(child),
             data_dir: data_dir.to_owned(),
             addr: listen,
             config: config.to_owned(),
-        };
-        broker
+        }
     }
 
     /// Waits (up to 120 s) until the broker serves, and learns its address.

@@ -93,10 +93,16 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
             // after a restart. Every new producer starts at epoch 0.
             let producer_id = broker
                 .controller
-                .propose_then(MetadataCommand::AllocateProducerId, |s| {
-                    s.next_producer_id() - 1
+                .propose_then(MetadataCommand::AllocateProducerId, |s, index| {
+                    s.producer_id_allocated_at(index)
                 })
-                .map_err(propose_error)?;
+                .map_err(propose_error)?
+                .ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::Internal,
+                        "the allocated producer id fell out of the metadata's memory; retry",
+                    )
+                })?;
             tracing::debug!(producer_id, "producer id allocated");
             Ok(ResponseBody::ProducerId {
                 producer_id,

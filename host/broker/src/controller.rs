@@ -295,7 +295,7 @@ impl MetadataController {
     /// Validates `cmd`, commits it to the metadata log and applies it. Blocking: call it from
     /// a blocking thread.
     pub fn propose(&self, cmd: MetadataCommand) -> Result<(), ProposeError> {
-        self.propose_then(cmd, |_| ())
+        self.propose_then(cmd, |_, _| ())
     }
 
     /// Like [`MetadataController::propose`], from async code.
@@ -303,17 +303,18 @@ impl MetadataController {
         self.propose_raft(cmd).await.map(|_| ())
     }
 
-    /// Like [`MetadataController::propose`], then runs `f` on the state as this command left
-    /// it, before any later proposal of this node applies: how a caller learns what its
-    /// command did (the producer id it allocated, say). Blocking.
+    /// Like [`MetadataController::propose`], then runs `f` on the state with the log index the
+    /// command was applied at: how a caller learns what its command did (the producer id it
+    /// allocated: `producer_id_allocated_at(index)`). In a cluster, other nodes' entries may
+    /// have applied after it, so `f` must look the result up by name or index. Blocking.
     pub fn propose_then<R>(
         &self,
         cmd: MetadataCommand,
-        f: impl FnOnce(&MetadataState) -> R,
+        f: impl FnOnce(&MetadataState, u64) -> R,
     ) -> Result<R, ProposeError> {
         let _one_at_a_time = self.proposing.lock().expect("proposal lock poisoned");
-        self.runtime.block_on(self.propose_raft(cmd))?;
-        Ok(self.read(f))
+        let index = self.runtime.block_on(self.propose_raft(cmd))?;
+        Ok(self.read(|s| f(s, index)))
     }
 
     /// Runs `f` on the current state.

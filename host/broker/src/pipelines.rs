@@ -732,7 +732,7 @@ fn create(broker: &Arc<Broker>, req: CreatePipelineRequest) -> Result<ResponseBo
     };
     let rec = broker
         .controller
-        .propose_then(MetadataCommand::CreatePipeline(spec), |s| {
+        .propose_then(MetadataCommand::CreatePipeline(spec), |s, _| {
             s.pipeline(&req.name).cloned()
         })
         .map_err(propose_error)?

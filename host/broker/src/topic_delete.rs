@@ -81,12 +81,12 @@ fn delete_from_metadata(
     // those of pipelines created before it that it removed.
     let (index, live) = broker
         .controller
-        .propose_then(cmd, |s| {
+        .propose_then(cmd, |s, index| {
             let live: HashMap<String, u64> = s
                 .pipelines()
                 .map(|p| (p.spec.name.clone(), p.created_index))
                 .collect();
-            (s.applied_index(), live)
+            (index, live)
         })
         .map_err(propose_error)?;
     broker.pipelines.stop_removed(index, &live);

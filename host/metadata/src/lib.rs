@@ -278,6 +278,9 @@ fn in_use_message(topic: &str, users: &[TopicUser]) -> String {
     )
 }
 
+/// How many of the latest producer id allocations the state remembers by log index.
+pub const RECENT_ALLOCATIONS: usize = 4096;
+
 /// Most partitions one topic may have; a guard against typos such as `--partitions 1000000`.
 pub const MAX_PARTITIONS: usize = 10_000;
 
@@ -293,6 +296,10 @@ pub struct MetadataState {
     next_topic_id: u64,
     /// The id [`MetadataCommand::AllocateProducerId`] hands out next.
     next_producer_id: i64,
+    /// The ids the latest allocations handed out, by the log index of their command (the last
+    /// [`RECENT_ALLOCATIONS`]): how a proposer learns its id although other nodes' allocations
+    /// may have applied right after its own.
+    recent_allocations: BTreeMap<u64, i64>,
     /// Index of the last applied log entry (0 before any).
     applied_index: u64,
     plugins: BTreeMap<String, PluginRecord>,
@@ -321,6 +328,12 @@ impl MetadataState {
 
     /// The id the next [`MetadataCommand::AllocateProducerId`] allocates; the last one allocated
     /// is this minus one.
+    /// The producer id the [`MetadataCommand::AllocateProducerId`] at log index `index` handed
+    /// out, while it is among the latest allocations.
+    pub fn producer_id_allocated_at(&self, index: u64) -> Option<i64> {
+        self.recent_allocations.get(&index).copied()
+    }
+
     pub fn next_producer_id(&self) -> i64 {
         self.next_producer_id
     }
@@ -754,7 +767,13 @@ impl MetadataState {
             MetadataCommand::DeletePipeline { name } => {
                 self.pipelines.remove(name);
             }
-            MetadataCommand::AllocateProducerId => self.next_producer_id += 1,
+            MetadataCommand::AllocateProducerId => {
+                self.recent_allocations.insert(index, self.next_producer_id);
+                while self.recent_allocations.len() > RECENT_ALLOCATIONS {
+                    self.recent_allocations.pop_first();
+                }
+                self.next_producer_id += 1;
+            }
         }
         Ok(())
     }
@@ -833,6 +852,32 @@ mod tests {
             peer_addr: Some(format!("127.0.0.1:{}", 1000 + node_id)),
             rack: Some(rack.into()),
         }
+    }
+
+    #[test]
+    fn a_producer_id_is_found_by_the_index_of_its_allocation() {
+        let mut s = MetadataState::new();
+        for index in 1..=5 {
+            s.apply(index, &MetadataCommand::AllocateProducerId)
+                .unwrap();
+        }
+        // Whatever applied after it, each allocation's id is found by its own index.
+        assert_eq!(s.producer_id_allocated_at(2), Some(1));
+        assert_eq!(s.producer_id_allocated_at(5), Some(4));
+        assert_eq!(s.producer_id_allocated_at(6), None);
+        for index in 6..(6 + RECENT_ALLOCATIONS as u64) {
+            s.apply(index, &MetadataCommand::AllocateProducerId)
+                .unwrap();
+        }
+        assert_eq!(
+            s.producer_id_allocated_at(1),
+            None,
+            "only the latest are kept"
+        );
+        assert_eq!(
+            s.producer_id_allocated_at(5 + RECENT_ALLOCATIONS as u64),
+            Some(4 + RECENT_ALLOCATIONS as i64)
+        );
     }
 
     #[test]
