@@ -546,6 +546,10 @@ async fn hostile_plugins_are_stopped_with_clear_errors_while_the_broker_serves()
         deploy(&client, fixture, fixture).await;
         let started = Instant::now();
         let mut req = pipeline_request(fixture, fixture, "h-in", "h-out");
+        if fixture == "hostile-memory-bomb" {
+            // Time enough, however busy the machine, for the memory limit to stop it first.
+            req.max_call_ms = Some(LIMIT.as_millis() as u64);
+        }
         if fixture == "hostile-huge-output" {
             // Room in memory and in time to build its 100 MB, however busy the machine: the
             // output limit must be what stops it.
