@@ -335,7 +335,8 @@ pub fn create_cluster_ca(dir: &Path) -> Result<ClusterCa, BrokerError> {
 /// The DNS name that identifies node `node_id` in its peer certificate. A peer dials node
 /// `node_id` with this as the server name, so the handshake checks it reached that node.
 pub fn node_dns_name(node_id: u32) -> String {
-    format!("node-{node_id}.sluice.invalid")
+    // The name the Raft transport dials node `node_id` with: one definition for both sides.
+    sluice_raft::peer_server_name(u64::from(node_id))
 }
 
 /// Signs a certificate for node `node_id`, usable both to serve and to dial peers (extended

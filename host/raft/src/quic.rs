@@ -29,8 +29,8 @@ use crate::network::{RaftReply, RaftRequest, RaftTransport, TransportError};
 use crate::{MetadataRaft, NodeId, PeerNode};
 
 /// The server name node `id` is dialled with; its peer certificate must carry it as a DNS
-/// name. The same name the broker's peer certificates are issued for
-/// (`sluice_broker::tls::node_dns_name`).
+/// name. The broker issues its peer certificates for it (`sluice_broker::tls::node_dns_name`
+/// calls this).
 pub fn peer_server_name(id: NodeId) -> String {
     format!("node-{id}.sluice.invalid")
 }
