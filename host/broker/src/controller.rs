@@ -319,7 +319,8 @@ impl MetadataController {
 
     /// Runs `f` on the current state.
     pub fn read<R>(&self, f: impl FnOnce(&MetadataState) -> R) -> R {
-        self.node().read(f)
+        // On every request's path: no clone of the node, only its lock.
+        self.raft.read().expect("raft lock poisoned").read(f)
     }
 
     /// The metadata Raft node's view: role, leader, term, indexes, membership.
