@@ -96,7 +96,17 @@ fn three_brokers_share_the_metadata_and_survive_losing_its_leader() {
     }
 
     // A topic created through node 2 is listed by all three.
-    nodes[1].run_ok(&["topic", "create", "orders", "--partitions", "6"]);
+    let out = nodes[1].run_cli(&["topic", "create", "orders", "--partitions", "6"], b"");
+    assert!(
+        out.status.success(),
+        "create failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        nodes
+            .iter()
+            .map(|n| n.log())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    );
     for node in &nodes {
         wait_for_topics(node, &["orders"]);
     }

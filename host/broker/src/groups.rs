@@ -166,10 +166,24 @@ impl GroupCoordinator {
                 Err(e) => return Err(BrokerError::Metadata(e.to_string())),
             }
         }
-        let topic_id = broker
-            .controller
-            .read(|s| s.topic(OFFSETS_TOPIC).map(|t| t.topic_id))
-            .ok_or_else(|| BrokerError::Metadata("the offsets topic vanished".into()))?;
+        // In a cluster another node may have created it: wait (bounded) until this node has
+        // applied that entry too.
+        let started = Instant::now();
+        let topic_id = loop {
+            if let Some(id) = broker
+                .controller
+                .read(|s| s.topic(OFFSETS_TOPIC).map(|t| t.topic_id))
+            {
+                break id;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err(BrokerError::Metadata(format!(
+                    "the offsets topic {OFFSETS_TOPIC} did not appear in this node's metadata \
+                     within 60 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         let now = Instant::now();
         let mut groups = broker.groups.groups.lock().expect("groups lock poisoned");
         let mut loaded = 0u64;
