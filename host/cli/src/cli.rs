@@ -290,32 +290,42 @@ async fn run_broker(args: &BrokerArgs) -> Result<ExitCode> {
     if let Some(n) = args.node_id {
         config.node_id = n;
     }
+    // Listening for signals from before the start: one that arrives while the broker starts
+    // (a test that stops it as soon as it serves) shuts it down cleanly once it has started.
+    let stop = stop_signal();
     let handle = sluice_broker::start(config)
         .await
         .context("broker failed to start")?;
-    wait_for_signal().await;
+    stop.await;
     handle.shutdown().await.context("broker shutdown")?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() {
+/// SIGINT or SIGTERM, from the moment this is called (the handlers are installed at once).
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => tracing::info!("SIGINT received"),
+                        _ = term.recv() => tracing::info!("SIGTERM received"),
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
