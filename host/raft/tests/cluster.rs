@@ -2,9 +2,9 @@
 //! redb files in temporary directories. Every wait polls with a deadline (30 s), never a fixed
 //! sleep, so the tests do not depend on the machine's speed.
 
+mod common;
+use common::wait_for;
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::time::{Duration, Instant};
 
 use sluice_metadata::{MetadataCommand, MetadataError};
 use sluice_proto::TopicConfig;
@@ -13,24 +13,6 @@ use sluice_raft::{
     Role,
 };
 use tempfile::TempDir;
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Polls `check` until it gives `Some`, or fails the test after [`DEADLINE`].
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 struct Cluster {
     router: InProcessRouter,

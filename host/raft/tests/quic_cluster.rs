@@ -2,8 +2,9 @@
 //! endpoint on 127.0.0.1, mutual TLS under one test CA, and a redb file in a temporary
 //! directory. Every wait polls with a deadline (30 s), never a fixed sleep.
 
+mod common;
+use common::wait_for;
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,25 +20,7 @@ use sluice_raft::{
     peer_server_name, peer_transport_config, serve_peers,
 };
 use tempfile::TempDir;
-
-const DEADLINE: Duration = Duration::from_secs(30);
 const PEER_ALPN: &[u8] = b"sluice-peer/1";
-
-/// Polls `check` until it gives `Some`, or fails the test after [`DEADLINE`].
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A cluster CA for tests: issues node certificates and builds the peer TLS configs the way
 /// the broker's `tls` module does (TLS 1.3, ALPN `sluice-peer/1`, only this CA trusted, a
