@@ -267,6 +267,66 @@ impl Drop for BrokerProcess {
 }
 
 /// Runs a command with `stdin`, killing it if it outlives `limit`.
+/// A free UDP port on 127.0.0.1 (bound, then released: good enough on a test machine).
+pub fn free_udp_port() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free udp port")
+}
+
+/// Starts `n` broker processes on loopback as one cluster and waits until each serves: node i
+/// (from 1) keeps its data in `dir/node-i`, all are voters of the metadata quorum, and they
+/// share one dev cluster CA and one dev client CA in `dir/ca`. `extra` is added to every
+/// node's config, before its `[cluster]` table.
+pub fn start_cluster(dir: &Path, n: usize, extra: &str) -> Vec<BrokerProcess> {
+    let ca_dir = dir.join("ca");
+    let peers: Vec<SocketAddr> = (0..n).map(|_| free_udp_port()).collect();
+    let voters: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("\"{}@{a}\"", i + 1))
+        .collect();
+    let mut nodes: Vec<BrokerProcess> = (0..n)
+        .map(|i| {
+            let config = format!(
+                "{TEST_CONFIG}{extra}node_id = {}\ncluster_id = \"test-cluster\"\n[cluster]\npeer_listen = \"{}\"\nvoters = [{}]\nca_dir = \"{}\"\n",
+                i + 1,
+                peers[i],
+                voters.join(", "),
+                ca_dir.display()
+            );
+            BrokerProcess::spawn_at(
+                &dir.join(format!("node-{}", i + 1)),
+                &config,
+                "127.0.0.1:0".parse().expect("addr"),
+            )
+        })
+        .collect();
+    for node in &mut nodes {
+        node.wait_ready();
+    }
+    nodes
+}
+
+/// The client bootstrap list of `nodes`: `host:port,host:port,...`.
+pub fn bootstrap_list(nodes: &[BrokerProcess]) -> String {
+    nodes
+        .iter()
+        .map(|n| n.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Every node's log, for a failure message.
+pub fn all_logs(nodes: &[BrokerProcess]) -> String {
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("---- node {} ----\n{}", i + 1, n.log()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn run_bounded(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Output {
     use std::io::Write;
     let mut child = cmd

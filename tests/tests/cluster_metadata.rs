@@ -3,20 +3,12 @@
 //! metadata leader killed with `kill -9`, the others elect a new one and topic creation works
 //! again; the killed node restarts and catches up.
 
-use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use sluice_tests::{BrokerProcess, TEST_CONFIG};
+use sluice_tests::{BrokerProcess, all_logs, start_cluster};
 
 /// Every wait here is bounded by this.
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn free_udp_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn topic_names(broker: &BrokerProcess) -> Vec<String> {
     broker
@@ -65,35 +57,8 @@ fn leader_seen_by(broker: &BrokerProcess) -> u32 {
 #[test]
 fn three_brokers_share_the_metadata_and_survive_losing_its_leader() {
     let dir = tempfile::tempdir().unwrap();
-    let ca_dir = dir.path().join("ca");
-    let peers: Vec<SocketAddr> = (0..3).map(|_| free_udp_port()).collect();
-    let voters: Vec<String> = peers
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("\"{}@{a}\"", i + 1))
-        .collect();
-    let config = |i: usize| {
-        format!(
-            "{TEST_CONFIG}node_id = {}\n[cluster]\npeer_listen = \"{}\"\nvoters = [{}]\nca_dir = \"{}\"\n",
-            i + 1,
-            peers[i],
-            voters.join(", "),
-            ca_dir.display()
-        )
-    };
     // Started together: each waits at start for a quorum of the others.
-    let mut nodes: Vec<BrokerProcess> = (0..3)
-        .map(|i| {
-            BrokerProcess::spawn_at(
-                &dir.path().join(format!("node-{}", i + 1)),
-                &config(i),
-                "127.0.0.1:0".parse().unwrap(),
-            )
-        })
-        .collect();
-    for node in &mut nodes {
-        node.wait_ready();
-    }
+    let mut nodes = start_cluster(dir.path(), 3, "");
 
     // A topic created through node 2 is listed by all three.
     let out = nodes[1].run_cli(&["topic", "create", "orders", "--partitions", "6"], b"");
@@ -101,11 +66,7 @@ fn three_brokers_share_the_metadata_and_survive_losing_its_leader() {
         out.status.success(),
         "create failed: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
-        nodes
-            .iter()
-            .map(|n| n.log())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
+        all_logs(&nodes)
     );
     for node in &nodes {
         wait_for_topics(node, &["orders"]);

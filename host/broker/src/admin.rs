@@ -131,7 +131,9 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
         | Request::DescribePipeline { .. }
         | Request::PausePipeline { .. }
         | Request::ResumePipeline { .. }
-        | Request::DeletePipeline { .. } => Err(WireError::new(
+        | Request::DeletePipeline { .. }
+        | Request::FindCoordinator { .. }
+        | Request::ClusterStatus => Err(WireError::new(
             ErrorCode::InvalidRequest,
             "request routed to the wrong handler",
         )),
@@ -256,7 +258,7 @@ pub(crate) fn describe(broker: &Broker, t: &TopicRecord) -> TopicDescription {
 fn metadata(broker: &Broker, topics: Option<Vec<String>>) -> MetadataResponse {
     broker.controller.read(|s| MetadataResponse {
         cluster_id: broker.cluster_id.clone(),
-        controller: Some(broker.node_id),
+        controller: broker.controller.leader(),
         brokers: s
             .brokers()
             .map(|b| BrokerInfo {
@@ -294,10 +296,7 @@ fn list_offsets(broker: &Broker, req: ListOffsetsRequest) -> Result<ResponseBody
         let result = broker.led_partition(&req.topic, partition).and_then(|led| {
             let hw = broker.high_watermark(led.id);
             let state = broker.store.partition_state(led.id).ok_or_else(|| {
-                WireError::new(
-                    ErrorCode::UnknownPartition,
-                    format!("partition {partition} is not stored here"),
-                )
+                storage_error(sluice_storage::StorageError::UnknownPartition(led.id))
             })?;
             match spec {
                 OffsetSpec::Earliest => Ok(state.log_start),

@@ -95,6 +95,21 @@ pub struct ClusterSettings {
     /// Production: the cluster CA certificate and this node's certificate and key.
     #[serde(default)]
     pub tls: crate::tls::PeerTlsSettings,
+    /// How often this node heartbeats to the metadata leader (default 500 ms).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// A broker that has not heartbeated for this long is fenced: it leads nothing until it
+    /// registers again (default 6 s).
+    #[serde(default = "default_session_ms")]
+    pub session_timeout_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    500
+}
+
+fn default_session_ms() -> u64 {
+    6_000
 }
 
 impl ClusterSettings {
@@ -224,6 +239,13 @@ impl BrokerConfig {
             return bad("frame_timeout_ms and idle_timeout_ms must be positive".into());
         }
         if let Some(cluster) = &self.cluster {
+            if self.cluster_id.is_none() {
+                return bad(
+                    "a node of a cluster needs cluster_id, the same on every node (e.g. from \
+                     `uuidgen`)"
+                        .into(),
+                );
+            }
             let voters = cluster.voter_addrs()?;
             if !voters.iter().any(|(id, _)| *id == self.node_id) {
                 return bad(format!(
@@ -247,6 +269,14 @@ impl BrokerConfig {
             }
             if given == 0 && cluster.ca_dir.is_none() {
                 return bad("cluster needs tls (ca, cert, key) or a dev ca_dir".into());
+            }
+            if cluster.heartbeat_interval_ms == 0
+                || cluster.session_timeout_ms < 2 * cluster.heartbeat_interval_ms
+            {
+                return bad(format!(
+                    "cluster.session_timeout_ms = {} must be at least twice                      cluster.heartbeat_interval_ms = {} (which must be positive)",
+                    cluster.session_timeout_ms, cluster.heartbeat_interval_ms
+                ));
             }
         }
         if self.retention_check_interval_ms == 0 {

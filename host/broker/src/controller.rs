@@ -323,6 +323,41 @@ impl MetadataController {
         self.raft.read().expect("raft lock poisoned").read(f)
     }
 
+    /// Waits (at most `timeout`) until the applied index is other than `seen`, and returns it.
+    pub async fn wait_applied_change(&self, seen: Option<u64>, timeout: Duration) -> Option<u64> {
+        self.node().wait_applied_change(seen, timeout).await
+    }
+
+    /// The metadata leader this node knows of.
+    pub fn leader(&self) -> Option<u32> {
+        self.node()
+            .current_leader()
+            .and_then(|id| u32::try_from(id).ok())
+    }
+
+    /// Whether this node is one of a cluster of several (it has peers).
+    pub fn is_clustered(&self) -> bool {
+        self.peer_endpoint.is_some()
+    }
+
+    /// Sends this node's session heartbeat to the metadata leader.
+    pub async fn heartbeat(&self, broker_epoch: u64) -> Result<(), ProposeError> {
+        self.node()
+            .heartbeat(broker_epoch)
+            .await
+            .map_err(Into::into)
+    }
+
+    /// On the metadata leader: the (node, broker epoch) pairs whose session expired.
+    pub fn expired_sessions(&self, timeout: Duration) -> Vec<(u32, u64)> {
+        self.node().expired_sessions(timeout)
+    }
+
+    /// On the metadata leader: the brokers whose session is current; `None` elsewhere.
+    pub fn live_brokers(&self, timeout: Duration) -> Option<std::collections::BTreeSet<u32>> {
+        self.node().live_brokers(timeout)
+    }
+
     /// The metadata Raft node's view: role, leader, term, indexes, membership.
     pub async fn status(&self) -> Result<RaftStatus, ProposeError> {
         self.node()

@@ -2,10 +2,15 @@
 //!
 //! Group state lives in the internal topic `__consumer_offsets`: every change the state
 //! machine reports is appended there (one batch per request, fsync'd) before the request is
-//! answered, and the broker replays the topic at start-up. The coordinator of a group is the
-//! leader of the offsets partition that holds it; on one node, this node.
+//! answered. The coordinator of a group is the leader of the offsets partition that holds it.
+//! A node loads an offsets partition's groups (replays its records) when it finds itself that
+//! partition's leader — at start-up, or when the metadata moves leadership to it — and answers
+//! requests for those groups with a retriable `CoordinatorLoadInProgress` until it has; it
+//! forgets them when it stops leading the partition. Requests for groups it does not
+//! coordinate get `NotCoordinator` naming the leader; clients find the coordinator with
+//! `FindCoordinator`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +40,8 @@ pub(crate) struct GroupCoordinator {
     /// A `std` mutex: held only while the state machine runs and the resulting append is
     /// queued (queuing under the lock keeps the log in the order of the state changes).
     groups: Mutex<Groups>,
+    /// Offsets partitions whose groups are loaded here (this node leads them).
+    loaded: Mutex<BTreeSet<u32>>,
 }
 
 fn group_error(e: GroupError) -> WireError {
@@ -62,11 +69,20 @@ impl Broker {
                 WireError::new(ErrorCode::Internal, "the offsets topic lacks a partition")
             })?;
             if p.leader != Some(self.node_id) {
-                return Err(WireError::new(
+                let e = WireError::new(
                     ErrorCode::NotCoordinator,
-                    "this node does not coordinate the group",
-                )
-                .with_leader(p.leader.unwrap_or(0)));
+                    match p.leader {
+                        Some(l) => format!(
+                            "node {} does not coordinate the group; node {l} does",
+                            self.node_id
+                        ),
+                        None => "the group's coordinator is not available; retry shortly".into(),
+                    },
+                );
+                return Err(match p.leader {
+                    Some(l) => e.with_leader(l),
+                    None => e,
+                });
             }
             Ok((
                 PartitionId {
@@ -76,6 +92,24 @@ impl Broker {
                 p.leader_epoch,
             ))
         })
+    }
+
+    /// Whether this node coordinates `group` now: it leads the group's offsets partition and
+    /// has loaded it.
+    fn check_coordinator(&self, group: &str) -> Result<(), WireError> {
+        let partition = records::partition_for_group(group, OFFSETS_PARTITIONS);
+        self.offsets_partition(partition)?;
+        let loaded = self.groups.loaded.lock().expect("groups lock poisoned");
+        if !loaded.contains(&partition) {
+            return Err(WireError::new(
+                ErrorCode::CoordinatorLoadInProgress,
+                format!(
+                    "node {} is loading the state of group {group:?}; retry shortly",
+                    self.node_id
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Partition counts of every user topic.
@@ -169,12 +203,9 @@ impl GroupCoordinator {
         // In a cluster another node may have created it: wait (bounded) until this node has
         // applied that entry too.
         let started = Instant::now();
-        let topic_id = loop {
-            if let Some(id) = broker
-                .controller
-                .read(|s| s.topic(OFFSETS_TOPIC).map(|t| t.topic_id))
-            {
-                break id;
+        loop {
+            if broker.controller.read(|s| s.topic(OFFSETS_TOPIC).is_some()) {
+                break;
             }
             if started.elapsed() > Duration::from_secs(60) {
                 return Err(BrokerError::Metadata(format!(
@@ -183,20 +214,62 @@ impl GroupCoordinator {
                 )));
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        Self::follow_leadership(broker)
+    }
+
+    /// Loads the groups of every offsets partition this node now leads and has not loaded,
+    /// and forgets those of partitions it no longer leads. Blocking (reads the store). Run at
+    /// start-up and whenever the metadata changes.
+    pub(crate) fn follow_leadership(broker: &Broker) -> Result<(), BrokerError> {
+        let Some((topic_id, led)) = broker.controller.read(|s| {
+            s.topic(OFFSETS_TOPIC).map(|t| {
+                let led: BTreeSet<u32> = (0..t.partitions.len() as u32)
+                    .filter(|p| t.partitions[*p as usize].leader == Some(broker.node_id))
+                    .collect();
+                (t.topic_id, led)
+            })
+        }) else {
+            return Ok(());
         };
-        let now = Instant::now();
-        let mut groups = broker.groups.groups.lock().expect("groups lock poisoned");
-        let mut loaded = 0u64;
-        for partition in 0..OFFSETS_PARTITIONS {
+        let loaded = broker
+            .groups
+            .loaded
+            .lock()
+            .expect("groups lock poisoned")
+            .clone();
+        let lost: BTreeSet<u32> = loaded.difference(&led).copied().collect();
+        if !lost.is_empty() {
+            let mut loaded = broker.groups.loaded.lock().expect("groups lock poisoned");
+            let mut groups = broker.groups.groups.lock().expect("groups lock poisoned");
+            let dropped = groups
+                .unload(|g| lost.contains(&records::partition_for_group(g, OFFSETS_PARTITIONS)));
+            loaded.retain(|p| !lost.contains(p));
+            tracing::info!(partitions = ?lost, groups = dropped, "no longer coordinating these offsets partitions");
+        }
+        for partition in led.difference(&loaded).copied() {
             let id = PartitionId {
                 topic_id,
                 partition,
             };
             if broker.store.partition_state(id).is_none() {
+                // The replica watcher creates it; the next metadata change or pass loads it.
                 broker.store.create_partition(id)?;
             }
+            Self::load_partition(broker, id)?;
+        }
+        Ok(())
+    }
+
+    /// Replays one offsets partition into the groups state and marks it loaded.
+    fn load_partition(broker: &Broker, id: PartitionId) -> Result<(), BrokerError> {
+        let now = Instant::now();
+        let mut loaded_set = broker.groups.loaded.lock().expect("groups lock poisoned");
+        let mut groups = broker.groups.groups.lock().expect("groups lock poisoned");
+        let mut loaded = 0u64;
+        {
             let Some(state) = broker.store.partition_state(id) else {
-                continue;
+                return Ok(());
             };
             let mut offset = state.log_start;
             while offset < state.log_end {
@@ -229,7 +302,9 @@ impl GroupCoordinator {
                 }
             }
         }
+        loaded_set.insert(id.partition);
         tracing::info!(
+            partition = id.partition,
             records = loaded,
             groups = groups.names().len(),
             "consumer group state loaded"
@@ -366,7 +441,22 @@ async fn compact_if_due(broker: &Arc<Broker>, partition: u32) -> Result<(), Wire
 
 /// Handles a consumer group request.
 pub(crate) async fn handle(broker: Arc<Broker>, request: Request) -> Reply {
+    let group = match &request {
+        Request::GroupHeartbeat(r) => Some(r.group.as_str()),
+        Request::OffsetCommit(r) => Some(r.group.as_str()),
+        Request::ResetOffsets(r) => Some(r.group.as_str()),
+        Request::OffsetFetch { group }
+        | Request::DescribeGroup { group }
+        | Request::DeleteGroup { group } => Some(group.as_str()),
+        _ => None,
+    };
+    if let Some(group) = group
+        && let Err(e) = broker.check_coordinator(group)
+    {
+        return Reply::error(e);
+    }
     let result = match request {
+        Request::FindCoordinator { group } => find_coordinator(&broker, &group),
         Request::GroupHeartbeat(req) => heartbeat(&broker, req).await,
         Request::OffsetCommit(req) => commit(&broker, req).await,
         Request::OffsetFetch { group } => {
@@ -412,6 +502,29 @@ pub(crate) async fn handle(broker: Arc<Broker>, request: Request) -> Reply {
         Ok(body) => Reply::Frame(Ok(body), Bytes::new()),
         Err(e) => Reply::error(e),
     }
+}
+
+/// The leader of the group's offsets partition, with its client address.
+fn find_coordinator(broker: &Broker, group: &str) -> Result<ResponseBody, WireError> {
+    let partition = records::partition_for_group(group, OFFSETS_PARTITIONS);
+    broker.controller.read(|s| {
+        let unavailable = || {
+            WireError::new(
+                ErrorCode::NotCoordinator,
+                format!("group {group:?} has no coordinator right now; retry shortly"),
+            )
+        };
+        let leader = s
+            .topic(OFFSETS_TOPIC)
+            .and_then(|t| t.partitions.get(partition as usize))
+            .and_then(|p| p.leader)
+            .ok_or_else(unavailable)?;
+        let b = s.broker(leader).ok_or_else(unavailable)?;
+        Ok(ResponseBody::Coordinator(sluice_proto::BrokerInfo {
+            node_id: leader,
+            addr: b.addr.clone(),
+        }))
+    })
 }
 
 async fn heartbeat(

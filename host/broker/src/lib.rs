@@ -10,6 +10,7 @@
 //! requests came, in request order per stream.
 
 mod admin;
+mod cluster;
 pub mod config;
 pub mod controller;
 mod fetch;
@@ -19,20 +20,21 @@ mod peers;
 mod pipelines;
 mod plugins;
 mod produce;
+mod replicas;
 mod retention;
 mod router;
 mod server;
+mod sessions;
 pub mod tls;
 mod topic_delete;
 mod wire_error;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sluice_metadata::MetadataCommand;
 use sluice_storage::{PartitionId, Store, StoreOptions};
 use tokio::sync::{Notify, watch};
 
@@ -70,6 +72,8 @@ pub(crate) struct Broker {
     config: BrokerConfig,
     node_id: u32,
     cluster_id: String,
+    /// The client address this node registers (what clients are told to connect to).
+    advertised: String,
     store: Store,
     controller: MetadataController,
     groups: groups::GroupCoordinator,
@@ -194,16 +198,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     // Every start is a new life of the node: registering gives it a new broker epoch (and
     // unfences it), so nothing from an earlier life can pass for this one.
     controller
-        .propose_async(MetadataCommand::RegisterBrokerEpoch {
-            node_id,
-            addr: advertised.clone(),
-            peer_addr: config.cluster.as_ref().map(|c| {
-                c.peer_advertised_addr
-                    .clone()
-                    .unwrap_or_else(|| c.peer_listen.to_string())
-            }),
-            rack: config.rack.clone(),
-        })
+        .propose_async(sessions::registration(&config, &advertised))
         .await
         .map_err(|e| {
             BrokerError::Disk(format!(
@@ -212,24 +207,10 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
             ))
         })?;
     // A crash between a topic's metadata entry and its partitions' creation in the store
-    // leaves partitions missing; creating them again is idempotent.
-    let missing: Vec<PartitionId> = controller.read(|s| {
-        s.topics()
-            .flat_map(|t| {
-                (0..t.partitions.len() as u32)
-                    .filter(|p| t.partitions[*p as usize].replicas.contains(&node_id))
-                    .map(move |partition| PartitionId {
-                        topic_id: t.topic_id,
-                        partition,
-                    })
-            })
-            .filter(|id| store.partition_state(*id).is_none())
-            .collect()
-    });
-    if !missing.is_empty() {
-        store.create_partitions(&missing)?;
-    }
-    remove_orphaned_topics(&store, &controller)?;
+    // leaves partitions missing, and one between a delete's metadata entry and the removal of
+    // its data leaves data behind; the pass the replica watcher runs on every change puts
+    // both right.
+    replicas::reconcile(&store, &controller, node_id)?;
 
     let plugins = plugins::PluginRegistry::new(&config.data_dir.join("plugin-cache"))?;
     let limits = server::ClientLimits::new(&config);
@@ -237,6 +218,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         config,
         node_id,
         cluster_id,
+        advertised,
         store,
         controller,
         groups: groups::GroupCoordinator::default(),
@@ -270,6 +252,10 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     groups::drop_deleted_offsets(&broker).await?;
     // Pipelines resume from their checkpoints by themselves (paused ones stay paused).
     pipelines::PipelineRunners::start_all(&broker);
+    tokio::spawn(replicas::watch(broker.clone()));
+    if broker.controller.is_clustered() {
+        tokio::spawn(sessions::run(broker.clone()));
+    }
     let retention_task = tokio::spawn(retention::run(broker.clone()));
     let expiry_task = tokio::spawn(groups::GroupCoordinator::run_expiry(
         broker.clone(),
@@ -283,26 +269,6 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         retention_task,
         expiry_task,
     })
-}
-
-/// Deletes the stored partitions of topics the metadata no longer holds: a crash between a
-/// topic's delete in the metadata log and the removal of its data leaves them behind. Topic ids
-/// are never reused (`MetadataState` only ever hands out the next one), so such data belongs to
-/// no live topic, not even one created again under the same name.
-fn remove_orphaned_topics(
-    store: &Store,
-    controller: &MetadataController,
-) -> Result<(), BrokerError> {
-    let live: BTreeSet<u64> = controller.read(|s| s.topics().map(|t| t.topic_id).collect());
-    let stored: BTreeSet<u64> = store.partitions().iter().map(|p| p.topic_id).collect();
-    for &topic_id in stored.difference(&live) {
-        tracing::info!(
-            topic_id,
-            "removing the data of a topic deleted before a crash"
-        );
-        store.delete_topic(topic_id)?;
-    }
-    Ok(())
 }
 
 /// A data dir belongs to one node of one cluster: it records both on first start, and a start

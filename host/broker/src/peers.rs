@@ -64,7 +64,7 @@ fn material(node_id: u32, cluster: &ClusterSettings) -> Result<PeerMaterial, Bro
     let dir = cluster.ca_dir.as_deref().ok_or_else(|| {
         BrokerError::Config("cluster needs tls (ca, cert, key) or a dev ca_dir".into())
     })?;
-    let ca = shared_dev_ca(dir)?;
+    let ca = with_dev_ca_lock(dir, || tls::create_cluster_ca(dir))?;
     let host = cluster
         .peer_advertised_addr
         .clone()
@@ -82,9 +82,13 @@ fn material(node_id: u32, cluster: &ClusterSettings) -> Result<PeerMaterial, Bro
     })
 }
 
-/// The dev cluster CA in `dir`, created by whichever node of a cluster starting together gets
-/// there first: it holds a lock file while it writes the CA; the others wait for it to go.
-fn shared_dev_ca(dir: &Path) -> Result<tls::ClusterCa, BrokerError> {
+/// Runs `f` (which loads or creates a dev CA in `dir`) under the directory's lock file, so that
+/// of a cluster's nodes starting together, whichever gets there first creates the CA and the
+/// others wait for it to go, then load what it wrote.
+pub(crate) fn with_dev_ca_lock<T>(
+    dir: &Path,
+    f: impl FnOnce() -> Result<T, BrokerError>,
+) -> Result<T, BrokerError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| BrokerError::Config(format!("cannot create {}: {e}", dir.display())))?;
     let lock = dir.join("cluster-ca.lock");
@@ -96,7 +100,7 @@ fn shared_dev_ca(dir: &Path) -> Result<tls::ClusterCa, BrokerError> {
             .open(&lock)
         {
             Ok(_) => {
-                let ca = tls::create_cluster_ca(dir);
+                let ca = f();
                 let _ = std::fs::remove_file(&lock);
                 return ca;
             }

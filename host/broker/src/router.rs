@@ -86,7 +86,9 @@ pub(crate) fn handle(
         | Request::ListGroups
         | Request::DescribeGroup { .. }
         | Request::ResetOffsets(_)
-        | Request::DeleteGroup { .. } => Box::pin(crate::groups::handle(broker, request)),
+        | Request::DeleteGroup { .. }
+        | Request::FindCoordinator { .. } => Box::pin(crate::groups::handle(broker, request)),
+        Request::ClusterStatus => Box::pin(crate::cluster::status(broker)),
         Request::CreatePipeline(_)
         | Request::ListPipelines
         | Request::DescribePipeline { .. }

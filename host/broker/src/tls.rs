@@ -173,8 +173,26 @@ fn ensure_dev_certificates(config: &BrokerConfig) -> Result<(PathBuf, PathBuf), 
         tracing::info!(ca = %ca_pem.display(), "using the dev TLS certificate; clients verify it with this CA");
         return Ok((server_pem, server_key));
     }
-    // An existing CA is kept so clients that trust it keep working.
-    let ca = load_or_create_ca(&ca_pem, &ca_key, "Sluice dev CA")?;
+    // An existing CA is kept so clients that trust it keep working. The nodes of a dev
+    // cluster share one client CA (beside the cluster CA, in `cluster.ca_dir`), so that a
+    // client trusting it reaches every node; this node keeps a copy as its `ca.pem`.
+    let ca = match config.cluster.as_ref().and_then(|c| c.ca_dir.as_deref()) {
+        Some(shared) => {
+            let (pem, key) = (
+                shared.join(CLIENT_CA_CERT_FILE),
+                shared.join(CLIENT_CA_KEY_FILE),
+            );
+            let ca = crate::peers::with_dev_ca_lock(shared, || {
+                load_or_create_ca(&pem, &key, "Sluice dev CA")
+            })?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| tls_err(&format!("cannot create {}", dir.display()), e))?;
+            std::fs::copy(&pem, &ca_pem)
+                .map_err(|e| tls_err(&format!("cannot copy {}", pem.display()), e))?;
+            ca
+        }
+        None => load_or_create_ca(&ca_pem, &ca_key, "Sluice dev CA")?,
+    };
 
     let mut names = vec![
         "localhost".to_string(),
@@ -293,6 +311,12 @@ pub struct PeerTlsSettings {
     /// PEM private key for `cert`.
     pub key: Option<PathBuf>,
 }
+
+/// File names of a dev cluster's shared client CA (what clients trust to reach any of its
+/// nodes), inside `cluster.ca_dir` beside the cluster CA.
+pub const CLIENT_CA_CERT_FILE: &str = "client-ca.pem";
+/// See [`CLIENT_CA_CERT_FILE`]; written with mode 0600.
+pub const CLIENT_CA_KEY_FILE: &str = "client-ca.key";
 
 /// File names of the dev cluster CA, inside the directory given to [`create_cluster_ca`].
 pub const CLUSTER_CA_CERT_FILE: &str = "cluster-ca.pem";

@@ -41,9 +41,15 @@ pub(crate) fn storage_error(e: StorageError) -> WireError {
             format!("offset out of range: the partition holds offsets {log_start}..{log_end}"),
         )
         .with_offset(log_start),
+        // Only partitions the metadata places here reach the store, so a missing one is a
+        // replica the watcher has yet to create (the topic was just created through another
+        // broker) or one just deleted: either way, asking again soon gets the right answer.
         StorageError::UnknownPartition(id) => WireError::new(
-            ErrorCode::UnknownPartition,
-            format!("partition {} is not stored here", id.partition),
+            ErrorCode::LeaderNotAvailable,
+            format!(
+                "partition {} is not ready on this broker yet; retry shortly",
+                id.partition
+            ),
         ),
         StorageError::Corrupt { .. } => WireError::new(ErrorCode::CorruptData, e.to_string()),
         StorageError::OutOfOrderSequence {

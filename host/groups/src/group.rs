@@ -544,6 +544,14 @@ impl Groups {
         self.groups.keys().cloned().collect()
     }
 
+    /// Forgets, in memory only, the groups `gone` selects (their coordinator moved away: the
+    /// records stay in the offsets topic for the next coordinator to load). Returns how many.
+    pub fn unload(&mut self, gone: impl Fn(&str) -> bool) -> usize {
+        let before = self.groups.len();
+        self.groups.retain(|name, _| !gone(name));
+        before - self.groups.len()
+    }
+
     /// Sets committed offsets while the group is empty (`group reset-offsets`).
     pub fn reset(
         &mut self,

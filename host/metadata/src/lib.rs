@@ -10,6 +10,7 @@
 //! Data enters as commands (from the broker's controller) and leaves as read-only views of
 //! topics, partitions and brokers.
 
+pub mod liveness;
 pub mod placement;
 
 use std::collections::BTreeMap;
@@ -141,7 +142,8 @@ pub enum MetadataCommand {
         name: String,
     },
     /// A node (re)joins the cluster with its addresses and rack. Its broker epoch becomes the
-    /// index of this entry and it is no longer fenced. (The older
+    /// index of this entry and it is no longer fenced; every leaderless partition whose
+    /// in-sync set holds it gets it as leader (a new leader epoch). (The older
     /// [`MetadataCommand::RegisterBroker`] says the same without a peer address or rack.)
     RegisterBrokerEpoch {
         node_id: u32,
@@ -150,8 +152,9 @@ pub enum MetadataCommand {
         rack: Option<String>,
     },
     /// The node missed its session while in `epoch`: it is fenced, and every partition it
-    /// leads loses its leader (leader epoch bumped, the node out of the in-sync set) until a
-    /// new leader is elected. Refused when `epoch` is not the node's current one: the node has
+    /// leads loses its leader (leader epoch bumped) until a new leader is elected. It leaves
+    /// every in-sync set but one where it is the last member: the last in-sync replica stays
+    /// (as in Kafka), so that it, and only it, may lead again when it returns. Refused when `epoch` is not the node's current one: the node has
     /// registered again since, and that life is not the one that missed its session.
     FenceBroker {
         node_id: u32,
@@ -655,6 +658,16 @@ impl MetadataState {
                 rack,
             } => {
                 self.register(index, *node_id, addr, peer_addr.clone(), rack.clone());
+                for p in self
+                    .topics
+                    .values_mut()
+                    .flat_map(|t| t.partitions.iter_mut())
+                {
+                    if p.leader.is_none() && p.in_sync.contains(node_id) {
+                        p.leader = Some(*node_id);
+                        p.leader_epoch += 1;
+                    }
+                }
             }
             MetadataCommand::FenceBroker { node_id, .. } => {
                 self.brokers.get_mut(node_id).expect("validated").fenced = true;
@@ -667,7 +680,9 @@ impl MetadataState {
                         p.leader = None;
                         p.leader_epoch += 1;
                     }
-                    p.in_sync.retain(|n| n != node_id);
+                    if p.in_sync.len() > 1 {
+                        p.in_sync.retain(|n| n != node_id);
+                    }
                 }
             }
             MetadataCommand::CreateTopic {
@@ -940,16 +955,25 @@ mod tests {
             "node 2's partition keeps its leader"
         );
         assert_eq!(t.partitions[1].leader_epoch, before[1]);
-        assert!(t.partitions.iter().all(|p| !p.in_sync.contains(&1)));
+        assert_eq!(
+            t.partitions[0].in_sync,
+            vec![1],
+            "the last in-sync replica stays in the set"
+        );
         assert_eq!(
             s.live_brokers().map(|b| b.node_id).collect::<Vec<_>>(),
             vec![2]
         );
         assert!(s.broker(1).unwrap().fenced);
 
-        // Registering again unfences it, with a new epoch.
+        // Registering again unfences it, with a new epoch, and it leads its partition again,
+        // in a new leader epoch.
         s.apply(7, &join(1, "a")).unwrap();
         assert_eq!(s.broker(1).unwrap().epoch, 7);
+        let t = s.topic("t").unwrap();
+        assert_eq!(t.partitions[0].leader, Some(1));
+        assert_eq!(t.partitions[0].leader_epoch, before[0] + 2);
+        assert_eq!(t.partitions[1].leader_epoch, before[1]);
         assert_eq!(s.live_brokers().count(), 2);
         assert_eq!(
             s.validate(&MetadataCommand::FenceBroker {

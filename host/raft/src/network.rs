@@ -34,6 +34,11 @@ pub enum RaftRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A follower hands the leader a command to propose (its own client asked for it).
     Propose(MetadataCommand),
+    /// A broker's session heartbeat to the metadata leader, in its broker epoch.
+    Heartbeat {
+        node_id: NodeId,
+        broker_epoch: u64,
+    },
 }
 
 /// The answer to a [`RaftRequest`], of the matching variant, or [`RaftReply::Refused`].
@@ -49,6 +54,9 @@ pub enum RaftReply {
     Refused(String),
     /// What became of a forwarded [`RaftRequest::Propose`].
     Proposed(Forwarded),
+    /// A [`RaftRequest::Heartbeat`] was recorded (`true`), or the receiver does not lead
+    /// (`false`).
+    HeartbeatTaken(bool),
 }
 
 /// The outcome of a proposal a follower forwarded to the leader.

@@ -5,11 +5,12 @@ use std::fmt;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use sluice_metadata::liveness::Liveness;
 use sluice_metadata::{MetadataCommand, MetadataError, MetadataState};
 
 use crate::log_store::{LogStore, StorageOpenError, open_database};
@@ -152,6 +153,8 @@ pub struct MetadataRaft {
     /// Set once openraft's storage tasks have let go of the raft file and it is closed (see
     /// [`MetadataRaft::shutdown`]).
     file_closed: Arc<AtomicBool>,
+    /// Broker sessions, kept by the leader (see [`sluice_metadata::liveness`]).
+    liveness: Arc<Mutex<Liveness>>,
     /// Sends a request to a peer: how a follower hands a proposal to the leader.
     forward: Arc<dyn Fn(NodeId, PeerNode, RaftRequest) -> ForwardCall + Send + Sync>,
 }
@@ -224,6 +227,7 @@ impl MetadataRaft {
             raft,
             state,
             snapshots_installed,
+            liveness: Arc::new(Mutex::new(Liveness::new())),
             max_snapshot_bytes: config.max_snapshot_bytes,
             file_closed,
             forward,
@@ -336,6 +340,27 @@ impl MetadataRaft {
         f(&self.state.read().expect("metadata state lock poisoned"))
     }
 
+    /// The metadata leader this node knows of.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// The index of the last entry applied to the state here.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.raft.metrics().borrow().last_applied.map(|id| id.index)
+    }
+
+    /// Waits (at most `timeout`) until the applied index is other than `seen`, and returns it.
+    pub async fn wait_applied_change(&self, seen: Option<u64>, timeout: Duration) -> Option<u64> {
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(
+            timeout,
+            metrics.wait_for(|m| m.last_applied.map(|id| id.index) != seen),
+        )
+        .await;
+        self.applied_index()
+    }
+
     /// Like [`MetadataRaft::read`], on the leader, after confirming with a quorum that it still
     /// leads and applying everything committed before the call.
     pub async fn read_linearizable<T>(
@@ -399,6 +424,84 @@ impl MetadataRaft {
         }
     }
 
+    /// Records a broker's heartbeat if this node leads; says whether it did.
+    fn take_heartbeat(&self, node_id: NodeId, broker_epoch: u64) -> bool {
+        let leading = self.raft.metrics().borrow().state == ServerState::Leader;
+        let mut liveness = self.liveness.lock().expect("liveness lock poisoned");
+        liveness.set_leading(leading, Instant::now());
+        // Broker node ids are u32; a Raft id beyond that is no broker and has no session.
+        if leading && let Ok(node_id) = u32::try_from(node_id) {
+            liveness.heartbeat(node_id, broker_epoch, Instant::now());
+        }
+        leading
+    }
+
+    /// Sends this node's broker heartbeat (in `broker_epoch`) to the metadata leader, or
+    /// records it here when this node leads.
+    pub async fn heartbeat(&self, broker_epoch: u64) -> Result<(), ProposeError> {
+        let (leader, node) = {
+            let metrics = self.raft.metrics().borrow().clone();
+            let Some(leader) = metrics.current_leader else {
+                return Err(ProposeError::NotLeader { leader: None });
+            };
+            let node = metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .cloned()
+                .unwrap_or_default();
+            (leader, node)
+        };
+        if leader == self.id {
+            return if self.take_heartbeat(self.id, broker_epoch) {
+                Ok(())
+            } else {
+                Err(ProposeError::NotLeader { leader: None })
+            };
+        }
+        let request = RaftRequest::Heartbeat {
+            node_id: self.id,
+            broker_epoch,
+        };
+        match (self.forward)(leader, node.clone(), request).await {
+            Ok(RaftReply::HeartbeatTaken(true)) => Ok(()),
+            Ok(_) => Err(ProposeError::NotLeader { leader: None }),
+            Err(e) => {
+                tracing::debug!(leader, cause = %e, "heartbeat to the metadata leader failed");
+                Err(ProposeError::NotLeader {
+                    leader: Some((leader, node)),
+                })
+            }
+        }
+    }
+
+    /// On the leader: the (node, broker epoch) pairs that missed their session of `timeout`
+    /// and should be fenced. Empty on other nodes.
+    pub fn expired_sessions(&self, timeout: Duration) -> Vec<(u32, u64)> {
+        let leading = self.raft.metrics().borrow().state == ServerState::Leader;
+        let now = Instant::now();
+        let mut liveness = self.liveness.lock().expect("liveness lock poisoned");
+        liveness.set_leading(leading, now);
+        self.read(|s| liveness.expired(s.brokers(), now, timeout))
+    }
+
+    /// On the leader: whether each registered broker's session is current. `None` on other
+    /// nodes, which do not know.
+    pub fn live_brokers(&self, timeout: Duration) -> Option<BTreeSet<u32>> {
+        let leading = self.raft.metrics().borrow().state == ServerState::Leader;
+        let now = Instant::now();
+        let mut liveness = self.liveness.lock().expect("liveness lock poisoned");
+        liveness.set_leading(leading, now);
+        leading.then(|| {
+            self.read(|s| {
+                s.brokers()
+                    .filter(|b| liveness.is_live(b, now, timeout))
+                    .map(|b| b.node_id)
+                    .collect()
+            })
+        })
+    }
+
     /// This node's view of the group.
     pub async fn status(&self) -> Result<RaftStatus, RaftStopped> {
         let metrics = self.raft.metrics().borrow().clone();
@@ -448,6 +551,10 @@ impl MetadataRaft {
                 Err(ProposeError::NotLeader { leader }) => Forwarded::NotLeader { leader },
                 Err(ProposeError::Stopped(e)) => Forwarded::Stopped(e.to_string()),
             }),
+            RaftRequest::Heartbeat {
+                node_id,
+                broker_epoch,
+            } => RaftReply::HeartbeatTaken(self.take_heartbeat(node_id, broker_epoch)),
             RaftRequest::InstallSnapshot(rpc) => {
                 // Checked before openraft buffers the chunk: a snapshot is held whole in memory.
                 let end = rpc.offset.saturating_add(rpc.data.len() as u64);

@@ -1,13 +1,19 @@
 //! Topic administration: thin typed wrappers over the admin requests.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use bytes::Bytes;
 use sluice_proto::{
-    CreateTopicRequest, ListOffsetsRequest, OffsetSpec, PartitionOffset, Request, ResponseBody,
-    TopicConfig, TopicDescription,
+    CreateTopicRequest, ErrorCode, ListOffsetsRequest, OffsetSpec, PartitionOffset, Request,
+    ResponseBody, TopicConfig, TopicDescription, WireError,
 };
 
 use crate::client::unexpected;
 use crate::{Client, ClientError};
+
+/// How old a cached leader may be for an offset lookup before it is looked up again.
+const ROUTE_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// Creates, deletes and describes topics. Made by [`Client::admin`].
 #[derive(Debug, Clone)]
@@ -86,20 +92,87 @@ impl Admin {
         .await
     }
 
-    /// Looks up offsets; each partition's entry carries its own result.
+    /// Looks up offsets at each partition's leader; each partition's entry carries its own
+    /// result. A partition whose leader moved is asked again (twice at most) after a metadata
+    /// refresh.
     pub async fn list_offsets(
         &self,
         topic: &str,
         partitions: Vec<(u32, OffsetSpec)>,
     ) -> Result<Vec<PartitionOffset>, ClientError> {
-        let request = Request::ListOffsets(ListOffsetsRequest {
-            topic: topic.to_string(),
-            partitions,
-        });
-        match self.client.request(request, Bytes::new()).await? {
-            (ResponseBody::Offsets(o), _) => Ok(o),
-            (other, _) => Err(unexpected("Offsets", &other)),
+        let specs: BTreeMap<u32, OffsetSpec> = partitions.iter().copied().collect();
+        let mut answers: BTreeMap<u32, PartitionOffset> = BTreeMap::new();
+        let mut pending = partitions;
+        for round in 0..3 {
+            if round > 0 {
+                self.client.invalidate(topic);
+            }
+            let route = self.client.topic_route(topic, ROUTE_MAX_AGE).await?;
+            // Partitions the topic lacks go to any broker, which says so.
+            let mut by_leader: BTreeMap<Option<u32>, Vec<(u32, OffsetSpec)>> = BTreeMap::new();
+            for (partition, spec) in pending.drain(..) {
+                let leader = match route.partitions.get(partition as usize) {
+                    Some(p) => match p.leader {
+                        Some(l) => Some(l),
+                        None => {
+                            answers.insert(
+                                partition,
+                                PartitionOffset {
+                                    partition,
+                                    result: Err(WireError::new(
+                                        ErrorCode::LeaderNotAvailable,
+                                        format!(
+                                            "{topic}/{partition} has no leader right now; retry shortly"
+                                        ),
+                                    )),
+                                },
+                            );
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                by_leader.entry(leader).or_default().push((partition, spec));
+            }
+            let asks = by_leader.into_iter().map(|(leader, partitions)| {
+                let request = Request::ListOffsets(ListOffsetsRequest {
+                    topic: topic.to_string(),
+                    partitions,
+                });
+                async move {
+                    match leader {
+                        Some(node) => self.client.request_to(node, request, Bytes::new()).await,
+                        None => self.client.request(request, Bytes::new()).await,
+                    }
+                }
+            });
+            for answer in futures::future::join_all(asks).await {
+                match answer? {
+                    (ResponseBody::Offsets(offsets), _) => {
+                        for o in offsets {
+                            answers.insert(o.partition, o);
+                        }
+                    }
+                    (other, _) => return Err(unexpected("Offsets", &other)),
+                }
+            }
+            pending = answers
+                .values()
+                .filter(|o| {
+                    o.result.as_ref().is_err_and(|e| {
+                        Client::means_stale_route(&ClientError::Broker(e.clone()))
+                            && e.code != ErrorCode::UnknownTopic
+                            && e.code != ErrorCode::UnknownPartition
+                    })
+                })
+                .map(|o| o.partition)
+                .filter_map(|p| specs.get(&p).map(|s| (p, *s)))
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
         }
+        Ok(answers.into_values().collect())
     }
 
     async fn topic(&self, request: Request) -> Result<TopicDescription, ClientError> {

@@ -1,27 +1,30 @@
-//! The connection to a broker: one QUIC connection shared by everything made from a [`Client`].
+//! The client's view of a cluster: a bootstrap connection for requests any broker answers,
+//! one connection per broker it needs, and a cache of each partition's leader, so that every
+//! produce and fetch goes to the broker that leads its partition.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn::crypto::rustls::QuicClientConfig;
 use sluice_proto::frame::{self, DEFAULT_MAX_FRAME};
-use sluice_proto::{
-    Acks, HelloRequest, HelloResponse, MIN_PROTOCOL_VERSION, MetadataResponse, PROTOCOL_VERSION,
-    ProduceResponse, Request, Response, ResponseBody,
-};
+use sluice_proto::{ErrorCode, MetadataResponse, Request, ResponseBody, WireError};
 use tracing::{debug, info};
 
+pub(crate) use crate::conn::unexpected;
+use crate::conn::{Conn, split_host_port, transport_config};
 use crate::lane::Lane;
 use crate::tls::rustls_client_config;
 use crate::{Admin, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, TlsConfig};
 
-/// How to reach and trust a broker.
+/// How to reach and trust a cluster.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `host:port` of a broker; `[v6addr]:port` for IPv6 literals.
+    /// Bootstrap brokers: one `host:port` (`[v6addr]:port` for IPv6 literals) or several,
+    /// comma-separated. The client connects to the first that answers and learns the rest of
+    /// the cluster from it.
     pub broker: String,
     pub tls: TlsConfig,
     /// Free text naming this client in the broker's logs.
@@ -48,99 +51,294 @@ impl ClientConfig {
     }
 }
 
-/// A connection to one broker. Cheap to clone: clones share the connection.
+/// A client of one cluster. Cheap to clone: clones share the connections and the metadata cache.
 ///
-/// If the connection drops (the broker restarted, the network blipped), the next request opens
-/// a new one, so a long-lived producer or consumer survives a broker restart.
+/// Requests that any broker answers (topic administration, groups, metadata) go to the
+/// bootstrap broker — the first of the configured list that answered, or the next reachable one
+/// when it stops answering. Produce and fetch go to each partition's leader, from a cache that
+/// is refreshed when a broker says it does not lead (or no longer knows the epoch) and when an
+/// entry is older than the caller's maximum age. A dropped connection is opened again by the
+/// next request, so a long-lived producer or consumer survives a broker restart.
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<ClientInner>,
 }
 
+/// What every connection of a client shares.
 #[derive(Debug)]
-struct ClientInner {
-    config: ClientConfig,
-    quic: quinn::ClientConfig,
-    host: String,
-    port: u16,
-    node_id: u32,
-    cluster_id: String,
-    /// Largest frame the broker accepts, from its Hello.
-    broker_max_frame: usize,
-    /// A `std` mutex: held only to clone or swap the handle, never across an await.
-    live: Mutex<Live>,
-    /// Serialises reconnects so that a burst of failing requests opens one connection, not many.
-    reconnecting: tokio::sync::Mutex<()>,
+pub(crate) struct Shared {
+    pub(crate) config: ClientConfig,
+    pub(crate) quic: quinn::ClientConfig,
     /// Set by [`Client::close`]: no reconnecting after that.
-    closed: AtomicBool,
+    pub(crate) closed: AtomicBool,
+    /// The cluster of the first broker that answered; every other must belong to it.
+    cluster_id: OnceLock<String>,
 }
 
-#[derive(Debug, Clone)]
-struct Live {
-    /// Kept beside its connection: dropping the endpoint would close the connection.
-    _endpoint: quinn::Endpoint,
-    connection: quinn::Connection,
+impl Shared {
+    pub(crate) fn cluster_id(&self) -> &str {
+        self.cluster_id.get().map_or("", String::as_str)
+    }
+}
+
+#[derive(Debug)]
+struct ClientInner {
+    shared: Arc<Shared>,
+    /// The bootstrap broker's node id, from its Hello.
+    node_id: u32,
+    /// Largest frame the brokers accept, from the bootstrap broker's Hello.
+    broker_max_frame: usize,
+    /// The configured bootstrap addresses.
+    bootstrap: Vec<String>,
+    /// Where requests that any broker answers go. A `std` mutex: never held across an await.
+    home: Mutex<Arc<Conn>>,
+    /// Connections by node id (the bootstrap broker's among them).
+    nodes: Mutex<HashMap<u32, Arc<Conn>>>,
+    routes: Mutex<Routes>,
+    /// The coordinator of each consumer group this client has asked about.
+    coordinators: Mutex<HashMap<String, u32>>,
+    /// Serialises metadata refreshes, so a burst of "not the leader" answers makes one.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+/// The metadata cache.
+#[derive(Debug, Default)]
+struct Routes {
+    /// Client address of each broker, by node id.
+    brokers: HashMap<u32, String>,
+    topics: HashMap<String, Arc<TopicRoute>>,
+}
+
+/// A topic's partitions and their leaders, as one metadata answer gave them.
+#[derive(Debug)]
+pub(crate) struct TopicRoute {
+    pub(crate) partitions: Vec<PartitionRoute>,
+    /// Whether a partitioner plugin places records the producer did not place itself.
+    pub(crate) partitioner: bool,
+    fetched: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PartitionRoute {
+    pub(crate) leader: Option<u32>,
+    pub(crate) leader_epoch: u32,
 }
 
 impl Client {
-    /// Resolves the broker's address, opens a QUIC connection verified against `config.tls`,
-    /// and negotiates the protocol version.
+    /// Connects to the first bootstrap broker that answers (a QUIC connection verified
+    /// against `config.tls`, and a protocol version negotiated). A TLS failure is reported at
+    /// once: trying the next broker would hide it.
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
-        let (host, port) = split_host_port(&config.broker)?;
+        let bootstrap: Vec<String> = config
+            .broker
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(String::from)
+            .collect();
+        if bootstrap.is_empty() {
+            return Err(ClientError::InvalidConfig(
+                "no broker address given; expected host:port[,host:port...]".into(),
+            ));
+        }
+        for addr in &bootstrap {
+            split_host_port(addr)?;
+        }
         let rustls = rustls_client_config(&config.tls)?;
         let crypto = QuicClientConfig::try_from(rustls)
             .map_err(|e| ClientError::InvalidConfig(format!("TLS for QUIC: {e}")))?;
         let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
         quic.transport_config(Arc::new(transport_config()));
-        let (live, hello) = establish(&config, &quic, &host, port).await?;
-        info!(
-            broker = %config.broker,
-            node_id = hello.node_id,
-            cluster_id = %hello.cluster_id,
-            version = hello.version,
-            "connected"
-        );
-        Ok(Client {
-            inner: Arc::new(ClientInner {
-                host,
-                port,
-                node_id: hello.node_id,
-                cluster_id: hello.cluster_id,
-                broker_max_frame: hello.max_frame_bytes as usize,
-                quic,
-                config,
-                live: Mutex::new(live),
-                reconnecting: tokio::sync::Mutex::new(()),
-                closed: AtomicBool::new(false),
-            }),
-        })
+        let shared = Arc::new(Shared {
+            config,
+            quic,
+            closed: AtomicBool::new(false),
+            cluster_id: OnceLock::new(),
+        });
+        let mut last_err = None;
+        for addr in &bootstrap {
+            let conn = Arc::new(Conn::lazy(addr, shared.clone())?);
+            let hello = match conn.open().await {
+                Ok(hello) => hello,
+                Err(e @ (ClientError::Connect(_) | ClientError::Timeout)) => {
+                    debug!(broker = %addr, cause = %e, "bootstrap broker did not answer");
+                    last_err = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let _ = shared.cluster_id.set(hello.cluster_id.clone());
+            info!(
+                broker = %addr,
+                node_id = hello.node_id,
+                cluster_id = %hello.cluster_id,
+                version = hello.version,
+                "connected"
+            );
+            return Ok(Client {
+                inner: Arc::new(ClientInner {
+                    shared,
+                    node_id: hello.node_id,
+                    broker_max_frame: hello.max_frame_bytes as usize,
+                    bootstrap,
+                    home: Mutex::new(conn.clone()),
+                    nodes: Mutex::new(HashMap::from([(hello.node_id, conn)])),
+                    routes: Mutex::new(Routes::default()),
+                    coordinators: Mutex::new(HashMap::new()),
+                    refreshing: tokio::sync::Mutex::new(()),
+                }),
+            });
+        }
+        Err(last_err.expect("at least one bootstrap address was tried"))
     }
 
-    /// Sends one request on a new stream and waits (up to `request_timeout`) for its answer.
-    /// A broker error comes back as [`ClientError::Broker`].
+    /// Sends one request where the cluster answers it and waits (up to `request_timeout`) for
+    /// the answer. A broker error comes back as [`ClientError::Broker`].
     ///
-    /// `Produce` with [`Acks::None`] gets no answer from the broker: this returns as soon as
-    /// the frame is written, with a `ProduceResponse` whose `base_offset` is `u64::MAX`.
+    /// - A request about one consumer group goes to the group's coordinator (found with
+    ///   `FindCoordinator` and remembered; asked again after `NotCoordinator` or a lost
+    ///   connection).
+    /// - `ListGroups` goes to every broker (each lists the groups it coordinates), and the
+    ///   answers are joined.
+    /// - Everything else goes to the bootstrap broker (or, when it cannot be reached, the next
+    ///   reachable broker of the cluster). Produce and fetch work there only for partitions it
+    ///   leads; the producer and consumer route those themselves.
+    ///
+    /// `Produce` with [`Acks::None`](sluice_proto::Acks::None) gets no answer from the broker:
+    /// this returns as soon as the frame is written, with a `ProduceResponse` whose
+    /// `base_offset` is `u64::MAX`.
     pub async fn request(
         &self,
         request: Request,
         raw: Bytes,
     ) -> Result<(ResponseBody, Bytes), ClientError> {
-        let timeout = self.inner.config.request_timeout;
-        tokio::time::timeout(timeout, self.request_inner(request, raw))
-            .await
-            .map_err(|_| ClientError::Timeout)?
+        self.check_size(&request, &raw)?;
+        if let Some(group) = group_of(&request) {
+            let group = group.to_owned();
+            return self.to_coordinator(&group, request, raw).await;
+        }
+        if matches!(request, Request::ListGroups) {
+            return self.list_groups_everywhere().await;
+        }
+        self.to_home(request, raw).await
     }
 
-    async fn request_inner(
+    async fn to_home(
         &self,
         request: Request,
         raw: Bytes,
     ) -> Result<(ResponseBody, Bytes), ClientError> {
+        let home = self.home();
+        match home.request(request.clone(), raw.clone()).await {
+            // Nothing was sent: another broker can take it.
+            Err(e @ ClientError::Connect(_)) => {
+                let Some(other) = self.reachable_other_than(&home.addr).await else {
+                    return Err(e);
+                };
+                other.request(request, raw).await
+            }
+            done => done,
+        }
+    }
+
+    /// Sends a group request to the group's coordinator. A `NotCoordinator` answer (the
+    /// coordinator moved) is retried once at the one the cluster names now.
+    async fn to_coordinator(
+        &self,
+        group: &str,
+        request: Request,
+        raw: Bytes,
+    ) -> Result<(ResponseBody, Bytes), ClientError> {
+        let mut looked_up = false;
+        loop {
+            let cached = self.inner.coordinators.lock().unwrap().get(group).copied();
+            let node = match cached {
+                Some(node) => node,
+                None => {
+                    looked_up = true;
+                    self.find_coordinator(group).await?
+                }
+            };
+            let result = match self.conn_to(node).await {
+                Ok(conn) => conn.request(request.clone(), raw.clone()).await,
+                Err(e) => Err(e),
+            };
+            let moved =
+                matches!(&result, Err(e) if e.wire_code() == Some(ErrorCode::NotCoordinator));
+            let lost = matches!(
+                &result,
+                Err(ClientError::Connect(_)
+                    | ClientError::ConnectionLost(_)
+                    | ClientError::Timeout)
+            );
+            if moved || lost {
+                self.inner.coordinators.lock().unwrap().remove(group);
+            }
+            if moved && !looked_up {
+                continue;
+            }
+            return result;
+        }
+    }
+
+    /// Asks any broker which node coordinates `group`, and remembers it.
+    pub async fn find_coordinator(&self, group: &str) -> Result<u32, ClientError> {
+        let request = Request::FindCoordinator {
+            group: group.to_owned(),
+        };
+        let info = match self.to_home(request, Bytes::new()).await? {
+            (ResponseBody::Coordinator(info), _) => info,
+            (other, _) => return Err(unexpected("Coordinator", &other)),
+        };
+        self.learn_broker(info.node_id, &info.addr);
+        self.inner
+            .coordinators
+            .lock()
+            .unwrap()
+            .insert(group.to_owned(), info.node_id);
+        Ok(info.node_id)
+    }
+
+    /// Asks every broker of the cluster for the groups it coordinates.
+    async fn list_groups_everywhere(&self) -> Result<(ResponseBody, Bytes), ClientError> {
+        let meta = self.metadata(Some(Vec::new())).await?;
+        let mut nodes: Vec<u32> = meta.brokers.iter().map(|b| b.node_id).collect();
+        if nodes.is_empty() {
+            nodes.push(self.inner.node_id);
+        }
+        let asks = nodes.into_iter().map(|node| async move {
+            self.conn_to(node)
+                .await?
+                .request(Request::ListGroups, Bytes::new())
+                .await
+        });
+        let mut groups = Vec::new();
+        for answer in futures::future::join_all(asks).await {
+            match answer? {
+                (ResponseBody::Groups(g), _) => groups.extend(g),
+                (other, _) => return Err(unexpected("Groups", &other)),
+            }
+        }
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        Ok((ResponseBody::Groups(groups), Bytes::new()))
+    }
+
+    /// Sends one request to broker `node` and waits for its answer.
+    pub async fn request_to(
+        &self,
+        node: u32,
+        request: Request,
+        raw: Bytes,
+    ) -> Result<(ResponseBody, Bytes), ClientError> {
+        self.check_size(&request, &raw)?;
+        self.conn_to(node).await?.request(request, raw).await
+    }
+
+    fn check_size(&self, request: &Request, raw: &Bytes) -> Result<(), ClientError> {
         let max = self.inner.broker_max_frame;
         // Only a large raw part can push a frame past the limit; control messages are small.
         if raw.len() + 64 * 1024 > max {
-            let size = frame::encode_frame(&request, &[])
+            let size = frame::encode_frame(request, &[])
                 .map_err(ClientError::from_proto)?
                 .len()
                 - 4
@@ -149,40 +347,205 @@ impl Client {
                 return Err(ClientError::RequestTooLarge { size, max });
             }
         }
-        let connection = self.connection().await?;
-        let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
-        frame::write_frame(&mut send, &request, &raw)
-            .await
-            .map_err(ClientError::from_proto)?;
-        // Telling the broker no more requests follow lets it close its side when done.
-        let _ = send.finish();
-        if let Request::Produce(p) = &request
-            && p.acks == Acks::None
-        {
-            return Ok((
-                ResponseBody::Produced(ProduceResponse {
-                    base_offset: u64::MAX,
-                    log_start: 0,
-                    append_time: 0,
-                }),
-                Bytes::new(),
-            ));
-        }
-        read_response(&mut recv, self.inner.config.max_frame_bytes).await
+        Ok(())
     }
 
-    /// Brokers, topics, partitions and leaders; `None` asks about every topic.
+    fn home(&self) -> Arc<Conn> {
+        self.inner.home.lock().unwrap().clone()
+    }
+
+    /// Finds a broker other than `failed` that answers, makes it the one requests go to, and
+    /// returns it: known brokers first, then the bootstrap list.
+    async fn reachable_other_than(&self, failed: &str) -> Option<Arc<Conn>> {
+        let mut candidates: Vec<String> = {
+            let routes = self.inner.routes.lock().unwrap();
+            routes.brokers.values().cloned().collect()
+        };
+        candidates.sort();
+        candidates.extend(self.inner.bootstrap.iter().cloned());
+        candidates.dedup();
+        for addr in candidates.into_iter().filter(|a| a != failed) {
+            let Ok(conn) = Conn::lazy(&addr, self.inner.shared.clone()) else {
+                continue;
+            };
+            let conn = Arc::new(conn);
+            if conn.connection().await.is_ok() {
+                debug!(from = %failed, to = %addr, "bootstrap broker unreachable; using another");
+                *self.inner.home.lock().unwrap() = conn.clone();
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// The connection to broker `node`, made (not yet opened) if there is none; its address
+    /// comes from the metadata, refreshed once if the node is not in it.
+    pub(crate) async fn conn_to(&self, node: u32) -> Result<Arc<Conn>, ClientError> {
+        if let Some(c) = self.known_conn(node)? {
+            return Ok(c);
+        }
+        self.metadata(Some(Vec::new())).await?;
+        self.known_conn(node)?.ok_or_else(|| {
+            ClientError::Broker(WireError::new(
+                ErrorCode::LeaderNotAvailable,
+                format!("broker {node} is not in the cluster's metadata; retry shortly"),
+            ))
+        })
+    }
+
+    fn known_conn(&self, node: u32) -> Result<Option<Arc<Conn>>, ClientError> {
+        if let Some(c) = self.inner.nodes.lock().unwrap().get(&node) {
+            return Ok(Some(c.clone()));
+        }
+        let addr = self
+            .inner
+            .routes
+            .lock()
+            .unwrap()
+            .brokers
+            .get(&node)
+            .cloned();
+        let Some(addr) = addr else { return Ok(None) };
+        let conn = Arc::new(Conn::lazy(&addr, self.inner.shared.clone())?);
+        let mut nodes = self.inner.nodes.lock().unwrap();
+        Ok(Some(nodes.entry(node).or_insert(conn).clone()))
+    }
+
+    /// Brokers, topics, partitions and leaders; `None` asks about every topic. The answer
+    /// refreshes the client's cache of leaders.
     pub async fn metadata(
         &self,
         topics: Option<Vec<String>>,
     ) -> Result<MetadataResponse, ClientError> {
-        match self
-            .request(Request::Metadata { topics }, Bytes::new())
+        let asked = topics.clone();
+        let meta = match self
+            .to_home(Request::Metadata { topics }, Bytes::new())
             .await?
         {
-            (ResponseBody::Metadata(m), _) => Ok(m),
-            (other, _) => Err(unexpected("Metadata", &other)),
+            (ResponseBody::Metadata(m), _) => m,
+            (other, _) => return Err(unexpected("Metadata", &other)),
+        };
+        self.learn(&meta, asked.as_deref());
+        Ok(meta)
+    }
+
+    /// Records a broker's address; a connection to its old address, if it moved, is dropped.
+    fn learn_broker(&self, node: u32, addr: &str) {
+        let moved = {
+            let mut routes = self.inner.routes.lock().unwrap();
+            routes
+                .brokers
+                .insert(node, addr.to_owned())
+                .is_some_and(|old| old != addr)
+        };
+        if moved {
+            self.inner.nodes.lock().unwrap().remove(&node);
         }
+    }
+
+    /// Takes a metadata answer into the cache. Topics asked about and absent are dropped.
+    fn learn(&self, meta: &MetadataResponse, asked: Option<&[String]>) {
+        let now = Instant::now();
+        for b in &meta.brokers {
+            self.learn_broker(b.node_id, &b.addr);
+        }
+        {
+            let mut routes = self.inner.routes.lock().unwrap();
+            if let Some(asked) = asked {
+                for t in asked {
+                    routes.topics.remove(t);
+                }
+            }
+            for t in &meta.topics {
+                let route = TopicRoute {
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .map(|p| PartitionRoute {
+                            leader: p.leader,
+                            leader_epoch: p.leader_epoch,
+                        })
+                        .collect(),
+                    partitioner: t.partitioner.is_some(),
+                    fetched: now,
+                };
+                routes.topics.insert(t.name.clone(), Arc::new(route));
+            }
+        }
+    }
+
+    /// The topic's partitions and leaders, from the cache if no older than `max_age`, else
+    /// from the cluster. An unknown topic is [`ErrorCode::UnknownTopic`].
+    pub(crate) async fn topic_route(
+        &self,
+        topic: &str,
+        max_age: Duration,
+    ) -> Result<Arc<TopicRoute>, ClientError> {
+        if let Some(r) = self.cached_route(topic, max_age) {
+            return Ok(r);
+        }
+        self.refresh_topic(topic).await?;
+        self.cached_route(topic, Duration::MAX)
+            .ok_or_else(|| crate::producer::unknown_topic(topic))
+    }
+
+    fn cached_route(&self, topic: &str, max_age: Duration) -> Option<Arc<TopicRoute>> {
+        let routes = self.inner.routes.lock().unwrap();
+        routes
+            .topics
+            .get(topic)
+            .filter(|r| r.fetched.elapsed() < max_age)
+            .cloned()
+    }
+
+    /// Asks the cluster about `topic` again, unless another caller did while this one waited.
+    pub(crate) async fn refresh_topic(&self, topic: &str) -> Result<(), ClientError> {
+        let asked_at = Instant::now();
+        let _one = self.inner.refreshing.lock().await;
+        if self
+            .cached_route(topic, Duration::MAX)
+            .is_some_and(|r| r.fetched >= asked_at)
+        {
+            return Ok(());
+        }
+        self.metadata(Some(vec![topic.to_string()]))
+            .await
+            .map(|_| ())
+    }
+
+    /// The cached leader and leader epoch of a partition; `None` when the cache has no entry
+    /// for the topic or the partition has no leader.
+    pub(crate) fn cached_leader(&self, topic: &str, partition: u32) -> Option<(u32, u32)> {
+        let routes = self.inner.routes.lock().unwrap();
+        let p = routes
+            .topics
+            .get(topic)?
+            .partitions
+            .get(partition as usize)?;
+        Some((p.leader?, p.leader_epoch))
+    }
+
+    /// Forgets what the cache says about `topic`: the next use asks the cluster.
+    pub(crate) fn invalidate(&self, topic: &str) {
+        self.inner.routes.lock().unwrap().topics.remove(topic);
+    }
+
+    /// Whether an error means the cache's leaders for the topic are out of date.
+    pub(crate) fn means_stale_route(e: &ClientError) -> bool {
+        matches!(
+            e.wire_code(),
+            Some(
+                ErrorCode::NotLeader
+                    | ErrorCode::LeaderNotAvailable
+                    | ErrorCode::FencedLeaderEpoch
+                    | ErrorCode::UnknownLeaderEpoch
+                    | ErrorCode::UnknownPartition
+                    | ErrorCode::UnknownTopic
+            )
+        ) || matches!(
+            e,
+            ClientError::Connect(_) | ClientError::ConnectionLost(_) | ClientError::Timeout
+        )
     }
 
     pub fn admin(&self) -> Admin {
@@ -199,17 +562,17 @@ impl Client {
         Consumer::new(self.clone(), config)
     }
 
-    /// Node id of the broker, from its Hello.
+    /// Node id of the bootstrap broker, from its Hello.
     pub fn node_id(&self) -> u32 {
         self.inner.node_id
     }
 
     pub fn cluster_id(&self) -> &str {
-        &self.inner.cluster_id
+        self.inner.shared.cluster_id()
     }
 
     pub fn config(&self) -> &ClientConfig {
-        &self.inner.config
+        &self.inner.shared.config
     }
 
     /// Largest frame the broker accepts, from its Hello.
@@ -217,260 +580,38 @@ impl Client {
         self.inner.broker_max_frame
     }
 
-    /// Closes the connection for every clone; outstanding requests fail with a connection
+    /// Closes every connection for every clone; outstanding requests fail with a connection
     /// error and later ones with [`ClientError::Closed`].
     pub fn close(&self) {
-        self.inner.closed.store(true, Ordering::Relaxed);
-        let live = self.inner.live.lock().unwrap().clone();
-        live.connection.close(0u32.into(), b"client closed");
-    }
-
-    /// A long-lived pipelined stream (see [`Lane`]).
-    pub(crate) fn lane(&self) -> Lane {
-        Lane::spawn(self.clone(), self.inner.config.max_frame_bytes)
-    }
-
-    /// The live connection, reconnecting (with a fresh Hello) if the last one has closed.
-    pub(crate) async fn connection(&self) -> Result<quinn::Connection, ClientError> {
-        if let Some(c) = self.current_if_open() {
-            return Ok(c);
-        }
-        if self.inner.closed.load(Ordering::Relaxed) {
-            return Err(ClientError::Closed);
-        }
-        let _guard = self.inner.reconnecting.lock().await;
-        if let Some(c) = self.current_if_open() {
-            return Ok(c);
-        }
-        let inner = &self.inner;
-        debug!(broker = %inner.config.broker, "connection closed; reconnecting");
-        let (live, hello) = establish(&inner.config, &inner.quic, &inner.host, inner.port).await?;
-        if hello.cluster_id != inner.cluster_id {
-            return Err(ClientError::UnexpectedResponse(format!(
-                "reconnected to {} but it now belongs to cluster {:?}, not {:?}",
-                inner.config.broker, hello.cluster_id, inner.cluster_id
-            )));
-        }
-        let connection = live.connection.clone();
-        *inner.live.lock().unwrap() = live;
-        Ok(connection)
-    }
-
-    fn current_if_open(&self) -> Option<quinn::Connection> {
-        let live = self.inner.live.lock().unwrap();
-        live.connection
-            .close_reason()
-            .is_none()
-            .then(|| live.connection.clone())
-    }
-}
-
-fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    // Keep idle connections (a producer between bursts) from hitting the idle timeout.
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    // Room for a whole fetch response (8 MiB by default) in flight on one stream.
-    t.stream_receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
-    t.receive_window(quinn::VarInt::from_u32(64 * 1024 * 1024));
-    t.send_window(64 * 1024 * 1024);
-    t
-}
-
-/// Splits `host:port`, accepting `[v6]:port`.
-pub(crate) fn split_host_port(addr: &str) -> Result<(String, u16), ClientError> {
-    let bad = |why: &str| {
-        ClientError::InvalidConfig(format!(
-            "broker address {addr:?} {why}; expected host:port, e.g. localhost:9092"
-        ))
-    };
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
-        return Err(bad("has no host"));
-    }
-    if host.contains(':') && !addr.starts_with('[') {
-        return Err(bad("is an IPv6 address without brackets"));
-    }
-    let port = port.parse::<u16>().map_err(|_| bad("has a bad port"))?;
-    Ok((host.to_string(), port))
-}
-
-/// Resolves, connects and says Hello. Tries IPv4 addresses first: a dev broker commonly binds
-/// 0.0.0.0, and UDP sent to an unbound `::1` is met with silence until the connect timeout.
-async fn establish(
-    config: &ClientConfig,
-    quic: &quinn::ClientConfig,
-    host: &str,
-    port: u16,
-) -> Result<(Live, HelloResponse), ClientError> {
-    let target = &config.broker;
-    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| {
-            ClientError::Connect(format!(
-                "could not reach broker at {target}: cannot resolve {host:?}: {e}"
-            ))
-        })?
-        .collect();
-    addrs.sort_by_key(|a| a.is_ipv6());
-    addrs.dedup();
-    let mut last_err = ClientError::Connect(format!(
-        "could not reach broker at {target}: {host:?} resolved to no address"
-    ));
-    for addr in addrs {
-        match tokio::time::timeout(
-            config.connect_timeout,
-            connect_one(config, quic, host, addr),
-        )
-        .await
-        {
-            Ok(Ok(done)) => return Ok(done),
-            Ok(Err(e @ ClientError::Tls(_))) => return Err(e),
-            Ok(Err(e @ ClientError::Broker(_))) => return Err(e),
-            Ok(Err(e @ ClientError::UnexpectedResponse(_))) => return Err(e),
-            Ok(Err(e)) => last_err = e,
-            Err(_) => {
-                last_err = ClientError::Connect(format!(
-                    "could not reach broker at {target} ({addr}): no answer within {:?}",
-                    config.connect_timeout
-                ))
-            }
+        self.inner.shared.closed.store(true, Ordering::Relaxed);
+        self.home().close();
+        for conn in self.inner.nodes.lock().unwrap().values() {
+            conn.close();
         }
     }
-    Err(last_err)
-}
 
-async fn connect_one(
-    config: &ClientConfig,
-    quic: &quinn::ClientConfig,
-    host: &str,
-    addr: SocketAddr,
-) -> Result<(Live, HelloResponse), ClientError> {
-    let target = &config.broker;
-    let bind: SocketAddr = match addr.ip() {
-        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let endpoint = quinn::Endpoint::client(bind).map_err(|e| {
-        ClientError::Connect(format!(
-            "could not reach broker at {target}: cannot open a UDP socket: {e}"
-        ))
-    })?;
-    let connecting = endpoint
-        .connect_with(quic.clone(), addr, host)
-        .map_err(|e| ClientError::Connect(format!("could not reach broker at {target}: {e}")))?;
-    let connection = connecting
-        .await
-        .map_err(|e| handshake_error(target, addr, e))?;
-    let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
-    let hello = Request::Hello(HelloRequest {
-        min_version: MIN_PROTOCOL_VERSION,
-        max_version: PROTOCOL_VERSION,
-        client_id: config.client_id.clone(),
-    });
-    frame::write_frame(&mut send, &hello, &[])
-        .await
-        .map_err(ClientError::from_proto)?;
-    let _ = send.finish();
-    let hello = match read_response(&mut recv, config.max_frame_bytes).await? {
-        (ResponseBody::Hello(h), _) => h,
-        (other, _) => return Err(unexpected("Hello", &other)),
-    };
-    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) {
-        return Err(ClientError::UnexpectedResponse(format!(
-            "broker chose protocol version {}, but this client speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}",
-            hello.version
-        )));
+    /// A lane to broker `node` if its address is known, without waiting.
+    pub(crate) fn lane_to_known(&self, node: u32) -> Result<Option<Lane>, ClientError> {
+        Ok(self
+            .known_conn(node)?
+            .map(|conn| Lane::spawn(conn, self.inner.shared.config.max_frame_bytes)))
     }
-    Ok((
-        Live {
-            _endpoint: endpoint,
-            connection,
-        },
-        hello,
-    ))
-}
 
-/// Reads one response frame and turns a broker error into [`ClientError::Broker`].
-pub(crate) async fn read_response(
-    recv: &mut quinn::RecvStream,
-    max_frame: usize,
-) -> Result<(ResponseBody, Bytes), ClientError> {
-    let body = frame::read_frame(recv, max_frame)
-        .await
-        .map_err(ClientError::from_proto)?
-        .ok_or_else(|| {
-            ClientError::ConnectionLost("the broker closed the stream without answering".into())
-        })?;
-    decode_response(body)
-}
-
-pub(crate) fn decode_response(body: Bytes) -> Result<(ResponseBody, Bytes), ClientError> {
-    let (response, raw): (Response, Bytes) =
-        frame::decode_body(body).map_err(ClientError::Protocol)?;
-    match response {
-        Ok(body) => Ok((body, raw)),
-        Err(e) => Err(ClientError::Broker(e)),
+    /// A lane to wherever requests any broker answers go.
+    pub(crate) fn home_lane(&self) -> Lane {
+        Lane::spawn(self.home(), self.inner.shared.config.max_frame_bytes)
     }
 }
 
-pub(crate) fn unexpected(wanted: &str, got: &ResponseBody) -> ClientError {
-    // The variant's name: its Debug text up to the first delimiter.
-    let debug = format!("{got:?}");
-    let name = debug
-        .split(|c: char| !c.is_alphanumeric())
-        .next()
-        .unwrap_or("unknown");
-    ClientError::UnexpectedResponse(format!("expected a {wanted} response, got {name}"))
-}
-
-/// TLS alerts travel as QUIC transport error codes 0x100..=0x1ff (RFC 9001 §4.8), whichever
-/// side raised them; that is how a certificate problem is told apart from an unreachable host.
-fn is_tls_code(code: quinn::TransportErrorCode) -> bool {
-    u64::from(code) & !0xff == 0x100
-}
-
-fn handshake_error(target: &str, addr: SocketAddr, e: quinn::ConnectionError) -> ClientError {
-    match &e {
-        quinn::ConnectionError::TransportError(t) if is_tls_code(t.code) => ClientError::Tls(
-            format!("TLS handshake with broker at {target} ({addr}) failed: {t}"),
-        ),
-        quinn::ConnectionError::ConnectionClosed(c) if is_tls_code(c.error_code) => {
-            ClientError::Tls(format!(
-                "TLS handshake with broker at {target} ({addr}) failed: the broker refused it: {c}"
-            ))
-        }
-        _ => ClientError::Connect(format!("could not reach broker at {target} ({addr}): {e}")),
-    }
-}
-
-pub(crate) fn connection_error(e: quinn::ConnectionError) -> ClientError {
-    ClientError::ConnectionLost(e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_parsing() {
-        assert_eq!(
-            split_host_port("localhost:9092").unwrap(),
-            ("localhost".into(), 9092)
-        );
-        assert_eq!(split_host_port("[::1]:9092").unwrap(), ("::1".into(), 9092));
-        assert!(split_host_port("localhost").is_err());
-        assert!(split_host_port("::1:9092").is_err());
-        assert!(split_host_port(":9092").is_err());
-        assert!(split_host_port("h:99999").is_err());
-    }
-
-    #[test]
-    fn tls_alert_codes() {
-        assert!(is_tls_code(quinn::TransportErrorCode::crypto(42)));
-        assert!(!is_tls_code(quinn::TransportErrorCode::PROTOCOL_VIOLATION));
+/// The consumer group a request is about, if it is about one.
+fn group_of(request: &Request) -> Option<&str> {
+    match request {
+        Request::GroupHeartbeat(r) => Some(&r.group),
+        Request::OffsetCommit(r) => Some(&r.group),
+        Request::ResetOffsets(r) => Some(&r.group),
+        Request::OffsetFetch { group }
+        | Request::DescribeGroup { group }
+        | Request::DeleteGroup { group } => Some(group),
+        _ => None,
     }
 }

@@ -6,16 +6,16 @@
 //! batch boundary before it), and the position moves past the last record returned. Positions
 //! are only committed once the whole answer decoded, so an error never skips records.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
 use sluice_proto::batch::{decode_records, split_batches};
 use sluice_proto::{
-    ErrorCode, FetchPartition, FetchRequest, FetchResponse, FetchTransformedRequest,
-    FetchedPartition, GroupOffset, Header, OffsetCommitRequest, OffsetSpec, ProtoError, Request,
-    ResponseBody, WireError,
+    ErrorCode, FetchPartition, FetchRequest, FetchTransformedRequest, FetchedPartition,
+    GroupOffset, Header, OffsetCommitRequest, OffsetSpec, ProtoError, Request, ResponseBody,
+    WireError,
 };
 use tracing::debug;
 
@@ -510,7 +510,7 @@ impl Consumer {
                 self.assigned[i].position = Some(position);
             }
         }
-        let partitions = self
+        let partitions: Vec<FetchPartition> = self
             .assigned
             .iter()
             .map(|a| FetchPartition {
@@ -521,54 +521,11 @@ impl Consumer {
                 leader_epoch: None,
             })
             .collect();
-        let fetch = FetchRequest {
-            max_wait_ms: u32::try_from(self.config.max_wait.as_millis()).unwrap_or(u32::MAX),
-            min_bytes: self.config.min_bytes,
-            max_bytes: self.config.max_bytes,
-            partitions,
-        };
-        // With a fetch-time transform the records come back packed (plugin ABI), each partition
-        // with the offset to continue from; otherwise as stored batches.
-        let (fetched, mut raw, next_offsets) = match &self.config.transform {
-            Some(t) => {
-                let request = Request::FetchTransformed(FetchTransformedRequest {
-                    fetch,
-                    plugin: t.plugin.clone(),
-                    config: t.config.clone(),
-                });
-                match self.client.request(request, Bytes::new()).await? {
-                    (ResponseBody::FetchedTransformed(f), raw) => {
-                        let next: Vec<u64> = f.partitions.iter().map(|p| p.next_offset).collect();
-                        let partitions = f
-                            .partitions
-                            .into_iter()
-                            .map(|p| FetchedPartition {
-                                topic: p.topic,
-                                partition: p.partition,
-                                error: p.error,
-                                high_watermark: p.high_watermark,
-                                log_start: p.log_start,
-                                bytes: p.bytes,
-                            })
-                            .collect();
-                        (FetchResponse { partitions }, raw, Some(next))
-                    }
-                    (other, _) => return Err(unexpected("FetchedTransformed", &other)),
-                }
-            }
-            None => match self
-                .client
-                .request(Request::Fetch(fetch), Bytes::new())
-                .await?
-            {
-                (ResponseBody::Fetched(f), raw) => (f, raw, None),
-                (other, _) => return Err(unexpected("Fetched", &other)),
-            },
-        };
+        let (fetched, mut retriable) = self.fetch_from_leaders(partitions).await?;
         // First pass: find errors that fail the whole poll, before any position moves.
         let mut resets = Vec::new();
-        let mut retriable = 0;
-        for (i, fp) in fetched.partitions.iter().enumerate() {
+        for f in &fetched {
+            let fp = &f.partition;
             let Some(e) = &fp.error else { continue };
             let index = self.index_of(&fp.topic, fp.partition).map_err(|_| {
                 ClientError::UnexpectedResponse(format!(
@@ -587,38 +544,31 @@ impl Consumer {
                 resets.push((index, e.clone()));
             } else if e.code.is_retriable() {
                 debug!(topic = %fp.topic, partition = fp.partition, cause = %e, "skipping partition this round");
+                if Client::means_stale_route(&ClientError::Broker(e.clone())) {
+                    self.client.invalidate(&fp.topic);
+                }
                 retriable += 1;
             } else {
-                let _ = i;
                 return Err(ClientError::Broker(e.clone()));
             }
         }
         // Second pass: decode everything, then commit positions.
         let mut records = Vec::new();
         let mut positions = Vec::new();
-        for (i, fp) in fetched.partitions.iter().enumerate() {
-            let len = fp.bytes as usize;
-            if len > raw.len() {
-                return Err(ClientError::Protocol(ProtoError::Malformed(
-                    "fetch response claims more batch bytes than it carries",
-                )));
-            }
-            let data = raw.split_to(len);
+        for f in fetched {
+            let fp = &f.partition;
             if fp.error.is_some() {
                 continue;
             }
             let index = self.index_of(&fp.topic, fp.partition)?;
             let position = self.assigned[index].position.unwrap_or(0);
-            let (mut got, next) = match &next_offsets {
-                Some(next) => {
-                    let next = next.get(i).copied().unwrap_or(position).max(position);
-                    (
-                        decode_packed(&fp.topic, fp.partition, position, &data)?,
-                        next,
-                    )
-                }
-                None if len == 0 => continue,
-                None => decode_partition(&fp.topic, fp.partition, position, data)
+            let (mut got, next) = match f.next_offset {
+                Some(next) => (
+                    decode_packed(&fp.topic, fp.partition, position, &f.data)?,
+                    next.max(position),
+                ),
+                None if f.data.is_empty() => continue,
+                None => decode_partition(&fp.topic, fp.partition, position, f.data.clone())
                     .map_err(ClientError::Protocol)?,
             };
             records.append(&mut got);
@@ -670,6 +620,107 @@ impl Consumer {
                 }
             },
         )
+    }
+
+    /// Sends the fetch for `partitions` to their leaders — one request per broker, all at
+    /// once — and returns each partition's answer with its bytes, and how many partitions got
+    /// no answer this round for a reason a retry can cure (no leader known, a broker down).
+    async fn fetch_from_leaders(
+        &self,
+        partitions: Vec<FetchPartition>,
+    ) -> Result<(Vec<Fetched>, usize), ClientError> {
+        let mut by_leader: BTreeMap<u32, Vec<FetchPartition>> = BTreeMap::new();
+        let mut unanswered = 0;
+        for mut p in partitions {
+            let mut leader = self.client.cached_leader(&p.topic, p.partition);
+            if leader.is_none() {
+                if let Err(e) = self.client.refresh_topic(&p.topic).await {
+                    debug!(topic = %p.topic, cause = %e, "metadata refresh failed");
+                }
+                leader = self.client.cached_leader(&p.topic, p.partition);
+            }
+            match leader {
+                Some((node, epoch)) => {
+                    p.leader_epoch = Some(epoch);
+                    by_leader.entry(node).or_default().push(p);
+                }
+                None => unanswered += 1,
+            }
+        }
+        let max_wait_ms = u32::try_from(self.config.max_wait.as_millis()).unwrap_or(u32::MAX);
+        let requests = by_leader.into_iter().map(|(node, partitions)| {
+            let topics: BTreeSet<String> = partitions.iter().map(|p| p.topic.clone()).collect();
+            let fetch = FetchRequest {
+                max_wait_ms,
+                min_bytes: self.config.min_bytes,
+                max_bytes: self.config.max_bytes,
+                partitions,
+            };
+            let request = match &self.config.transform {
+                Some(t) => Request::FetchTransformed(FetchTransformedRequest {
+                    fetch,
+                    plugin: t.plugin.clone(),
+                    config: t.config.clone(),
+                }),
+                None => Request::Fetch(fetch),
+            };
+            async move {
+                let answer = self.client.request_to(node, request, Bytes::new()).await;
+                (topics, answer)
+            }
+        });
+        let mut fetched = Vec::new();
+        let mut first_error = None;
+        let mut sent = 0;
+        for (topics, answer) in futures::future::join_all(requests).await {
+            sent += 1;
+            match answer {
+                Ok((ResponseBody::Fetched(f), raw)) => {
+                    fetched.extend(split_answer(f.partitions, raw, |_| None)?);
+                }
+                Ok((ResponseBody::FetchedTransformed(f), raw)) => {
+                    let next: Vec<u64> = f.partitions.iter().map(|p| p.next_offset).collect();
+                    let partitions = f
+                        .partitions
+                        .into_iter()
+                        .map(|p| FetchedPartition {
+                            topic: p.topic,
+                            partition: p.partition,
+                            error: p.error,
+                            high_watermark: p.high_watermark,
+                            log_start: p.log_start,
+                            bytes: p.bytes,
+                        })
+                        .collect();
+                    fetched.extend(split_answer(partitions, raw, |i| next.get(i).copied())?);
+                }
+                Ok((other, _)) => {
+                    let wanted = if self.config.transform.is_some() {
+                        "FetchedTransformed"
+                    } else {
+                        "Fetched"
+                    };
+                    return Err(unexpected(wanted, &other));
+                }
+                Err(e) if e.is_retriable() => {
+                    debug!(cause = %e, "fetch from a leader failed; retrying next round");
+                    for t in &topics {
+                        self.client.invalidate(t);
+                    }
+                    unanswered += 1;
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Every broker asked failed: say why rather than return nothing forever.
+        if let Some(e) = first_error
+            && fetched.is_empty()
+            && sent > 0
+        {
+            return Err(e);
+        }
+        Ok((fetched, unanswered))
     }
 
     fn index_of(&self, topic: &str, partition: u32) -> Result<usize, ClientError> {
@@ -742,6 +793,37 @@ impl Consumer {
             _ => Err(unknown_topic(topic)),
         }
     }
+}
+
+/// One partition's part of a fetch answer.
+struct Fetched {
+    partition: FetchedPartition,
+    data: Bytes,
+    /// Where to continue from, for transformed records (their offsets have gaps).
+    next_offset: Option<u64>,
+}
+
+/// Splits an answer's raw bytes among its partitions (each partition's `bytes`, in order).
+fn split_answer(
+    partitions: Vec<FetchedPartition>,
+    mut raw: Bytes,
+    next_offset: impl Fn(usize) -> Option<u64>,
+) -> Result<Vec<Fetched>, ClientError> {
+    let mut out = Vec::with_capacity(partitions.len());
+    for (i, partition) in partitions.into_iter().enumerate() {
+        let len = partition.bytes as usize;
+        if len > raw.len() {
+            return Err(ClientError::Protocol(ProtoError::Malformed(
+                "fetch response claims more batch bytes than it carries",
+            )));
+        }
+        out.push(Fetched {
+            partition,
+            data: raw.split_to(len),
+            next_offset: next_offset(i),
+        });
+    }
+    Ok(out)
 }
 
 /// Decodes one partition's transformed records (plugin ABI packed format) at or after

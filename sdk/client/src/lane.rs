@@ -16,8 +16,8 @@ use sluice_proto::{Request, ResponseBody};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::client::{connection_error, decode_response};
-use crate::{Client, ClientError};
+use crate::ClientError;
+use crate::conn::{Conn, connection_error, decode_response};
 
 type Answer = Result<(ResponseBody, Bytes), ClientError>;
 
@@ -45,10 +45,10 @@ pub(crate) struct Lane {
 impl Lane {
     /// Starts the lane's tasks. The stream is opened by the writer task, so this does not wait:
     /// requests queued meanwhile go out once it is open, or fail if it cannot be opened.
-    pub(crate) fn spawn(client: Client, max_frame: usize) -> Lane {
+    pub(crate) fn spawn(conn: Arc<Conn>, max_frame: usize) -> Lane {
         let (commands, rx) = mpsc::unbounded_channel();
         let dead = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run_writer(client, max_frame, rx, dead.clone()));
+        tokio::spawn(run_writer(conn, max_frame, rx, dead.clone()));
         Lane { commands, dead }
     }
 
@@ -105,12 +105,12 @@ fn fail(reply: Reply, e: ClientError) {
 }
 
 async fn run_writer(
-    client: Client,
+    conn: Arc<Conn>,
     max_frame: usize,
     mut commands: mpsc::UnboundedReceiver<Command>,
     dead: Arc<AtomicBool>,
 ) {
-    let opened = match client.connection().await {
+    let opened = match conn.connection().await {
         Ok(c) => c.open_bi().await.map_err(connection_error),
         Err(e) => Err(e),
     };

@@ -31,6 +31,7 @@
 
 mod admin;
 mod client;
+mod conn;
 mod consumer;
 mod error;
 mod group;

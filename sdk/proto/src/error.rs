@@ -78,6 +78,9 @@ pub enum ErrorCode {
     /// The request carries a newer leader epoch than this broker knows: this broker's metadata
     /// is behind. Retry shortly.
     UnknownLeaderEpoch,
+    /// This node coordinates the group but is still loading its state (it just became the
+    /// leader of the group's offsets partition). Retry shortly.
+    CoordinatorLoadInProgress,
 }
 
 impl ErrorCode {
@@ -93,6 +96,7 @@ impl ErrorCode {
                 | ErrorCode::NotCoordinator
                 | ErrorCode::FencedLeaderEpoch
                 | ErrorCode::UnknownLeaderEpoch
+                | ErrorCode::CoordinatorLoadInProgress
         )
     }
 }

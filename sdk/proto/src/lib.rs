@@ -27,8 +27,9 @@ pub use messages::*;
 pub const ALPN: &[u8] = b"sluice/1";
 
 /// Newest protocol version this build speaks. Version 2 added the leader epoch to produce and
-/// fetch requests.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// fetch requests; version 3 added `FindCoordinator`, `ClusterStatus` and the
+/// `CoordinatorLoadInProgress` error, all appended, so version 2 messages decode unchanged.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Oldest protocol version this build still speaks. Version 1 clients are told at `Hello` to
 /// upgrade: their produce and fetch requests would not decode.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;

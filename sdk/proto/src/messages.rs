@@ -107,6 +107,14 @@ pub enum Request {
     DeleteTopicForced {
         name: String,
     },
+    /// Which broker coordinates a consumer group: the leader of the group's partition of
+    /// `__consumer_offsets`. Answered by any broker with [`ResponseBody::Coordinator`].
+    FindCoordinator {
+        group: String,
+    },
+    /// The cluster as the answering broker sees it: nodes, roles, broker epochs, the metadata
+    /// leader, term and commit index. Answered with [`ResponseBody::ClusterStatus`].
+    ClusterStatus,
 }
 
 impl Request {
@@ -144,6 +152,8 @@ impl Request {
             Request::ResumePipeline { .. } => "resume_pipeline",
             Request::DeletePipeline { .. } => "delete_pipeline",
             Request::DeleteTopicForced { .. } => "delete_topic_forced",
+            Request::FindCoordinator { .. } => "find_coordinator",
+            Request::ClusterStatus => "cluster_status",
         }
     }
 }
@@ -186,6 +196,44 @@ pub enum ResponseBody {
     /// The answer to a produce with [`ROUTE_BY_PARTITIONER`]: where each record of the batch
     /// went, in the batch's order.
     ProducedRouted(Vec<RoutedRecord>),
+    Coordinator(BrokerInfo),
+    ClusterStatus(ClusterStatus),
+}
+
+/// The answer to [`Request::ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    /// The node that answered; the Raft figures are its view.
+    pub answered_by: u32,
+    /// The metadata (Raft) leader, if one is known.
+    pub controller: Option<u32>,
+    pub term: u64,
+    /// Index of the last metadata entry known committed.
+    pub committed: Option<u64>,
+    /// Index of the last metadata entry applied on the answering node.
+    pub applied: Option<u64>,
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One node, as [`ClusterStatus`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    pub node_id: u32,
+    /// Address clients use; empty for a voter that never registered as a broker.
+    pub addr: String,
+    pub peer_addr: Option<String>,
+    pub rack: Option<String>,
+    /// `voter`, `learner`, or `observer` (a registered broker outside the Raft membership).
+    pub role: String,
+    /// The broker epoch of its latest registration (0 if never registered).
+    pub broker_epoch: u64,
+    /// Its session is current (it heartbeats to the metadata leader).
+    pub live: bool,
+    /// It missed its session and must register again.
+    pub fenced: bool,
+    /// Partitions it leads.
+    pub leader_of: u32,
 }
 
 /// Where a new pipeline starts reading its input.

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -202,33 +202,6 @@ struct Shared {
     commands: mpsc::UnboundedSender<Command>,
     /// Permits are bytes of buffered records; `send` waits here when the buffer is full.
     memory: Arc<Semaphore>,
-    partitions: Arc<PartitionCache>,
-}
-
-/// Partition counts per topic. A `std` mutex: no await while it is held.
-#[derive(Debug, Default)]
-/// Per topic: partition count, whether a partitioner plugin places keyless-and-unpartitioned
-/// records, and when that was looked up.
-struct PartitionCache(Mutex<HashMap<String, (u32, bool, Instant)>>);
-
-impl PartitionCache {
-    fn get(&self, topic: &str, max_age: Duration) -> Option<(u32, bool)> {
-        let map = self.0.lock().unwrap();
-        map.get(topic)
-            .filter(|(_, _, at)| at.elapsed() < max_age)
-            .map(|(n, routed, _)| (*n, *routed))
-    }
-
-    fn put(&self, topic: &str, partitions: u32, routed: bool) {
-        self.0
-            .lock()
-            .unwrap()
-            .insert(topic.to_string(), (partitions, routed, Instant::now()));
-    }
-
-    fn invalidate(&self, topic: &str) {
-        self.0.lock().unwrap().remove(topic);
-    }
 }
 
 enum Command {
@@ -249,13 +222,7 @@ impl Producer {
         let memory = Arc::new(Semaphore::new(
             config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS),
         ));
-        let partitions = Arc::new(PartitionCache::default());
-        let driver = Driver::new(
-            client.clone(),
-            config.clone(),
-            memory.clone(),
-            partitions.clone(),
-        );
+        let driver = Driver::new(client.clone(), config.clone(), memory.clone());
         tokio::spawn(driver.run(rx));
         Producer {
             shared: Arc::new(Shared {
@@ -263,7 +230,6 @@ impl Producer {
                 config,
                 commands,
                 memory,
-                partitions,
             }),
         }
     }
@@ -279,7 +245,7 @@ impl Producer {
             && p >= partitions
         {
             // The cached count may be stale (partitions added): look again before refusing.
-            shared.partitions.invalidate(&record.topic);
+            shared.client.invalidate(&record.topic);
             let (fresh, _) = self.topic_info(&record.topic).await?;
             if p >= fresh {
                 return Err(ClientError::UnknownPartition {
@@ -360,25 +326,14 @@ impl Producer {
 
     async fn topic_info(&self, topic: &str) -> Result<(u32, bool), ClientError> {
         let shared = &self.shared;
-        if let Some(info) = shared.partitions.get(topic, shared.config.metadata_max_age) {
-            return Ok(info);
-        }
-        let meta = shared
+        let route = shared
             .client
-            .metadata(Some(vec![topic.to_string()]))
+            .topic_route(topic, shared.config.metadata_max_age)
             .await?;
-        let (n, routed) = meta
-            .topics
-            .iter()
-            .find(|t| t.name == topic)
-            .map_or((0, false), |t| {
-                (t.partitions.len() as u32, t.partitioner.is_some())
-            });
-        if n == 0 {
+        if route.partitions.is_empty() {
             return Err(unknown_topic(topic));
         }
-        shared.partitions.put(topic, n, routed);
-        Ok((n, routed))
+        Ok((route.partitions.len() as u32, route.partitioner))
     }
 }
 
@@ -407,6 +362,9 @@ type Waiter = oneshot::Sender<Delivery>;
 /// per producer and partition to recognise retries.
 const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
 
+/// The key of the bootstrap broker's lanes (no node has this id).
+const HOME: u32 = u32::MAX;
+
 /// What came of one attempt to send a batch: the broker's answer (`None` under `Acks::None`).
 /// What the broker acknowledged: a batch at a base offset, or (for a topic's partitioner)
 /// each record's partition and offset.
@@ -418,6 +376,9 @@ enum Acked {
 struct Attempt {
     batch: SealedBatch<Waiter>,
     result: Result<Option<Acked>, ClientError>,
+    /// Whether the batch went to a broker; one that did not (no leader was known) comes back
+    /// after a metadata refresh, which must not be undone by treating it as a stale route.
+    sent: bool,
 }
 
 struct FlushWaiter {
@@ -432,9 +393,9 @@ struct Driver {
     client: Client,
     config: ProducerConfig,
     accumulator: Accumulator<Waiter>,
-    lanes: Vec<Option<Lane>>,
+    /// Per broker (by node id; [`HOME`] for the bootstrap broker), `sender_lanes` lanes.
+    lanes: HashMap<u32, Vec<Option<Lane>>>,
     memory: Arc<Semaphore>,
-    partitions: Arc<PartitionCache>,
     attempts_tx: mpsc::UnboundedSender<Attempt>,
     attempts_rx: mpsc::UnboundedReceiver<Attempt>,
     flushes: Vec<FlushWaiter>,
@@ -443,12 +404,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(
-        client: Client,
-        config: ProducerConfig,
-        memory: Arc<Semaphore>,
-        partitions: Arc<PartitionCache>,
-    ) -> Driver {
+    fn new(client: Client, config: ProducerConfig, memory: Arc<Semaphore>) -> Driver {
         let idempotent = config.idempotence && config.acks != Acks::None;
         let max_in_flight = if idempotent {
             config
@@ -466,12 +422,11 @@ impl Driver {
         });
         let (attempts_tx, attempts_rx) = mpsc::unbounded_channel();
         Driver {
-            lanes: (0..config.sender_lanes.max(1)).map(|_| None).collect(),
+            lanes: HashMap::new(),
             client,
             config,
             accumulator,
             memory,
-            partitions,
             attempts_tx,
             attempts_rx,
             flushes: Vec::new(),
@@ -595,15 +550,60 @@ impl Driver {
         }
     }
 
-    fn lane_for(&mut self, tp: &TopicPartition) -> &Lane {
+    /// A live lane to `node` for `tp` (the same one for a partition while it lives, which
+    /// keeps its batches in order); `None` when the node's address is not known yet.
+    fn lane_for(&mut self, node: u32, tp: &TopicPartition) -> Option<&Lane> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         tp.hash(&mut h);
-        let i = (h.finish() % self.lanes.len() as u64) as usize;
-        let slot = &mut self.lanes[i];
+        let count = self.config.sender_lanes.max(1);
+        let lanes = self
+            .lanes
+            .entry(node)
+            .or_insert_with(|| (0..count).map(|_| None).collect());
+        let slot = &mut lanes[(h.finish() % count as u64) as usize];
         if slot.as_ref().is_none_or(Lane::is_dead) {
-            *slot = Some(self.client.lane());
+            *slot = if node == HOME {
+                Some(self.client.home_lane())
+            } else {
+                self.client.lane_to_known(node).ok().flatten()
+            };
         }
-        slot.as_ref().expect("just filled")
+        slot.as_ref()
+    }
+
+    /// Where a batch goes: its partition's leader (with the leader epoch to send), or, for a
+    /// batch the topic's partitioner places, the bootstrap broker.
+    fn target(&self, tp: &TopicPartition) -> Option<(u32, Option<u32>)> {
+        if tp.partition == sluice_proto::ROUTE_BY_PARTITIONER {
+            return Some((HOME, None));
+        }
+        let (leader, epoch) = self.client.cached_leader(&tp.topic, tp.partition)?;
+        Some((leader, Some(epoch)))
+    }
+
+    /// No leader to send to: ask the cluster again in the background and let the batch come
+    /// back through the retry path (without counting an attempt: nothing was sent).
+    fn no_route(&mut self, batch: SealedBatch<Waiter>) {
+        let client = self.client.clone();
+        let attempts = self.attempts_tx.clone();
+        let topic = batch.tp.topic.to_string();
+        let e = ClientError::Broker(WireError::new(
+            ErrorCode::LeaderNotAvailable,
+            format!(
+                "no leader known for {}/{}; looking it up",
+                batch.tp.topic, batch.tp.partition
+            ),
+        ));
+        tokio::spawn(async move {
+            if let Err(e) = client.refresh_topic(&topic).await {
+                debug!(topic = %topic, cause = %e, "metadata refresh failed");
+            }
+            let _ = attempts.send(Attempt {
+                batch,
+                result: Err(e),
+                sent: false,
+            });
+        });
     }
 
     /// Puts one attempt of a batch on its lane; a task waits for the answer and reports back.
@@ -619,6 +619,14 @@ impl Driver {
                 return;
             }
         };
+        let Some((node, leader_epoch)) = self.target(&batch.tp) else {
+            self.no_route(batch);
+            return;
+        };
+        if self.lane_for(node, &batch.tp).is_none() {
+            self.no_route(batch);
+            return;
+        }
         batch.attempts += 1;
         let acks = self.config.acks;
         let request = Request::Produce(ProduceRequest {
@@ -626,9 +634,7 @@ impl Driver {
             partition: batch.tp.partition,
             acks,
             timeout_ms: self.config.request_timeout_ms,
-            // Not checked until the client routes by leader (cluster work); the broker checks
-            // it whenever it is given.
-            leader_epoch: None,
+            leader_epoch,
         });
         // The broker may legitimately take up to `timeout_ms` to acknowledge; give the network
         // some slack on top before calling the outcome unknown.
@@ -636,7 +642,7 @@ impl Driver {
             .max(self.client.config().request_timeout)
             + Duration::from_secs(5);
         let attempts = self.attempts_tx.clone();
-        let lane = self.lane_for(&batch.tp);
+        let lane = self.lane_for(node, &batch.tp).expect("checked above");
         if acks == Acks::None {
             let written = lane.send_only(request, payload);
             tokio::spawn(async move {
@@ -646,7 +652,11 @@ impl Driver {
                     Ok(Err(_)) => Err(ClientError::Closed),
                     Err(_) => Err(ClientError::Timeout),
                 };
-                let _ = attempts.send(Attempt { batch, result });
+                let _ = attempts.send(Attempt {
+                    batch,
+                    result,
+                    sent: true,
+                });
             });
         } else {
             let answer = lane.call(request, payload);
@@ -659,12 +669,23 @@ impl Driver {
                     Ok(Err(_)) => Err(ClientError::Closed),
                     Err(_) => Err(ClientError::Timeout),
                 };
-                let _ = attempts.send(Attempt { batch, result });
+                let _ = attempts.send(Attempt {
+                    batch,
+                    result,
+                    sent: true,
+                });
             });
         }
     }
 
-    fn handle_attempt(&mut self, Attempt { mut batch, result }: Attempt) {
+    fn handle_attempt(
+        &mut self,
+        Attempt {
+            mut batch,
+            result,
+            sent,
+        }: Attempt,
+    ) {
         let e = match result {
             Ok(response) => {
                 self.accumulator.handle_done(&batch.tp, batch.first_seq());
@@ -691,11 +712,8 @@ impl Driver {
             }
             Err(e) => e,
         };
-        if matches!(
-            e.wire_code(),
-            Some(ErrorCode::NotLeader | ErrorCode::UnknownPartition | ErrorCode::UnknownTopic)
-        ) {
-            self.partitions.invalidate(&batch.tp.topic);
+        if sent && Client::means_stale_route(&e) {
+            self.client.invalidate(&batch.tp.topic);
         }
         let elapsed = batch.created.elapsed();
         let backoff = self.backoff(batch.attempts);

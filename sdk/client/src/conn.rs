@@ -1,0 +1,352 @@
+//! One QUIC connection to one broker: opened lazily, said Hello on, and opened again (with a
+//! fresh Hello) when it drops. A [`Client`](crate::Client) keeps one per broker it talks to.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_proto::frame;
+use sluice_proto::{
+    Acks, HelloRequest, HelloResponse, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ProduceResponse,
+    Request, Response, ResponseBody,
+};
+use tracing::debug;
+
+use crate::ClientError;
+use crate::client::Shared;
+
+/// A connection to the broker at one address.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) addr: String,
+    host: String,
+    port: u16,
+    shared: Arc<Shared>,
+    /// A `std` mutex: held only to clone or swap the handle, never across an await.
+    live: Mutex<Option<Live>>,
+    /// Serialises reconnects so that a burst of failing requests opens one connection, not many.
+    reconnecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Live {
+    /// Kept beside its connection: dropping the endpoint would close the connection.
+    _endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+}
+
+impl Conn {
+    /// A connection to `addr`, opened on first use.
+    pub(crate) fn lazy(addr: &str, shared: Arc<Shared>) -> Result<Conn, ClientError> {
+        let (host, port) = split_host_port(addr)?;
+        Ok(Conn {
+            addr: addr.to_string(),
+            host,
+            port,
+            shared,
+            live: Mutex::new(None),
+            reconnecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Opens the connection now and returns the broker's Hello.
+    pub(crate) async fn open(&self) -> Result<HelloResponse, ClientError> {
+        let _guard = self.reconnecting.lock().await;
+        let (live, hello) = establish(&self.addr, &self.shared, &self.host, self.port).await?;
+        *self.live.lock().unwrap() = Some(live);
+        Ok(hello)
+    }
+
+    /// Sends one request on a new stream and waits (up to `request_timeout`) for its answer.
+    pub(crate) async fn request(
+        &self,
+        request: Request,
+        raw: Bytes,
+    ) -> Result<(ResponseBody, Bytes), ClientError> {
+        let timeout = self.shared.config.request_timeout;
+        tokio::time::timeout(timeout, self.request_inner(request, raw))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    async fn request_inner(
+        &self,
+        request: Request,
+        raw: Bytes,
+    ) -> Result<(ResponseBody, Bytes), ClientError> {
+        let connection = self.connection().await?;
+        let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
+        frame::write_frame(&mut send, &request, &raw)
+            .await
+            .map_err(ClientError::from_proto)?;
+        // Telling the broker no more requests follow lets it close its side when done.
+        let _ = send.finish();
+        if let Request::Produce(p) = &request
+            && p.acks == Acks::None
+        {
+            return Ok((
+                ResponseBody::Produced(ProduceResponse {
+                    base_offset: u64::MAX,
+                    log_start: 0,
+                    append_time: 0,
+                }),
+                Bytes::new(),
+            ));
+        }
+        read_response(&mut recv, self.shared.config.max_frame_bytes).await
+    }
+
+    /// The live connection, (re)connecting (with a fresh Hello) if there is none open.
+    pub(crate) async fn connection(&self) -> Result<quinn::Connection, ClientError> {
+        if let Some(c) = self.current_if_open() {
+            return Ok(c);
+        }
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return Err(ClientError::Closed);
+        }
+        let _guard = self.reconnecting.lock().await;
+        if let Some(c) = self.current_if_open() {
+            return Ok(c);
+        }
+        debug!(broker = %self.addr, "no open connection; connecting");
+        let (live, hello) = establish(&self.addr, &self.shared, &self.host, self.port).await?;
+        if hello.cluster_id != self.shared.cluster_id() {
+            return Err(ClientError::UnexpectedResponse(format!(
+                "the broker at {} belongs to cluster {:?}, not {:?}",
+                self.addr,
+                hello.cluster_id,
+                self.shared.cluster_id()
+            )));
+        }
+        let connection = live.connection.clone();
+        *self.live.lock().unwrap() = Some(live);
+        Ok(connection)
+    }
+
+    fn current_if_open(&self) -> Option<quinn::Connection> {
+        let live = self.live.lock().unwrap();
+        live.as_ref()
+            .filter(|l| l.connection.close_reason().is_none())
+            .map(|l| l.connection.clone())
+    }
+
+    /// Closes the connection, if open.
+    pub(crate) fn close(&self) {
+        if let Some(live) = self.live.lock().unwrap().as_ref() {
+            live.connection.close(0u32.into(), b"client closed");
+        }
+    }
+}
+
+pub(crate) fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    // Keep idle connections (a producer between bursts) from hitting the idle timeout.
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    // Room for a whole fetch response (8 MiB by default) in flight on one stream.
+    t.stream_receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
+    t.receive_window(quinn::VarInt::from_u32(64 * 1024 * 1024));
+    t.send_window(64 * 1024 * 1024);
+    t
+}
+
+/// Splits `host:port`, accepting `[v6]:port`.
+pub(crate) fn split_host_port(addr: &str) -> Result<(String, u16), ClientError> {
+    let bad = |why: &str| {
+        ClientError::InvalidConfig(format!(
+            "broker address {addr:?} {why}; expected host:port, e.g. localhost:9092"
+        ))
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    if host.contains(':') && !addr.starts_with('[') {
+        return Err(bad("is an IPv6 address without brackets"));
+    }
+    let port = port.parse::<u16>().map_err(|_| bad("has a bad port"))?;
+    Ok((host.to_string(), port))
+}
+
+/// Resolves, connects and says Hello. Tries IPv4 addresses first: a dev broker commonly binds
+/// 0.0.0.0, and UDP sent to an unbound `::1` is met with silence until the connect timeout.
+async fn establish(
+    target: &str,
+    shared: &Shared,
+    host: &str,
+    port: u16,
+) -> Result<(Live, HelloResponse), ClientError> {
+    let (config, quic) = (&shared.config, &shared.quic);
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| {
+            ClientError::Connect(format!(
+                "could not reach broker at {target}: cannot resolve {host:?}: {e}"
+            ))
+        })?
+        .collect();
+    addrs.sort_by_key(|a| a.is_ipv6());
+    addrs.dedup();
+    let mut last_err = ClientError::Connect(format!(
+        "could not reach broker at {target}: {host:?} resolved to no address"
+    ));
+    for addr in addrs {
+        match tokio::time::timeout(
+            config.connect_timeout,
+            connect_one(target, config, quic, host, addr),
+        )
+        .await
+        {
+            Ok(Ok(done)) => return Ok(done),
+            Ok(Err(e @ ClientError::Tls(_))) => return Err(e),
+            Ok(Err(e @ ClientError::Broker(_))) => return Err(e),
+            Ok(Err(e @ ClientError::UnexpectedResponse(_))) => return Err(e),
+            Ok(Err(e)) => last_err = e,
+            Err(_) => {
+                last_err = ClientError::Connect(format!(
+                    "could not reach broker at {target} ({addr}): no answer within {:?}",
+                    config.connect_timeout
+                ))
+            }
+        }
+    }
+    Err(last_err)
+}
+
+async fn connect_one(
+    target: &str,
+    config: &crate::ClientConfig,
+    quic: &quinn::ClientConfig,
+    host: &str,
+    addr: SocketAddr,
+) -> Result<(Live, HelloResponse), ClientError> {
+    let bind: SocketAddr = match addr.ip() {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| {
+        ClientError::Connect(format!(
+            "could not reach broker at {target}: cannot open a UDP socket: {e}"
+        ))
+    })?;
+    let connecting = endpoint
+        .connect_with(quic.clone(), addr, host)
+        .map_err(|e| ClientError::Connect(format!("could not reach broker at {target}: {e}")))?;
+    let connection = connecting
+        .await
+        .map_err(|e| handshake_error(target, addr, e))?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
+    let hello = Request::Hello(HelloRequest {
+        min_version: MIN_PROTOCOL_VERSION,
+        max_version: PROTOCOL_VERSION,
+        client_id: config.client_id.clone(),
+    });
+    frame::write_frame(&mut send, &hello, &[])
+        .await
+        .map_err(ClientError::from_proto)?;
+    let _ = send.finish();
+    let hello = match read_response(&mut recv, config.max_frame_bytes).await? {
+        (ResponseBody::Hello(h), _) => h,
+        (other, _) => return Err(unexpected("Hello", &other)),
+    };
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) {
+        return Err(ClientError::UnexpectedResponse(format!(
+            "broker chose protocol version {}, but this client speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}",
+            hello.version
+        )));
+    }
+    Ok((
+        Live {
+            _endpoint: endpoint,
+            connection,
+        },
+        hello,
+    ))
+}
+
+/// Reads one response frame and turns a broker error into [`ClientError::Broker`].
+pub(crate) async fn read_response(
+    recv: &mut quinn::RecvStream,
+    max_frame: usize,
+) -> Result<(ResponseBody, Bytes), ClientError> {
+    let body = frame::read_frame(recv, max_frame)
+        .await
+        .map_err(ClientError::from_proto)?
+        .ok_or_else(|| {
+            ClientError::ConnectionLost("the broker closed the stream without answering".into())
+        })?;
+    decode_response(body)
+}
+
+pub(crate) fn decode_response(body: Bytes) -> Result<(ResponseBody, Bytes), ClientError> {
+    let (response, raw): (Response, Bytes) =
+        frame::decode_body(body).map_err(ClientError::Protocol)?;
+    match response {
+        Ok(body) => Ok((body, raw)),
+        Err(e) => Err(ClientError::Broker(e)),
+    }
+}
+
+pub(crate) fn unexpected(wanted: &str, got: &ResponseBody) -> ClientError {
+    // The variant's name: its Debug text up to the first delimiter.
+    let debug = format!("{got:?}");
+    let name = debug
+        .split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("unknown");
+    ClientError::UnexpectedResponse(format!("expected a {wanted} response, got {name}"))
+}
+
+/// TLS alerts travel as QUIC transport error codes 0x100..=0x1ff (RFC 9001 §4.8), whichever
+/// side raised them; that is how a certificate problem is told apart from an unreachable host.
+fn is_tls_code(code: quinn::TransportErrorCode) -> bool {
+    u64::from(code) & !0xff == 0x100
+}
+
+fn handshake_error(target: &str, addr: SocketAddr, e: quinn::ConnectionError) -> ClientError {
+    match &e {
+        quinn::ConnectionError::TransportError(t) if is_tls_code(t.code) => ClientError::Tls(
+            format!("TLS handshake with broker at {target} ({addr}) failed: {t}"),
+        ),
+        quinn::ConnectionError::ConnectionClosed(c) if is_tls_code(c.error_code) => {
+            ClientError::Tls(format!(
+                "TLS handshake with broker at {target} ({addr}) failed: the broker refused it: {c}"
+            ))
+        }
+        _ => ClientError::Connect(format!("could not reach broker at {target} ({addr}): {e}")),
+    }
+}
+
+pub(crate) fn connection_error(e: quinn::ConnectionError) -> ClientError {
+    ClientError::ConnectionLost(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(
+            split_host_port("localhost:9092").unwrap(),
+            ("localhost".into(), 9092)
+        );
+        assert_eq!(split_host_port("[::1]:9092").unwrap(), ("::1".into(), 9092));
+        assert!(split_host_port("localhost").is_err());
+        assert!(split_host_port("::1:9092").is_err());
+        assert!(split_host_port(":9092").is_err());
+        assert!(split_host_port("h:99999").is_err());
+    }
+
+    #[test]
+    fn tls_alert_codes() {
+        assert!(is_tls_code(quinn::TransportErrorCode::crypto(42)));
+        assert!(!is_tls_code(quinn::TransportErrorCode::PROTOCOL_VIOLATION));
+    }
+}
