@@ -35,6 +35,10 @@ use crate::{Broker, BrokerError};
 /// Partitions of the offsets topic.
 pub(crate) const OFFSETS_PARTITIONS: u32 = 4;
 
+/// How long a node of a cluster starting together waits for the other voters to register
+/// before it places the offsets topic over those that did.
+const OFFSETS_PLACEMENT_WAIT: Duration = Duration::from_secs(15);
+
 #[derive(Debug, Default)]
 pub(crate) struct GroupCoordinator {
     /// A `std` mutex: held only while the state machine runs and the resulting append is
@@ -184,6 +188,18 @@ impl Broker {
 impl GroupCoordinator {
     /// Creates the offsets topic when missing, then rebuilds group state from it. Blocking.
     pub(crate) fn load(broker: &Broker) -> Result<(), BrokerError> {
+        // In a cluster starting together, give the other voters a moment (bounded) to register,
+        // so that the offsets partitions are spread over all of them rather than all placed on
+        // the first node up.
+        let voters = broker.config.cluster.as_ref().map_or(1, |c| c.voters.len());
+        let started = Instant::now();
+        while broker
+            .controller
+            .read(|s| s.topic(OFFSETS_TOPIC).is_none() && s.live_brokers().count() < voters)
+            && started.elapsed() < OFFSETS_PLACEMENT_WAIT
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         if broker.controller.read(|s| s.topic(OFFSETS_TOPIC).is_none()) {
             let cmd = MetadataCommand::CreateInternalTopic {
                 name: OFFSETS_TOPIC.into(),

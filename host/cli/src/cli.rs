@@ -19,7 +19,8 @@ pub const DEFAULT_BROKER: &str = "127.0.0.1:9470";
     about = "Sluice: event streaming over QUIC, with WebAssembly plugins"
 )]
 pub struct Cli {
-    /// Broker to talk to, HOST:PORT.
+    /// Broker(s) to bootstrap from, HOST:PORT[,HOST:PORT...]: the first that answers tells the
+    /// client about the rest of the cluster.
     #[arg(long, global = true, env = "SLUICE_BROKER", default_value = DEFAULT_BROKER)]
     pub broker: String,
     /// CA certificate (PEM) that signed the broker's certificate. Default: the dev CA in
@@ -55,6 +56,12 @@ pub enum Command {
     Pipeline(crate::pipeline_cmds::PipelineCommand),
     /// Measure throughput and latency against a running broker.
     Bench(bench::BenchArgs),
+    /// The cluster: nodes, roles, liveness, the metadata leader.
+    #[command(subcommand)]
+    Cluster(crate::cluster_cmds::ClusterCommand),
+    /// Development helpers: a local cluster in one command.
+    #[command(subcommand)]
+    Dev(crate::dev_cluster::DevCommand),
 }
 
 #[derive(Debug, Args)]
@@ -249,6 +256,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plugin(cmd) => crate::plugin_cmds::run(cmd, async || connect(&cli).await).await,
         Command::Pipeline(cmd) => crate::pipeline_cmds::run(&connect(&cli).await?, cmd).await,
         Command::Bench(args) => bench::run(&cli, args).await,
+        Command::Cluster(cmd) => crate::cluster_cmds::run(&connect(&cli).await?, cmd).await,
+        Command::Dev(cmd) => crate::dev_cluster::run(cmd).await,
     }
 }
 
@@ -302,7 +311,7 @@ async fn run_broker(args: &BrokerArgs) -> Result<ExitCode> {
 }
 
 /// SIGINT or SIGTERM, from the moment this is called (the handlers are installed at once).
-fn stop_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

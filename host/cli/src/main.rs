@@ -1,5 +1,6 @@
 //! `sluice`: the one binary. `sluice broker` runs a node; every other subcommand is a client
-//! of a running broker (topics, produce, consume, bench), over QUIC through the Rust SDK.
+//! of a running cluster (topics, produce, consume, bench, cluster status), over QUIC through the
+//! Rust SDK; `sluice dev cluster` starts a local cluster of broker processes.
 
 mod acks;
 mod bench;
@@ -7,6 +8,8 @@ mod bench_groups;
 mod bench_pipeline;
 mod cli;
 mod client_cmds;
+mod cluster_cmds;
+mod dev_cluster;
 mod format;
 mod pipeline_cmds;
 mod plugin_cmds;

@@ -905,7 +905,7 @@ mod tests {
             &MetadataCommand::CreateTopic {
                 name: "t".into(),
                 config: TopicConfig::default(),
-                assignments: vec![vec![1, 2], vec![2, 1], vec![1, 2]],
+                assignments: vec![vec![1, 2], vec![2, 1], vec![1, 2], vec![1]],
             },
         )
         .unwrap();
@@ -955,8 +955,10 @@ mod tests {
             "node 2's partition keeps its leader"
         );
         assert_eq!(t.partitions[1].leader_epoch, before[1]);
+        assert_eq!(t.partitions[0].in_sync, vec![2]);
+        assert_eq!(t.partitions[3].leader, None);
         assert_eq!(
-            t.partitions[0].in_sync,
+            t.partitions[3].in_sync,
             vec![1],
             "the last in-sync replica stays in the set"
         );
@@ -971,9 +973,13 @@ mod tests {
         s.apply(7, &join(1, "a")).unwrap();
         assert_eq!(s.broker(1).unwrap().epoch, 7);
         let t = s.topic("t").unwrap();
-        assert_eq!(t.partitions[0].leader, Some(1));
-        assert_eq!(t.partitions[0].leader_epoch, before[0] + 2);
+        assert_eq!(t.partitions[3].leader, Some(1));
+        assert_eq!(t.partitions[3].leader_epoch, before[3] + 2);
         assert_eq!(t.partitions[1].leader_epoch, before[1]);
+        assert_eq!(
+            t.partitions[0].leader, None,
+            "not in the in-sync set: it may not lead (node 2 may, once elected)"
+        );
         assert_eq!(s.live_brokers().count(), 2);
         assert_eq!(
             s.validate(&MetadataCommand::FenceBroker {

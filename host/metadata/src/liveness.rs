@@ -6,7 +6,8 @@
 //! timeout has missed its session: the leader proposes `FenceBroker` for that epoch. Sessions
 //! are kept in memory only; a new leader starts with none and gives every broker a whole
 //! session from the moment it took over before fencing anyone, so an election never fences
-//! brokers that were heartbeating to the old leader.
+//! brokers that were heartbeating to the old leader. Likewise a broker epoch the leader sees
+//! for the first time (a registration) gets a whole session from that moment.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ pub struct Liveness {
     sessions: HashMap<u32, (u64, Instant)>,
     /// Since when this node leads, if it does.
     leading_since: Option<Instant>,
+    /// When this leader first saw each node's current broker epoch.
+    epoch_seen: HashMap<u32, (u64, Instant)>,
 }
 
 impl Liveness {
@@ -36,10 +39,12 @@ impl Liveness {
         match (leading, self.leading_since) {
             (true, None) => {
                 self.sessions.clear();
+                self.epoch_seen.clear();
                 self.leading_since = Some(now);
             }
             (false, Some(_)) => {
                 self.sessions.clear();
+                self.epoch_seen.clear();
                 self.leading_since = None;
             }
             _ => {}
@@ -50,8 +55,24 @@ impl Liveness {
         self.leading_since.is_some()
     }
 
-    /// Whether `b` heartbeated in its current epoch within `timeout` (or, on a leader that took
-    /// over less than `timeout` ago, has not yet had a whole session to do so).
+    /// Notes the brokers' current epochs: one not seen before starts its grace now.
+    pub fn observe<'a>(
+        &mut self,
+        brokers: impl IntoIterator<Item = &'a BrokerRecord>,
+        now: Instant,
+    ) {
+        for b in brokers {
+            match self.epoch_seen.get(&b.node_id) {
+                Some(&(epoch, _)) if epoch == b.epoch => {}
+                _ => {
+                    self.epoch_seen.insert(b.node_id, (b.epoch, now));
+                }
+            }
+        }
+    }
+
+    /// Whether `b` heartbeated in its current epoch within `timeout` (or has not yet had a
+    /// whole session to do so: since this node took over, or since it saw the epoch).
     pub fn is_live(&self, b: &BrokerRecord, now: Instant, timeout: Duration) -> bool {
         if b.fenced {
             return false;
@@ -60,23 +81,28 @@ impl Liveness {
             return false;
         };
         let recent = |at: Instant| now.saturating_duration_since(at) <= timeout;
+        let grace_from = match self.epoch_seen.get(&b.node_id) {
+            Some(&(epoch, at)) if epoch == b.epoch => at.max(since),
+            _ => now,
+        };
         match self.sessions.get(&b.node_id) {
             Some(&(epoch, at)) if epoch == b.epoch => recent(at),
-            _ => recent(since),
+            _ => recent(grace_from),
         }
     }
 
     /// The (node, epoch) pairs to fence: registered, unfenced brokers that missed their
     /// session. Empty unless this node leads.
     pub fn expired<'a>(
-        &self,
-        brokers: impl IntoIterator<Item = &'a BrokerRecord>,
+        &mut self,
+        brokers: impl IntoIterator<Item = &'a BrokerRecord> + Clone,
         now: Instant,
         timeout: Duration,
     ) -> Vec<(u32, u64)> {
         if !self.is_leading() {
             return Vec::new();
         }
+        self.observe(brokers.clone(), now);
         brokers
             .into_iter()
             .filter(|b| !b.fenced && !self.is_live(b, now, timeout))
@@ -126,6 +152,7 @@ mod tests {
         let mut l = Liveness::new();
         let brokers = [broker(1, 10)];
         l.set_leading(true, t0);
+        l.observe(&brokers, t0);
         assert!(
             l.expired(&brokers, t0 + Duration::from_secs(5), timeout)
                 .is_empty()
@@ -141,9 +168,32 @@ mod tests {
                 .is_empty()
         );
         l.set_leading(true, t0 + Duration::from_secs(9));
+        l.observe(&brokers, t0 + Duration::from_secs(9));
         assert!(
             l.expired(&brokers, t0 + Duration::from_secs(14), timeout)
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_new_registration_gets_a_whole_session() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(6);
+        let mut l = Liveness::new();
+        l.set_leading(true, t0);
+        l.heartbeat(1, 10, t0);
+        assert!(l.expired(&[broker(1, 10)], t0, timeout).is_empty());
+        // Long after, the node restarts and registers (epoch 20): not fenced at once.
+        let t1 = t0 + Duration::from_secs(30);
+        assert!(l.expired(&[broker(1, 20)], t1, timeout).is_empty());
+        l.heartbeat(1, 20, t1 + Duration::from_secs(1));
+        assert!(
+            l.expired(&[broker(1, 20)], t1 + Duration::from_secs(6), timeout)
+                .is_empty()
+        );
+        assert_eq!(
+            l.expired(&[broker(1, 20)], t1 + Duration::from_secs(8), timeout),
+            vec![(1, 20)]
         );
     }
 
@@ -153,6 +203,7 @@ mod tests {
         let timeout = Duration::from_secs(6);
         let mut l = Liveness::new();
         l.set_leading(true, t0);
+        assert!(l.expired(&[broker(1, 20)], t0, timeout).is_empty());
         // The node registered again (epoch 20) but a stale process still heartbeats epoch 10.
         let t1 = t0 + Duration::from_secs(10);
         l.heartbeat(1, 10, t1);

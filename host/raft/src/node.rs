@@ -482,7 +482,10 @@ impl MetadataRaft {
         let now = Instant::now();
         let mut liveness = self.liveness.lock().expect("liveness lock poisoned");
         liveness.set_leading(leading, now);
-        self.read(|s| liveness.expired(s.brokers(), now, timeout))
+        self.read(|s| {
+            let brokers: Vec<_> = s.brokers().collect();
+            liveness.expired(brokers.iter().copied(), now, timeout)
+        })
     }
 
     /// On the leader: whether each registered broker's session is current. `None` on other
@@ -494,6 +497,7 @@ impl MetadataRaft {
         liveness.set_leading(leading, now);
         leading.then(|| {
             self.read(|s| {
+                liveness.observe(s.brokers(), now);
                 s.brokers()
                     .filter(|b| liveness.is_live(b, now, timeout))
                     .map(|b| b.node_id)

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_proto::{
-    CreateTopicRequest, ErrorCode, ListOffsetsRequest, OffsetSpec, PartitionOffset, Request,
-    ResponseBody, TopicConfig, TopicDescription, WireError,
+    ClusterStatus, CreateTopicRequest, ErrorCode, ListOffsetsRequest, OffsetSpec, PartitionOffset,
+    Request, ResponseBody, TopicConfig, TopicDescription, WireError,
 };
 
 use crate::client::unexpected;
@@ -173,6 +173,28 @@ impl Admin {
             }
         }
         Ok(answers.into_values().collect())
+    }
+
+    /// The cluster's nodes, roles, broker epochs and liveness, and the metadata leader's term
+    /// and commit index — as the metadata leader sees it when it can be reached (only it knows
+    /// which sessions are current), else as the bootstrap broker does.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        let ask = |answer: Result<(ResponseBody, Bytes), ClientError>| match answer? {
+            (ResponseBody::ClusterStatus(s), _) => Ok(s),
+            (other, _) => Err(unexpected("ClusterStatus", &other)),
+        };
+        let first = ask(self
+            .client
+            .request(Request::ClusterStatus, Bytes::new())
+            .await)?;
+        match first.controller {
+            Some(leader) if leader != first.answered_by => ask(self
+                .client
+                .request_to(leader, Request::ClusterStatus, Bytes::new())
+                .await)
+            .or(Ok(first)),
+            _ => Ok(first),
+        }
     }
 
     async fn topic(&self, request: Request) -> Result<TopicDescription, ClientError> {
