@@ -316,3 +316,111 @@ async fn a_group_survives_its_coordinator_restarting_with_offsets_intact() {
         "the group committed everything after recovery"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_runs_across_brokers_with_a_plugin_deployed_through_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 3, "");
+    nodes[0].run_ok(&["topic", "create", "orders", "--partitions", "6"]);
+    nodes[0].run_ok(&["topic", "create", "teas", "--partitions", "6"]);
+    // Deployed through node 2; the pipeline is created through node 3, and its runners run on
+    // every node that leads an input partition.
+    nodes[1].run_ok(&["plugin", "deploy", "only-tea", "--builtin", "json-filter"]);
+    nodes[2].run_ok(&[
+        "pipeline",
+        "create",
+        "tea-orders",
+        "--plugin",
+        "only-tea",
+        "--from",
+        "orders",
+        "--to",
+        "teas",
+        "--config",
+        "field=drink",
+        "--config",
+        "op=eq",
+        "--config",
+        "value=tea",
+    ]);
+    let input_leaders: BTreeSet<u32> = leaders(&nodes[0], "orders").into_iter().collect();
+    let output_leaders: BTreeSet<u32> = leaders(&nodes[0], "teas").into_iter().collect();
+    assert_eq!(input_leaders.len(), 3, "inputs led by every broker");
+    assert_eq!(output_leaders.len(), 3, "outputs led by every broker");
+
+    const N: usize = 600;
+    let bootstrap = bootstrap_list(&nodes);
+    let client = client_of(&bootstrap, &nodes[0]).await;
+    let producer = client.producer(ProducerConfig::default());
+    let mut pending = Vec::new();
+    let mut expected = BTreeSet::new();
+    for i in 0..N {
+        let drink = if i % 3 == 0 { "tea" } else { "coffee" };
+        let value = format!("{{\"drink\":\"{drink}\",\"n\":{i}}}");
+        if drink == "tea" {
+            expected.insert(value.clone());
+        }
+        pending.push(
+            producer
+                .send(ProducerRecord::new("orders", value).with_key(format!("c{}", i % 50)))
+                .await
+                .unwrap(),
+        );
+    }
+    for d in pending {
+        tokio::time::timeout(LIMIT, d).await.unwrap().unwrap();
+    }
+
+    // The output holds exactly the teas, each once, in order per key (key n grows).
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign_all("teas").await.unwrap();
+    let mut got: Vec<(String, String)> = Vec::new();
+    let started = Instant::now();
+    while got.len() < expected.len() {
+        assert!(
+            started.elapsed() < LIMIT,
+            "{} of {} outputs in {LIMIT:?}; pipeline: {}\n{}",
+            got.len(),
+            expected.len(),
+            nodes[0].run_ok(&["pipeline", "describe", "tea-orders"]),
+            all_logs(&nodes)
+        );
+        for r in consumer.poll().await.unwrap() {
+            let key = String::from_utf8(r.key.unwrap().to_vec()).unwrap();
+            got.push((key, String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
+        }
+    }
+    // Nothing more arrives.
+    for _ in 0..3 {
+        assert!(consumer.poll().await.unwrap().is_empty(), "no extra output");
+    }
+    let values: BTreeSet<String> = got.iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(values.len(), got.len(), "each output once");
+    assert_eq!(values, expected, "exactly the teas");
+    let n_of = |v: &str| -> usize {
+        v.rsplit_once(':')
+            .unwrap()
+            .1
+            .trim_end_matches('}')
+            .parse()
+            .unwrap()
+    };
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (k, v) in &got {
+        let n = n_of(v);
+        if let Some(prev) = last.insert(k, n) {
+            assert!(n > prev, "key {k}: {n} after {prev}");
+        }
+    }
+    // Runners ran on all three brokers.
+    for (i, node) in nodes.iter().enumerate() {
+        assert!(
+            node.log().contains("pipeline runner started"),
+            "node {} ran no runner:\n{}",
+            i + 1,
+            node.log()
+        );
+    }
+    let described = nodes[1].run_ok(&["pipeline", "describe", "tea-orders"]);
+    assert!(described.contains("on node"), "{described}");
+}

@@ -143,6 +143,10 @@ pub struct TlsSettings {
     pub key: Option<PathBuf>,
     /// Extra DNS names or IP addresses for the dev certificate.
     pub extra_names: Vec<String>,
+    /// The CA that signed the other brokers' client-listener certificates, which this broker
+    /// trusts when it is a client of theirs (a pipeline writing to a partition another broker
+    /// leads). Default: this node's dev CA (`DATA_DIR/tls/ca.pem`, shared by a dev cluster).
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for BrokerConfig {

@@ -86,6 +86,8 @@ pub(crate) struct Broker {
     shutdown: watch::Sender<bool>,
     in_flight: AtomicUsize,
     idle: Notify,
+    /// This broker as a client of the cluster (see [`Broker::cluster_client`]).
+    cluster_client: tokio::sync::OnceCell<sluice_client::Client>,
 }
 
 /// A running broker. Dropping it does not stop it; call [`BrokerHandle::shutdown`].
@@ -229,6 +231,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         shutdown: watch::channel(false).0,
         in_flight: AtomicUsize::new(0),
         idle: Notify::new(),
+        cluster_client: tokio::sync::OnceCell::new(),
     });
     tracing::info!(node_id, addr = %local_addr, cluster_id = %broker.cluster_id, "broker listening (QUIC, ALPN sluice/1)");
     let accept_task = tokio::spawn(server::accept_loop(broker.clone(), endpoint.clone()));
@@ -251,7 +254,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         .map_err(|e| BrokerError::Metadata(format!("group load task: {e}")))??;
     groups::drop_deleted_offsets(&broker).await?;
     // Pipelines resume from their checkpoints by themselves (paused ones stay paused).
-    pipelines::PipelineRunners::start_all(&broker);
+    pipelines::PipelineRunners::follow(&broker);
     tokio::spawn(replicas::watch(broker.clone()));
     if broker.controller.is_clustered() {
         tokio::spawn(sessions::run(broker.clone()));
@@ -269,6 +272,36 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         retention_task,
         expiry_task,
     })
+}
+
+impl Broker {
+    /// A client of the cluster, bootstrapped from this broker itself, for work that writes to
+    /// partitions other brokers lead (pipelines). Connected on first use.
+    pub(crate) async fn cluster_client(
+        &self,
+    ) -> Result<&sluice_client::Client, sluice_proto::WireError> {
+        self.cluster_client
+            .get_or_try_init(|| async {
+                let ca = self
+                    .config
+                    .tls
+                    .ca
+                    .clone()
+                    .unwrap_or_else(|| tls::dev_ca_path(&self.config.data_dir));
+                let mut config = sluice_client::ClientConfig::new(
+                    self.advertised.clone(),
+                    sluice_client::TlsConfig::CaFile(ca),
+                );
+                config.client_id = format!("sluice-broker-{}", self.node_id);
+                sluice_client::Client::connect(config).await.map_err(|e| {
+                    sluice_proto::WireError::new(
+                        sluice_proto::ErrorCode::LeaderNotAvailable,
+                        format!("this broker cannot reach the cluster as a client: {e}"),
+                    )
+                })
+            })
+            .await
+    }
 }
 
 /// A data dir belongs to one node of one cluster: it records both on first start, and a start

@@ -1,7 +1,12 @@
 //! Pipelines: chains of transform plugins applied to every committed record of one topic,
 //! written to another through the broker's normal append path, exactly once through a restart.
 //!
-//! One runner task per input partition. A runner waits for the input high watermark to pass its
+//! One runner task per input partition, on the broker that leads it: runners start and stop
+//! as pipelines come and go and as leadership moves ([`PipelineRunners::follow`], run on every
+//! metadata change). Output to a partition this broker leads is appended here; output to one
+//! another broker leads is produced there, as any idempotent producer would, with the same
+//! producer id and sequences. Checkpoints go into the metadata log, so whichever broker leads an
+//! input partition next resumes from the last one. A runner waits for the input high watermark to pass its
 //! checkpoint, reads whole stored batches from there and handles them one input batch at a time
 //! (their boundaries are fixed in the log, so a replay sees identical units): records go through
 //! the chain on a blocking thread, the output is routed (key hash, round-robin for keyless
@@ -9,10 +14,11 @@
 //! stamped with the runner's own idempotent producer id (allocated in the metadata log when the
 //! pipeline is created, epoch 0) and per-output-partition sequence numbers.
 //!
-//! After at most [`BATCHES_PER_CHECKPOINT`] input batches, once their output is acknowledged,
-//! the runner writes its checkpoint durably: the next input offset, the next sequence per
-//! output partition and every plugin's state. The store commits in order, so a durable
-//! checkpoint implies that the output before it is durable too. After a crash the runner
+//! After at most [`BATCHES_PER_CHECKPOINT`] input batches, once their output is acknowledged
+//! (durably: appended here, or acknowledged by the leader with acks=all), the runner writes its
+//! checkpoint to the metadata log: the next input offset, the next sequence per output
+//! partition and every plugin's state. So a committed checkpoint implies that the output before
+//! it is durable too. After a crash the runner
 //! resumes from the checkpoint and replays the same input batches with the same state and the
 //! same sequences; the output batches that had reached the log are recognised by the
 //! idempotent-producer check and dropped (at most `BATCHES_PER_CHECKPOINT` per output partition
@@ -31,7 +37,7 @@ use sluice_plugin_host::{
 };
 use sluice_proto::batch::{decode_records, split_batches};
 use sluice_proto::{
-    BatchBuilder, Compression, CreatePipelineRequest, Durability, ErrorCode, Header,
+    BatchBuilder, Compression, CreatePipelineRequest, Durability, ErrorCode, Header, OffsetSpec,
     PipelineDescription, PipelinePartition, PipelineStart, Record, Request, ResponseBody,
     WireError,
 };
@@ -62,17 +68,29 @@ pub(crate) struct PipelineRunners {
 #[derive(Debug)]
 struct Running {
     created_index: u64,
-    partitions: Vec<Arc<Mutex<RunnerStatus>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The runners of the input partitions this node leads, by partition.
+    partitions: BTreeMap<u32, Runner>,
 }
 
-impl Drop for Running {
+#[derive(Debug)]
+struct Runner {
+    status: Arc<Mutex<RunnerStatus>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Runner {
     fn drop(&mut self) {
         // Stopping a runner anywhere is safe: whatever it wrote after its checkpoint is
         // replayed, and recognised, by the next runner.
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.task.abort();
+    }
+}
+
+impl Runner {
+    /// Ended without failing: it stopped leading its input partition.
+    fn ended_cleanly(&self) -> bool {
+        self.task.is_finished()
+            && self.status.lock().expect("pipeline status lock").state == RunnerState::Running
     }
 }
 
@@ -248,6 +266,7 @@ fn limits(spec: &PipelineSpec) -> Limits {
 struct Output {
     topic_id: u64,
     partitions: u32,
+    leaders: Vec<Option<u32>>,
     leader_epochs: Vec<u32>,
     durability: Durability,
 }
@@ -354,11 +373,19 @@ fn start_chain(
     Ok(chain)
 }
 
+/// The partition's checkpoint: from the metadata log, else (a pipeline that ran before
+/// checkpoints went there) from this node's store, else the pipeline's start.
 fn load_checkpoint(
     broker: &Broker,
     rec: &PipelineRecord,
     partition: u32,
 ) -> Result<Checkpoint, String> {
+    if let Some(bytes) = broker.controller.read(|s| {
+        s.pipeline_checkpoint(&rec.spec.name, partition)
+            .map(<[u8]>::to_vec)
+    }) {
+        return Checkpoint::decode(&bytes);
+    }
     match broker
         .store
         .meta_get(&checkpoint_key(rec, partition))
@@ -400,12 +427,16 @@ async fn run(
     .await?;
     status.lock().expect("pipeline status lock").checkpoint = cp.next_offset;
     let mut shutdown = broker.shutdown.subscribe();
-    let key = checkpoint_key(&rec, partition);
     loop {
-        let input = broker
-            .led_partition(&rec.spec.from, partition)
-            .map_err(|e| e.message)?
-            .id;
+        let input = match broker.led_partition(&rec.spec.from, partition) {
+            Ok(led) => led.id,
+            // Leadership moved: the new leader's runner carries on from the checkpoint.
+            Err(e) if e.code.is_retriable() => {
+                tracing::info!(pipeline = %rec.spec.name, partition, cause = %e.message, "no longer leading the input partition; runner stops");
+                return Ok(());
+            }
+            Err(e) => return Err(e.message),
+        };
         let mut hw = broker.runtime(input).high_watermark.subscribe();
         let from = cp.next_offset;
         tokio::select! {
@@ -416,18 +447,10 @@ async fn run(
             let t = s
                 .topic(&rec.spec.to)
                 .ok_or_else(|| format!("output topic {:?} no longer exists", rec.spec.to))?;
-            if t.partitions
-                .iter()
-                .any(|p| p.leader != Some(broker.node_id))
-            {
-                return Err(format!(
-                    "this node does not lead every partition of output topic {:?}",
-                    rec.spec.to
-                ));
-            }
-            Ok(Output {
+            Ok::<_, String>(Output {
                 topic_id: t.topic_id,
                 partitions: t.partitions.len() as u32,
+                leaders: t.partitions.iter().map(|p| p.leader).collect(),
                 leader_epochs: t.partitions.iter().map(|p| p.leader_epoch).collect(),
                 durability: t.config.durability,
             })
@@ -442,19 +465,34 @@ async fn run(
         chain = chain_back;
         let (step, output) = result?;
         let wrote_output = !step.batches.is_empty();
-        // Queued now, in order; the store keeps that order for each output partition.
-        let appends: Vec<_> = step
-            .batches
-            .into_iter()
-            .map(|(p, bytes)| {
-                let id = PartitionId {
-                    topic_id: output.topic_id,
-                    partition: p,
-                };
-                let epoch = output.leader_epochs[p as usize];
-                (id, broker.store.append(id, bytes, epoch, output.durability))
-            })
-            .collect();
+        // Local output is queued now, in order; the store keeps that order for each output
+        // partition. Output led elsewhere goes to its leader, each partition's batches in order.
+        let mut remote: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+        let mut appends = Vec::new();
+        for (p, bytes) in step.batches {
+            if output.leaders[p as usize] != Some(broker.node_id) {
+                remote.entry(p).or_default().push(bytes);
+                continue;
+            }
+            let id = PartitionId {
+                topic_id: output.topic_id,
+                partition: p,
+            };
+            let epoch = output.leader_epochs[p as usize];
+            appends.push((id, broker.store.append(id, bytes, epoch, output.durability)));
+        }
+        let sends = remote.into_iter().map(|(p, batches)| {
+            let (broker, to) = (broker.clone(), rec.spec.to.clone());
+            async move {
+                for bytes in batches {
+                    produce_remote(&broker, &to, p, bytes).await?;
+                }
+                Ok::<(), String>(())
+            }
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent?;
+        }
         let mut duplicates = 0;
         for (id, append) in appends {
             let appended = append.await.map_err(|e| {
@@ -486,52 +524,151 @@ async fn run(
             std::process::abort();
         }
         cp = step.checkpoint;
-        let (b, k, bytes) = (broker.clone(), key.clone(), cp.encode());
-        blocking(move || {
-            b.store
-                .meta_put(&k, &bytes)
-                .map_err(|e| storage_error(e).message)
-        })
-        .await?;
+        let saved = broker
+            .controller
+            .propose_async(MetadataCommand::PipelineCheckpoint {
+                name: rec.spec.name.clone(),
+                created_index: rec.created_index,
+                partition,
+                checkpoint: cp.encode(),
+            })
+            .await;
+        match saved {
+            Ok(()) => {}
+            // Deleted (and perhaps created again) meanwhile: this runner's work is over.
+            Err(crate::controller::ProposeError::Refused(
+                sluice_metadata::MetadataError::UnknownPipeline(_),
+            )) => return Ok(()),
+            Err(e) => return Err(format!("saving the checkpoint: {e}")),
+        }
         let mut s = status.lock().expect("pipeline status lock");
         s.checkpoint = cp.next_offset;
         s.duplicates_dropped += duplicates;
     }
 }
 
-impl PipelineRunners {
-    /// Starts (or restarts from their checkpoints) the runners of `rec`.
-    fn start(&self, broker: &Arc<Broker>, rec: &PipelineRecord) {
-        let rec = Arc::new(rec.clone());
-        let n = rec.spec.start_offsets.len() as u32;
-        let mut partitions = Vec::new();
-        let mut tasks = Vec::new();
-        for partition in 0..n {
-            let status = Arc::new(Mutex::new(RunnerStatus {
-                state: RunnerState::Running,
-                checkpoint: rec.spec.start_offsets[partition as usize],
-                duplicates_dropped: 0,
-            }));
-            let (b, r, s) = (broker.clone(), rec.clone(), status.clone());
-            tasks.push(tokio::spawn(async move {
-                let name = r.spec.name.clone();
-                if let Err(e) = run(b, r, partition, s.clone()).await {
-                    tracing::error!(pipeline = %name, partition, cause = %e, "pipeline partition stopped");
-                    s.lock().expect("pipeline status lock").state = RunnerState::Failed(e);
+/// How long a runner keeps trying to hand one output batch to a partition's leader.
+const REMOTE_OUTPUT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Produces one output batch (stamped with the runner's producer id and sequence) to the
+/// leader of `topic`/`partition` on another broker, with acks=all, retrying what a retry can
+/// cure: a retried batch that had already arrived is recognised there by its sequence.
+async fn produce_remote(
+    broker: &Arc<Broker>,
+    topic: &str,
+    partition: u32,
+    bytes: Vec<u8>,
+) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let bytes = Bytes::from(bytes);
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        let leader = broker.controller.read(|s| {
+            s.topic(topic)
+                .and_then(|t| t.partitions.get(partition as usize))
+                .map(|p| (p.leader, p.leader_epoch))
+        });
+        let Some((leader, epoch)) = leader else {
+            return Err(format!(
+                "output topic {topic:?} no longer has partition {partition}"
+            ));
+        };
+        let result = match leader {
+            None => Err(sluice_client::ClientError::Broker(WireError::new(
+                ErrorCode::LeaderNotAvailable,
+                format!("{topic}/{partition} has no leader"),
+            ))),
+            Some(node) => match broker.cluster_client().await {
+                Ok(client) => {
+                    let request = Request::Produce(sluice_proto::ProduceRequest {
+                        topic: topic.to_owned(),
+                        partition,
+                        acks: sluice_proto::Acks::All,
+                        timeout_ms: 30_000,
+                        leader_epoch: Some(epoch),
+                    });
+                    client
+                        .request_to(node, request, bytes.clone())
+                        .await
+                        .map(|_| ())
                 }
-            }));
-            partitions.push(status);
-        }
-        tracing::info!(pipeline = %rec.spec.name, partitions = n, "pipeline runners started");
-        let old = self.running.lock().expect("pipelines lock").insert(
-            rec.spec.name.clone(),
-            Running {
-                created_index: rec.created_index,
-                partitions,
-                tasks,
+                Err(e) => Err(sluice_client::ClientError::Broker(e)),
             },
-        );
-        drop(old);
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retriable() && started.elapsed() < REMOTE_OUTPUT_WAIT => {
+                tracing::debug!(topic, partition, cause = %e, "output to another broker failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            Err(e) => return Err(format!("writing to {topic}/{partition} at its leader: {e}")),
+        }
+    }
+}
+
+impl PipelineRunners {
+    /// Brings this node's runners in line with the metadata: a runner for every input
+    /// partition this node leads of every pipeline that is not paused (started from its
+    /// checkpoint), none for anything else. A runner that failed stays, with its error, until
+    /// the pipeline is resumed; one that ended because leadership moved is started again if
+    /// leadership came back. Run on every metadata change and after a pipeline request.
+    pub(crate) fn follow(broker: &Arc<Broker>) {
+        let node = broker.node_id;
+        let wanted: HashMap<String, (PipelineRecord, Vec<u32>)> = broker.controller.read(|s| {
+            s.pipelines()
+                .filter(|p| !p.paused)
+                .map(|p| {
+                    let led = s.topic(&p.spec.from).map_or_else(Vec::new, |t| {
+                        (0..p.spec.start_offsets.len().min(t.partitions.len()) as u32)
+                            .filter(|i| t.partitions[*i as usize].leader == Some(node))
+                            .collect()
+                    });
+                    (p.spec.name.clone(), (p.clone(), led))
+                })
+                .collect()
+        });
+        let mut stopped = Vec::new();
+        let mut running = broker.pipelines.running.lock().expect("pipelines lock");
+        let names: Vec<String> = running.keys().cloned().collect();
+        for name in names {
+            let keep = wanted
+                .get(&name)
+                .is_some_and(|(rec, _)| running[&name].created_index == rec.created_index);
+            if !keep {
+                stopped.extend(running.remove(&name));
+            }
+        }
+        for (name, (rec, led)) in wanted {
+            let entry = running.entry(name).or_insert_with(|| Running {
+                created_index: rec.created_index,
+                partitions: BTreeMap::new(),
+            });
+            let gone: Vec<u32> = entry
+                .partitions
+                .iter()
+                .filter(|(p, r)| !led.contains(p) || r.ended_cleanly())
+                .map(|(p, _)| *p)
+                .collect();
+            for p in gone {
+                stopped.extend(entry.partitions.remove(&p).map(|r| Running {
+                    created_index: rec.created_index,
+                    partitions: BTreeMap::from([(p, r)]),
+                }));
+            }
+            let rec = Arc::new(rec);
+            for partition in led {
+                if let std::collections::btree_map::Entry::Vacant(slot) =
+                    entry.partitions.entry(partition)
+                {
+                    slot.insert(spawn_runner(broker, rec.clone(), partition));
+                    tracing::info!(pipeline = %rec.spec.name, partition, "pipeline runner started");
+                }
+            }
+        }
+        drop(running);
+        // Dropping stops them, outside the lock.
+        drop(stopped);
     }
 
     fn stop(&self, name: &str) {
@@ -565,16 +702,24 @@ impl PipelineRunners {
         // Dropping a `Running` aborts its tasks, outside the lock.
         drop(removed);
     }
+}
 
-    /// Starts every pipeline in the metadata that is not paused (at broker start).
-    pub(crate) fn start_all(broker: &Arc<Broker>) {
-        let records: Vec<PipelineRecord> = broker
-            .controller
-            .read(|s| s.pipelines().filter(|p| !p.paused).cloned().collect());
-        for rec in &records {
-            broker.pipelines.start(broker, rec);
+/// Starts the runner of one input partition.
+fn spawn_runner(broker: &Arc<Broker>, rec: Arc<PipelineRecord>, partition: u32) -> Runner {
+    let status = Arc::new(Mutex::new(RunnerStatus {
+        state: RunnerState::Running,
+        checkpoint: rec.spec.start_offsets[partition as usize],
+        duplicates_dropped: 0,
+    }));
+    let (b, s) = (broker.clone(), status.clone());
+    let task = tokio::spawn(async move {
+        let name = rec.spec.name.clone();
+        if let Err(e) = run(b, rec, partition, s.clone()).await {
+            tracing::error!(pipeline = %name, partition, cause = %e, "pipeline partition stopped");
+            s.lock().expect("pipeline status lock").state = RunnerState::Failed(e);
         }
-    }
+    });
+    Runner { status, task }
 }
 
 pub(crate) async fn handle(broker: Arc<Broker>, request: Request) -> Reply {
@@ -652,9 +797,7 @@ fn set_paused(broker: &Arc<Broker>, name: &str, paused: bool) -> Result<Response
     let rec = record(broker, name)?;
     // Resume restarts every runner from its checkpoint, failed ones included.
     broker.pipelines.stop(name);
-    if !paused {
-        broker.pipelines.start(broker, &rec);
-    }
+    PipelineRunners::follow(broker);
     tracing::info!(pipeline = %name, paused, "pipeline {}", if paused { "paused" } else { "resumed" });
     Ok(ResponseBody::Pipeline(Box::new(describe(broker, &rec))))
 }
@@ -703,21 +846,56 @@ fn create(broker: &Arc<Broker>, req: CreatePipelineRequest) -> Result<ResponseBo
             })?;
     }
     let from = broker.controller.read(|s| {
-        s.topic(&req.from)
-            .map(|t| (t.topic_id, t.partitions.len() as u32))
+        s.topic(&req.from).map(|t| {
+            let local: Vec<bool> = t
+                .partitions
+                .iter()
+                .map(|p| p.leader == Some(broker.node_id))
+                .collect();
+            (t.topic_id, local)
+        })
     });
-    let Some((topic_id, n)) = from else {
+    let Some((topic_id, local)) = from else {
         return Err(WireError::new(
             ErrorCode::UnknownTopic,
             format!("input topic {:?} does not exist", req.from),
         ));
     };
-    let start_offsets = (0..n)
+    // Partitions other brokers lead: their leaders say where they start.
+    let spec_of = match req.start {
+        PipelineStart::Earliest => OffsetSpec::Earliest,
+        PipelineStart::Latest => OffsetSpec::Latest,
+    };
+    let remote: Vec<(u32, OffsetSpec)> = (0..local.len() as u32)
+        .filter(|p| !local[*p as usize])
+        .map(|p| (p, spec_of))
+        .collect();
+    let remote_offsets: BTreeMap<u32, u64> = if remote.is_empty() {
+        BTreeMap::new()
+    } else {
+        let topic = req.from.clone();
+        tokio::runtime::Handle::current().block_on(async {
+            let client = broker.cluster_client().await?;
+            let offsets = client
+                .admin()
+                .list_offsets(&topic, remote)
+                .await
+                .map_err(|e| WireError::new(ErrorCode::LeaderNotAvailable, e.to_string()))?;
+            offsets
+                .into_iter()
+                .map(|o| o.result.map(|offset| (o.partition, offset)))
+                .collect::<Result<BTreeMap<u32, u64>, WireError>>()
+        })?
+    };
+    let start_offsets = (0..local.len() as u32)
         .map(|partition| {
             let id = PartitionId {
                 topic_id,
                 partition,
             };
+            if let Some(o) = remote_offsets.get(&partition) {
+                return *o;
+            }
             match req.start {
                 PipelineStart::Earliest => {
                     broker.store.partition_state(id).map_or(0, |s| s.log_start)
@@ -737,13 +915,13 @@ fn create(broker: &Arc<Broker>, req: CreatePipelineRequest) -> Result<ResponseBo
         })
         .map_err(propose_error)?
         .ok_or_else(|| unknown_pipeline(&req.name))?;
-    broker.pipelines.start(broker, &rec);
+    PipelineRunners::follow(broker);
     tracing::info!(pipeline = %req.name, from = %req.from, to = %req.to, plugins = ?req.plugins, "pipeline created");
     Ok(ResponseBody::Pipeline(Box::new(describe(broker, &rec))))
 }
 
 fn describe(broker: &Broker, rec: &PipelineRecord) -> PipelineDescription {
-    let statuses: Option<Vec<RunnerStatus>> = broker
+    let statuses: BTreeMap<u32, RunnerStatus> = broker
         .pipelines
         .running
         .lock()
@@ -753,15 +931,26 @@ fn describe(broker: &Broker, rec: &PipelineRecord) -> PipelineDescription {
         .map(|r| {
             r.partitions
                 .iter()
-                .map(|s| s.lock().expect("pipeline status lock").clone())
+                .map(|(p, r)| (*p, r.status.lock().expect("pipeline status lock").clone()))
                 .collect()
-        });
-    let topic_id = broker
-        .controller
-        .read(|s| s.topic(&rec.spec.from).map(|t| t.topic_id));
+        })
+        .unwrap_or_default();
+    let (topic_id, leaders): (Option<u64>, Vec<Option<u32>>) = broker.controller.read(|s| {
+        s.topic(&rec.spec.from).map_or((None, Vec::new()), |t| {
+            (
+                Some(t.topic_id),
+                t.partitions.iter().map(|p| p.leader).collect(),
+            )
+        })
+    });
     let partitions: Vec<PipelinePartition> = (0..rec.spec.start_offsets.len() as u32)
         .map(|partition| {
-            let status = statuses.as_ref().and_then(|s| s.get(partition as usize));
+            let status = statuses.get(&partition);
+            let elsewhere = leaders
+                .get(partition as usize)
+                .copied()
+                .flatten()
+                .filter(|l| *l != broker.node_id);
             let checkpoint = match status {
                 Some(s) => s.checkpoint,
                 None => load_checkpoint(broker, rec, partition)
@@ -776,14 +965,18 @@ fn describe(broker: &Broker, rec: &PipelineRecord) -> PipelineDescription {
                 })
             });
             let (state, error) = match status.map(|s| &s.state) {
-                _ if rec.paused => ("paused", None),
-                Some(RunnerState::Running) => ("running", None),
-                Some(RunnerState::Failed(e)) => ("failed", Some(e.clone())),
-                None => ("stopped", None),
+                _ if rec.paused => ("paused".to_string(), None),
+                Some(RunnerState::Running) => ("running".to_string(), None),
+                Some(RunnerState::Failed(e)) => ("failed".to_string(), Some(e.clone())),
+                // Its runner runs on the input partition's leader; ask that broker for more.
+                None => match elsewhere {
+                    Some(node) => (format!("on node {node}"), None),
+                    None => ("stopped".to_string(), None),
+                },
             };
             PipelinePartition {
                 partition,
-                status: state.into(),
+                status: state,
                 checkpoint,
                 high_watermark,
                 lag: high_watermark.saturating_sub(checkpoint),

@@ -1,10 +1,11 @@
 //! Deployed plugins, and fetch-time transforms.
 //!
-//! A deployed component is validated and compiled by the plugin runtime, stored by content
-//! hash beside the metadata log (`plugin/<sha256>` in the store's key/value table), and
-//! recorded in metadata (`DeployPlugin`: name, kind, hash, size). Every node compiles a
-//! component once — the runtime caches machine code on disk by hash — and keeps the loaded
-//! plugin in memory.
+//! A deployed component is validated and compiled by the plugin runtime, then goes into the
+//! metadata log with its bytes (`DeployPluginComponent`: name, kind, hash, bytes), so every
+//! node of the cluster has it — through the log, or a snapshot for a node far behind. (Plugins
+//! deployed before that kept their bytes in the deploying node's store, `plugin/<sha256>` in
+//! its key/value table; those are still read from there.) Every node compiles a component once
+//! — the runtime caches machine code on disk by hash — and keeps the loaded plugin in memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -82,11 +83,15 @@ impl Broker {
     /// The latest version of deployed plugin `name`, compiled (once per node) and loaded.
     /// Blocking: may read the store and compile.
     pub(crate) fn plugin(&self, name: &str) -> Result<Plugin, WireError> {
-        let hash = self
+        let (hash, component) = self
             .controller
             .read(|s| {
                 s.plugin(name)
                     .and_then(|p| p.versions.last().map(|v| v.hash.clone()))
+                    .map(|hash| {
+                        let component = s.component(&hash).map(<[u8]>::to_vec);
+                        (hash, component)
+                    })
             })
             .ok_or_else(|| unknown_plugin(name))?;
         if let Some(p) = self
@@ -98,16 +103,22 @@ impl Broker {
         {
             return Ok(p.clone());
         }
-        let wasm = self
-            .store
-            .meta_get(&wasm_key(&hash))
-            .map_err(storage_error)?
-            .ok_or_else(|| {
-                WireError::new(
-                    ErrorCode::Internal,
-                    format!("plugin {name:?}: component {hash} is missing from the store"),
-                )
-            })?;
+        let wasm = match component {
+            Some(bytes) => bytes,
+            None => self
+                .store
+                .meta_get(&wasm_key(&hash))
+                .map_err(storage_error)?
+                .ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "plugin {name:?}: component {hash} was deployed through another node \
+                             before components were shared; deploy it again"
+                        ),
+                    )
+                })?,
+        };
         let plugin = self
             .plugins
             .runtime
@@ -144,17 +155,13 @@ pub(crate) fn admin(
                 .map_err(|e| plugin_error(&name, e))?;
             let hash = plugin.hash().to_owned();
             broker
-                .store
-                .meta_put(&wasm_key(&hash), &raw)
-                .map_err(storage_error)?;
-            broker
                 .controller
-                .propose(MetadataCommand::DeployPlugin {
+                .propose(MetadataCommand::DeployPluginComponent {
                     name: name.clone(),
                     kind: plugin.kind().as_str().to_owned(),
                     hash: hash.clone(),
-                    size_bytes: raw.len() as u64,
                     deployed_at_ms: now_ms(),
+                    wasm: raw.to_vec(),
                 })
                 .map_err(crate::wire_error::propose_error)?;
             broker

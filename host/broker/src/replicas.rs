@@ -116,6 +116,7 @@ pub(crate) async fn watch(broker: Arc<Broker>) {
                     Ok(Err(e)) => tracing::warn!(error = %e, "loading consumer groups failed"),
                     Err(e) => tracing::error!(error = %e, "loading consumer groups panicked"),
                 }
+                crate::pipelines::PipelineRunners::follow(&broker);
                 for &topic_id in &done.removed_topics {
                     broker.forget_topic(topic_id);
                 }

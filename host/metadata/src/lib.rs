@@ -13,7 +13,7 @@
 pub mod liveness;
 pub mod placement;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sluice_proto::TopicConfig;
@@ -159,6 +159,25 @@ pub enum MetadataCommand {
     FenceBroker {
         node_id: u32,
         epoch: u64,
+    },
+    /// Adds a version of a plugin with the component itself, so that every node has it (the
+    /// older [`MetadataCommand::DeployPlugin`] left the bytes on the deploying node only). The
+    /// bytes are kept, by hash, as long as a version of some plugin refers to them.
+    DeployPluginComponent {
+        name: String,
+        kind: String,
+        hash: String,
+        deployed_at_ms: i64,
+        wasm: Vec<u8>,
+    },
+    /// A pipeline runner's checkpoint for one input partition (opaque to the metadata), after
+    /// the output before it was acknowledged. Refused unless the pipeline `name` is the one
+    /// created at `created_index` (not one deleted and created again since).
+    PipelineCheckpoint {
+        name: String,
+        created_index: u64,
+        partition: u32,
+        checkpoint: Vec<u8>,
     },
 }
 
@@ -307,6 +326,41 @@ pub struct MetadataState {
     applied_index: u64,
     plugins: BTreeMap<String, PluginRecord>,
     pipelines: BTreeMap<String, PipelineRecord>,
+    /// Plugin components by content hash, while a plugin version refers to them.
+    components: BTreeMap<String, Vec<u8>>,
+    /// The latest checkpoint of each pipeline input partition, by pipeline name and partition.
+    checkpoints: BTreeMap<(String, u32), Vec<u8>>,
+}
+
+/// [`MetadataState`] as snapshots written before plugin components and pipeline checkpoints
+/// joined it hold it: decoded when the current layout does not fit.
+#[derive(Debug, Deserialize)]
+pub struct MetadataStateV1 {
+    brokers: BTreeMap<u32, BrokerRecord>,
+    topics: BTreeMap<String, TopicRecord>,
+    next_topic_id: u64,
+    next_producer_id: i64,
+    recent_allocations: BTreeMap<u64, i64>,
+    applied_index: u64,
+    plugins: BTreeMap<String, PluginRecord>,
+    pipelines: BTreeMap<String, PipelineRecord>,
+}
+
+impl From<MetadataStateV1> for MetadataState {
+    fn from(v1: MetadataStateV1) -> Self {
+        MetadataState {
+            brokers: v1.brokers,
+            topics: v1.topics,
+            next_topic_id: v1.next_topic_id,
+            next_producer_id: v1.next_producer_id,
+            recent_allocations: v1.recent_allocations,
+            applied_index: v1.applied_index,
+            plugins: v1.plugins,
+            pipelines: v1.pipelines,
+            components: BTreeMap::new(),
+            checkpoints: BTreeMap::new(),
+        }
+    }
 }
 
 impl MetadataState {
@@ -319,6 +373,18 @@ impl MetadataState {
 
     pub fn applied_index(&self) -> u64 {
         self.applied_index
+    }
+
+    /// A deployed plugin component by content hash, if the log carried its bytes.
+    pub fn component(&self, hash: &str) -> Option<&[u8]> {
+        self.components.get(hash).map(Vec::as_slice)
+    }
+
+    /// The latest checkpoint of input partition `partition` of pipeline `name`.
+    pub fn pipeline_checkpoint(&self, name: &str, partition: u32) -> Option<&[u8]> {
+        self.checkpoints
+            .get(&(name.to_owned(), partition))
+            .map(Vec::as_slice)
     }
 
     pub fn topic(&self, name: &str) -> Option<&TopicRecord> {
@@ -490,7 +556,8 @@ impl MetadataState {
                 self.existing(name)?;
                 self.validate_config(config)
             }
-            MetadataCommand::DeployPlugin { name, kind, .. } => {
+            MetadataCommand::DeployPlugin { name, kind, .. }
+            | MetadataCommand::DeployPluginComponent { name, kind, .. } => {
                 sluice_proto::validate_topic_name(name).map_err(|e| {
                     MetadataError::InvalidName(e.replace("topic name", "plugin name"))
                 })?;
@@ -567,6 +634,20 @@ impl MetadataState {
                 }
                 Ok(())
             }
+            MetadataCommand::PipelineCheckpoint {
+                name,
+                created_index,
+                partition,
+                ..
+            } => match self.pipelines.get(name) {
+                Some(p)
+                    if p.created_index == *created_index
+                        && (*partition as usize) < p.spec.start_offsets.len() =>
+                {
+                    Ok(())
+                }
+                _ => Err(MetadataError::UnknownPipeline(name.clone())),
+            },
             MetadataCommand::SetPipelinePaused { name, .. }
             | MetadataCommand::DeletePipeline { name } => {
                 if self.pipelines.contains_key(name) {
@@ -603,6 +684,31 @@ impl MetadataState {
                 fenced: false,
             },
         );
+    }
+
+    fn add_plugin_version(
+        &mut self,
+        name: &str,
+        kind: &str,
+        hash: &str,
+        size_bytes: u64,
+        deployed_at_ms: i64,
+    ) {
+        let p = self
+            .plugins
+            .entry(name.to_owned())
+            .or_insert_with(|| PluginRecord {
+                name: name.to_owned(),
+                kind: kind.to_owned(),
+                versions: Vec::new(),
+            });
+        let version = p.versions.last().map_or(1, |v| v.version + 1);
+        p.versions.push(PluginVersionRecord {
+            version,
+            hash: hash.to_owned(),
+            size_bytes,
+            deployed_at_ms,
+        });
     }
 
     fn existing(&self, name: &str) -> Result<&TopicRecord, MetadataError> {
@@ -713,6 +819,9 @@ impl MetadataState {
             MetadataCommand::DeleteTopicForced { name } => {
                 self.pipelines
                     .retain(|_, p| p.spec.from != *name && p.spec.to != *name);
+                let pipelines = &self.pipelines;
+                self.checkpoints
+                    .retain(|(pipeline, _), _| pipelines.contains_key(pipeline));
                 self.topics.remove(name);
             }
             MetadataCommand::AddPartitions { name, assignments } => {
@@ -736,6 +845,16 @@ impl MetadataState {
             MetadataCommand::SetTopicConfig { name, config } => {
                 self.topics.get_mut(name).expect("validated").config = config.clone();
             }
+            MetadataCommand::DeployPluginComponent {
+                name,
+                kind,
+                hash,
+                deployed_at_ms,
+                wasm,
+            } => {
+                self.components.insert(hash.clone(), wasm.clone());
+                self.add_plugin_version(name, kind, hash, wasm.len() as u64, *deployed_at_ms);
+            }
             MetadataCommand::DeployPlugin {
                 name,
                 kind,
@@ -743,24 +862,16 @@ impl MetadataState {
                 size_bytes,
                 deployed_at_ms,
             } => {
-                let p = self
-                    .plugins
-                    .entry(name.clone())
-                    .or_insert_with(|| PluginRecord {
-                        name: name.clone(),
-                        kind: kind.clone(),
-                        versions: Vec::new(),
-                    });
-                let version = p.versions.last().map_or(1, |v| v.version + 1);
-                p.versions.push(PluginVersionRecord {
-                    version,
-                    hash: hash.clone(),
-                    size_bytes: *size_bytes,
-                    deployed_at_ms: *deployed_at_ms,
-                });
+                self.add_plugin_version(name, kind, hash, *size_bytes, *deployed_at_ms);
             }
             MetadataCommand::DeletePlugin { name } => {
                 self.plugins.remove(name);
+                let used: BTreeSet<&String> = self
+                    .plugins
+                    .values()
+                    .flat_map(|p| p.versions.iter().map(|v| &v.hash))
+                    .collect();
+                self.components.retain(|hash, _| used.contains(hash));
             }
             MetadataCommand::CreatePipeline(spec) => {
                 let first = self.next_producer_id;
@@ -781,6 +892,16 @@ impl MetadataState {
             }
             MetadataCommand::DeletePipeline { name } => {
                 self.pipelines.remove(name);
+                self.checkpoints.retain(|(pipeline, _), _| pipeline != name);
+            }
+            MetadataCommand::PipelineCheckpoint {
+                name,
+                partition,
+                checkpoint,
+                ..
+            } => {
+                self.checkpoints
+                    .insert((name.clone(), *partition), checkpoint.clone());
             }
             MetadataCommand::AllocateProducerId => {
                 self.recent_allocations.insert(index, self.next_producer_id);

@@ -36,6 +36,30 @@ struct SnapshotPayload {
     state: MetadataState,
 }
 
+/// A snapshot as written before the state held plugin components and pipeline checkpoints.
+#[derive(Deserialize)]
+struct SnapshotPayloadV1 {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: Membership,
+    state: sluice_metadata::MetadataStateV1,
+}
+
+impl SnapshotPayload {
+    /// Decodes the current layout, or the older one (postcard is not self-describing: the
+    /// older layout fails the current decode where the new fields would start).
+    fn decode(data: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes::<SnapshotPayload>(data).or_else(|e| {
+            postcard::from_bytes::<SnapshotPayloadV1>(data)
+                .map(|v1| SnapshotPayload {
+                    last_applied: v1.last_applied,
+                    last_membership: v1.last_membership,
+                    state: v1.state.into(),
+                })
+                .map_err(|_| e)
+        })
+    }
+}
+
 /// The state machine openraft drives. The broker reads the same state through the handle
 /// [`crate::MetadataRaft::state_handle`] gives out.
 #[derive(Debug)]
@@ -70,7 +94,7 @@ impl StateMachineStore {
         let (state, last_applied, last_membership) = match stored {
             None => (MetadataState::new(), None, Membership::default()),
             Some((_, data)) => {
-                let payload: SnapshotPayload = postcard::from_bytes(&data)
+                let payload = SnapshotPayload::decode(&data)
                     .map_err(|e| StorageOpenError::Corrupt(format!("snapshot: {e}")))?;
                 (payload.state, payload.last_applied, payload.last_membership)
             }
@@ -246,7 +270,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             ));
             return Err(StorageIOError::read_snapshot(Some(meta.signature()), &e).into());
         }
-        let payload: SnapshotPayload = postcard::from_bytes(&data)
+        let payload = SnapshotPayload::decode(&data)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         // On disk first: if this fails the state in memory is still the old, consistent one.
         write_snapshot(&self.db, meta, data)
@@ -270,5 +294,57 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_metadata::MetadataCommand;
+
+    use super::*;
+
+    #[test]
+    fn snapshots_carry_components_and_older_snapshots_still_decode() {
+        let mut state = MetadataState::new();
+        state
+            .apply(
+                1,
+                &MetadataCommand::DeployPluginComponent {
+                    name: "p".into(),
+                    kind: "transform".into(),
+                    hash: "h".into(),
+                    deployed_at_ms: 0,
+                    wasm: vec![1, 2, 3],
+                },
+            )
+            .unwrap();
+        let payload = SnapshotPayload {
+            last_applied: None,
+            last_membership: Membership::default(),
+            state: state.clone(),
+        };
+        let bytes = postcard::to_allocvec(&payload).unwrap();
+        let back = SnapshotPayload::decode(&bytes).unwrap().state;
+        assert_eq!(back.component("h"), Some(&[1u8, 2, 3][..]));
+        assert_eq!(back, state);
+
+        // Written by a build whose state lacked components and checkpoints: the same fields
+        // without the two last ones of the state.
+        let full = postcard::to_allocvec(&state).unwrap();
+        // Both new maps are empty in `without`, each encoded as one byte (length 0).
+        let mut without = state.clone();
+        without
+            .apply(2, &MetadataCommand::DeletePlugin { name: "p".into() })
+            .unwrap();
+        let mut v1_state = postcard::to_allocvec(&without).unwrap();
+        v1_state.truncate(v1_state.len() - 2);
+        assert!(full.len() > v1_state.len());
+        let mut old =
+            postcard::to_allocvec(&(None::<LogId<NodeId>>, Membership::default())).unwrap();
+        old.extend_from_slice(&v1_state);
+        let back = SnapshotPayload::decode(&old).unwrap().state;
+        assert!(back.plugin("p").is_none());
+        assert_eq!(back.applied_index(), without.applied_index());
+        assert!(back.component("h").is_none());
     }
 }
