@@ -150,6 +150,33 @@ impl BrokerProcess {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits (bounded by `limit`) for the process to exit by itself; its status, or `None` if it
+    /// still runs.
+    pub fn exit_status_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `kill -9`: no shutdown, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -279,25 +306,12 @@ pub fn free_udp_port() -> SocketAddr {
 /// share one dev cluster CA and one dev client CA in `dir/ca`. `extra` is added to every
 /// node's config, before its `[cluster]` table.
 pub fn start_cluster(dir: &Path, n: usize, extra: &str) -> Vec<BrokerProcess> {
-    let ca_dir = dir.join("ca");
     let peers: Vec<SocketAddr> = (0..n).map(|_| free_udp_port()).collect();
-    let voters: Vec<String> = peers
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("\"{}@{a}\"", i + 1))
-        .collect();
     let mut nodes: Vec<BrokerProcess> = (0..n)
         .map(|i| {
-            let config = format!(
-                "{TEST_CONFIG}{extra}node_id = {}\ncluster_id = \"test-cluster\"\n[cluster]\npeer_listen = \"{}\"\nvoters = [{}]\nca_dir = \"{}\"\n",
-                i + 1,
-                peers[i],
-                voters.join(", "),
-                ca_dir.display()
-            );
             BrokerProcess::spawn_at(
                 &dir.join(format!("node-{}", i + 1)),
-                &config,
+                &cluster_config(i as u32 + 1, &peers, &dir.join("ca"), extra),
                 "127.0.0.1:0".parse().expect("addr"),
             )
         })
@@ -306,6 +320,22 @@ pub fn start_cluster(dir: &Path, n: usize, extra: &str) -> Vec<BrokerProcess> {
         node.wait_ready();
     }
     nodes
+}
+
+/// The config of node `id` (from 1) of a test cluster whose voters listen on `peers` (node i
+/// on `peers[i - 1]`), sharing the dev CAs in `ca_dir`; `extra` goes before `[cluster]`.
+pub fn cluster_config(id: u32, peers: &[SocketAddr], ca_dir: &Path, extra: &str) -> String {
+    let voters: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("\"{}@{a}\"", i + 1))
+        .collect();
+    format!(
+        "{TEST_CONFIG}{extra}node_id = {id}\ncluster_id = \"test-cluster\"\n[cluster]\npeer_listen = \"{}\"\nvoters = [{}]\nca_dir = \"{}\"\n",
+        peers[id as usize - 1],
+        voters.join(", "),
+        ca_dir.display()
+    )
 }
 
 /// The client bootstrap list of `nodes`: `host:port,host:port,...`.

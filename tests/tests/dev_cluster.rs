@@ -123,7 +123,7 @@ fn the_readme_cluster_tour_runs_and_the_foreground_mode_stops_every_node() {
     let mut leads = [0; 4];
     for line in stdout.lines() {
         let f: Vec<&str> = line.split('\t').collect();
-        if f.len() == 6
+        if f.len() == 8
             && f[0].parse::<u32>().is_ok()
             && let Ok(l) = f[1].parse::<usize>()
         {

@@ -23,7 +23,7 @@ fn log_end(broker: &BrokerProcess, topic: &str) -> u64 {
         .skip(1)
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            f[4].parse::<u64>()
+            f[6].parse::<u64>()
                 .unwrap_or_else(|e| panic!("{e}: {text}"))
         })
         .sum()

@@ -89,21 +89,8 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
             Ok(ResponseBody::Topic(describe(broker, &t)))
         }
         Request::InitProducerId => {
-            // Allocated through the metadata log, so an id is never handed out twice, not even
-            // after a restart. Every new producer starts at epoch 0.
-            let producer_id = broker
-                .controller
-                .propose_then(MetadataCommand::AllocateProducerId, |s, index| {
-                    s.producer_id_allocated_at(index)
-                })
-                .map_err(propose_error)?
-                .ok_or_else(|| {
-                    WireError::new(
-                        ErrorCode::Internal,
-                        "the allocated producer id fell out of the metadata's memory; retry",
-                    )
-                })?;
-            tracing::debug!(producer_id, "producer id allocated");
+            let producer_id = broker.next_producer_id()?;
+            tracing::debug!(producer_id, "producer id handed out");
             Ok(ResponseBody::ProducerId {
                 producer_id,
                 epoch: 0,

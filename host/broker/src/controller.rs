@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use sluice_metadata::{MetadataCommand, MetadataError, MetadataState, decode_command};
 use sluice_raft::{
-    MetadataRaft, MetadataRaftConfig, NodeId, PeerNode, PeerServerConfig, QuicTransport,
+    Identity, MetadataRaft, MetadataRaftConfig, NodeId, PeerNode, PeerServerConfig, QuicTransport,
     QuicTransportConfig, RaftReply, RaftRequest, RaftStatus, RaftTransport, TransportError,
 };
 use sluice_storage::Store;
@@ -36,6 +36,96 @@ const PROPOSE_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a cluster node waits at start for the voters to elect a metadata leader.
 const CLUSTER_WAIT: Duration = Duration::from_secs(120);
+
+/// How long one identity question to a peer may take.
+const IDENTIFY_WAIT: Duration = Duration::from_secs(2);
+
+/// Before a new node forms the metadata group: asks the other voters who they are until a
+/// majority (this node included) answered with the same cluster id and voter list, waiting
+/// (bounded) and saying whom it waits for. A peer configured differently is an error: nodes
+/// that disagree would form two groups, or one with the wrong members.
+async fn agree_with_peers(
+    raft: &MetadataRaft,
+    node_id: u32,
+    mine: &Identity,
+) -> Result<(), BrokerError> {
+    let me = NodeId::from(node_id);
+    let others: Vec<&(NodeId, String)> = mine.voters.iter().filter(|(id, _)| *id != me).collect();
+    let needed = mine.voters.len() / 2;
+    let mut agreed: std::collections::BTreeSet<NodeId> = std::collections::BTreeSet::new();
+    // Why each peer did not answer last time, for the log.
+    let mut why: BTreeMap<NodeId, String> = BTreeMap::new();
+    let started = Instant::now();
+    let mut said = Instant::now();
+    loop {
+        let pending: Vec<&(NodeId, String)> = others
+            .iter()
+            .copied()
+            .filter(|(id, _)| !agreed.contains(id))
+            .collect();
+        for (id, addr) in pending {
+            let asked = tokio::time::timeout(
+                IDENTIFY_WAIT,
+                raft.identify(*id, PeerNode::new(addr.clone())),
+            )
+            .await;
+            match asked {
+                Ok(Ok(Some(theirs))) if theirs == *mine => {
+                    agreed.insert(*id);
+                }
+                Ok(Ok(Some(theirs))) => {
+                    return Err(BrokerError::Config(format!(
+                        "node {id} (peer address {addr}) is configured for cluster {:?} with \
+                         voters {:?}, but this node for cluster {:?} with voters {:?}: every \
+                         node of a cluster needs the same cluster_id and cluster.voters",
+                        theirs.cluster_id, theirs.voters, mine.cluster_id, mine.voters
+                    )));
+                }
+                // Not up yet, unreachable, or still starting: ask again.
+                Ok(Ok(None)) => {
+                    why.insert(*id, "starting".into());
+                }
+                Ok(Err(e)) => {
+                    why.insert(*id, e.to_string());
+                }
+                Err(_) => {
+                    why.insert(*id, format!("no answer within {IDENTIFY_WAIT:?}"));
+                }
+            }
+        }
+        if agreed.len() >= needed {
+            return Ok(());
+        }
+        let waiting: Vec<String> = others
+            .iter()
+            .filter(|(id, _)| !agreed.contains(id))
+            .map(|(id, addr)| {
+                let cause = why.get(id).map_or("", String::as_str);
+                format!("node {id} at {addr} ({cause})")
+            })
+            .collect();
+        if said.elapsed() > Duration::from_secs(5) {
+            tracing::info!(
+                node_id,
+                agreed = agreed.len(),
+                needed,
+                waiting = %waiting.join(", "),
+                "waiting for peers to answer on their peer addresses before forming the metadata group"
+            );
+            said = Instant::now();
+        }
+        if started.elapsed() > CLUSTER_WAIT {
+            return Err(BrokerError::Metadata(format!(
+                "only {} of the {needed} other voters needed answered within {CLUSTER_WAIT:?} \
+                 (still waiting for {}): are they running, and reachable on their peer \
+                 addresses?",
+                agreed.len(),
+                waiting.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
 /// A stopped Raft node (a write failed: the disk is full, say) is reopened at most this often.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
@@ -83,7 +173,9 @@ impl MetadataController {
         let (raft, peer_endpoint) = match &config.cluster {
             None => (start_node(node_id, data_dir).await?, None),
             Some(cluster) => {
-                let (raft, endpoint) = start_cluster_node(node_id, data_dir, cluster).await?;
+                let cluster_id = config.cluster_id.clone().unwrap_or_default();
+                let (raft, endpoint) =
+                    start_cluster_node(node_id, data_dir, &cluster_id, cluster).await?;
                 (raft, Some(endpoint))
             }
         };
@@ -166,9 +258,18 @@ impl MetadataController {
 async fn start_cluster_node(
     node_id: u32,
     data_dir: &Path,
+    cluster_id: &str,
     cluster: &ClusterSettings,
 ) -> Result<(MetadataRaft, quinn::Endpoint), BrokerError> {
     let voters = cluster.voter_addrs()?;
+    let mut identity = Identity {
+        cluster_id: cluster_id.to_owned(),
+        voters: voters
+            .iter()
+            .map(|(id, addr)| (NodeId::from(*id), addr.clone()))
+            .collect(),
+    };
+    identity.voters.sort();
     let (endpoint, client) = crate::peers::peer_endpoint(node_id, cluster)?;
     let transport = QuicTransport::new(endpoint.clone(), client, QuicTransportConfig::default());
     let raft = MetadataRaft::start(
@@ -179,11 +280,15 @@ async fn start_cluster_node(
     )
     .await
     .map_err(|e| BrokerError::Metadata(format!("starting the metadata log: {e}")))?;
+    raft.set_identity(identity.clone());
     tokio::spawn(sluice_raft::serve_peers(
         endpoint.clone(),
         raft.clone(),
         PeerServerConfig::default(),
     ));
+    if !raft.is_initialized() {
+        agree_with_peers(&raft, node_id, &identity).await?;
+    }
     let members: BTreeMap<NodeId, PeerNode> = voters
         .iter()
         .map(|(id, addr)| (NodeId::from(*id), PeerNode::new(addr.clone())))

@@ -20,6 +20,7 @@ mod peers;
 mod pipelines;
 mod plugins;
 mod produce;
+mod producer_ids;
 mod replicas;
 mod retention;
 mod router;
@@ -88,6 +89,8 @@ pub(crate) struct Broker {
     idle: Notify,
     /// This broker as a client of the cluster (see [`Broker::cluster_client`]).
     cluster_client: tokio::sync::OnceCell<sluice_client::Client>,
+    /// The rest of the producer id block this broker hands out from.
+    producer_ids: producer_ids::ProducerIdBlock,
 }
 
 /// A running broker. Dropping it does not stop it; call [`BrokerHandle::shutdown`].
@@ -232,6 +235,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         in_flight: AtomicUsize::new(0),
         idle: Notify::new(),
         cluster_client: tokio::sync::OnceCell::new(),
+        producer_ids: producer_ids::ProducerIdBlock::default(),
     });
     tracing::info!(node_id, addr = %local_addr, cluster_id = %broker.cluster_id, "broker listening (QUIC, ALPN sluice/1)");
     let accept_task = tokio::spawn(server::accept_loop(broker.clone(), endpoint.clone()));

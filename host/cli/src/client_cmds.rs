@@ -76,7 +76,17 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
                 println!("{}\t{} partition(s)", t.name, t.partitions.len());
             }
         }
-        TopicCommand::Describe { name } => print_description(&admin.describe_topic(name).await?),
+        TopicCommand::Describe { name } => {
+            let described = admin.describe_topic(name).await?;
+            let meta = client.metadata(Some(vec![name.clone()])).await?;
+            let placement = meta
+                .topics
+                .into_iter()
+                .find(|t| &t.name == name)
+                .map(|t| t.partitions)
+                .unwrap_or_default();
+            print_description(&described, &placement);
+        }
         TopicCommand::Delete { name, force: false } => {
             let t = admin.delete_topic(name).await?;
             println!("deleted topic {}", t.name);
@@ -110,7 +120,7 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_description(t: &TopicDescription) {
+fn print_description(t: &TopicDescription, placement: &[sluice_proto::PartitionMetadata]) {
     let c = &t.config;
     let opt = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
     println!(
@@ -123,12 +133,26 @@ fn print_description(t: &TopicDescription) {
         c.durability,
         c.partitioner.as_deref().unwrap_or("key-hash")
     );
-    println!("partition\tleader\tepoch\tlog_start\tlog_end\tsize_bytes");
+    println!("partition\tleader\tepoch\treplicas\tin_sync\tlog_start\tlog_end\tsize_bytes");
+    let list = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     for p in &t.partitions {
         let leader = p.leader.map_or("none".to_string(), |l| l.to_string());
+        let (replicas, in_sync) = placement
+            .iter()
+            .find(|m| m.partition == p.partition)
+            .map_or(("-".into(), "-".into()), |m| {
+                (list(&m.replicas), list(&m.in_sync))
+            });
         println!(
-            "{}\t{}\t{}\t{}\t{}\t{}",
-            p.partition, leader, p.leader_epoch, p.log_start, p.log_end, p.size_bytes
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            p.partition,
+            leader,
+            p.leader_epoch,
+            replicas,
+            in_sync,
+            p.log_start,
+            p.log_end,
+            p.size_bytes
         );
     }
 }

@@ -64,21 +64,23 @@ async fn cluster(args: &DevClusterArgs) -> Result<ExitCode> {
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", dir.display()))?;
     let nodes = layout(&dir, args.nodes)?;
-    let mut started = Vec::new();
+    // The processes started now, by node id: whether one exited is asked of its handle (its
+    // /proc entry shows this program's command line until it has exec'd).
+    let mut started = std::collections::HashMap::new();
     for node in &nodes {
         if let Some(pid) = running_pid(&node.dir) {
             println!("node {} is running (pid {pid})", node.id);
             continue;
         }
-        let pid = spawn(node, args.detach)?;
-        println!("node {} started (pid {pid})", node.id);
-        started.push(pid);
+        let child = spawn(node, args.detach)?;
+        println!("node {} started (pid {})", node.id, child.id());
+        started.insert(node.id, child);
     }
     let bootstrap: Vec<String> = nodes.iter().map(|n| n.client_addr.to_string()).collect();
     let bootstrap = bootstrap.join(",");
     write_file(&dir.join("bootstrap"), format!("{bootstrap}\n").as_bytes())?;
     let ca_pem = dir.join("ca.pem");
-    wait_ready(&dir, &nodes, &bootstrap, &ca_pem).await?;
+    wait_ready(&dir, &nodes, &mut started, &bootstrap, &ca_pem).await?;
     println!(
         "cluster of {} nodes ready\n  bootstrap: {bootstrap}  (in {})\n  CA:        {}\n  try:       sluice --broker {bootstrap} --tls-ca {} cluster status",
         nodes.len(),
@@ -202,7 +204,7 @@ fn running_pid(dir: &Path) -> Option<u32> {
 }
 
 /// Starts one node's broker process, its log appended to `broker.log`, and records its pid.
-fn spawn(node: &Node, detach: bool) -> Result<u32> {
+fn spawn(node: &Node, detach: bool) -> Result<std::process::Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -223,14 +225,22 @@ fn spawn(node: &Node, detach: bool) -> Result<u32> {
         cmd.process_group(0);
     }
     let child = cmd.spawn().context("cannot start a broker process")?;
-    let pid = child.id();
-    write_file(&node.dir.join("broker.pid"), format!("{pid}\n").as_bytes())?;
-    Ok(pid)
+    write_file(
+        &node.dir.join("broker.pid"),
+        format!("{}\n", child.id()).as_bytes(),
+    )?;
+    Ok(child)
 }
 
 /// Waits (bounded) until every node serves and the cluster has a metadata leader with every
 /// node registered; then puts the client CA at `ca_pem`.
-async fn wait_ready(dir: &Path, nodes: &[Node], bootstrap: &str, ca_pem: &Path) -> Result<()> {
+async fn wait_ready(
+    dir: &Path,
+    nodes: &[Node],
+    children: &mut std::collections::HashMap<u32, std::process::Child>,
+    bootstrap: &str,
+    ca_pem: &Path,
+) -> Result<()> {
     let started = Instant::now();
     let failed = |why: String| -> anyhow::Error {
         anyhow::anyhow!(
@@ -240,7 +250,11 @@ async fn wait_ready(dir: &Path, nodes: &[Node], bootstrap: &str, ca_pem: &Path) 
     };
     for node in nodes {
         while !node.dir.join("broker.addr").exists() {
-            if running_pid(&node.dir).is_none() {
+            let exited = match children.get_mut(&node.id) {
+                Some(child) => child.try_wait().ok().flatten().is_some(),
+                None => running_pid(&node.dir).is_none(),
+            };
+            if exited {
                 return Err(failed(format!("node {} exited", node.id)));
             }
             if started.elapsed() > READY_LIMIT {

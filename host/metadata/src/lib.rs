@@ -179,7 +179,17 @@ pub enum MetadataCommand {
         partition: u32,
         checkpoint: Vec<u8>,
     },
+    /// Hands a broker a block of `count` consecutive producer ids (the next in line), which it
+    /// gives out to idempotent producers without a log entry each. The first id is found with
+    /// [`MetadataState::producer_id_allocated_at`]. Ids of a block never used are never reused.
+    AllocateProducerIdBlock {
+        node_id: u32,
+        count: u32,
+    },
 }
+
+/// Most producer ids one [`MetadataCommand::AllocateProducerIdBlock`] may ask for.
+pub const MAX_PRODUCER_ID_BLOCK: u32 = 100_000;
 
 /// What a user asks for when creating a pipeline, plus where each input partition starts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -395,14 +405,14 @@ impl MetadataState {
         self.topics.values()
     }
 
-    /// The id the next [`MetadataCommand::AllocateProducerId`] allocates; the last one allocated
-    /// is this minus one.
-    /// The producer id the [`MetadataCommand::AllocateProducerId`] at log index `index` handed
-    /// out, while it is among the latest allocations.
+    /// The (first) producer id the [`MetadataCommand::AllocateProducerId`] (or
+    /// [`MetadataCommand::AllocateProducerIdBlock`]) at log index `index` handed out, while it
+    /// is among the latest allocations.
     pub fn producer_id_allocated_at(&self, index: u64) -> Option<i64> {
         self.recent_allocations.get(&index).copied()
     }
 
+    /// The id the next allocation hands out; the last one allocated is this minus one.
     pub fn next_producer_id(&self) -> i64 {
         self.next_producer_id
     }
@@ -656,6 +666,17 @@ impl MetadataState {
                     Err(MetadataError::UnknownPipeline(name.clone()))
                 }
             }
+            MetadataCommand::AllocateProducerIdBlock { count, .. } => {
+                if *count == 0 || *count > MAX_PRODUCER_ID_BLOCK {
+                    return Err(MetadataError::InvalidConfig(format!(
+                        "a producer id block holds 1..={MAX_PRODUCER_ID_BLOCK} ids, not {count}"
+                    )));
+                }
+                if self.next_producer_id > i64::MAX - i64::from(*count) {
+                    return Err(MetadataError::ProducerIdsExhausted);
+                }
+                Ok(())
+            }
             MetadataCommand::AllocateProducerId => {
                 if self.next_producer_id == i64::MAX {
                     return Err(MetadataError::ProducerIdsExhausted);
@@ -903,6 +924,13 @@ impl MetadataState {
                 self.checkpoints
                     .insert((name.clone(), *partition), checkpoint.clone());
             }
+            MetadataCommand::AllocateProducerIdBlock { count, .. } => {
+                self.recent_allocations.insert(index, self.next_producer_id);
+                while self.recent_allocations.len() > RECENT_ALLOCATIONS {
+                    self.recent_allocations.pop_first();
+                }
+                self.next_producer_id += i64::from(*count);
+            }
             MetadataCommand::AllocateProducerId => {
                 self.recent_allocations.insert(index, self.next_producer_id);
                 while self.recent_allocations.len() > RECENT_ALLOCATIONS {
@@ -987,6 +1015,40 @@ mod tests {
             addr: format!("127.0.0.1:{node_id}"),
             peer_addr: Some(format!("127.0.0.1:{}", 1000 + node_id)),
             rack: Some(rack.into()),
+        }
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap_single_allocations() {
+        let mut s = MetadataState::new();
+        s.apply(1, &MetadataCommand::AllocateProducerId).unwrap();
+        s.apply(
+            2,
+            &MetadataCommand::AllocateProducerIdBlock {
+                node_id: 1,
+                count: 1000,
+            },
+        )
+        .unwrap();
+        s.apply(3, &MetadataCommand::AllocateProducerId).unwrap();
+        s.apply(
+            4,
+            &MetadataCommand::AllocateProducerIdBlock {
+                node_id: 2,
+                count: 1000,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.producer_id_allocated_at(1), Some(0));
+        assert_eq!(s.producer_id_allocated_at(2), Some(1), "ids 1..1001");
+        assert_eq!(s.producer_id_allocated_at(3), Some(1001));
+        assert_eq!(s.producer_id_allocated_at(4), Some(1002), "ids 1002..2002");
+        assert_eq!(s.next_producer_id(), 2002);
+        for count in [0, MAX_PRODUCER_ID_BLOCK + 1] {
+            assert!(
+                s.validate(&MetadataCommand::AllocateProducerIdBlock { node_id: 1, count })
+                    .is_err()
+            );
         }
     }
 

@@ -85,6 +85,15 @@ impl fmt::Display for PeerNode {
     }
 }
 
+/// What a node was configured with: the cluster it belongs to and the voters it expects. Nodes
+/// compare identities before forming a new group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub cluster_id: String,
+    /// (node id, peer address), sorted by id.
+    pub voters: Vec<(NodeId, String)>,
+}
+
 /// What applying one log entry produced. Blank and membership entries are always `Ok`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandResponse {

@@ -39,6 +39,9 @@ pub enum RaftRequest {
         node_id: NodeId,
         broker_epoch: u64,
     },
+    /// Asks a peer which cluster and voters it was configured with (before a new node forms
+    /// the group: nodes that disagree must not).
+    Identify,
 }
 
 /// The answer to a [`RaftRequest`], of the matching variant, or [`RaftReply::Refused`].
@@ -57,6 +60,8 @@ pub enum RaftReply {
     /// A [`RaftRequest::Heartbeat`] was recorded (`true`), or the receiver does not lead
     /// (`false`).
     HeartbeatTaken(bool),
+    /// The answer to [`RaftRequest::Identify`]; `None` before the node set its identity.
+    Identity(Option<crate::Identity>),
 }
 
 /// The outcome of a proposal a follower forwarded to the leader.

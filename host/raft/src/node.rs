@@ -18,7 +18,7 @@ use crate::network::{
     Forwarded, NetworkFactory, RaftReply, RaftRequest, RaftTransport, TransportError,
 };
 use crate::state_machine::StateMachineStore;
-use crate::{CommandResponse, NodeId, PeerNode, TypeConfig};
+use crate::{CommandResponse, Identity, NodeId, PeerNode, TypeConfig};
 
 /// The raft file's name in the node's data directory.
 pub const RAFT_FILE: &str = "raft.redb";
@@ -155,6 +155,8 @@ pub struct MetadataRaft {
     file_closed: Arc<AtomicBool>,
     /// Broker sessions, kept by the leader (see [`sluice_metadata::liveness`]).
     liveness: Arc<Mutex<Liveness>>,
+    /// What this node was configured with, told to peers that ask.
+    identity: Arc<Mutex<Option<Identity>>>,
     /// Sends a request to a peer: how a follower hands a proposal to the leader.
     forward: Arc<dyn Fn(NodeId, PeerNode, RaftRequest) -> ForwardCall + Send + Sync>,
 }
@@ -228,6 +230,7 @@ impl MetadataRaft {
             state,
             snapshots_installed,
             liveness: Arc::new(Mutex::new(Liveness::new())),
+            identity: Arc::new(Mutex::new(None)),
             max_snapshot_bytes: config.max_snapshot_bytes,
             file_closed,
             forward,
@@ -236,6 +239,37 @@ impl MetadataRaft {
 
     pub fn node_id(&self) -> NodeId {
         self.id
+    }
+
+    /// Sets what this node tells peers that ask who it is ([`RaftRequest::Identify`]).
+    pub fn set_identity(&self, identity: Identity) {
+        *self.identity.lock().expect("identity lock poisoned") = Some(identity);
+    }
+
+    /// Asks peer `target` for its identity; `Ok(None)` when it has not set one yet.
+    pub async fn identify(
+        &self,
+        target: NodeId,
+        peer: PeerNode,
+    ) -> Result<Option<Identity>, TransportError> {
+        match (self.forward)(target, peer, RaftRequest::Identify).await? {
+            RaftReply::Identity(identity) => Ok(identity),
+            other => Err(TransportError::Failed(format!(
+                "unexpected answer to Identify: {other:?}"
+            ))),
+        }
+    }
+
+    /// Whether this node has a log or membership already (it has been part of a group).
+    pub fn is_initialized(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics.last_log_index.is_some()
+            || metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_some()
     }
 
     /// Makes `voters` the group's first membership. Call it once, with the same set, on one
@@ -559,6 +593,12 @@ impl MetadataRaft {
                 node_id,
                 broker_epoch,
             } => RaftReply::HeartbeatTaken(self.take_heartbeat(node_id, broker_epoch)),
+            RaftRequest::Identify => RaftReply::Identity(
+                self.identity
+                    .lock()
+                    .expect("identity lock poisoned")
+                    .clone(),
+            ),
             RaftRequest::InstallSnapshot(rpc) => {
                 // Checked before openraft buffers the chunk: a snapshot is held whole in memory.
                 let end = rpc.offset.saturating_add(rpc.data.len() as u64);

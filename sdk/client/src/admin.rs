@@ -1,6 +1,6 @@
 //! Topic administration: thin typed wrappers over the admin requests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,11 +72,44 @@ impl Admin {
         }
     }
 
+    /// The topic's configuration and, per partition, its leader, leader epoch, log start, log
+    /// end, high watermark and size — each partition's figures from the broker that leads it
+    /// (in a cluster, one request per leader).
     pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
-        self.topic(Request::DescribeTopic {
+        let request = || Request::DescribeTopic {
             name: name.to_string(),
-        })
-        .await
+        };
+        let mut described = self.topic(request()).await?;
+        let leaders: BTreeSet<u32> = described
+            .partitions
+            .iter()
+            .filter_map(|p| p.leader)
+            .filter(|l| *l != self.client.node_id())
+            .collect();
+        let asks = leaders.into_iter().map(|node| async move {
+            let answer = self.client.request_to(node, request(), Bytes::new()).await;
+            (node, answer)
+        });
+        for (node, answer) in futures::future::join_all(asks).await {
+            let theirs = match answer {
+                Ok((ResponseBody::Topic(t), _)) => t,
+                Ok((other, _)) => return Err(unexpected("Topic", &other)),
+                // Their partitions keep the figures the first broker had (none): the rest of
+                // the description is still worth showing.
+                Err(e) if e.is_retriable() => continue,
+                Err(e) => return Err(e),
+            };
+            for p in theirs
+                .partitions
+                .into_iter()
+                .filter(|p| p.leader == Some(node))
+            {
+                if let Some(slot) = described.partitions.get_mut(p.partition as usize) {
+                    *slot = p;
+                }
+            }
+        }
+        Ok(described)
     }
 
     /// Adds `count` partitions (the number to add, not the new total).
