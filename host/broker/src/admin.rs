@@ -120,7 +120,9 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
         | Request::ResumePipeline { .. }
         | Request::DeletePipeline { .. }
         | Request::FindCoordinator { .. }
-        | Request::ClusterStatus => Err(WireError::new(
+        | Request::ClusterStatus
+        | Request::AddNode { .. }
+        | Request::RemoveNode { .. } => Err(WireError::new(
             ErrorCode::InvalidRequest,
             "request routed to the wrong handler",
         )),

@@ -1,13 +1,81 @@
-//! Cluster requests: the status of the cluster as this node sees it.
+//! Cluster requests: the status of the cluster as this node sees it, and membership changes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_proto::{ClusterNode, ClusterStatus, ResponseBody};
 
+use sluice_metadata::MetadataCommand;
+use sluice_proto::{ErrorCode, WireError};
+
 use crate::Broker;
+use crate::controller::MembershipChange;
 use crate::router::Reply;
 use crate::wire_error::propose_error;
+
+/// Why a membership change failed, as clients see it.
+fn membership_error(e: MembershipChange) -> WireError {
+    match e.0 {
+        sluice_raft::MembershipError::NotLeader { leader } => {
+            let e = WireError::new(
+                ErrorCode::NotLeader,
+                "membership changes go to the metadata leader; send it there",
+            );
+            match leader.and_then(|(id, _)| u32::try_from(id).ok()) {
+                Some(l) => e.with_leader(l),
+                None => e,
+            }
+        }
+        sluice_raft::MembershipError::Refused(why) => WireError::new(ErrorCode::InvalidConfig, why),
+        sluice_raft::MembershipError::Stopped(e) => {
+            WireError::new(ErrorCode::LeaderNotAvailable, e.to_string())
+        }
+    }
+}
+
+/// Handles `AddNode`: the node (started with `cluster.join`) becomes a voter.
+pub(crate) async fn add_node(broker: Arc<Broker>, node_id: u32, peer_addr: String) -> Reply {
+    if !broker.controller.is_clustered() {
+        return Reply::error(WireError::new(
+            ErrorCode::InvalidConfig,
+            "this broker runs alone (no [cluster] in its config); nodes join a cluster",
+        ));
+    }
+    if let Err(e) = broker.controller.add_voter(node_id, &peer_addr).await {
+        return Reply::error(membership_error(e));
+    }
+    tracing::info!(node_id, %peer_addr, "node added to the metadata quorum");
+    status(broker).await
+}
+
+/// Handles `RemoveNode`: refused while the node holds partitions; else it leaves the brokers
+/// and the quorum.
+pub(crate) async fn remove_node(broker: Arc<Broker>, node_id: u32) -> Reply {
+    if broker.controller.leader() != Some(broker.node_id) {
+        let e = WireError::new(
+            ErrorCode::NotLeader,
+            "membership changes go to the metadata leader; send it there",
+        );
+        return Reply::error(match broker.controller.leader() {
+            Some(l) => e.with_leader(l),
+            None => e,
+        });
+    }
+    let registered = broker.controller.read(|s| s.broker(node_id).is_some());
+    if registered
+        && let Err(e) = broker
+            .controller
+            .propose_async(MetadataCommand::UnregisterBroker { node_id })
+            .await
+    {
+        return Reply::error(propose_error(e));
+    }
+    if let Err(e) = broker.controller.remove_voter(node_id).await {
+        return Reply::error(membership_error(e));
+    }
+    tracing::info!(node_id, "node removed from the cluster");
+    status(broker).await
+}
 
 /// Handles `ClusterStatus`: every node of the Raft membership and every registered broker,
 /// with roles, broker epochs, liveness (known on the metadata leader; elsewhere a node counts

@@ -95,6 +95,10 @@ pub struct ClusterSettings {
     /// Production: the cluster CA certificate and this node's certificate and key.
     #[serde(default)]
     pub tls: crate::tls::PeerTlsSettings,
+    /// This node joins a running cluster whose voters are `voters` (it is not one of them):
+    /// it starts, waits to be added (`sluice cluster add-node`), then catches up and serves.
+    #[serde(default)]
+    pub join: bool,
     /// How often this node heartbeats to the metadata leader (default 500 ms).
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
@@ -251,10 +255,19 @@ impl BrokerConfig {
                 );
             }
             let voters = cluster.voter_addrs()?;
-            if !voters.iter().any(|(id, _)| *id == self.node_id) {
+            let listed = voters.iter().any(|(id, _)| *id == self.node_id);
+            if !listed && !cluster.join {
                 return bad(format!(
-                    "node {} is not among cluster.voters {:?}",
+                    "node {} is not among cluster.voters {:?}; to add it to a running cluster, \
+                     set cluster.join = true and run `sluice cluster add-node`",
                     self.node_id, cluster.voters
+                ));
+            }
+            if listed && cluster.join {
+                return bad(format!(
+                    "node {} is among cluster.voters and has cluster.join = true: a voter \
+                     forms the cluster, a joining node is added to it; choose one",
+                    self.node_id
                 ));
             }
             let mut ids: Vec<u32> = voters.iter().map(|(id, _)| *id).collect();

@@ -37,6 +37,56 @@ const PROPOSE_WAIT: Duration = Duration::from_secs(30);
 /// How long a cluster node waits at start for the voters to elect a metadata leader.
 const CLUSTER_WAIT: Duration = Duration::from_secs(120);
 
+/// How long a joining node waits to be added to the cluster.
+const JOIN_WAIT: Duration = Duration::from_secs(600);
+
+/// A joining node (`cluster.join`): waits (bounded) until a leader has added it and it knows
+/// the leader, saying what to run meanwhile.
+async fn wait_to_be_added(
+    raft: &MetadataRaft,
+    node_id: u32,
+    cluster: &ClusterSettings,
+) -> Result<(), BrokerError> {
+    let peer = cluster
+        .peer_advertised_addr
+        .clone()
+        .unwrap_or_else(|| cluster.peer_listen.to_string());
+    let started = Instant::now();
+    let mut said: Option<Instant> = None;
+    loop {
+        let status = raft
+            .status()
+            .await
+            .map_err(|e| BrokerError::Metadata(e.to_string()))?;
+        let member = status.voters.contains(&NodeId::from(node_id))
+            || status.learners.contains(&NodeId::from(node_id));
+        if member && let Some(leader) = status.leader {
+            tracing::info!(
+                node_id,
+                leader,
+                term = status.term,
+                "joined the metadata quorum"
+            );
+            return Ok(());
+        }
+        if said.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+            tracing::info!(
+                node_id,
+                "waiting to be added to the cluster: run `sluice cluster add-node --node-id \
+                 {node_id} --peer-addr {peer}` against it"
+            );
+            said = Some(Instant::now());
+        }
+        if started.elapsed() > JOIN_WAIT {
+            return Err(BrokerError::Metadata(format!(
+                "node {node_id} was not added to the cluster within {JOIN_WAIT:?}; run `sluice \
+                 cluster add-node --node-id {node_id} --peer-addr {peer}`, then start it again"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// How long one identity question to a peer may take.
 const IDENTIFY_WAIT: Duration = Duration::from_secs(2);
 
@@ -286,6 +336,10 @@ async fn start_cluster_node(
         raft.clone(),
         PeerServerConfig::default(),
     ));
+    if cluster.join {
+        wait_to_be_added(&raft, node_id, cluster).await?;
+        return Ok((raft, endpoint));
+    }
     if !raft.is_initialized() {
         agree_with_peers(&raft, node_id, &identity).await?;
     }
@@ -428,6 +482,40 @@ impl MetadataController {
         self.raft.read().expect("raft lock poisoned").read(f)
     }
 
+    /// Adds node `id` (reachable at `peer_addr`) as a voter: a learner first, caught up, then
+    /// the voters change by joint consensus. Only on the metadata leader.
+    pub async fn add_voter(&self, id: u32, peer_addr: &str) -> Result<(), MembershipChange> {
+        let raft = self.node();
+        raft.add_learner(NodeId::from(id), PeerNode::new(peer_addr))
+            .await?;
+        let mut voters = raft
+            .status()
+            .await
+            .map_err(sluice_raft::MembershipError::from)?
+            .voters;
+        voters.insert(NodeId::from(id));
+        raft.change_membership(voters, false).await?;
+        Ok(())
+    }
+
+    /// Removes node `id` from the voters and learners. Only on the metadata leader.
+    pub async fn remove_voter(&self, id: u32) -> Result<(), MembershipChange> {
+        let raft = self.node();
+        let status = raft
+            .status()
+            .await
+            .map_err(sluice_raft::MembershipError::from)?;
+        let mut voters = status.voters;
+        voters.remove(&NodeId::from(id));
+        if voters.is_empty() {
+            return Err(MembershipChange(sluice_raft::MembershipError::Refused(
+                "the cluster's last voter cannot be removed".into(),
+            )));
+        }
+        raft.change_membership(voters, false).await?;
+        Ok(())
+    }
+
     /// Waits (at most `timeout`) until the applied index is other than `seen`, and returns it.
     pub async fn wait_applied_change(&self, seen: Option<u64>, timeout: Duration) -> Option<u64> {
         self.node().wait_applied_change(seen, timeout).await
@@ -484,6 +572,11 @@ impl MetadataController {
         stopped
     }
 }
+
+/// Why a membership change failed.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct MembershipChange(#[from] pub sluice_raft::MembershipError);
 
 /// Why a proposal failed.
 #[derive(Debug, thiserror::Error)]

@@ -89,6 +89,10 @@ pub(crate) fn handle(
         | Request::DeleteGroup { .. }
         | Request::FindCoordinator { .. } => Box::pin(crate::groups::handle(broker, request)),
         Request::ClusterStatus => Box::pin(crate::cluster::status(broker)),
+        Request::AddNode { node_id, peer_addr } => {
+            Box::pin(crate::cluster::add_node(broker, node_id, peer_addr))
+        }
+        Request::RemoveNode { node_id } => Box::pin(crate::cluster::remove_node(broker, node_id)),
         Request::CreatePipeline(_)
         | Request::ListPipelines
         | Request::DescribePipeline { .. }

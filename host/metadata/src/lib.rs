@@ -186,6 +186,11 @@ pub enum MetadataCommand {
         node_id: u32,
         count: u32,
     },
+    /// Forgets a broker that left the cluster (`cluster remove-node`). Refused while it holds
+    /// a replica of a partition.
+    UnregisterBroker {
+        node_id: u32,
+    },
 }
 
 /// Most producer ids one [`MetadataCommand::AllocateProducerIdBlock`] may ask for.
@@ -666,6 +671,39 @@ impl MetadataState {
                     Err(MetadataError::UnknownPipeline(name.clone()))
                 }
             }
+            MetadataCommand::UnregisterBroker { node_id } => {
+                if !self.brokers.contains_key(node_id) {
+                    return Err(MetadataError::UnknownBroker(*node_id));
+                }
+                let held: Vec<String> = self
+                    .topics
+                    .values()
+                    .flat_map(|t| {
+                        t.partitions
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, p)| {
+                                p.leader == Some(*node_id) || p.replicas.contains(node_id)
+                            })
+                            .map(move |(i, _)| format!("{}/{i}", t.name))
+                    })
+                    .collect();
+                if !held.is_empty() {
+                    let shown: Vec<&str> = held.iter().take(10).map(String::as_str).collect();
+                    return Err(MetadataError::InvalidConfig(format!(
+                        "node {node_id} still holds {} partition(s) ({}{}); move them to other \
+                         brokers or delete their topics first",
+                        held.len(),
+                        shown.join(", "),
+                        if held.len() > shown.len() {
+                            ", ..."
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+                Ok(())
+            }
             MetadataCommand::AllocateProducerIdBlock { count, .. } => {
                 if *count == 0 || *count > MAX_PRODUCER_ID_BLOCK {
                     return Err(MetadataError::InvalidConfig(format!(
@@ -923,6 +961,9 @@ impl MetadataState {
             } => {
                 self.checkpoints
                     .insert((name.clone(), *partition), checkpoint.clone());
+            }
+            MetadataCommand::UnregisterBroker { node_id } => {
+                self.brokers.remove(node_id);
             }
             MetadataCommand::AllocateProducerIdBlock { count, .. } => {
                 self.recent_allocations.insert(index, self.next_producer_id);

@@ -230,6 +230,45 @@ impl Admin {
         }
     }
 
+    /// Adds node `node_id` (started with `cluster.join = true`, reachable by peers at
+    /// `peer_addr`) to the metadata quorum as a voter; returns the cluster's status after.
+    pub async fn add_node(
+        &self,
+        node_id: u32,
+        peer_addr: &str,
+    ) -> Result<ClusterStatus, ClientError> {
+        self.at_metadata_leader(Request::AddNode {
+            node_id,
+            peer_addr: peer_addr.to_owned(),
+        })
+        .await
+    }
+
+    /// Removes node `node_id` from the cluster (refused while it holds partitions); returns
+    /// the cluster's status after.
+    pub async fn remove_node(&self, node_id: u32) -> Result<ClusterStatus, ClientError> {
+        self.at_metadata_leader(Request::RemoveNode { node_id })
+            .await
+    }
+
+    /// Sends a membership request to the metadata leader: to the bootstrap broker first, then to
+    /// the leader it names.
+    async fn at_metadata_leader(&self, request: Request) -> Result<ClusterStatus, ClientError> {
+        let answer = match self.client.request(request.clone(), Bytes::new()).await {
+            Err(ClientError::Broker(e)) if e.code == ErrorCode::NotLeader && e.leader.is_some() => {
+                let leader = e.leader.expect("checked");
+                self.client
+                    .request_to(leader, request, Bytes::new())
+                    .await?
+            }
+            other => other?,
+        };
+        match answer {
+            (ResponseBody::ClusterStatus(s), _) => Ok(s),
+            (other, _) => Err(unexpected("ClusterStatus", &other)),
+        }
+    }
+
     async fn topic(&self, request: Request) -> Result<TopicDescription, ClientError> {
         match self.client.request(request, Bytes::new()).await? {
             (ResponseBody::Topic(t), _) => Ok(t),

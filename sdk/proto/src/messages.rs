@@ -115,6 +115,18 @@ pub enum Request {
     /// The cluster as the answering broker sees it: nodes, roles, broker epochs, the metadata
     /// leader, term and commit index. Answered with [`ResponseBody::ClusterStatus`].
     ClusterStatus,
+    /// Adds a node (started with `cluster.join = true`) to the metadata quorum as a voter: it
+    /// becomes a learner, catches up, then the voters change (joint consensus). Answered by the
+    /// metadata leader (others say `NotLeader`, naming it) with [`ResponseBody::ClusterStatus`].
+    AddNode {
+        node_id: u32,
+        peer_addr: String,
+    },
+    /// Removes a node from the metadata quorum and the brokers; refused while it leads
+    /// partitions. Answered like [`Request::AddNode`].
+    RemoveNode {
+        node_id: u32,
+    },
 }
 
 impl Request {
@@ -154,6 +166,8 @@ impl Request {
             Request::DeleteTopicForced { .. } => "delete_topic_forced",
             Request::FindCoordinator { .. } => "find_coordinator",
             Request::ClusterStatus => "cluster_status",
+            Request::AddNode { .. } => "add_node",
+            Request::RemoveNode { .. } => "remove_node",
         }
     }
 }
