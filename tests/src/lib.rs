@@ -306,12 +306,22 @@ pub fn free_udp_port() -> SocketAddr {
 /// share one dev cluster CA and one dev client CA in `dir/ca`. `extra` is added to every
 /// node's config, before its `[cluster]` table.
 pub fn start_cluster(dir: &Path, n: usize, extra: &str) -> Vec<BrokerProcess> {
+    start_cluster_with(dir, n, extra, "")
+}
+
+/// [`start_cluster`], with `cluster_extra` added to every node's `[cluster]` table.
+pub fn start_cluster_with(
+    dir: &Path,
+    n: usize,
+    extra: &str,
+    cluster_extra: &str,
+) -> Vec<BrokerProcess> {
     let peers: Vec<SocketAddr> = (0..n).map(|_| free_udp_port()).collect();
     let mut nodes: Vec<BrokerProcess> = (0..n)
         .map(|i| {
             BrokerProcess::spawn_at(
                 &dir.join(format!("node-{}", i + 1)),
-                &cluster_config(i as u32 + 1, &peers, &dir.join("ca"), extra),
+                &(cluster_config(i as u32 + 1, &peers, &dir.join("ca"), extra) + cluster_extra),
                 "127.0.0.1:0".parse().expect("addr"),
             )
         })

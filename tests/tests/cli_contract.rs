@@ -262,6 +262,16 @@ fn bench_runs_and_reports() {
             );
         }
     }
+    let out = broker.run_ok(&["bench", "metadata", "--count", "40", "--producers", "4"]);
+    assert!(
+        out.contains("topic creates: 40 in") && out.contains("topic deletes: 40 in"),
+        "{out}"
+    );
+    let topics = broker.run_ok(&["topic", "list"]);
+    assert!(
+        !topics.contains("bench-meta"),
+        "the bench deletes its topics: {topics}"
+    );
 }
 
 #[test]

@@ -99,6 +99,11 @@ pub struct ClusterSettings {
     /// it starts, waits to be added (`sluice cluster add-node`), then catches up and serves.
     #[serde(default)]
     pub join: bool,
+    /// A metadata snapshot is taken every this many log entries (default 1,000); a tenth of
+    /// it (at most 100) stays in the log behind the snapshot. A node further behind catches up
+    /// by installing the snapshot.
+    #[serde(default = "default_snapshot_entries")]
+    pub snapshot_every_entries: u64,
     /// How often this node heartbeats to the metadata leader (default 500 ms).
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
@@ -106,6 +111,10 @@ pub struct ClusterSettings {
     /// registers again (default 6 s).
     #[serde(default = "default_session_ms")]
     pub session_timeout_ms: u64,
+}
+
+fn default_snapshot_entries() -> u64 {
+    1_000
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -286,6 +295,9 @@ impl BrokerConfig {
             }
             if given == 0 && cluster.ca_dir.is_none() {
                 return bad("cluster needs tls (ca, cert, key) or a dev ca_dir".into());
+            }
+            if cluster.snapshot_every_entries == 0 {
+                return bad("cluster.snapshot_every_entries must be positive".into());
             }
             if cluster.heartbeat_interval_ms == 0
                 || cluster.session_timeout_ms < 2 * cluster.heartbeat_interval_ms

@@ -322,14 +322,14 @@ async fn start_cluster_node(
     identity.voters.sort();
     let (endpoint, client) = crate::peers::peer_endpoint(node_id, cluster)?;
     let transport = QuicTransport::new(endpoint.clone(), client, QuicTransportConfig::default());
-    let raft = MetadataRaft::start(
-        NodeId::from(node_id),
-        data_dir,
-        transport,
-        &MetadataRaftConfig::default(),
-    )
-    .await
-    .map_err(|e| BrokerError::Metadata(format!("starting the metadata log: {e}")))?;
+    let raft_config = MetadataRaftConfig {
+        snapshot_every_logs: cluster.snapshot_every_entries,
+        keep_logs_after_snapshot: (cluster.snapshot_every_entries / 10).clamp(1, 100),
+        ..MetadataRaftConfig::default()
+    };
+    let raft = MetadataRaft::start(NodeId::from(node_id), data_dir, transport, &raft_config)
+        .await
+        .map_err(|e| BrokerError::Metadata(format!("starting the metadata log: {e}")))?;
     raft.set_identity(identity.clone());
     tokio::spawn(sluice_raft::serve_peers(
         endpoint.clone(),

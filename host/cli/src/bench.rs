@@ -6,6 +6,7 @@
 //! - `pipeline`: the cost of a pipeline (`--plugin`, default `identity-map`, deployed
 //!   beforehand): plain produce, then the same produce into a topic a pipeline runs on, until
 //!   the pipeline has caught up (see `bench_pipeline`).
+//! - `metadata`: topic creates and deletes per second (see `bench_metadata`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,9 @@ pub enum BenchMode {
     Commit,
     /// Throughput of produce with and without a pipeline running on the topic.
     Pipeline,
+    /// Metadata changes per second: `--count` topic creates then deletes, `--producers` at a
+    /// time (each one metadata log entry).
+    Metadata,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +145,7 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<std::process::ExitCode> 
         BenchMode::Rebalance => crate::bench_groups::rebalance(cli, args).await?,
         BenchMode::Commit => crate::bench_groups::commits(cli, args).await?,
         BenchMode::Pipeline => crate::bench_pipeline::run(cli, args, &admin_client).await?,
+        BenchMode::Metadata => crate::bench_metadata::run(&admin_client, args).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

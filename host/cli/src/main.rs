@@ -5,6 +5,7 @@
 mod acks;
 mod bench;
 mod bench_groups;
+mod bench_metadata;
 mod bench_pipeline;
 mod cli;
 mod client_cmds;

@@ -11,7 +11,9 @@ fn help_lists_every_command() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for cmd in ["broker", "topic", "produce", "consume", "bench"] {
+    for cmd in [
+        "broker", "topic", "produce", "consume", "bench", "cluster", "dev",
+    ] {
         assert!(text.contains(cmd), "--help does not mention {cmd}: {text}");
     }
 }
