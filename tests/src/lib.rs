@@ -317,11 +317,24 @@ pub fn start_cluster_with(
     cluster_extra: &str,
 ) -> Vec<BrokerProcess> {
     let peers: Vec<SocketAddr> = (0..n).map(|_| free_udp_port()).collect();
-    let mut nodes: Vec<BrokerProcess> = (0..n)
-        .map(|i| {
+    start_cluster_nodes(dir, &peers, 1..=n as u32, extra, cluster_extra)
+}
+
+/// Starts nodes `ids` (of the cluster whose voters listen on `peers`, see [`cluster_config`])
+/// together, in `dir/node-i` with the CAs in `dir/ca`, and waits until each serves.
+pub fn start_cluster_nodes(
+    dir: &Path,
+    peers: &[SocketAddr],
+    ids: impl IntoIterator<Item = u32>,
+    extra: &str,
+    cluster_extra: &str,
+) -> Vec<BrokerProcess> {
+    let mut nodes: Vec<BrokerProcess> = ids
+        .into_iter()
+        .map(|id| {
             BrokerProcess::spawn_at(
-                &dir.join(format!("node-{}", i + 1)),
-                &(cluster_config(i as u32 + 1, &peers, &dir.join("ca"), extra) + cluster_extra),
+                &dir.join(format!("node-{id}")),
+                &(cluster_config(id, peers, &dir.join("ca"), extra) + cluster_extra),
                 "127.0.0.1:0".parse().expect("addr"),
             )
         })

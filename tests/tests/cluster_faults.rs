@@ -10,6 +10,7 @@ use sluice_client::{ClientConfig, TlsConfig};
 use sluice_proto::{Acks, ErrorCode, ProduceRequest, Request};
 use sluice_tests::{
     BrokerProcess, all_logs, bootstrap_list, cluster_config, free_udp_port, start_cluster,
+    start_cluster_nodes,
 };
 
 /// Every wait here is bounded by this.
@@ -55,18 +56,7 @@ fn a_node_whose_voter_list_disagrees_is_refused_and_the_cluster_carries_on() {
     let dir = tempfile::tempdir().unwrap();
     let peers = [free_udp_port(), free_udp_port(), free_udp_port()];
     let ca = dir.path().join("ca");
-    let mut good: Vec<BrokerProcess> = (1..=2)
-        .map(|id| {
-            BrokerProcess::spawn_at(
-                &dir.path().join(format!("node-{id}")),
-                &cluster_config(id, &peers, &ca, ""),
-                "127.0.0.1:0".parse().unwrap(),
-            )
-        })
-        .collect();
-    for n in &mut good {
-        n.wait_ready();
-    }
+    let good = start_cluster_nodes(dir.path(), &peers, 1..=2, "", "");
     // Node 3 believes in a fourth voter.
     let mut wrong_peers = peers.to_vec();
     wrong_peers.push(free_udp_port());
@@ -88,19 +78,7 @@ fn a_node_whose_voter_list_disagrees_is_refused_and_the_cluster_carries_on() {
 fn a_node_with_another_clusters_ca_never_joins() {
     let dir = tempfile::tempdir().unwrap();
     let peers = [free_udp_port(), free_udp_port(), free_udp_port()];
-    let ca = dir.path().join("ca");
-    let mut good: Vec<BrokerProcess> = (1..=2)
-        .map(|id| {
-            BrokerProcess::spawn_at(
-                &dir.path().join(format!("node-{id}")),
-                &cluster_config(id, &peers, &ca, ""),
-                "127.0.0.1:0".parse().unwrap(),
-            )
-        })
-        .collect();
-    for n in &mut good {
-        n.wait_ready();
-    }
+    let good = start_cluster_nodes(dir.path(), &peers, 1..=2, "", "");
     // Node 3 has the right config but certificates from a CA of its own.
     let intruder = BrokerProcess::spawn_at(
         &dir.path().join("node-3"),

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_tests::{BrokerProcess, cluster_config, free_udp_port};
+use sluice_tests::{BrokerProcess, cluster_config, free_udp_port, start_cluster_nodes};
 
 /// Every wait here is bounded by this.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -39,18 +39,7 @@ fn a_node_joins_takes_partitions_and_leaves_once_it_holds_none() {
     let dir = tempfile::tempdir().unwrap();
     let peers = [free_udp_port(), free_udp_port(), free_udp_port()];
     let ca = dir.path().join("ca");
-    let mut nodes: Vec<BrokerProcess> = (1..=3)
-        .map(|id| {
-            BrokerProcess::spawn_at(
-                &dir.path().join(format!("node-{id}")),
-                &cluster_config(id, &peers, &ca, ""),
-                "127.0.0.1:0".parse().unwrap(),
-            )
-        })
-        .collect();
-    for n in &mut nodes {
-        n.wait_ready();
-    }
+    let nodes = start_cluster_nodes(dir.path(), &peers, 1..=3, "", "");
 
     // Node 4 knows the voters, is not one of them, and joins.
     let p4 = free_udp_port();
