@@ -319,9 +319,25 @@ impl MetadataRaft {
                 leader: Some((leader, node.clone())),
             }
         };
-        let reply = (self.forward)(leader, node.clone(), RaftRequest::Propose(cmd))
-            .await
-            .map_err(|e| not_leader(e.to_string()))?;
+        // A leader that dies holds the call until its connection times out; once this node
+        // learns of another leader, asking that one is quicker. (Whether the dead leader had
+        // committed the entry is unknown either way: a retried command the state machine
+        // already applied is refused as such, e.g. a topic that exists.)
+        let mut metrics = self.raft.metrics();
+        let moved = metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != leader));
+        let reply = tokio::select! {
+            reply = (self.forward)(leader, node.clone(), RaftRequest::Propose(cmd)) => {
+                reply.map_err(|e| not_leader(e.to_string()))?
+            }
+            Ok(m) = moved => {
+                let new_leader = m.current_leader.and_then(|l| {
+                    let node = m.membership_config.membership().get_node(&l).cloned()?;
+                    Some((l, node))
+                });
+                tracing::debug!(node_id = self.id, old = leader, new = ?new_leader.as_ref().map(|l| l.0), "the leader changed while a proposal was forwarded to it");
+                return Err(ProposeError::NotLeader { leader: new_leader });
+            }
+        };
         let index = match reply {
             RaftReply::Proposed(Forwarded::Committed { index, response }) => {
                 response.outcome.map(|()| index)?
