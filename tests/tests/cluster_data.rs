@@ -315,6 +315,15 @@ async fn a_group_survives_its_coordinator_restarting_with_offsets_intact() {
         total, 4_000,
         "the group committed everything after recovery"
     );
+    // Described through any broker, each partition's log end comes from its own leader.
+    let described = nodes[0].run_ok(&["group", "describe", "g1"]);
+    let (mut log_end, mut lag) = (0u64, 0u64);
+    for line in described.lines().filter(|l| l.starts_with("work\t")) {
+        let f: Vec<&str> = line.split('\t').collect();
+        log_end += f[3].parse::<u64>().unwrap();
+        lag += f[4].parse::<u64>().unwrap();
+    }
+    assert_eq!((log_end, lag), (4_000, 0), "{described}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! lookups and producer ids. Topic deletion has a module of its own (`topic_delete.rs`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use sluice_metadata::placement::{self, Candidate};
 use sluice_metadata::{MetadataCommand, TopicRecord};
@@ -280,24 +281,86 @@ fn metadata(broker: &Broker, topics: Option<Vec<String>>) -> MetadataResponse {
 }
 
 fn list_offsets(broker: &Broker, req: ListOffsetsRequest) -> Result<ResponseBody, WireError> {
-    let mut out = Vec::with_capacity(req.partitions.len());
-    for (partition, spec) in req.partitions {
-        let result = broker.led_partition(&req.topic, partition).and_then(|led| {
-            let hw = broker.high_watermark(led.id);
-            let state = broker.store.partition_state(led.id).ok_or_else(|| {
-                storage_error(sluice_storage::StorageError::UnknownPartition(led.id))
-            })?;
-            match spec {
-                OffsetSpec::Earliest => Ok(state.log_start),
-                OffsetSpec::Latest => Ok(hw),
-                OffsetSpec::Timestamp(ts) => broker
-                    .store
-                    .offset_for_timestamp(led.id, ts)
-                    .map(|o| o.min(hw))
-                    .map_err(storage_error),
-            }
-        });
-        out.push(PartitionOffset { partition, result });
-    }
+    let out = req
+        .partitions
+        .into_iter()
+        .map(|(partition, spec)| PartitionOffset {
+            partition,
+            result: local_offset(broker, &req.topic, partition, spec),
+        })
+        .collect();
     Ok(ResponseBody::Offsets(out))
+}
+
+/// The offset `spec` names in a partition this node leads (`NotLeader` otherwise).
+fn local_offset(
+    broker: &Broker,
+    topic: &str,
+    partition: u32,
+    spec: OffsetSpec,
+) -> Result<u64, WireError> {
+    let led = broker.led_partition(topic, partition)?;
+    let hw = broker.high_watermark(led.id);
+    let state = broker
+        .store
+        .partition_state(led.id)
+        .ok_or_else(|| storage_error(sluice_storage::StorageError::UnknownPartition(led.id)))?;
+    match spec {
+        OffsetSpec::Earliest => Ok(state.log_start),
+        OffsetSpec::Latest => Ok(hw),
+        OffsetSpec::Timestamp(ts) => broker
+            .store
+            .offset_for_timestamp(led.id, ts)
+            .map(|o| o.min(hw))
+            .map_err(storage_error),
+    }
+}
+
+/// The offset `spec` names in each of `partitions` of `topic`, wherever they are led: here
+/// from the store, elsewhere from their leaders (this broker as a client of the cluster).
+pub(crate) async fn cluster_offsets(
+    broker: &Arc<Broker>,
+    topic: &str,
+    partitions: &[u32],
+    spec: OffsetSpec,
+) -> Vec<Result<u64, WireError>> {
+    let mut out: Vec<Result<u64, WireError>> = partitions
+        .iter()
+        .map(|p| local_offset(broker, topic, *p, spec))
+        .collect();
+    let remote: Vec<(u32, OffsetSpec)> = partitions
+        .iter()
+        .zip(&out)
+        .filter(|(_, r)| r.as_ref().is_err_and(|e| e.code == ErrorCode::NotLeader))
+        .map(|(p, _)| (*p, spec))
+        .collect();
+    if remote.is_empty() {
+        return out;
+    }
+    let answers = match broker.cluster_client().await {
+        Ok(client) => client
+            .admin()
+            .list_offsets(topic, remote)
+            .await
+            .map_err(|e| WireError::new(ErrorCode::LeaderNotAvailable, e.to_string())),
+        Err(e) => Err(e),
+    };
+    for (slot, p) in out.iter_mut().zip(partitions) {
+        if !slot.as_ref().is_err_and(|e| e.code == ErrorCode::NotLeader) {
+            continue;
+        }
+        *slot = match &answers {
+            Ok(offsets) => offsets.iter().find(|o| o.partition == *p).map_or_else(
+                || {
+                    Err(WireError::new(
+                        ErrorCode::LeaderNotAvailable,
+                        format!("{topic}/{p}: its leader gave no offset"),
+                    ))
+                },
+                |o| o.result.clone(),
+            ),
+            Err(e) => Err(e.clone()),
+        };
+    }
+    out
 }

@@ -21,8 +21,9 @@ use sluice_metadata::{MetadataCommand, MetadataError};
 use sluice_proto::batch::{BatchHeader, decode_records, split_batches};
 use sluice_proto::{
     BatchBuilder, Compression, Durability, ErrorCode, GroupDescription, GroupHeartbeatRequest,
-    GroupHeartbeatResponse, GroupMember, GroupOffset, GroupPartition, OffsetCommitRequest, Record,
-    Request, ResetOffsetsRequest, ResetTo, ResponseBody, TopicConfig, TopicPartitions, WireError,
+    GroupHeartbeatResponse, GroupMember, GroupOffset, GroupPartition, OffsetCommitRequest,
+    OffsetSpec, Record, Request, ResetOffsetsRequest, ResetTo, ResponseBody, TopicConfig,
+    TopicPartitions, WireError,
 };
 use sluice_storage::PartitionId;
 
@@ -500,11 +501,14 @@ pub(crate) async fn handle(broker: Arc<Broker>, request: Request) -> Reply {
                 .lock()
                 .expect("groups lock poisoned")
                 .names();
-            Ok(ResponseBody::Groups(
-                names.iter().filter_map(|g| describe(&broker, g)).collect(),
-            ))
+            let mut groups = Vec::with_capacity(names.len());
+            for g in &names {
+                groups.extend(describe(&broker, g).await);
+            }
+            Ok(ResponseBody::Groups(groups))
         }
         Request::DescribeGroup { group } => describe(&broker, &group)
+            .await
             .map(ResponseBody::Group)
             .ok_or_else(|| group_error(GroupError::UnknownGroup(group))),
         Request::ResetOffsets(req) => reset(&broker, req).await,
@@ -620,35 +624,36 @@ async fn commit(broker: &Arc<Broker>, req: OffsetCommitRequest) -> Result<Respon
 }
 
 async fn reset(broker: &Arc<Broker>, req: ResetOffsetsRequest) -> Result<ResponseBody, WireError> {
-    let (topic_id, count) = broker
+    let count = broker
         .controller
-        .read(|s| {
-            s.topic(&req.topic)
-                .map(|t| (t.topic_id, t.partitions.len() as u32))
-        })
+        .read(|s| s.topic(&req.topic).map(|t| t.partitions.len() as u32))
         .ok_or_else(|| {
             WireError::new(
                 ErrorCode::UnknownTopic,
                 format!("topic {:?} does not exist", req.topic),
             )
         })?;
+    // Each partition's offsets come from its leader, here or on another broker.
+    let all: Vec<u32> = (0..count).collect();
+    let spec = match req.to {
+        ResetTo::Earliest => OffsetSpec::Earliest,
+        ResetTo::Latest | ResetTo::Offset(_) => OffsetSpec::Latest,
+        ResetTo::Timestamp(ts) => OffsetSpec::Timestamp(ts),
+    };
+    let found = crate::admin::cluster_offsets(broker, &req.topic, &all, spec).await;
+    let starts = match req.to {
+        ResetTo::Offset(_) => {
+            crate::admin::cluster_offsets(broker, &req.topic, &all, OffsetSpec::Earliest).await
+        }
+        _ => Vec::new(),
+    };
     let mut offsets = Vec::with_capacity(count as usize);
     for partition in 0..count {
-        let id = PartitionId {
-            topic_id,
-            partition,
-        };
-        let state = broker.store.partition_state(id).unwrap_or_default();
-        let hw = broker.high_watermark(id);
+        let at = found[partition as usize].clone()?;
         let offset = match req.to {
-            ResetTo::Earliest => state.log_start,
-            ResetTo::Latest => hw,
-            ResetTo::Offset(o) => o.clamp(state.log_start, hw),
-            ResetTo::Timestamp(ts) => broker
-                .store
-                .offset_for_timestamp(id, ts)
-                .map_err(storage_error)?
-                .min(hw),
+            // Clamped into what the partition holds: [log start, high watermark].
+            ResetTo::Offset(o) => o.max(starts[partition as usize].clone()?).min(at),
+            _ => at,
         };
         offsets.push((req.topic.clone(), partition, offset));
     }
@@ -674,6 +679,7 @@ async fn reset(broker: &Arc<Broker>, req: ResetOffsetsRequest) -> Result<Respons
 
 async fn delete(broker: &Arc<Broker>, group: &str) -> Result<ResponseBody, WireError> {
     let description = describe(broker, group)
+        .await
         .ok_or_else(|| group_error(GroupError::UnknownGroup(group.into())))?;
     let persisted = {
         let mut groups = broker.groups.groups.lock().expect("groups lock poisoned");
@@ -684,7 +690,7 @@ async fn delete(broker: &Arc<Broker>, group: &str) -> Result<ResponseBody, WireE
     Ok(ResponseBody::Group(description))
 }
 
-fn describe(broker: &Broker, group: &str) -> Option<GroupDescription> {
+async fn describe(broker: &Arc<Broker>, group: &str) -> Option<GroupDescription> {
     let summary = broker
         .groups
         .groups
@@ -708,19 +714,20 @@ fn describe(broker: &Broker, group: &str) -> Option<GroupDescription> {
     );
     let mut partitions = Vec::new();
     for topic in topics {
-        let Some((topic_id, count)) = broker.controller.read(|s| {
-            s.topic(&topic)
-                .map(|t| (t.topic_id, t.partitions.len() as u32))
-        }) else {
+        let Some(count) = broker
+            .controller
+            .read(|s| s.topic(&topic).map(|t| t.partitions.len() as u32))
+        else {
             continue;
         };
+        // Log start and end from each partition's leader (here, or another broker).
+        let all: Vec<u32> = (0..count).collect();
+        let starts =
+            crate::admin::cluster_offsets(broker, &topic, &all, OffsetSpec::Earliest).await;
+        let ends = crate::admin::cluster_offsets(broker, &topic, &all, OffsetSpec::Latest).await;
         for partition in 0..count {
-            let id = PartitionId {
-                topic_id,
-                partition,
-            };
-            let log_end = broker.high_watermark(id);
-            let log_start = broker.store.partition_state(id).map_or(0, |s| s.log_start);
+            let log_end = ends[partition as usize].as_ref().copied().unwrap_or(0);
+            let log_start = starts[partition as usize].as_ref().copied().unwrap_or(0);
             let committed = summary.offsets.get(&(topic.clone(), partition)).copied();
             partitions.push(GroupPartition {
                 owner: owners.get(&(topic.clone(), partition)).cloned(),
