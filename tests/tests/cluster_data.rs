@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use sluice_client::{
     Client, ClientConfig, ConsumerConfig, GroupOptions, ProducerConfig, ProducerRecord, TlsConfig,
+    TopicConfig,
 };
 use sluice_storage::{PartitionId, Store, StoreOptions};
 use sluice_tests::{BrokerProcess, all_logs, bootstrap_list, start_cluster};
@@ -432,4 +433,64 @@ async fn a_pipeline_runs_across_brokers_with_a_plugin_deployed_through_another()
     }
     let described = nodes[1].run_ok(&["pipeline", "describe", "tea-orders"]);
     assert!(described.contains("on node"), "{described}");
+
+    // A partitioner plugin places records on partitions of every broker: the broker that
+    // runs it produces those it does not lead to their leaders.
+    nodes[2].run_ok(&[
+        "plugin",
+        "deploy",
+        "by-user",
+        "--builtin",
+        "json-partitioner",
+    ]);
+    let config = TopicConfig {
+        partitioner: Some("by-user".into()),
+        partitioner_config: vec![("field".into(), "user".into())],
+        ..TopicConfig::default()
+    };
+    client
+        .admin()
+        .create_topic("users", 6, config)
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    for i in 0..120u32 {
+        let user = format!("u{}", i % 12);
+        let value = format!("{{\"user\":\"{user}\",\"n\":{i}}}");
+        pending.push((
+            user,
+            producer
+                .send(ProducerRecord::new("users", value))
+                .await
+                .unwrap(),
+        ));
+    }
+    let mut partitions_used = BTreeSet::new();
+    for (user, d) in pending {
+        let m = tokio::time::timeout(LIMIT, d).await.unwrap().unwrap();
+        assert_eq!(
+            m.partition,
+            sluice_proto::partitioner::partition_for_key(user.as_bytes(), 6),
+            "{user}"
+        );
+        partitions_used.insert(m.partition);
+    }
+    let users_leaders = leaders(&nodes[0], "users");
+    let brokers_used: BTreeSet<u32> = partitions_used
+        .iter()
+        .map(|p| users_leaders[*p as usize])
+        .collect();
+    assert_eq!(
+        brokers_used.len(),
+        3,
+        "records on every broker: {partitions_used:?}"
+    );
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign_all("users").await.unwrap();
+    let mut n = 0;
+    let started = Instant::now();
+    while n < 120 {
+        assert!(started.elapsed() < LIMIT, "read {n} of 120");
+        n += consumer.poll().await.unwrap().len();
+    }
 }

@@ -485,7 +485,9 @@ async fn run(
             let (broker, to) = (broker.clone(), rec.spec.to.clone());
             async move {
                 for bytes in batches {
-                    produce_remote(&broker, &to, p, bytes).await?;
+                    crate::produce::produce_at_leader(&broker, &to, p, bytes.into())
+                        .await
+                        .map_err(|e| format!("writing to {to}/{p} at its leader: {}", e.message))?;
                 }
                 Ok::<(), String>(())
             }
@@ -544,66 +546,6 @@ async fn run(
         let mut s = status.lock().expect("pipeline status lock");
         s.checkpoint = cp.next_offset;
         s.duplicates_dropped += duplicates;
-    }
-}
-
-/// How long a runner keeps trying to hand one output batch to a partition's leader.
-const REMOTE_OUTPUT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// Produces one output batch (stamped with the runner's producer id and sequence) to the
-/// leader of `topic`/`partition` on another broker, with acks=all, retrying what a retry can
-/// cure: a retried batch that had already arrived is recognised there by its sequence.
-async fn produce_remote(
-    broker: &Arc<Broker>,
-    topic: &str,
-    partition: u32,
-    bytes: Vec<u8>,
-) -> Result<(), String> {
-    let started = std::time::Instant::now();
-    let bytes = Bytes::from(bytes);
-    let mut pause = std::time::Duration::from_millis(50);
-    loop {
-        let leader = broker.controller.read(|s| {
-            s.topic(topic)
-                .and_then(|t| t.partitions.get(partition as usize))
-                .map(|p| (p.leader, p.leader_epoch))
-        });
-        let Some((leader, epoch)) = leader else {
-            return Err(format!(
-                "output topic {topic:?} no longer has partition {partition}"
-            ));
-        };
-        let result = match leader {
-            None => Err(sluice_client::ClientError::Broker(WireError::new(
-                ErrorCode::LeaderNotAvailable,
-                format!("{topic}/{partition} has no leader"),
-            ))),
-            Some(node) => match broker.cluster_client().await {
-                Ok(client) => {
-                    let request = Request::Produce(sluice_proto::ProduceRequest {
-                        topic: topic.to_owned(),
-                        partition,
-                        acks: sluice_proto::Acks::All,
-                        timeout_ms: 30_000,
-                        leader_epoch: Some(epoch),
-                    });
-                    client
-                        .request_to(node, request, bytes.clone())
-                        .await
-                        .map(|_| ())
-                }
-                Err(e) => Err(sluice_client::ClientError::Broker(e)),
-            },
-        };
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_retriable() && started.elapsed() < REMOTE_OUTPUT_WAIT => {
-                tracing::debug!(topic, partition, cause = %e, "output to another broker failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_secs(1));
-            }
-            Err(e) => return Err(format!("writing to {topic}/{partition} at its leader: {e}")),
-        }
     }
 }
 
@@ -920,7 +862,8 @@ fn create(broker: &Arc<Broker>, req: CreatePipelineRequest) -> Result<ResponseBo
     Ok(ResponseBody::Pipeline(Box::new(describe(broker, &rec))))
 }
 
-fn describe(broker: &Broker, rec: &PipelineRecord) -> PipelineDescription {
+/// Blocking: partitions led by other brokers get their high watermarks from them.
+fn describe(broker: &Arc<Broker>, rec: &PipelineRecord) -> PipelineDescription {
     let statuses: BTreeMap<u32, RunnerStatus> = broker
         .pipelines
         .running
@@ -943,6 +886,30 @@ fn describe(broker: &Broker, rec: &PipelineRecord) -> PipelineDescription {
             )
         })
     });
+    let remote: Vec<u32> = (0..rec.spec.start_offsets.len() as u32)
+        .filter(|p| {
+            leaders
+                .get(*p as usize)
+                .copied()
+                .flatten()
+                .is_some_and(|l| l != broker.node_id)
+        })
+        .collect();
+    let remote_hw: BTreeMap<u32, u64> = if remote.is_empty() {
+        BTreeMap::new()
+    } else {
+        let found = tokio::runtime::Handle::current().block_on(crate::admin::cluster_offsets(
+            broker,
+            &rec.spec.from,
+            &remote,
+            OffsetSpec::Latest,
+        ));
+        remote
+            .iter()
+            .zip(found)
+            .filter_map(|(p, r)| r.ok().map(|hw| (*p, hw)))
+            .collect()
+    };
     let partitions: Vec<PipelinePartition> = (0..rec.spec.start_offsets.len() as u32)
         .map(|partition| {
             let status = statuses.get(&partition);
@@ -958,10 +925,12 @@ fn describe(broker: &Broker, rec: &PipelineRecord) -> PipelineDescription {
                         c.next_offset
                     }),
             };
-            let high_watermark = topic_id.map_or(0, |topic_id| {
-                broker.high_watermark(PartitionId {
-                    topic_id,
-                    partition,
+            let high_watermark = remote_hw.get(&partition).copied().unwrap_or_else(|| {
+                topic_id.map_or(0, |topic_id| {
+                    broker.high_watermark(PartitionId {
+                        topic_id,
+                        partition,
+                    })
                 })
             });
             let (state, error) = match status.map(|s| &s.state) {

@@ -306,17 +306,28 @@ pub(crate) async fn produce_routed(
     let mut placed: Vec<Option<sluice_proto::RoutedRecord>> =
         vec![None; appends.iter().map(|a| a.indexes.len()).sum()];
     for a in appends {
-        match a.append.await {
-            Ok(appended) => {
-                broker.advance_high_watermark(a.id, appended.log_end);
-                for (i, &index) in a.indexes.iter().enumerate() {
-                    placed[index] = Some(sluice_proto::RoutedRecord {
-                        partition: a.id.partition,
-                        offset: appended.base_offset + i as u64,
-                    });
+        let base_offset = match a.target {
+            Target::Local(append) => match append.await {
+                Ok(appended) => {
+                    broker.advance_high_watermark(a.id, appended.log_end);
+                    appended.base_offset
+                }
+                Err(e) => return Reply::error(storage_error(e)),
+            },
+            Target::Remote { topic, bytes } => {
+                match crate::produce::produce_at_leader(&broker, &topic, a.id.partition, bytes)
+                    .await
+                {
+                    Ok(r) => r.base_offset,
+                    Err(e) => return Reply::error(e),
                 }
             }
-            Err(e) => return Reply::error(storage_error(e)),
+        };
+        for (i, &index) in a.indexes.iter().enumerate() {
+            placed[index] = Some(sluice_proto::RoutedRecord {
+                partition: a.id.partition,
+                offset: base_offset + i as u64,
+            });
         }
     }
     if acks == sluice_proto::Acks::None {
@@ -335,12 +346,22 @@ pub(crate) struct RoutedAppend {
     id: sluice_storage::PartitionId,
     /// Positions in the produced batch of the records in this append, in order.
     indexes: Vec<usize>,
-    append: std::pin::Pin<
-        Box<
-            dyn Future<Output = Result<sluice_storage::Appended, sluice_storage::StorageError>>
-                + Send,
+    target: Target,
+}
+
+/// Where a routed append goes.
+enum Target {
+    /// A partition this broker leads: queued in the store.
+    Local(
+        std::pin::Pin<
+            Box<
+                dyn Future<Output = Result<sluice_storage::Appended, sluice_storage::StorageError>>
+                    + Send,
+            >,
         >,
-    >,
+    ),
+    /// A partition another broker leads: produced there.
+    Remote { topic: String, bytes: Bytes },
 }
 
 /// Validates a routed batch, runs the topic's partitioner on its records and enqueues one
@@ -413,15 +434,6 @@ pub(crate) fn route(
     let mut appends = Vec::with_capacity(by_partition.len());
     for (partition, indexes) in by_partition {
         let (leader, epoch) = leaders[partition as usize];
-        if leader != Some(broker.node_id) {
-            return Err(WireError::new(
-                ErrorCode::NotLeader,
-                format!(
-                    "node {} does not lead {}/{partition}",
-                    broker.node_id, req.topic
-                ),
-            ));
-        }
         let mut builder = sluice_proto::BatchBuilder::new(header.compression);
         for &i in &indexes {
             let r = &records[i];
@@ -442,10 +454,24 @@ pub(crate) fn route(
             topic_id,
             partition,
         };
+        // Records placed on a partition another broker leads are produced there.
+        let target = if leader == Some(broker.node_id) {
+            Target::Local(Box::pin(broker.store.append(
+                id,
+                bytes,
+                epoch,
+                config.durability,
+            )))
+        } else {
+            Target::Remote {
+                topic: req.topic.clone(),
+                bytes: Bytes::from(bytes),
+            }
+        };
         appends.push(RoutedAppend {
             id,
             indexes,
-            append: Box::pin(broker.store.append(id, bytes, epoch, config.durability)),
+            target,
         });
     }
     Ok(appends)

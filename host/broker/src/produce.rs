@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use sluice_proto::batch::{self, BatchHeader};
 use sluice_proto::{
-    Acks, ErrorCode, ProduceRequest, ProduceResponse, ResponseBody, TopicConfig, WireError,
+    Acks, ErrorCode, ProduceRequest, ProduceResponse, Request, ResponseBody, TopicConfig, WireError,
 };
 
 use crate::Broker;
@@ -137,4 +137,78 @@ pub(crate) fn produce(
             }
         }
     })
+}
+
+/// How long [`produce_at_leader`] keeps trying to hand a batch to a partition's leader.
+const AT_LEADER_WAIT: Duration = Duration::from_secs(120);
+
+/// Produces one batch to the leader of `topic`/`partition` on another broker (this broker
+/// as a client of the cluster) with acks=all, retrying what a retry can cure for up to
+/// [`AT_LEADER_WAIT`]; a batch stamped by an idempotent producer that had arrived before is
+/// recognised there by its sequence. How work done here (a pipeline's output, records a
+/// partitioner placed) reaches partitions other brokers lead.
+pub(crate) async fn produce_at_leader(
+    broker: &Arc<Broker>,
+    topic: &str,
+    partition: u32,
+    bytes: Bytes,
+) -> Result<ProduceResponse, WireError> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let leader = broker.controller.read(|s| {
+            s.topic(topic)
+                .and_then(|t| t.partitions.get(partition as usize))
+                .map(|p| (p.leader, p.leader_epoch))
+        });
+        let Some((leader, epoch)) = leader else {
+            return Err(WireError::new(
+                ErrorCode::UnknownPartition,
+                format!("topic {topic:?} no longer has partition {partition}"),
+            ));
+        };
+        let result = match leader {
+            None => Err(sluice_client::ClientError::Broker(WireError::new(
+                ErrorCode::LeaderNotAvailable,
+                format!("{topic}/{partition} has no leader"),
+            ))),
+            Some(node) => match broker.cluster_client().await {
+                Ok(client) => {
+                    let request = Request::Produce(ProduceRequest {
+                        topic: topic.to_owned(),
+                        partition,
+                        acks: Acks::All,
+                        timeout_ms: 30_000,
+                        leader_epoch: Some(epoch),
+                    });
+                    match client.request_to(node, request, bytes.clone()).await {
+                        Ok((ResponseBody::Produced(r), _)) => Ok(r),
+                        Ok((other, _)) => {
+                            return Err(WireError::new(
+                                ErrorCode::Internal,
+                                format!("unexpected answer to a produce: {other:?}"),
+                            ));
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(sluice_client::ClientError::Broker(e)),
+            },
+        };
+        match result {
+            Ok(r) => return Ok(r),
+            Err(e) if e.is_retriable() && started.elapsed() < AT_LEADER_WAIT => {
+                tracing::debug!(topic, partition, cause = %e, "produce at another broker failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(sluice_client::ClientError::Broker(e)) => return Err(e),
+            Err(e) => {
+                return Err(WireError::new(
+                    ErrorCode::LeaderNotAvailable,
+                    format!("{topic}/{partition} at its leader: {e}"),
+                ));
+            }
+        }
+    }
 }
