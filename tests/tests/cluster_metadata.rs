@@ -87,7 +87,7 @@ async fn the_metadata_leader_killed_under_a_stream_of_creates() {
     let client = nodes[0]
         .client_with(ClientConfig {
             connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(3),
             ..ClientConfig::new(
                 bootstrap_list(&nodes),
                 TlsConfig::CaFile(nodes[0].ca_path()),

@@ -31,6 +31,9 @@ const IMPORTED_KEY: &str = "metadata_log_imported_to_raft";
 /// How long start-up waits for this node to lead its one-node metadata group.
 const LEADERSHIP_WAIT: Duration = Duration::from_secs(30);
 
+/// How long one attempt at a proposal waits for its commit before it is tried again.
+const PROPOSE_ATTEMPT: Duration = Duration::from_secs(5);
+
 /// How long a proposal in a cluster waits for a metadata leader to take it.
 const PROPOSE_WAIT: Duration = Duration::from_secs(30);
 
@@ -271,7 +274,24 @@ impl MetadataController {
     }
 
     async fn propose_once(&self, cmd: MetadataCommand) -> Result<u64, ProposeError> {
-        match self.node().propose(cmd.clone()).await {
+        // A node that believes it leads but does not (a restarted old leader, before it hears of
+        // the newer term) takes a proposal it can never commit: give up on it and ask again,
+        // by then through the real leader. (Should the first attempt commit after all, the
+        // retry is refused or changes nothing: every command is validated against the state.)
+        // A node alone always leads: no limit there.
+        let limit = if self.peer_endpoint.is_some() {
+            PROPOSE_ATTEMPT
+        } else {
+            Duration::MAX
+        };
+        let node = self.node();
+        let attempt = tokio::time::timeout(limit, node.propose(cmd.clone()));
+        let Ok(outcome) = attempt.await else {
+            return Err(ProposeError::Unavailable(format!(
+                "the proposal was not committed within {PROPOSE_ATTEMPT:?}"
+            )));
+        };
+        match outcome {
             // In a cluster the peers' transport comes with the node: restart the broker.
             Err(sluice_raft::ProposeError::Stopped(stopped)) if self.peer_endpoint.is_none() => {
                 let due = {

@@ -230,6 +230,14 @@ impl Client {
     ) -> Result<(ResponseBody, Bytes), ClientError> {
         let home = self.home();
         match home.request(request.clone(), raw.clone()).await {
+            // No answer: the broker may be gone without a word (a crash sends nothing over
+            // UDP). Dropping the connection makes the next request dial again, and fail over
+            // to another broker if this one does not answer the handshake.
+            Err(e @ (ClientError::Timeout | ClientError::ConnectionLost(_))) => {
+                debug!(broker = %home.addr, cause = %e, "no answer; dropping the connection");
+                home.close();
+                Err(e)
+            }
             // Nothing was sent: another broker can take it.
             Err(e @ ClientError::Connect(_)) => {
                 let Some(other) = self.reachable_other_than(&home.addr).await else {
