@@ -7,12 +7,13 @@ use crate::PartitionId;
 
 /// Everything that can go wrong in the store.
 ///
-/// `UnknownPartition`, `OffsetOutOfRange`, `InvalidBatch`, `OutOfOrderSequence` and
-/// `ProducerFenced` are about the request: the store is
-/// fine and the caller should answer its client. `Corrupt` means a stored batch failed its checks
-/// (it is never served). `DiskFull`, `Failed`, `Closed` and `Redb` mean the store itself cannot
-/// serve; after `DiskFull` (and after `Failed` for an I/O error) writes resume by themselves once
-/// the store could reopen its file, so a later retry can succeed.
+/// `UnknownPartition`, `OffsetOutOfRange`, `InvalidBatch`, `OutOfOrderSequence`,
+/// `ProducerFenced`, `ReplicaOffsetMismatch` and `HighWatermarkBeyondLogEnd` are about the
+/// request: the store is fine and the caller should answer its client. `Corrupt` means a
+/// stored batch failed its checks (it is never served). `DiskFull`, `Failed`, `Closed` and
+/// `Redb` mean the store itself cannot serve; after `DiskFull` (and after `Failed` for an I/O
+/// error) writes resume by themselves once the store could reopen its file, so a later retry
+/// can succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The partition was never created, or its topic was deleted.
@@ -59,6 +60,31 @@ pub enum StorageError {
         producer_id: i64,
         epoch: i16,
         current_epoch: i16,
+    },
+    /// A replica's batch (`Store::append_replica`) does not start at the partition's log end:
+    /// the follower's log and its fetch position disagree (a batch was lost or fetched twice).
+    /// Nothing was stored; the follower should fetch again from `expected`.
+    #[error(
+        "replica batch for partition {id} starts at offset {got}, but the log ends at {expected}: \
+         a replica appends only at its log end; nothing was stored"
+    )]
+    ReplicaOffsetMismatch {
+        id: PartitionId,
+        /// The partition's log end, where the batch had to start.
+        expected: u64,
+        /// The batch's base offset.
+        got: u64,
+    },
+    /// A high watermark to checkpoint is past the partition's log end: a replica's high
+    /// watermark never exceeds its own log end. Nothing was stored.
+    #[error(
+        "high watermark {high_watermark} of partition {id} is past its log end {log_end}; \
+         nothing was stored"
+    )]
+    HighWatermarkBeyondLogEnd {
+        id: PartitionId,
+        high_watermark: u64,
+        log_end: u64,
     },
     /// The disk holding the store is full (`ENOSPC`): this write, or the one that failed before
     /// it, was not stored. While the disk stays full every write is refused with this error and

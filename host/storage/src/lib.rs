@@ -12,6 +12,14 @@
 //! [`Store::partition_state`] and [`Store::offset_for_timestamp`] answer from an in-memory index
 //! that is rebuilt from a small index table on startup, without reading batch bodies.
 //!
+//! **Replication**: a follower appends the leader's batches as they are with
+//! [`Store::append_replica`] (only at its log end), cuts a diverging suffix with
+//! [`Store::truncate`] (durable; the in-memory state is rebuilt from the tables), finds where
+//! each leader epoch starts with [`Store::leader_epochs`] (a stored index kept by appends,
+//! truncation and retention), and keeps its high watermark with
+//! [`Store::checkpoint_high_watermark`]. [`Store::apply_retention_bounded`] never removes a
+//! batch that ends past the bound it is given (the high watermark).
+//!
 //! Idempotent producers: the writer checks each batch's producer id, epoch and sequence against
 //! [`ProducerState`] (a pure state machine) where it assigns offsets, refusing gaps and answering
 //! exact retries with their original offset instead of storing them twice.
@@ -27,6 +35,7 @@
 
 mod error;
 mod file;
+pub mod leader_epochs;
 pub mod partition_log;
 pub mod producer_state;
 mod store;
@@ -37,7 +46,8 @@ use std::time::Duration;
 
 pub use error::StorageError;
 pub use file::StoreFile;
-pub use partition_log::{BatchMeta, PartitionLog, RetentionPlan};
+pub use leader_epochs::LeaderEpochs;
+pub use partition_log::{BatchMeta, NotAtLogEnd, PartitionLog, RetentionPlan};
 pub use producer_state::{ProducerStamp, ProducerState, SequenceCheck};
 pub use store::Store;
 pub use tables::FORMAT_VERSION;

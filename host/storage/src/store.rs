@@ -19,10 +19,12 @@ use tracing::{debug, error, info, trace, warn};
 
 use crate::error;
 use crate::file::{PathFile, Reopen};
-use crate::partition_log::PartitionLog;
+use crate::leader_epochs::LeaderEpochs;
+use crate::partition_log::{NotAtLogEnd, PartitionLog};
 use crate::producer_state::{ProducerStamp, ProducerState, SequenceCheck};
 use crate::tables::{
-    self, BATCH_INDEX, BATCHES, BatchKey, IndexRow, META_KV, META_LOG, PARTITIONS,
+    self, BATCH_INDEX, BATCHES, BatchKey, EpochKey, HIGH_WATERMARKS, IndexRow, LEADER_EPOCHS,
+    META_KV, META_LOG, PARTITIONS, Restored,
 };
 use crate::{
     Appended, PartitionId, PartitionState, ReadBatches, RetentionOutcome, StorageError, StoreFile,
@@ -46,7 +48,7 @@ pub struct Store {
 
 struct Inner {
     shared: Arc<Shared>,
-    commands: Sender<Command>,
+    commands: Sender<Request>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -225,11 +227,60 @@ impl<T> Reply<T> {
     }
 }
 
+/// What the writer thread receives: a command that shares a group commit with others, or a
+/// truncation, which runs in a write transaction of its own.
+enum Request {
+    Group(Command),
+    /// Remove every batch at and after `offset` (see [`Store::truncate`]).
+    Truncate {
+        id: PartitionId,
+        offset: u64,
+        reply: Reply<u64>,
+    },
+}
+
+impl Request {
+    fn payload_len(&self) -> usize {
+        match self {
+            Request::Group(command) => command.payload_len(),
+            Request::Truncate { .. } => 0,
+        }
+    }
+
+    fn is_shutdown(&self) -> bool {
+        matches!(self, Request::Group(Command::Shutdown { .. }))
+    }
+
+    fn fail(self, err: impl Fn() -> StorageError) {
+        match self {
+            Request::Group(command) => command.fail(err),
+            Request::Truncate { reply, .. } => reply.send(Err(err())),
+        }
+    }
+}
+
+impl From<Command> for Request {
+    fn from(command: Command) -> Self {
+        Request::Group(command)
+    }
+}
+
+/// Where an appended batch's offsets come from.
+#[derive(Debug, Clone, Copy)]
+enum Placement {
+    /// This broker leads the partition: the batch gets the log end as its base offset, and
+    /// this leader epoch.
+    Leader { leader_epoch: u32 },
+    /// The leader already placed the batch: it keeps its base offset and leader epoch, and
+    /// must start at the log end.
+    Replica,
+}
+
 enum Command {
     Append {
         id: PartitionId,
         batch: Vec<u8>,
-        leader_epoch: u32,
+        placement: Placement,
         durability: sluice_proto::Durability,
         reply: Reply<Appended>,
     },
@@ -248,7 +299,14 @@ enum Command {
         now_ms: i64,
         /// Instead of the limits: remove every batch that ends at or before this offset.
         delete_before: Option<u64>,
+        /// With the limits: remove only batches that end at or before this offset.
+        max_offset: Option<u64>,
         reply: Reply<RetentionOutcome>,
+    },
+    CheckpointHighWatermark {
+        id: PartitionId,
+        high_watermark: u64,
+        reply: Reply<()>,
     },
     MetaAppend {
         index: u64,
@@ -284,6 +342,7 @@ impl Command {
             Command::Retention { reply, .. } => reply.send(Err(err())),
             Command::CreatePartitions { reply, .. }
             | Command::DeleteTopic { reply, .. }
+            | Command::CheckpointHighWatermark { reply, .. }
             | Command::MetaAppend { reply, .. }
             | Command::MetaPut { reply, .. }
             | Command::Flush { reply }
@@ -365,10 +424,10 @@ impl Store {
         Ok(())
     }
 
-    fn send(&self, command: Command) -> Result<()> {
+    fn send(&self, request: impl Into<Request>) -> Result<()> {
         self.inner
             .commands
-            .send(command)
+            .send(request.into())
             .map_err(|_| StorageError::Closed)
     }
 
@@ -392,7 +451,7 @@ impl Store {
         queued?.await.unwrap_or_else(|_| Err(writer_gone()))
     }
 
-    fn submit_blocking<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+    fn submit_blocking<T, R: Into<Request>>(&self, make: impl FnOnce(Reply<T>) -> R) -> Result<T> {
         self.check_writable()?;
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(make(Reply::Blocking(tx)))?;
@@ -421,7 +480,8 @@ impl Store {
     }
 
     /// Appends one whole batch. Its base offset and leader epoch are set here; the rest is
-    /// stored as given. Appends queued together, from any partition, share one write
+    /// stored as given. A `leader_epoch` newer than the partition's latest starts a new entry
+    /// of [`Store::leader_epochs`]. Appends queued together, from any partition, share one write
     /// transaction and one commit. Resolves after that commit, which is durable when
     /// `durability` is `Fsync`; with `IntervalMs(ms)` a durable commit follows within `ms`.
     ///
@@ -438,10 +498,103 @@ impl Store {
         Self::outcome(self.enqueue(|reply| Command::Append {
             id,
             batch,
-            leader_epoch,
+            placement: Placement::Leader { leader_epoch },
             durability,
             reply,
         }))
+    }
+
+    /// Appends one whole batch that the partition's leader already appended, as a follower
+    /// does with what it fetched: its base offset and leader epoch are kept as they are, and
+    /// the bytes are stored unchanged. It must start exactly at the partition's log end (after
+    /// every append queued before it); otherwise it is refused with
+    /// [`StorageError::ReplicaOffsetMismatch`] and nothing is written.
+    ///
+    /// A batch of an idempotent producer is recorded in the partition's producer state without
+    /// any sequence check (the leader made it), so that if this replica becomes the leader it
+    /// recognises the producer's retries. A batch whose leader epoch is newer than the
+    /// partition's latest starts a new entry of [`Store::leader_epochs`].
+    ///
+    /// Shares group commits and durability with [`Store::append`]; the answer's `base_offset`
+    /// is the batch's own. Queued when called; dropping the future does not cancel it.
+    pub fn append_replica(
+        &self,
+        id: PartitionId,
+        batch: Vec<u8>,
+        durability: sluice_proto::Durability,
+    ) -> impl Future<Output = Result<Appended>> + Send + use<> {
+        Self::outcome(self.enqueue(|reply| Command::Append {
+            id,
+            batch,
+            placement: Placement::Replica,
+            durability,
+            reply,
+        }))
+    }
+
+    /// Removes every batch at and after `offset`, as a follower does with a suffix that
+    /// diverges from its leader's log. Returns the new log end: `offset` itself, or the base
+    /// offset of the batch holding it (batches are removed whole). An `offset` at or after the
+    /// log end changes nothing and returns the log end. An `offset` at or below the log start
+    /// empties the log and restarts it there (log start = log end = `offset`; the next replica
+    /// append must start at it).
+    ///
+    /// Leader epochs that start at or after the new log end are dropped, and a checkpointed
+    /// high watermark above it is lowered to it. Everything is written in one write
+    /// transaction with a durable commit of its own (never shared with other commands), and
+    /// then the partition's in-memory log and idempotent producers' state are rebuilt from the
+    /// tables, as on startup. Durable on return; blocks the calling thread for that commit.
+    pub fn truncate(&self, id: PartitionId, offset: u64) -> Result<u64> {
+        self.submit_blocking(|reply| Request::Truncate { id, offset, reply })
+    }
+
+    /// The partition's leader epochs, oldest first: for every leader epoch in its log,
+    /// `(epoch, start_offset)` where its first batch starts. The rules (what retention and
+    /// truncation do to it) are those of `sluice_replication::EpochCache`, which can be built
+    /// from this list with `assign` in order; see [`LeaderEpochs`]. Answers from memory
+    /// (committed appends only).
+    pub fn leader_epochs(&self, id: PartitionId) -> Result<Vec<(u32, u64)>> {
+        self.check_open()?;
+        let log = read_lock(&self.inner.shared.partitions)
+            .get(&id)
+            .cloned()
+            .ok_or(StorageError::UnknownPartition(id))?;
+        let epochs = lock(&log).epochs().to_vec();
+        Ok(epochs)
+    }
+
+    /// Stores `high_watermark` as the partition's high watermark checkpoint, so a restarted
+    /// replica knows how much of its log was committed. Queued into the writer's next group
+    /// commit and not durable by itself (it is cheap to lose: the leader sends the high
+    /// watermark again); it becomes durable with the next durable commit. Resolves after its
+    /// commit. A value past the partition's log end is refused with
+    /// [`StorageError::HighWatermarkBeyondLogEnd`].
+    pub fn checkpoint_high_watermark(
+        &self,
+        id: PartitionId,
+        high_watermark: u64,
+    ) -> impl Future<Output = Result<()>> + Send + use<> {
+        Self::outcome(self.enqueue(|reply| Command::CheckpointHighWatermark {
+            id,
+            high_watermark,
+            reply,
+        }))
+    }
+
+    /// The high watermark last checkpointed for the partition, as stored; `None` if none was.
+    /// A truncation lowers it to the truncation point when it was above.
+    pub fn high_watermark_checkpoint(&self, id: PartitionId) -> Result<Option<u64>> {
+        self.check_open()?;
+        let txn = self.inner.shared.begin_read()?;
+        let key = (id.topic_id, id.partition);
+        if txn.open_table(PARTITIONS)?.get(key)?.is_none() {
+            return Err(StorageError::UnknownPartition(id));
+        }
+        let hw = txn
+            .open_table(HIGH_WATERMARKS)?
+            .get(key)?
+            .map(|v| v.value());
+        Ok(hw)
     }
 
     /// Reads whole batches starting with the one that holds `offset`, concatenated, up to
@@ -558,6 +711,8 @@ impl Store {
     /// is older than `now_ms - retention_ms`, or the log is larger than `retention_bytes`.
     /// The log start moves to the first remaining batch (the log end if none remain); the log
     /// end never moves. Goes through the writer thread, like an append.
+    ///
+    /// [`Store::apply_retention_bounded`] with no bound.
     pub async fn apply_retention(
         &self,
         id: PartitionId,
@@ -565,12 +720,30 @@ impl Store {
         retention_bytes: Option<u64>,
         now_ms: i64,
     ) -> Result<RetentionOutcome> {
+        self.apply_retention_bounded(id, retention_ms, retention_bytes, now_ms, None)
+            .await
+    }
+
+    /// [`Store::apply_retention`] that never removes data at or past `max_offset`: a batch goes
+    /// only if it is past the limits and ends at or before `max_offset`. A replicated
+    /// partition passes its high watermark, so retention never removes records that are not
+    /// committed yet (which a follower may still fetch, or a truncation may still remove).
+    /// `None` means no bound. The first leader epoch moves up to the new log start.
+    pub async fn apply_retention_bounded(
+        &self,
+        id: PartitionId,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+        now_ms: i64,
+        max_offset: Option<u64>,
+    ) -> Result<RetentionOutcome> {
         self.submit(|reply| Command::Retention {
             id,
             retention_ms,
             retention_bytes,
             now_ms,
             delete_before: None,
+            max_offset,
             reply,
         })
         .await
@@ -586,6 +759,7 @@ impl Store {
             retention_bytes: None,
             now_ms: 0,
             delete_before: Some(offset),
+            max_offset: None,
             reply,
         })
         .await
@@ -677,9 +851,9 @@ impl Drop for Inner {
         let (tx, rx) = mpsc::sync_channel(1);
         if self
             .commands
-            .send(Command::Shutdown {
+            .send(Request::Group(Command::Shutdown {
                 reply: Reply::Blocking(tx),
-            })
+            }))
             .is_ok()
         {
             let _ = rx.recv();
@@ -780,6 +954,8 @@ struct GroupTables<'t> {
     partitions: Table<'t, (u64, u32), (u64, u64)>,
     meta_log: Table<'t, u64, &'static [u8]>,
     meta_kv: Table<'t, &'static str, &'static [u8]>,
+    epochs: Table<'t, EpochKey, u64>,
+    high_watermarks: Table<'t, (u64, u32), u64>,
 }
 
 impl<'t> GroupTables<'t> {
@@ -790,6 +966,8 @@ impl<'t> GroupTables<'t> {
             partitions: txn.open_table(PARTITIONS)?,
             meta_log: txn.open_table(META_LOG)?,
             meta_kv: txn.open_table(META_KV)?,
+            epochs: txn.open_table(LEADER_EPOCHS)?,
+            high_watermarks: txn.open_table(HIGH_WATERMARKS)?,
         })
     }
 }
@@ -809,7 +987,7 @@ impl Writer {
         }
     }
 
-    fn run(mut self, rx: Receiver<Command>) {
+    fn run(mut self, rx: Receiver<Request>) {
         let _span = tracing::info_span!("storage_writer").entered();
         loop {
             let timer = [self.sync_deadline, self.reopen_at]
@@ -834,23 +1012,23 @@ impl Writer {
             };
             let options = &self.shared.options;
             let mut bytes = first.payload_len();
-            let mut commands = vec![first];
-            while !matches!(commands.last(), Some(Command::Shutdown { .. }))
-                && commands.len() < options.max_group_batches.max(1)
+            let mut requests = vec![first];
+            while !requests.last().is_some_and(Request::is_shutdown)
+                && requests.len() < options.max_group_batches.max(1)
                 && bytes < options.max_group_bytes
             {
                 match rx.try_recv() {
-                    Ok(command) => {
-                        bytes += command.payload_len();
-                        commands.push(command);
+                    Ok(request) => {
+                        bytes += request.payload_len();
+                        requests.push(request);
                     }
                     Err(_) => break,
                 }
             }
-            if self.run_group(commands) {
+            if self.run_requests(requests) {
                 // Shut down: whatever was queued behind the shutdown is refused.
-                while let Ok(command) = rx.try_recv() {
-                    command.fail(|| StorageError::Closed);
+                while let Ok(request) = rx.try_recv() {
+                    request.fail(|| StorageError::Closed);
                 }
                 debug!("storage writer stopped");
                 return;
@@ -961,6 +1139,145 @@ impl Writer {
         }
     }
 
+    /// Runs the requests taken from the queue in order: the commands between truncations as
+    /// one group each, every truncation alone. Returns whether a shutdown was among them.
+    fn run_requests(&mut self, requests: Vec<Request>) -> bool {
+        let mut group = Vec::new();
+        let mut requests = requests.into_iter();
+        while let Some(request) = requests.next() {
+            match request {
+                Request::Group(command) => group.push(command),
+                Request::Truncate { id, offset, reply } => {
+                    // A shutdown ends what the writer takes from the queue, so a group that
+                    // runs before a truncation holds none; should one, the rest is refused.
+                    if !group.is_empty() && self.run_group(std::mem::take(&mut group)) {
+                        reply.send(Err(StorageError::Closed));
+                        requests.for_each(|r| r.fail(|| StorageError::Closed));
+                        return true;
+                    }
+                    self.run_truncate(id, offset, reply);
+                }
+            }
+        }
+        !group.is_empty() && self.run_group(group)
+    }
+
+    /// Runs a truncation in a write transaction of its own with a durable commit, then
+    /// replaces the partition's in-memory log and producer state by what its tables now hold
+    /// (the code that opening the store runs), so memory and file cannot disagree.
+    fn run_truncate(&mut self, id: PartitionId, offset: u64, reply: Reply<u64>) {
+        if let Some(failure) = self.failure() {
+            reply.send(Err(failure.error(&self.shared)));
+            return;
+        }
+        let Some(log) = read_lock(&self.shared.partitions).get(&id).cloned() else {
+            reply.send(Err(StorageError::UnknownPartition(id)));
+            return;
+        };
+        // Every earlier group has committed: the staged view is the committed one.
+        let (state, to, epochs) = {
+            let log = lock(&log);
+            (
+                log.state(),
+                log.truncation_point(offset),
+                log.staged_epochs().clone(),
+            )
+        };
+        if to == state.log_end {
+            debug!(partition = %id, offset, log_end = state.log_end,
+                   "truncation at or after the log end removes nothing");
+            reply.send(Ok(to));
+            return;
+        }
+        // Held across the commit, so a reader of this partition's bounds waits for it (one
+        // commit) rather than see offsets the file no longer holds.
+        let mut memory = lock(&log);
+        match self.commit_truncation(id, state.log_start, to, epochs) {
+            Ok(Ok(restored)) => {
+                self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                // A durable commit makes every earlier one durable.
+                self.sync_deadline = None;
+                *memory = restored.log;
+                drop(memory);
+                if restored.producers.is_empty() {
+                    self.producers.remove(&id);
+                } else {
+                    self.producers.insert(id, restored.producers);
+                }
+                info!(partition = %id, offset, log_end = to, old_log_end = state.log_end,
+                      "partition truncated");
+                reply.send(Ok(to));
+            }
+            Ok(Err(err)) => {
+                error!(cause = %err, partition = %id, "truncation not done: the partition's rows \
+                       are inconsistent; nothing was written");
+                reply.send(Err(err));
+            }
+            Err(err) => {
+                error!(cause = %err, partition = %id,
+                       "storage write failed truncating; refusing further writes");
+                let failure = Failure::of(&err);
+                self.fail_store(failure.clone());
+                reply.send(Err(failure.error(&self.shared)));
+            }
+        }
+    }
+
+    /// The truncation's transaction: removes the batches and index rows from `to` on, sets the
+    /// bounds, the leader epochs and the high watermark checkpoint, rebuilds the partition from
+    /// the tables as they now stand, and commits durably. A rebuild that finds the rows
+    /// inconsistent aborts the transaction and is the inner error; a redb error the outer.
+    fn commit_truncation(
+        &self,
+        id: PartitionId,
+        log_start: u64,
+        to: u64,
+        mut epochs: LeaderEpochs,
+    ) -> Result<Result<Restored>, redb::Error> {
+        let mut txn = self.shared.begin_write()?;
+        let restored = {
+            let mut tables = GroupTables::open(&txn)?;
+            let key = (id.topic_id, id.partition);
+            let removed = (id.topic_id, id.partition, to)..=(id.topic_id, id.partition, u64::MAX);
+            tables.batches.retain_in(removed.clone(), |_, _| false)?;
+            tables.index.retain_in(removed, |_, _| false)?;
+            tables.partitions.insert(key, (log_start.min(to), to))?;
+            epochs.truncate_to(to);
+            tables::write_epochs(&mut tables.epochs, id, &epochs)?;
+            let checkpoint = tables.high_watermarks.get(key)?.map(|v| v.value());
+            if checkpoint.is_some_and(|hw| hw > to) {
+                tables.high_watermarks.insert(key, to)?;
+            }
+            let restored = tables::load_partition(
+                id,
+                &tables.partitions,
+                &tables.index,
+                &tables.epochs,
+                &tables.batches,
+            );
+            match restored {
+                Ok(restored) => {
+                    if let Some(repaired) = &restored.repaired_epochs {
+                        tables::write_epochs(&mut tables.epochs, id, repaired)?;
+                    }
+                    Ok(restored)
+                }
+                Err(err) => Err(err),
+            }
+        };
+        let restored = match restored {
+            Ok(restored) => restored,
+            Err(StorageError::Redb(err)) => return Err(err),
+            Err(err) => {
+                txn.abort()?;
+                return Ok(Err(err));
+            }
+        };
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        Ok(Ok(restored))
+    }
+
     /// Runs one group in one write transaction and answers every command. Returns whether the
     /// group held a shutdown.
     fn run_group(&mut self, commands: Vec<Command>) -> bool {
@@ -1033,11 +1350,15 @@ impl Writer {
                 self.stage(command, &mut tables, group)?;
             }
             for (id, log) in &group.touched {
-                let state = lock(log).staged_state();
+                let log = lock(log);
+                let state = log.staged_state();
                 tables.partitions.insert(
                     (id.topic_id, id.partition),
                     (state.log_start, state.log_end),
                 )?;
+                if log.epochs_staged() {
+                    tables::write_epochs(&mut tables.epochs, *id, log.staged_epochs())?;
+                }
             }
         }
         txn.set_durability(if group.durable {
@@ -1083,7 +1404,7 @@ impl Writer {
             Command::Append {
                 id,
                 mut batch,
-                leader_epoch,
+                placement,
                 durability,
                 reply,
             } => {
@@ -1111,7 +1432,8 @@ impl Writer {
                     epoch: header.producer_epoch,
                     base_sequence: header.base_sequence,
                 };
-                if stamp.is_idempotent() {
+                // A replica's batch was checked by its leader; it is only recorded below.
+                if matches!(placement, Placement::Leader { .. }) && stamp.is_idempotent() {
                     let producers = self.producers.entry(id).or_default();
                     match producers.check(stamp, header.record_count) {
                         SequenceCheck::Accept => {}
@@ -1157,18 +1479,45 @@ impl Writer {
                         }
                     }
                 }
-                let (base, state) = {
+                let staged = {
                     let mut log = lock(&log);
-                    let base = log.stage_append(
-                        header.record_count,
-                        header.max_timestamp,
-                        header.batch_len,
-                    );
-                    (base, log.staged_state())
+                    let staged = match placement {
+                        Placement::Leader { leader_epoch } => Ok(log.stage_append(
+                            leader_epoch,
+                            header.record_count,
+                            header.max_timestamp,
+                            header.batch_len,
+                        )),
+                        Placement::Replica => log
+                            .stage_append_at(
+                                header.base_offset,
+                                header.leader_epoch,
+                                header.record_count,
+                                header.max_timestamp,
+                                header.batch_len,
+                            )
+                            .map(|()| header.base_offset),
+                    };
+                    staged.map(|base| (base, log.staged_state()))
+                };
+                let (base, state) = match staged {
+                    Ok(staged) => staged,
+                    Err(NotAtLogEnd { log_end }) => {
+                        debug!(partition = %id, log_end, base_offset = header.base_offset,
+                               "replica batch not at the log end refused");
+                        reply.send(Err(StorageError::ReplicaOffsetMismatch {
+                            id,
+                            expected: log_end,
+                            got: header.base_offset,
+                        }));
+                        return Ok(());
+                    }
                 };
                 group.staged.push(log.clone());
                 group.touched.insert(id, log);
-                batch::assign_offset(&mut batch, base, leader_epoch);
+                if let Placement::Leader { leader_epoch } = placement {
+                    batch::assign_offset(&mut batch, base, leader_epoch);
+                }
                 let key = (id.topic_id, id.partition, base);
                 tables.batches.insert(key, batch.as_slice())?;
                 tables.index.insert(
@@ -1204,9 +1553,13 @@ impl Writer {
                 group.durable = true;
                 for id in ids {
                     if self.lookup(group, id).is_none() {
+                        let key = (id.topic_id, id.partition);
+                        tables.partitions.insert(key, (0, 0))?;
+                        // Rows a deleted partition of the same id may have left (none should).
                         tables
-                            .partitions
-                            .insert((id.topic_id, id.partition), (0, 0))?;
+                            .epochs
+                            .retain_in(tables::epoch_range(id), |_, _| false)?;
+                        tables.high_watermarks.remove(key)?;
                         group.created.insert(id, SharedLog::default());
                         debug!(partition = %id, "partition created");
                     }
@@ -1221,6 +1574,14 @@ impl Writer {
                 tables
                     .partitions
                     .retain_in((topic_id, 0)..=(topic_id, u32::MAX), |_, _| false)?;
+                tables
+                    .epochs
+                    .retain_in((topic_id, 0, 0)..=(topic_id, u32::MAX, u32::MAX), |_, _| {
+                        false
+                    })?;
+                tables
+                    .high_watermarks
+                    .retain_in((topic_id, 0)..=(topic_id, u32::MAX), |_, _| false)?;
                 group.deleted_topics.insert(topic_id);
                 self.producers.retain(|id, _| id.topic_id != topic_id);
                 group.created.retain(|id, _| id.topic_id != topic_id);
@@ -1234,6 +1595,7 @@ impl Writer {
                 retention_bytes,
                 now_ms,
                 delete_before,
+                max_offset,
                 reply,
             } => {
                 let Some(log) = self.lookup(group, id) else {
@@ -1242,7 +1604,12 @@ impl Writer {
                 };
                 let plan = match delete_before {
                     Some(offset) => lock(&log).stage_delete_before(offset),
-                    None => lock(&log).stage_retention(retention_ms, retention_bytes, now_ms),
+                    None => lock(&log).stage_retention(
+                        retention_ms,
+                        retention_bytes,
+                        now_ms,
+                        max_offset,
+                    ),
                 };
                 if plan.removed_batches > 0 {
                     let removed = (id.topic_id, id.partition, plan.from)
@@ -1268,6 +1635,31 @@ impl Writer {
                         log_start: plan.to,
                     },
                 ));
+            }
+            Command::CheckpointHighWatermark {
+                id,
+                high_watermark,
+                reply,
+            } => {
+                let Some(log) = self.lookup(group, id) else {
+                    reply.send(Err(StorageError::UnknownPartition(id)));
+                    return Ok(());
+                };
+                let log_end = lock(&log).staged_state().log_end;
+                if high_watermark > log_end {
+                    reply.send(Err(StorageError::HighWatermarkBeyondLogEnd {
+                        id,
+                        high_watermark,
+                        log_end,
+                    }));
+                    return Ok(());
+                }
+                // Not durable on purpose: a checkpoint lost in a crash is an older (lower) one,
+                // which is safe, and the leader sends the high watermark again.
+                tables
+                    .high_watermarks
+                    .insert((id.topic_id, id.partition), high_watermark)?;
+                group.waiters.push(Waiter::Done(reply));
             }
             Command::MetaAppend {
                 index,

@@ -764,6 +764,54 @@ async fn after_another_io_error_writes_are_refused_until_the_store_reopened_itse
     );
 }
 
+#[tokio::test]
+async fn a_truncation_that_meets_a_full_disk_changes_nothing() {
+    let file = FlakyFile::default();
+    let store = file.open();
+    let id = p(1, 0);
+    store.create_partition(id).unwrap();
+    for (i, epoch) in [1, 1, 2].into_iter().enumerate() {
+        let tag = format!("b{i}");
+        store
+            .append(id, batch(2, 0, &tag), epoch, FSYNC)
+            .await
+            .unwrap();
+    }
+    file.set_fault(Some(Fault::DiskFull));
+    let err = store.truncate(id, 3).unwrap_err();
+    assert!(matches!(err, StorageError::DiskFull { .. }), "{err}");
+    // Memory still says what the file holds.
+    assert_eq!(store.partition_state(id).unwrap().log_end, 6);
+    assert_eq!(store.leader_epochs(id).unwrap(), [(1, 0), (2, 4)]);
+    assert_eq!(store.read(id, 0, u32::MAX).unwrap().log_end, 6);
+
+    file.set_fault(None);
+    // Once the store has reopened itself, the truncation goes through.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let to = loop {
+        match store.truncate(id, 3) {
+            Ok(to) => break to,
+            Err(err) if Instant::now() < deadline => {
+                assert!(
+                    matches!(err, StorageError::DiskFull { .. } | StorageError::Failed(_)),
+                    "{err}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(err) => panic!("writes did not resume within 30 s: {err}"),
+        }
+    };
+    assert_eq!(to, 2, "from the base of the batch holding offset 3");
+    let kept = [(0, "b0-0"), (1, "b0-1")].map(|(o, v)| (o, v.to_owned()));
+    assert_eq!(values(store.read(id, 0, u32::MAX).unwrap().bytes), kept);
+    assert_eq!(store.leader_epochs(id).unwrap(), [(1, 0)]);
+    store.shutdown().unwrap();
+    drop(store);
+    let store = file.open();
+    assert_eq!(values(store.read(id, 0, u32::MAX).unwrap().bytes), kept);
+    assert_eq!(store.leader_epochs(id).unwrap(), [(1, 0)]);
+}
+
 #[test]
 fn create_partitions_makes_them_all_in_one_commit() {
     let d = dir();
