@@ -24,6 +24,7 @@ pub(crate) fn metadata_error(e: MetadataError) -> WireError {
         | MetadataError::InvalidConfig(_)
         | MetadataError::UnknownBroker(_) => ErrorCode::InvalidConfig,
         MetadataError::StaleBrokerEpoch { .. } => ErrorCode::InvalidRequest,
+        MetadataError::StaleLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
         MetadataError::ProducerIdsExhausted => ErrorCode::Internal,
         MetadataError::UnknownPlugin(_) => ErrorCode::UnknownPlugin,
         MetadataError::PluginInUse { .. } => ErrorCode::InvalidConfig,

@@ -191,6 +191,16 @@ pub enum MetadataCommand {
     UnregisterBroker {
         node_id: u32,
     },
+    /// A partition leader's change of its in-sync set (a follower fell behind or caught up).
+    /// Refused unless `leader` still leads the partition in `leader_epoch`, and the set is
+    /// made of the partition's replicas and holds the leader.
+    AlterInSync {
+        topic: String,
+        partition: u32,
+        leader: u32,
+        leader_epoch: u32,
+        in_sync: Vec<u32>,
+    },
 }
 
 /// Most producer ids one [`MetadataCommand::AllocateProducerIdBlock`] may ask for.
@@ -262,6 +272,16 @@ pub enum MetadataError {
         node_id: u32,
         epoch: u64,
         current: u64,
+    },
+    /// A leader's request names a leader epoch that is no longer the partition's.
+    #[error(
+        "{topic}/{partition}: leader epoch {leader_epoch} is stale; the current one is {current}"
+    )]
+    StaleLeaderEpoch {
+        topic: String,
+        partition: u32,
+        leader_epoch: u32,
+        current: u32,
     },
     /// Every producer id (0..i64::MAX) has been handed out.
     #[error("no producer ids are left")]
@@ -671,6 +691,41 @@ impl MetadataState {
                     Err(MetadataError::UnknownPipeline(name.clone()))
                 }
             }
+            MetadataCommand::AlterInSync {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                in_sync,
+            } => {
+                let t = self.existing(topic)?;
+                let p = t.partitions.get(*partition as usize).ok_or_else(|| {
+                    MetadataError::UnknownPartition {
+                        topic: topic.clone(),
+                        partition: *partition,
+                    }
+                })?;
+                if p.leader != Some(*leader) || p.leader_epoch != *leader_epoch {
+                    return Err(MetadataError::StaleLeaderEpoch {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        leader_epoch: *leader_epoch,
+                        current: p.leader_epoch,
+                    });
+                }
+                let unique: BTreeSet<&u32> = in_sync.iter().collect();
+                if unique.len() != in_sync.len()
+                    || !in_sync.contains(leader)
+                    || in_sync.iter().any(|n| !p.replicas.contains(n))
+                {
+                    return Err(MetadataError::InvalidConfig(format!(
+                        "{topic}/{partition}: in-sync set {in_sync:?} must hold the leader \
+                         {leader}, once each, and only replicas of {:?}",
+                        p.replicas
+                    )));
+                }
+                Ok(())
+            }
             MetadataCommand::UnregisterBroker { node_id } => {
                 if !self.brokers.contains_key(node_id) {
                     return Err(MetadataError::UnknownBroker(*node_id));
@@ -836,19 +891,42 @@ impl MetadataState {
             }
             MetadataCommand::FenceBroker { node_id, .. } => {
                 self.brokers.get_mut(node_id).expect("validated").fenced = true;
+                let live: BTreeSet<u32> = self.live_brokers().map(|b| b.node_id).collect();
                 for p in self
                     .topics
                     .values_mut()
                     .flat_map(|t| t.partitions.iter_mut())
                 {
-                    if p.leader == Some(*node_id) {
-                        p.leader = None;
-                        p.leader_epoch += 1;
-                    }
                     if p.in_sync.len() > 1 {
                         p.in_sync.retain(|n| n != node_id);
                     }
+                    if p.leader == Some(*node_id) {
+                        // Another in-sync replica takes over, first in replica order among
+                        // the live ones; with none, the partition waits for its last in-sync
+                        // replica to return.
+                        p.leader = p
+                            .replicas
+                            .iter()
+                            .find(|r| p.in_sync.contains(r) && live.contains(r))
+                            .copied();
+                        p.leader_epoch += 1;
+                    }
                 }
+            }
+            MetadataCommand::AlterInSync {
+                topic,
+                partition,
+                in_sync,
+                ..
+            } => {
+                let p = &mut self.topics.get_mut(topic).expect("validated").partitions
+                    [*partition as usize];
+                p.in_sync = p
+                    .replicas
+                    .iter()
+                    .filter(|r| in_sync.contains(r))
+                    .copied()
+                    .collect();
             }
             MetadataCommand::CreateTopic {
                 name,
@@ -1154,7 +1232,8 @@ mod tests {
         assert!(s.apply(5, &stale).is_err());
         assert!(!s.broker(1).unwrap().fenced);
 
-        // Fencing the current epoch: node 1 leads nothing, its partitions' epochs move on.
+        // Fencing the current epoch: node 1 leads nothing, its partitions' epochs move on; the
+        // live in-sync replica of each takes over, if there is one.
         let before: Vec<u32> = s
             .topic("t")
             .unwrap()
@@ -1171,7 +1250,11 @@ mod tests {
         )
         .unwrap();
         let t = s.topic("t").unwrap();
-        assert_eq!(t.partitions[0].leader, None);
+        assert_eq!(
+            t.partitions[0].leader,
+            Some(2),
+            "the other in-sync replica leads"
+        );
         assert_eq!(t.partitions[0].leader_epoch, before[0] + 1);
         assert_eq!(
             t.partitions[1].leader,
@@ -1201,8 +1284,9 @@ mod tests {
         assert_eq!(t.partitions[3].leader_epoch, before[3] + 2);
         assert_eq!(t.partitions[1].leader_epoch, before[1]);
         assert_eq!(
-            t.partitions[0].leader, None,
-            "not in the in-sync set: it may not lead (node 2 may, once elected)"
+            (t.partitions[0].leader, t.partitions[0].leader_epoch),
+            (Some(2), before[0] + 1),
+            "node 2 keeps leading; node 1 is not in its in-sync set"
         );
         assert_eq!(s.live_brokers().count(), 2);
         assert_eq!(
@@ -1212,6 +1296,82 @@ mod tests {
             }),
             Err(MetadataError::UnknownBroker(9))
         );
+    }
+
+    #[test]
+    fn leaders_change_their_in_sync_set_only_in_their_own_epoch() {
+        let mut s = MetadataState::new();
+        for (i, n) in [1, 2, 3].into_iter().enumerate() {
+            s.apply(i as u64 + 1, &join(n, "a")).unwrap();
+        }
+        s.apply(
+            4,
+            &MetadataCommand::CreateTopic {
+                name: "t".into(),
+                config: TopicConfig::default(),
+                assignments: vec![vec![1, 2, 3]],
+            },
+        )
+        .unwrap();
+        let alter =
+            |leader: u32, leader_epoch: u32, in_sync: Vec<u32>| MetadataCommand::AlterInSync {
+                topic: "t".into(),
+                partition: 0,
+                leader,
+                leader_epoch,
+                in_sync,
+            };
+        let epoch = s.topic("t").unwrap().partitions[0].leader_epoch;
+        // Node 3 fell behind.
+        s.apply(5, &alter(1, epoch, vec![2, 1])).unwrap();
+        assert_eq!(
+            s.topic("t").unwrap().partitions[0].in_sync,
+            vec![1, 2],
+            "replica order"
+        );
+        // Not the leader, an old epoch, a set without the leader, a stranger: refused.
+        assert!(matches!(
+            s.validate(&alter(2, epoch, vec![1, 2])),
+            Err(MetadataError::StaleLeaderEpoch { .. })
+        ));
+        assert!(matches!(
+            s.validate(&alter(1, epoch + 1, vec![1, 2])),
+            Err(MetadataError::StaleLeaderEpoch { .. })
+        ));
+        assert!(s.validate(&alter(1, epoch, vec![2])).is_err());
+        assert!(s.validate(&alter(1, epoch, vec![1, 9])).is_err());
+        assert!(s.validate(&alter(1, epoch, vec![1, 1])).is_err());
+        // The leader is fenced: the first live in-sync replica (2) takes over, not 3.
+        let b1 = s.broker(1).unwrap().epoch;
+        s.apply(
+            6,
+            &MetadataCommand::FenceBroker {
+                node_id: 1,
+                epoch: b1,
+            },
+        )
+        .unwrap();
+        let p = &s.topic("t").unwrap().partitions[0];
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.in_sync.clone()),
+            (Some(2), epoch + 1, vec![2])
+        );
+        // The old leader's change in its old epoch is refused now.
+        assert!(s.validate(&alter(1, epoch, vec![1, 2, 3])).is_err());
+        // Node 2 fenced too: its partition has no in-sync replica left alive, and waits for 2.
+        let b2 = s.broker(2).unwrap().epoch;
+        s.apply(
+            7,
+            &MetadataCommand::FenceBroker {
+                node_id: 2,
+                epoch: b2,
+            },
+        )
+        .unwrap();
+        let p = &s.topic("t").unwrap().partitions[0];
+        assert_eq!((p.leader, p.in_sync.clone()), (None, vec![2]));
+        s.apply(8, &join(2, "a")).unwrap();
+        assert_eq!(s.topic("t").unwrap().partitions[0].leader, Some(2));
     }
 
     fn node1() -> MetadataState {

@@ -38,6 +38,13 @@ enum MetadataErrorDef {
         #[serde(with = "topic_users")]
         users: Vec<TopicUser>,
     },
+    // Appended: variants keep their wire index.
+    StaleLeaderEpoch {
+        topic: String,
+        partition: u32,
+        leader_epoch: u32,
+        current: u32,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
