@@ -52,7 +52,7 @@ pub use network::{
 };
 pub use node::{
     MembershipError, MetadataRaft, MetadataRaftConfig, ProposeError, RAFT_FILE, RaftStatus,
-    RaftStopped, Role, StartError,
+    RaftStopped, ReplicaHandler, Role, StartError,
 };
 pub use quic::{
     DEFAULT_MAX_PEER_FRAME, FRAME_TIMEOUT_CODE, MALFORMED_FRAME_CODE, PeerServerConfig,

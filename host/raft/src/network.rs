@@ -42,6 +42,10 @@ pub enum RaftRequest {
     /// Asks a peer which cluster and voters it was configured with (before a new node forms
     /// the group: nodes that disagree must not).
     Identify,
+    /// A message of the partition replication protocol, opaque here: handed to the handler the
+    /// broker installed ([`crate::MetadataRaft::set_replica_handler`]). It rides the same
+    /// mutually authenticated peer connections as Raft.
+    Replica(Vec<u8>),
 }
 
 /// The answer to a [`RaftRequest`], of the matching variant, or [`RaftReply::Refused`].
@@ -62,6 +66,9 @@ pub enum RaftReply {
     HeartbeatTaken(bool),
     /// The answer to [`RaftRequest::Identify`]; `None` before the node set its identity.
     Identity(Option<crate::Identity>),
+    /// The handler's answer to a [`RaftRequest::Replica`], or why there is none (no handler
+    /// installed yet: the node is starting).
+    Replica(Result<Vec<u8>, String>),
 }
 
 /// The outcome of a proposal a follower forwarded to the leader.

@@ -157,9 +157,18 @@ pub struct MetadataRaft {
     liveness: Arc<Mutex<Liveness>>,
     /// What this node was configured with, told to peers that ask.
     identity: Arc<Mutex<Option<Identity>>>,
+    /// Answers replication messages from peers (installed by the broker).
+    replica_handler: Arc<Mutex<Option<ReplicaHandler>>>,
     /// Sends a request to a peer: how a follower hands a proposal to the leader.
     forward: Arc<dyn Fn(NodeId, PeerNode, RaftRequest) -> ForwardCall + Send + Sync>,
 }
+
+/// Answers one replication message from a peer (see [`MetadataRaft::set_replica_handler`]).
+pub type ReplicaHandler = Arc<
+    dyn Fn(Vec<u8>) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 type ForwardCall =
     std::pin::Pin<Box<dyn Future<Output = Result<RaftReply, TransportError>> + Send>>;
@@ -231,6 +240,7 @@ impl MetadataRaft {
             snapshots_installed,
             liveness: Arc::new(Mutex::new(Liveness::new())),
             identity: Arc::new(Mutex::new(None)),
+            replica_handler: Arc::new(Mutex::new(None)),
             max_snapshot_bytes: config.max_snapshot_bytes,
             file_closed,
             forward,
@@ -239,6 +249,42 @@ impl MetadataRaft {
 
     pub fn node_id(&self) -> NodeId {
         self.id
+    }
+
+    /// Installs what answers peers' replication messages ([`RaftRequest::Replica`]).
+    pub fn set_replica_handler(&self, handler: ReplicaHandler) {
+        *self
+            .replica_handler
+            .lock()
+            .expect("replica handler lock poisoned") = Some(handler);
+    }
+
+    /// Sends a replication message to node `target` and returns its handler's answer.
+    pub async fn call_replica(
+        &self,
+        target: NodeId,
+        message: Vec<u8>,
+    ) -> Result<Vec<u8>, TransportError> {
+        let peer = {
+            let metrics = self.raft.metrics().borrow().clone();
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&target)
+                .cloned()
+                .ok_or_else(|| {
+                    TransportError::Unreachable(format!(
+                        "node {target} is not a member of the metadata group"
+                    ))
+                })?
+        };
+        match (self.forward)(target, peer, RaftRequest::Replica(message)).await? {
+            RaftReply::Replica(Ok(answer)) => Ok(answer),
+            RaftReply::Replica(Err(why)) => Err(TransportError::Failed(why)),
+            other => Err(TransportError::Failed(format!(
+                "unexpected answer to a replication message: {other:?}"
+            ))),
+        }
     }
 
     /// Sets what this node tells peers that ask who it is ([`RaftRequest::Identify`]).
@@ -609,6 +655,17 @@ impl MetadataRaft {
                 node_id,
                 broker_epoch,
             } => RaftReply::HeartbeatTaken(self.take_heartbeat(node_id, broker_epoch)),
+            RaftRequest::Replica(message) => {
+                let handler = self
+                    .replica_handler
+                    .lock()
+                    .expect("replica handler lock poisoned")
+                    .clone();
+                RaftReply::Replica(match handler {
+                    Some(handle) => handle(message).await,
+                    None => Err(format!("node {} does not serve replication yet", self.id)),
+                })
+            }
             RaftRequest::Identify => RaftReply::Identity(
                 self.identity
                     .lock()

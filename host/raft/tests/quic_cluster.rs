@@ -455,3 +455,49 @@ async fn bad_frames_reset_their_stream_but_not_the_connection() {
     client_endpoint.close(0u32.into(), b"");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_messages_ride_the_peer_connections() {
+    let (cluster, leader) = Cluster::three_voters().await;
+    let other = (1..=3).find(|id| *id != leader).unwrap();
+    // No handler yet: the peer says it does not serve replication.
+    let e = cluster
+        .node(leader)
+        .call_replica(other, b"abc".to_vec())
+        .await
+        .expect_err("no handler installed");
+    assert!(
+        e.to_string().contains("does not serve replication yet"),
+        "{e}"
+    );
+    let handler: sluice_raft::ReplicaHandler = Arc::new(|message: Vec<u8>| {
+        Box::pin(async move {
+            if message.is_empty() {
+                return Err("empty message".to_string());
+            }
+            Ok(message.into_iter().rev().collect())
+        })
+    });
+    cluster.node(other).set_replica_handler(handler);
+    let answer = cluster
+        .node(leader)
+        .call_replica(other, b"abc".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(answer, b"cba");
+    let e = cluster
+        .node(leader)
+        .call_replica(other, Vec::new())
+        .await
+        .expect_err("the handler refuses");
+    assert!(e.to_string().contains("empty message"), "{e}");
+    // A node outside the group is not reachable this way.
+    assert!(
+        cluster
+            .node(leader)
+            .call_replica(9, b"x".to_vec())
+            .await
+            .is_err()
+    );
+    cluster.shutdown().await;
+}
