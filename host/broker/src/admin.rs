@@ -35,7 +35,11 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
                 .ok_or_else(|| unknown_topic(&name))?;
             Ok(ResponseBody::Topic(describe(broker, &t)))
         }
-        Request::CreateTopic(req) => create_topic(broker, req),
+        Request::CreateTopic(req) => create_topic(broker, req, 1),
+        Request::CreateTopicReplicated {
+            topic,
+            replication_factor,
+        } => create_topic(broker, topic, replication_factor as usize),
         Request::AddPartitions { name, count } => {
             if count == 0 {
                 return Err(WireError::new(
@@ -43,12 +47,17 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
                     "--count must be at least 1",
                 ));
             }
-            let existing = broker
+            let (existing, replication_factor) = broker
                 .controller
-                .read(|s| s.topic(&name).map(|t| t.partitions.len()))
+                .read(|s| {
+                    s.topic(&name).map(|t| {
+                        let rf = t.partitions.first().map_or(1, |p| p.replicas.len());
+                        (t.partitions.len(), rf)
+                    })
+                })
                 .ok_or_else(|| unknown_topic(&name))?;
             check_partition_count(existing.saturating_add(count as usize))?;
-            let assignments = place_partitions(broker, count as usize)?;
+            let assignments = place_partitions(broker, count as usize, replication_factor)?;
             broker
                 .controller
                 .propose(MetadataCommand::AddPartitions {
@@ -130,7 +139,11 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
     }
 }
 
-fn create_topic(broker: &Broker, req: CreateTopicRequest) -> Result<ResponseBody, WireError> {
+fn create_topic(
+    broker: &Broker,
+    req: CreateTopicRequest,
+    replication_factor: usize,
+) -> Result<ResponseBody, WireError> {
     if req.partitions == 0 {
         return Err(WireError::new(
             ErrorCode::InvalidConfig,
@@ -138,7 +151,7 @@ fn create_topic(broker: &Broker, req: CreateTopicRequest) -> Result<ResponseBody
         ));
     }
     check_partition_count(req.partitions as usize)?;
-    let assignments = place_partitions(broker, req.partitions as usize)?;
+    let assignments = place_partitions(broker, req.partitions as usize, replication_factor)?;
     broker
         .controller
         .propose(MetadataCommand::CreateTopic {
@@ -156,10 +169,14 @@ fn create_topic(broker: &Broker, req: CreateTopicRequest) -> Result<ResponseBody
     Ok(ResponseBody::Topic(describe(broker, &t)))
 }
 
-/// Places `count` new partitions (one replica each until replication lands) over the live
-/// (registered, unfenced) brokers, leaders spread evenly starting at the broker that leads the fewest
-/// (`sluice_metadata::placement`).
-pub(crate) fn place_partitions(broker: &Broker, count: usize) -> Result<Vec<Vec<u32>>, WireError> {
+/// Places `count` new partitions of `replication_factor` replicas each over the live
+/// (registered, unfenced) brokers, leaders spread evenly starting at the broker that leads the
+/// fewest (`sluice_metadata::placement`). More replicas than live brokers is refused.
+pub(crate) fn place_partitions(
+    broker: &Broker,
+    count: usize,
+    replication_factor: usize,
+) -> Result<Vec<Vec<u32>>, WireError> {
     let (brokers, leading) = broker.controller.read(|s| {
         let brokers: Vec<Candidate> = s
             .live_brokers()
@@ -177,7 +194,7 @@ pub(crate) fn place_partitions(broker: &Broker, count: usize) -> Result<Vec<Vec<
         }
         (brokers, leading)
     });
-    placement::place(&brokers, count, 1, &leading)
+    placement::place(&brokers, count, replication_factor, &leading)
         .map_err(|e| WireError::new(ErrorCode::InvalidConfig, e.to_string()))
 }
 

@@ -553,6 +553,22 @@ impl MetadataController {
         self.peer_endpoint.is_some()
     }
 
+    /// Installs what answers peers' replication messages.
+    pub fn set_replica_handler(&self, handler: sluice_raft::ReplicaHandler) {
+        self.node().set_replica_handler(handler);
+    }
+
+    /// Sends a replication message to node `target` over the peer connection.
+    pub async fn call_replica(
+        &self,
+        target: u32,
+        message: Vec<u8>,
+    ) -> Result<Vec<u8>, TransportError> {
+        self.node()
+            .call_replica(NodeId::from(target), message)
+            .await
+    }
+
     /// Sends this node's session heartbeat to the metadata leader.
     pub async fn heartbeat(&self, broker_epoch: u64) -> Result<(), ProposeError> {
         self.node()

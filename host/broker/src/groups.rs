@@ -208,7 +208,7 @@ impl GroupCoordinator {
                     durability: Durability::Fsync,
                     ..TopicConfig::default()
                 },
-                assignments: crate::admin::place_partitions(broker, OFFSETS_PARTITIONS as usize)
+                assignments: crate::admin::place_partitions(broker, OFFSETS_PARTITIONS as usize, 1)
                     .map_err(|e| BrokerError::Metadata(e.message))?,
             };
             match broker.controller.propose(cmd) {

@@ -22,6 +22,7 @@ mod plugins;
 mod produce;
 mod producer_ids;
 mod replicas;
+mod replication;
 mod retention;
 mod router;
 mod server;
@@ -91,6 +92,8 @@ pub(crate) struct Broker {
     cluster_client: tokio::sync::OnceCell<sluice_client::Client>,
     /// The rest of the producer id block this broker hands out from.
     producer_ids: producer_ids::ProducerIdBlock,
+    /// Follower tasks of the partitions this node replicates but does not lead.
+    followers: replication::Followers,
 }
 
 /// A running broker. Dropping it does not stop it; call [`BrokerHandle::shutdown`].
@@ -236,6 +239,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         idle: Notify::new(),
         cluster_client: tokio::sync::OnceCell::new(),
         producer_ids: producer_ids::ProducerIdBlock::default(),
+        followers: replication::Followers::default(),
     });
     tracing::info!(node_id, addr = %local_addr, cluster_id = %broker.cluster_id, "broker listening (QUIC, ALPN sluice/1)");
     let accept_task = tokio::spawn(server::accept_loop(broker.clone(), endpoint.clone()));
@@ -261,6 +265,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     pipelines::PipelineRunners::follow(&broker);
     tokio::spawn(replicas::watch(broker.clone()));
     if broker.controller.is_clustered() {
+        replication::serve(&broker);
         tokio::spawn(sessions::run(broker.clone()));
     }
     let retention_task = tokio::spawn(retention::run(broker.clone()));

@@ -87,6 +87,9 @@ pub enum TopicCommand {
         name: String,
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// Replicas of each partition, on as many brokers (at most the live brokers).
+        #[arg(long, default_value_t = 1)]
+        replication_factor: u16,
         /// Delete batches older than this many milliseconds.
         #[arg(long)]
         retention_ms: Option<u64>,

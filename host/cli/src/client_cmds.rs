@@ -26,6 +26,7 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             retention_ms,
             retention_bytes,
             durability,
@@ -41,7 +42,13 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
                 partitioner: partitioner.clone(),
                 partitioner_config: partitioner_config.clone(),
             };
-            let t = admin.create_topic(name, *partitions, config).await?;
+            let t = if *replication_factor == 1 {
+                admin.create_topic(name, *partitions, config).await?
+            } else {
+                admin
+                    .create_topic_replicated(name, *partitions, *replication_factor, config)
+                    .await?
+            };
             println!(
                 "created topic {} with {} partition(s)",
                 t.name,

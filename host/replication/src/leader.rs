@@ -54,6 +54,38 @@ struct Progress {
     last_fetch: Option<(Millis, Offset)>,
 }
 
+/// Whether a follower's fetch position is consistent with the leader's log `log_start..log_end`
+/// whose epochs are `epochs`: `None` if so (serve it from `fetch_offset`), else the answer that
+/// sets it right — where its last epoch ends here ([`FetchOutcome::Diverging`]), or the bounds
+/// of this log ([`FetchOutcome::OutOfRange`]).
+pub fn check_fetch_position(
+    epochs: &EpochCache,
+    log_start: Offset,
+    log_end: Offset,
+    fetch_offset: Offset,
+    last_fetched_epoch: Option<Epoch>,
+) -> Option<FetchOutcome> {
+    if let Some(e) = last_fetched_epoch {
+        match epochs.end_offset_for(e, log_end) {
+            Some((held, end)) if held == e && end >= fetch_offset => {}
+            Some((held, end)) => {
+                return Some(FetchOutcome::Diverging {
+                    epoch: held,
+                    end_offset: end.min(fetch_offset),
+                });
+            }
+            // Nothing that old is held here any more (retention): start over.
+            None => {
+                return Some(FetchOutcome::OutOfRange { log_start, log_end });
+            }
+        }
+    }
+    if fetch_offset > log_end || (fetch_offset < log_start && fetch_offset != 0) {
+        return Some(FetchOutcome::OutOfRange { log_start, log_end });
+    }
+    None
+}
+
 /// One partition as its leader sees it. See `docs/replication.md`.
 #[derive(Debug, Clone)]
 pub struct PartitionLeader {
@@ -180,29 +212,14 @@ impl PartitionLeader {
         if !self.followers.contains_key(&follower) {
             return FetchOutcome::NotReplica;
         }
-        if let Some(e) = last_fetched_epoch {
-            match epochs.end_offset_for(e, self.leo) {
-                Some((held, end)) if held == e && end >= fetch_offset => {}
-                Some((held, end)) => {
-                    return FetchOutcome::Diverging {
-                        epoch: held,
-                        end_offset: end.min(fetch_offset),
-                    };
-                }
-                // Nothing that old is held here any more (retention): start over.
-                None => {
-                    return FetchOutcome::OutOfRange {
-                        log_start: self.log_start,
-                        log_end: self.leo,
-                    };
-                }
-            }
-        }
-        if fetch_offset > self.leo || (fetch_offset < self.log_start && fetch_offset != 0) {
-            return FetchOutcome::OutOfRange {
-                log_start: self.log_start,
-                log_end: self.leo,
-            };
+        if let Some(refused) = check_fetch_position(
+            epochs,
+            self.log_start,
+            self.leo,
+            fetch_offset,
+            last_fetched_epoch,
+        ) {
+            return refused;
         }
         let p = self.followers.get_mut(&follower).expect("checked above");
         if fetch_offset >= self.leo {

@@ -18,7 +18,10 @@ mod waiters;
 
 pub use epochs::EpochCache;
 pub use follower::{FetchPosition, FollowerAction, PartitionFollower};
-pub use leader::{FetchOutcome, IsrProposal, LeaderConfig, NotEnoughReplicas, PartitionLeader};
+pub use leader::{
+    FetchOutcome, IsrProposal, LeaderConfig, NotEnoughReplicas, PartitionLeader,
+    check_fetch_position,
+};
 pub use waiters::AckWaiters;
 
 /// A broker's node id.

@@ -42,6 +42,26 @@ impl Admin {
         .await
     }
 
+    /// Creates a topic whose partitions have `replication_factor` replicas each, on as many
+    /// brokers; more than the cluster's live brokers is refused (`InvalidConfig`).
+    pub async fn create_topic_replicated(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u16,
+        config: TopicConfig,
+    ) -> Result<TopicDescription, ClientError> {
+        self.topic(Request::CreateTopicReplicated {
+            topic: CreateTopicRequest {
+                name: name.to_string(),
+                partitions,
+                config,
+            },
+            replication_factor,
+        })
+        .await
+    }
+
     /// Deletes a topic, its data and the group offsets committed for it; returns the topic as
     /// it was. Refused (an `InvalidConfig` broker error naming them) while a pipeline reads or
     /// writes the topic: delete those first, or use [`Admin::delete_topic_forced`].

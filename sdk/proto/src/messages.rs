@@ -127,6 +127,12 @@ pub enum Request {
     RemoveNode {
         node_id: u32,
     },
+    /// Like [`Request::CreateTopic`], with `replication_factor` replicas of each partition on
+    /// as many brokers (version 4).
+    CreateTopicReplicated {
+        topic: CreateTopicRequest,
+        replication_factor: u16,
+    },
 }
 
 impl Request {
@@ -168,6 +174,7 @@ impl Request {
             Request::ClusterStatus => "cluster_status",
             Request::AddNode { .. } => "add_node",
             Request::RemoveNode { .. } => "remove_node",
+            Request::CreateTopicReplicated { .. } => "create_topic_replicated",
         }
     }
 }
