@@ -104,6 +104,10 @@ pub struct ClusterSettings {
     /// by installing the snapshot.
     #[serde(default = "default_snapshot_entries")]
     pub snapshot_every_entries: u64,
+    /// A follower not caught up with its leader for this long leaves the partition's in-sync
+    /// set (`replica.lag.time.max.ms`, default 30 s).
+    #[serde(default = "default_replica_lag_ms")]
+    pub replica_lag_max_ms: u64,
     /// How often this node heartbeats to the metadata leader (default 500 ms).
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
@@ -115,6 +119,10 @@ pub struct ClusterSettings {
 
 fn default_snapshot_entries() -> u64 {
     1_000
+}
+
+fn default_replica_lag_ms() -> u64 {
+    30_000
 }
 
 fn default_heartbeat_ms() -> u64 {

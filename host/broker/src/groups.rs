@@ -178,7 +178,7 @@ impl Broker {
                 None => Ok(None),
                 Some((id, append)) => {
                     let appended = append.await.map_err(storage_error)?;
-                    broker.advance_high_watermark(id, appended.log_end);
+                    broker.leader_appended(id, appended.log_end);
                     Ok(Some(appended.base_offset))
                 }
             }

@@ -17,6 +17,8 @@ pub(crate) struct Led {
     pub(crate) id: PartitionId,
     pub(crate) leader_epoch: u32,
     pub(crate) config: TopicConfig,
+    /// The partition has more than one replica.
+    pub(crate) replicated: bool,
 }
 
 /// Checks the leader epoch a request carries against the partition's current one: an older one
@@ -79,6 +81,7 @@ impl Broker {
                     },
                     leader_epoch: p.leader_epoch,
                     config: t.config.clone(),
+                    replicated: p.replicas.len() > 1,
                 }),
                 Some(l) => Err(WireError::new(
                     ErrorCode::NotLeader,

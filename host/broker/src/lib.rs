@@ -94,6 +94,8 @@ pub(crate) struct Broker {
     producer_ids: producer_ids::ProducerIdBlock,
     /// Follower tasks of the partitions this node replicates but does not lead.
     followers: replication::Followers,
+    /// Leader state of the replicated partitions this node leads.
+    leaders: replication::Leaders,
 }
 
 /// A running broker. Dropping it does not stop it; call [`BrokerHandle::shutdown`].
@@ -240,6 +242,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         cluster_client: tokio::sync::OnceCell::new(),
         producer_ids: producer_ids::ProducerIdBlock::default(),
         followers: replication::Followers::default(),
+        leaders: replication::Leaders::default(),
     });
     tracing::info!(node_id, addr = %local_addr, cluster_id = %broker.cluster_id, "broker listening (QUIC, ALPN sluice/1)");
     let accept_task = tokio::spawn(server::accept_loop(broker.clone(), endpoint.clone()));
@@ -266,6 +269,10 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     tokio::spawn(replicas::watch(broker.clone()));
     if broker.controller.is_clustered() {
         replication::serve(&broker);
+        tokio::spawn(replication::maintain_in_sync(
+            broker.clone(),
+            Duration::from_millis(250),
+        ));
         tokio::spawn(sessions::run(broker.clone()));
     }
     let retention_task = tokio::spawn(retention::run(broker.clone()));

@@ -505,7 +505,7 @@ async fn run(
                     storage_error(e).message
                 )
             })?;
-            broker.advance_high_watermark(id, appended.log_end);
+            broker.leader_appended(id, appended.log_end);
             if appended.duplicate {
                 duplicates += 1;
             }

@@ -309,7 +309,7 @@ pub(crate) async fn produce_routed(
         let base_offset = match a.target {
             Target::Local(append) => match append.await {
                 Ok(appended) => {
-                    broker.advance_high_watermark(a.id, appended.log_end);
+                    broker.leader_appended(a.id, appended.log_end);
                     appended.base_offset
                 }
                 Err(e) => return Reply::error(storage_error(e)),

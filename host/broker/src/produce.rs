@@ -78,6 +78,9 @@ pub(crate) fn produce(
 ) -> BoxFuture<'static, Reply> {
     let prepared = (|| {
         let led = broker.led_partition_in(&req.topic, req.partition, req.leader_epoch)?;
+        if req.acks == Acks::All && led.replicated {
+            broker.check_min_insync(led.id, &req.topic)?;
+        }
         broker.check_batch_size(&req.topic, &led.config, raw.len())?;
         validated?;
         Ok(led)
@@ -108,9 +111,13 @@ pub(crate) fn produce(
                 };
             }
         };
-        // On one node the committed log end is the high watermark. With replication the
+        // With one replica the committed log end is the high watermark; with more, the
         // leader moves it when the in-sync followers have fetched the batch.
-        broker.advance_high_watermark(led.id, appended.log_end);
+        if led.replicated {
+            broker.leader_appended(led.id, appended.log_end);
+        } else {
+            broker.advance_high_watermark(led.id, appended.log_end);
+        }
         let produced = ResponseBody::Produced(ProduceResponse {
             base_offset: appended.base_offset,
             log_start: appended.log_start,

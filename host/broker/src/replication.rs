@@ -4,17 +4,25 @@
 //! does not have. The rules — when a fetch position is consistent, where a diverging log is
 //! cut — are `sluice-replication`'s; this module moves messages and bytes.
 //!
-//! Status (docs/replication.md): followers copy their leaders' logs. The leader's high
-//! watermark and `acks=all` do not wait for them yet, and leaders are not yet elected from the
-//! in-sync set on failure of a replicated partition's leader beyond what fencing does.
+//! The leader of a replicated partition keeps a `sluice_replication::PartitionLeader`: each
+//! follower fetch tells it the follower's log end, and the high watermark — what consumers
+//! see and what `acks=all` waits for — is the smallest log end over the in-sync set. Followers
+//! that fall behind for `cluster.replica_lag_max_ms` leave the in-sync set, and rejoin once
+//! caught up, through `AlterInSync` committed by the metadata quorum; `acks=all` is refused
+//! with `NotEnoughReplicas` while fewer than `min.insync.replicas` (2 with three or more
+//! replicas, else 1) are in sync.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use sluice_metadata::MetadataCommand;
 use sluice_proto::batch::split_batches;
-use sluice_replication::{EpochCache, FetchOutcome, FollowerAction, PartitionFollower};
+use sluice_proto::{ErrorCode, WireError};
+use sluice_replication::{
+    EpochCache, FetchOutcome, FollowerAction, LeaderConfig, PartitionFollower, PartitionLeader,
+};
 use sluice_storage::{PartitionId, StorageError};
 
 use crate::Broker;
@@ -50,6 +58,177 @@ enum ReplicaAnswer {
     OutOfRange { log_start: u64, log_end: u64 },
     /// Not the leader of that partition in that epoch, or another reason not to serve.
     Refused(String),
+}
+
+/// The leader state of each replicated partition this node leads, with the leader epoch it
+/// was made for.
+#[derive(Debug, Default)]
+pub(crate) struct Leaders(Mutex<HashMap<PartitionId, (u32, PartitionLeader)>>);
+
+/// `min.insync.replicas` for a partition of `replicas` replicas.
+fn min_insync(replicas: usize) -> usize {
+    if replicas >= 3 { 2 } else { 1 }
+}
+
+/// Milliseconds on the broker's monotonic clock.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Broker {
+    /// Runs `f` on the leader state of partition `id` if this node leads it and it has more
+    /// than one replica, making the state when this node just became leader.
+    fn with_leader_state<R>(
+        &self,
+        id: PartitionId,
+        f: impl FnOnce(&mut PartitionLeader) -> R,
+    ) -> Option<R> {
+        let now = now_ms();
+        let lag_max_ms = self
+            .config
+            .cluster
+            .as_ref()
+            .map_or(30_000, |c| c.replica_lag_max_ms);
+        let placement = self.controller.read(|s| {
+            s.topics()
+                .find(|t| t.topic_id == id.topic_id)
+                .and_then(|t| {
+                    t.partitions.get(id.partition as usize).and_then(|p| {
+                        (p.leader == Some(self.node_id) && p.replicas.len() > 1)
+                            .then(|| (p.leader_epoch, p.replicas.clone(), p.in_sync.clone()))
+                    })
+                })
+        });
+        let mut leaders = self.leaders.0.lock().expect("leaders lock poisoned");
+        let Some((epoch, replicas, in_sync)) = placement else {
+            leaders.remove(&id);
+            return None;
+        };
+        let stale = leaders.get(&id).is_none_or(|(e, _)| *e != epoch);
+        if stale {
+            let state = self.store.partition_state(id).unwrap_or_default();
+            let hw = self.high_watermark(id);
+            let leader = PartitionLeader::new(
+                self.node_id,
+                epoch,
+                &replicas,
+                in_sync,
+                state.log_start,
+                state.log_end,
+                hw,
+                now,
+                LeaderConfig {
+                    lag_max_ms,
+                    min_insync: min_insync(replicas.len()),
+                },
+            );
+            leaders.insert(id, (epoch, leader));
+        }
+        let (_, leader) = leaders.get_mut(&id).expect("just made");
+        Some(f(leader))
+    }
+
+    /// The leader appended up to `log_end`: with one replica that is committed at once; with
+    /// more, when the in-sync followers have it.
+    pub(crate) fn leader_appended(&self, id: PartitionId, log_end: u64) {
+        let hw = self
+            .with_leader_state(id, |l| l.on_appended(log_end))
+            .unwrap_or(log_end);
+        self.advance_high_watermark(id, hw);
+    }
+
+    /// `acks=all` is refused while the partition has fewer in-sync replicas than its
+    /// `min.insync.replicas` (counting only those caught up as far as the leader can tell).
+    pub(crate) fn check_min_insync(&self, id: PartitionId, topic: &str) -> Result<(), WireError> {
+        let checked = self.with_leader_state(id, |l| l.check_acks_all(now_ms()));
+        match checked {
+            Some(Err(e)) => Err(WireError::new(
+                ErrorCode::NotEnoughReplicas,
+                format!(
+                    "{topic}/{} has {} in-sync replica(s) caught up; acks=all needs {} \
+                     (min.insync.replicas); retry when a replica has caught up",
+                    id.partition, e.in_sync, e.required
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Every `tick`, for each replicated partition this node leads: adopts the in-sync set the
+/// metadata holds, and proposes the changes the leader state asks for (followers that fell
+/// behind out, caught-up ones in). Until shutdown.
+pub(crate) async fn maintain_in_sync(broker: Arc<Broker>, tick: Duration) {
+    let mut shutdown = broker.shutdown.subscribe();
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let me = broker.node_id;
+        let led: Vec<(PartitionId, String, u32, Vec<u32>)> = broker.controller.read(|s| {
+            s.topics()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .enumerate()
+                        .filter(move |(_, p)| p.leader == Some(me) && p.replicas.len() > 1)
+                        .map(move |(i, p)| {
+                            (
+                                PartitionId {
+                                    topic_id: t.topic_id,
+                                    partition: i as u32,
+                                },
+                                t.name.clone(),
+                                p.leader_epoch,
+                                p.in_sync.clone(),
+                            )
+                        })
+                })
+                .collect()
+        });
+        let now = now_ms();
+        for (id, topic, epoch, in_sync) in led {
+            let proposal = broker.with_leader_state(id, |l| {
+                let committed: Vec<u32> = l.isr().iter().copied().collect();
+                let mut sorted = in_sync.clone();
+                sorted.sort_unstable();
+                if committed != sorted {
+                    l.on_isr_committed(in_sync.iter().copied());
+                }
+                (l.poll_isr_change(now), l.high_watermark())
+            });
+            let Some((proposal, hw)) = proposal else {
+                continue;
+            };
+            broker.advance_high_watermark(id, hw);
+            let Some(proposal) = proposal else {
+                continue;
+            };
+            tracing::info!(partition = %id, in_sync = ?proposal.isr, "proposing an in-sync set change");
+            let cmd = MetadataCommand::AlterInSync {
+                topic,
+                partition: id.partition,
+                leader: me,
+                leader_epoch: epoch,
+                in_sync: proposal.isr.clone(),
+            };
+            let committed = broker.controller.propose_async(cmd).await;
+            let hw = broker.with_leader_state(id, |l| {
+                match committed {
+                    Ok(()) => l.on_isr_committed(proposal.isr.iter().copied()),
+                    Err(_) => l.on_isr_refused(),
+                }
+                l.high_watermark()
+            });
+            if let Some(hw) = hw {
+                broker.advance_high_watermark(id, hw);
+            }
+        }
+    }
 }
 
 /// The follower tasks of this node, by partition.
@@ -110,28 +289,47 @@ async fn answer_fetch(broker: &Arc<Broker>, fetch: ReplicaFetch) -> ReplicaAnswe
         Ok(p) => p,
         Err(e) => return ReplicaAnswer::Refused(e.to_string()),
     };
-    match sluice_replication::check_fetch_position(
-        &epochs,
-        log_start,
-        log_end,
-        fetch.fetch_offset,
-        fetch.last_fetched_epoch,
-    ) {
-        Some(FetchOutcome::Diverging { epoch, end_offset }) => {
+    // The leader's bookkeeping decides (and learns the follower's log end from a consistent
+    // fetch); a partition of one replica has no followers to ask.
+    let outcome = broker
+        .with_leader_state(id, |l| {
+            let outcome = l.on_fetch(
+                fetch.follower,
+                fetch.fetch_offset,
+                fetch.last_fetched_epoch,
+                &epochs,
+                now_ms(),
+            );
+            (outcome, l.high_watermark())
+        })
+        .unwrap_or((FetchOutcome::NotReplica, broker.high_watermark(id)));
+    match outcome {
+        (FetchOutcome::Read { .. }, hw) => broker.advance_high_watermark(id, hw),
+        (FetchOutcome::Diverging { epoch, end_offset }, _) => {
             return ReplicaAnswer::Diverging { epoch, end_offset };
         }
-        Some(FetchOutcome::OutOfRange { log_start, log_end }) => {
+        (FetchOutcome::OutOfRange { log_start, log_end }, _) => {
             return ReplicaAnswer::OutOfRange { log_start, log_end };
         }
-        Some(other) => return ReplicaAnswer::Refused(format!("{other:?}")),
-        None => {}
+        (FetchOutcome::NotReplica, _) => {
+            return ReplicaAnswer::Refused(format!(
+                "node {} is not a follower of this partition",
+                fetch.follower
+            ));
+        }
     }
+    let _ = log_start;
     if fetch.fetch_offset >= log_end {
-        // Nothing new: hold the fetch until the log grows (the leader's high watermark moves
-        // with its log end until the in-sync set drives it).
-        broker
-            .wait_high_watermark(id, fetch.fetch_offset + 1, LONG_POLL)
-            .await;
+        // Nothing new: hold the fetch until the log grows (bounded).
+        let started = Instant::now();
+        while started.elapsed() < LONG_POLL
+            && broker
+                .store
+                .partition_state(id)
+                .is_some_and(|s| s.log_end <= fetch.fetch_offset)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     let b = broker.clone();
     let read = tokio::task::spawn_blocking(move || {

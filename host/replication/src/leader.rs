@@ -172,11 +172,25 @@ impl PartitionLeader {
         self.followers.get(&follower).and_then(|p| p.leo)
     }
 
-    /// Whether an `acks=all` produce may be appended now.
-    pub fn check_acks_all(&self) -> Result<(), NotEnoughReplicas> {
-        if self.isr.len() < self.config.min_insync {
+    /// Whether an `acks=all` produce may be appended at `now`: the committed in-sync set must
+    /// have `min_insync` members, and as many of them must be caught up as far as this leader
+    /// can tell (a member that stopped fetching counts only until it lags; its removal may not
+    /// be committable — the metadata quorum may be down with it — but refusing is always safe).
+    pub fn check_acks_all(&self, now: Millis) -> Result<(), NotEnoughReplicas> {
+        let caught_up = self
+            .isr
+            .iter()
+            .filter(|id| {
+                **id == self.me
+                    || self.followers.get(id).is_some_and(|p| {
+                        now.saturating_sub(p.last_caught_up) <= self.config.lag_max_ms
+                    })
+            })
+            .count();
+        let in_sync = self.isr.len().min(caught_up);
+        if in_sync < self.config.min_insync {
             return Err(NotEnoughReplicas {
-                in_sync: self.isr.len(),
+                in_sync,
                 required: self.config.min_insync,
             });
         }
@@ -356,7 +370,7 @@ mod tests {
         assert_eq!(l.high_watermark(), 0, "acts on the committed set only");
         l.on_isr_committed([1, 2]);
         assert_eq!(l.high_watermark(), 10);
-        assert!(l.check_acks_all().is_ok());
+        assert!(l.check_acks_all(1_001).is_ok());
         // 3 comes back, catches up, and is proposed back in.
         l.on_fetch(3, 10, Some(1), &e, 1_100);
         let p = l.poll_isr_change(1_100).expect("3 caught up");
@@ -368,14 +382,22 @@ mod tests {
     fn fewer_in_sync_than_required_refuses_acks_all() {
         let mut l = PartitionLeader::new(1, 1, &[1, 2, 3], [1], 0, 0, 0, 0, CONFIG);
         assert_eq!(
-            l.check_acks_all(),
+            l.check_acks_all(0),
             Err(NotEnoughReplicas {
                 in_sync: 1,
                 required: 2
             })
         );
         l.on_isr_committed([1, 2]);
-        assert!(l.check_acks_all().is_ok());
+        assert!(l.check_acks_all(500).is_ok());
+        // 2 stops fetching: past the lag it no longer counts, even before the set shrinks.
+        assert_eq!(
+            l.check_acks_all(1_001),
+            Err(NotEnoughReplicas {
+                in_sync: 1,
+                required: 2
+            })
+        );
     }
 
     #[test]

@@ -262,7 +262,7 @@ impl Sim {
         let Some(Role::Leader(l)) = &mut n.role else {
             return;
         };
-        if l.check_acks_all().is_err() {
+        if l.check_acks_all(self.now).is_err() {
             return; // NotEnoughReplicas: nothing appended
         }
         self.next_value += 1;
