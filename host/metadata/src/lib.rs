@@ -571,13 +571,7 @@ impl MetadataState {
                 leader,
                 in_sync,
             } => {
-                let t = self.existing(topic)?;
-                let p = t.partitions.get(*partition as usize).ok_or_else(|| {
-                    MetadataError::UnknownPartition {
-                        topic: topic.clone(),
-                        partition: *partition,
-                    }
-                })?;
+                let p = self.existing_partition(topic, *partition)?;
                 for node in leader.iter().chain(in_sync) {
                     if !p.replicas.contains(node) {
                         return Err(MetadataError::InvalidPartitions(format!(
@@ -698,13 +692,7 @@ impl MetadataState {
                 leader_epoch,
                 in_sync,
             } => {
-                let t = self.existing(topic)?;
-                let p = t.partitions.get(*partition as usize).ok_or_else(|| {
-                    MetadataError::UnknownPartition {
-                        topic: topic.clone(),
-                        partition: *partition,
-                    }
-                })?;
+                let p = self.existing_partition(topic, *partition)?;
                 if p.leader != Some(*leader) || p.leader_epoch != *leader_epoch {
                     return Err(MetadataError::StaleLeaderEpoch {
                         topic: topic.clone(),
@@ -829,6 +817,20 @@ impl MetadataState {
         self.topics
             .get(name)
             .ok_or_else(|| MetadataError::UnknownTopic(name.to_owned()))
+    }
+
+    fn existing_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<&PartitionRecord, MetadataError> {
+        self.existing(topic)?
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| MetadataError::UnknownPartition {
+                topic: topic.to_owned(),
+                partition,
+            })
     }
 
     fn validate_assignments(
