@@ -801,9 +801,40 @@ impl Driver {
             .into_iter()
             .partition(|f| oldest.is_none_or(|o| o >= f.upto));
         self.flushes = waiting;
-        for f in done {
-            let _ = f.reply.send(f.first_error.map_or(Ok(()), Err));
+        if done.is_empty() {
+            return;
         }
+        // Under acks=0 a batch is "done" once written to its stream, which does not mean the
+        // broker has it (a process that exits now may take unsent bytes with it). A request
+        // that is answered, sent after them on the same stream, does: the broker handles a
+        // stream's requests in order. So the flush waits for one such answer per stream.
+        let barriers: Vec<_> = if self.config.acks == Acks::None {
+            self.lanes
+                .values()
+                .flatten()
+                .flatten()
+                .filter(|lane| !lane.is_dead())
+                .map(|lane| {
+                    lane.call(
+                        Request::Metadata {
+                            topics: Some(Vec::new()),
+                        },
+                        Bytes::new(),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let wait = self.client.config().request_timeout;
+        tokio::spawn(async move {
+            for barrier in barriers {
+                let _ = tokio::time::timeout(wait, barrier).await;
+            }
+            for f in done {
+                let _ = f.reply.send(f.first_error.map_or(Ok(()), Err));
+            }
+        });
     }
 }
 
