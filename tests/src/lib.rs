@@ -363,6 +363,19 @@ pub fn cluster_config(id: u32, peers: &[SocketAddr], ca_dir: &Path, extra: &str)
     )
 }
 
+/// The leader of each partition of `topic`, from `sluice topic describe` on `node` (leaderless
+/// partitions are left out).
+pub fn partition_leaders(node: &BrokerProcess, topic: &str) -> Vec<u32> {
+    node.run_ok(&["topic", "describe", topic])
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            f.next()?.parse::<u32>().ok()?;
+            f.next()?.parse().ok()
+        })
+        .collect()
+}
+
 /// The client bootstrap list of `nodes`: `host:port,host:port,...`.
 pub fn bootstrap_list(nodes: &[BrokerProcess]) -> String {
     nodes

@@ -12,25 +12,10 @@ use sluice_client::{
     TopicConfig,
 };
 use sluice_storage::{PartitionId, Store, StoreOptions};
-use sluice_tests::{BrokerProcess, all_logs, bootstrap_list, start_cluster};
+use sluice_tests::{BrokerProcess, all_logs, bootstrap_list, partition_leaders, start_cluster};
 
 /// Every wait here is bounded by this.
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// The leader of each partition of `topic`, from `sluice topic describe` on `node`.
-fn leaders(node: &BrokerProcess, topic: &str) -> Vec<u32> {
-    let out = node.run_ok(&["topic", "describe", topic]);
-    let mut by_partition: BTreeMap<u32, u32> = BTreeMap::new();
-    for line in out.lines() {
-        let mut f = line.split('\t');
-        if let (Some(p), Some(l)) = (f.next(), f.next())
-            && let (Ok(p), Ok(l)) = (p.parse(), l.parse())
-        {
-            by_partition.insert(p, l);
-        }
-    }
-    by_partition.into_values().collect()
-}
 
 async fn client_of(bootstrap: &str, node: &BrokerProcess) -> Client {
     let mut config = ClientConfig::new(bootstrap, TlsConfig::CaFile(node.ca_path()));
@@ -45,7 +30,7 @@ async fn keyed_records_cross_the_cluster_through_the_partition_leaders() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(dir.path(), 3, "");
     nodes[0].run_ok(&["topic", "create", "events", "--partitions", "12"]);
-    let leader_of = leaders(&nodes[2], "events");
+    let leader_of = partition_leaders(&nodes[2], "events");
     assert_eq!(leader_of.len(), 12);
     for id in 1..=3 {
         assert_eq!(
@@ -353,8 +338,8 @@ async fn a_pipeline_runs_across_brokers_with_a_plugin_deployed_through_another()
         "--config",
         "value=tea",
     ]);
-    let input_leaders: BTreeSet<u32> = leaders(&nodes[0], "orders").into_iter().collect();
-    let output_leaders: BTreeSet<u32> = leaders(&nodes[0], "teas").into_iter().collect();
+    let input_leaders: BTreeSet<u32> = partition_leaders(&nodes[0], "orders").into_iter().collect();
+    let output_leaders: BTreeSet<u32> = partition_leaders(&nodes[0], "teas").into_iter().collect();
     assert_eq!(input_leaders.len(), 3, "inputs led by every broker");
     assert_eq!(output_leaders.len(), 3, "outputs led by every broker");
 
@@ -475,7 +460,7 @@ async fn a_pipeline_runs_across_brokers_with_a_plugin_deployed_through_another()
         );
         partitions_used.insert(m.partition);
     }
-    let users_leaders = leaders(&nodes[0], "users");
+    let users_leaders = partition_leaders(&nodes[0], "users");
     let brokers_used: BTreeSet<u32> = partitions_used
         .iter()
         .map(|p| users_leaders[*p as usize])

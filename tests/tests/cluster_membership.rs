@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_tests::{BrokerProcess, cluster_config, free_udp_port, start_cluster_nodes};
+use sluice_tests::{
+    BrokerProcess, cluster_config, free_udp_port, partition_leaders, start_cluster_nodes,
+};
 
 /// Every wait here is bounded by this.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -19,17 +21,6 @@ fn rows(status: &str) -> Vec<(u32, String, String)> {
             (f.len() == 8)
                 .then(|| Some((f[0].parse().ok()?, f[1].to_string(), f[2].to_string())))
                 .flatten()
-        })
-        .collect()
-}
-
-fn leaders_of(node: &BrokerProcess, topic: &str) -> Vec<u32> {
-    node.run_ok(&["topic", "describe", topic])
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            f.first()?.parse::<u32>().ok()?;
-            f.get(1)?.parse().ok()
         })
         .collect()
 }
@@ -88,7 +79,7 @@ fn a_node_joins_takes_partitions_and_leaves_once_it_holds_none() {
 
     // It takes its share of a new topic.
     nodes[0].run_ok(&["topic", "create", "wide", "--partitions", "8"]);
-    let leaders = leaders_of(&nodes[0], "wide");
+    let leaders = partition_leaders(&nodes[0], "wide");
     assert_eq!(
         leaders.iter().filter(|l| **l == 4).count(),
         2,
@@ -125,6 +116,10 @@ fn a_node_joins_takes_partitions_and_leaves_once_it_holds_none() {
     assert_eq!(r.len(), 3, "{status}");
     // New topics go to the three that are left.
     nodes[0].run_ok(&["topic", "create", "narrow", "--partitions", "6"]);
-    assert!(leaders_of(&nodes[0], "narrow").iter().all(|l| *l != 4));
+    assert!(
+        partition_leaders(&nodes[0], "narrow")
+            .iter()
+            .all(|l| *l != 4)
+    );
     node4.kill9();
 }

@@ -458,16 +458,7 @@ async fn compact_if_due(broker: &Arc<Broker>, partition: u32) -> Result<(), Wire
 
 /// Handles a consumer group request.
 pub(crate) async fn handle(broker: Arc<Broker>, request: Request) -> Reply {
-    let group = match &request {
-        Request::GroupHeartbeat(r) => Some(r.group.as_str()),
-        Request::OffsetCommit(r) => Some(r.group.as_str()),
-        Request::ResetOffsets(r) => Some(r.group.as_str()),
-        Request::OffsetFetch { group }
-        | Request::DescribeGroup { group }
-        | Request::DeleteGroup { group } => Some(group.as_str()),
-        _ => None,
-    };
-    if let Some(group) = group
+    if let Some(group) = request.group()
         && let Err(e) = broker.check_coordinator(group)
     {
         return Reply::error(e);

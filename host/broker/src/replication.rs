@@ -91,14 +91,12 @@ impl Broker {
             .as_ref()
             .map_or(30_000, |c| c.replica_lag_max_ms);
         let placement = self.controller.read(|s| {
-            s.topics()
-                .find(|t| t.topic_id == id.topic_id)
-                .and_then(|t| {
-                    t.partitions.get(id.partition as usize).and_then(|p| {
-                        (p.leader == Some(self.node_id) && p.replicas.len() > 1)
-                            .then(|| (p.leader_epoch, p.replicas.clone(), p.in_sync.clone()))
-                    })
+            s.topic_by_id(id.topic_id).and_then(|t| {
+                t.partitions.get(id.partition as usize).and_then(|p| {
+                    (p.leader == Some(self.node_id) && p.replicas.len() > 1)
+                        .then(|| (p.leader_epoch, p.replicas.clone(), p.in_sync.clone()))
                 })
+            })
         });
         let mut leaders = self.leaders.0.lock().expect("leaders lock poisoned");
         let Some((epoch, replicas, in_sync)) = placement else {
@@ -261,11 +259,9 @@ pub(crate) fn serve(broker: &Arc<Broker>) {
 }
 
 async fn answer_fetch(broker: &Arc<Broker>, fetch: ReplicaFetch) -> ReplicaAnswer {
-    let name = broker.controller.read(|s| {
-        s.topics()
-            .find(|t| t.topic_id == fetch.topic_id)
-            .map(|t| t.name.clone())
-    });
+    let name = broker
+        .controller
+        .read(|s| s.topic_by_id(fetch.topic_id).map(|t| t.name.clone()));
     let Some(name) = name else {
         return ReplicaAnswer::Refused(format!("no topic has id {}", fetch.topic_id));
     };
@@ -394,13 +390,11 @@ async fn follow(broker: Arc<Broker>, id: PartitionId) {
             return;
         }
         let target = broker.controller.read(|s| {
-            s.topics()
-                .find(|t| t.topic_id == id.topic_id)
-                .and_then(|t| {
-                    t.partitions
-                        .get(id.partition as usize)
-                        .map(|p| (p.leader, p.leader_epoch, t.config.durability))
-                })
+            s.topic_by_id(id.topic_id).and_then(|t| {
+                t.partitions
+                    .get(id.partition as usize)
+                    .map(|p| (p.leader, p.leader_epoch, t.config.durability))
+            })
         });
         let Some((leader, leader_epoch, durability)) = target else {
             return; // the topic is gone

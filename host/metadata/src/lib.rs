@@ -422,6 +422,11 @@ impl MetadataState {
             .map(Vec::as_slice)
     }
 
+    /// The topic with id `topic_id` (a scan: topics are kept by name).
+    pub fn topic_by_id(&self, topic_id: u64) -> Option<&TopicRecord> {
+        self.topics.values().find(|t| t.topic_id == topic_id)
+    }
+
     pub fn topic(&self, name: &str) -> Option<&TopicRecord> {
         self.topics.get(name)
     }

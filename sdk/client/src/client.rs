@@ -213,7 +213,7 @@ impl Client {
         raw: Bytes,
     ) -> Result<(ResponseBody, Bytes), ClientError> {
         self.check_size(&request, &raw)?;
-        if let Some(group) = group_of(&request) {
+        if let Some(group) = request.group() {
             let group = group.to_owned();
             return self.to_coordinator(&group, request, raw).await;
         }
@@ -608,18 +608,5 @@ impl Client {
     /// A lane to wherever requests any broker answers go.
     pub(crate) fn home_lane(&self) -> Lane {
         Lane::spawn(self.home(), self.inner.shared.config.max_frame_bytes)
-    }
-}
-
-/// The consumer group a request is about, if it is about one.
-fn group_of(request: &Request) -> Option<&str> {
-    match request {
-        Request::GroupHeartbeat(r) => Some(&r.group),
-        Request::OffsetCommit(r) => Some(&r.group),
-        Request::ResetOffsets(r) => Some(&r.group),
-        Request::OffsetFetch { group }
-        | Request::DescribeGroup { group }
-        | Request::DeleteGroup { group } => Some(group),
-        _ => None,
     }
 }

@@ -136,6 +136,20 @@ pub enum Request {
 }
 
 impl Request {
+    /// The consumer group a request is about, if it is about one: such requests are answered
+    /// by the group's coordinator.
+    pub fn group(&self) -> Option<&str> {
+        match self {
+            Request::GroupHeartbeat(r) => Some(&r.group),
+            Request::OffsetCommit(r) => Some(&r.group),
+            Request::ResetOffsets(r) => Some(&r.group),
+            Request::OffsetFetch { group }
+            | Request::DescribeGroup { group }
+            | Request::DeleteGroup { group } => Some(group),
+            _ => None,
+        }
+    }
+
     /// Short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
