@@ -17,6 +17,15 @@ use sluice_tests::{BrokerProcess, all_logs, bootstrap_list, partition_leaders, s
 /// Every wait here is bounded by this.
 const LIMIT: Duration = Duration::from_secs(120);
 
+/// Waits (bounded) until `node` lists plugin `name`.
+fn wait_plugin(node: &BrokerProcess, name: &str) {
+    let started = Instant::now();
+    while !node.run_ok(&["plugin", "list"]).contains(name) {
+        assert!(started.elapsed() < LIMIT, "node never saw plugin {name}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 async fn client_of(bootstrap: &str, node: &BrokerProcess) -> Client {
     let mut config = ClientConfig::new(bootstrap, TlsConfig::CaFile(node.ca_path()));
     // A dead broker is noticed sooner than with the default 10 s.
@@ -321,6 +330,9 @@ async fn a_pipeline_runs_across_brokers_with_a_plugin_deployed_through_another()
     // Deployed through node 2; the pipeline is created through node 3, and its runners run on
     // every node that leads an input partition.
     nodes[1].run_ok(&["plugin", "deploy", "only-tea", "--builtin", "json-filter"]);
+    // A node serves what it has applied: wait until node 3 has applied the deploy (a request
+    // through a node that lags a write made through another is not yet read-your-writes).
+    wait_plugin(&nodes[2], "only-tea");
     nodes[2].run_ok(&[
         "pipeline",
         "create",
@@ -428,6 +440,7 @@ async fn a_pipeline_runs_across_brokers_with_a_plugin_deployed_through_another()
         "--builtin",
         "json-partitioner",
     ]);
+    wait_plugin(&nodes[0], "by-user");
     let config = TopicConfig {
         partitioner: Some("by-user".into()),
         partitioner_config: vec![("field".into(), "user".into())],
