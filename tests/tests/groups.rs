@@ -67,10 +67,18 @@ async fn member(
     consumer
         .subscribe(group, &[TOPIC], group_options())
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("member {id}: subscribe failed: {e}"));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-        let records = consumer.poll().await.unwrap();
+        let records = match consumer.poll().await {
+            Ok(records) => records,
+            // What an application retries: the next poll asks again.
+            Err(e) if e.is_retriable() => {
+                eprintln!("member {id}: poll: {e}; polling again");
+                continue;
+            }
+            Err(e) => panic!("member {id}: poll failed: {e}"),
+        };
         let now = epoch.elapsed().as_millis();
         for e in consumer.take_events() {
             let mut iv = intervals.lock().unwrap();
@@ -85,7 +93,9 @@ async fn member(
                         let open = iv
                             .iter_mut()
                             .find(|(m, q, _, end)| *m == id && *q == p && end.is_none())
-                            .unwrap();
+                            .unwrap_or_else(|| {
+                                panic!("member {id}: partition {p} revoked but never assigned")
+                            });
                         open.3 = Some(now);
                     }
                 }
@@ -102,10 +112,18 @@ async fn member(
             }
         }
         if !records.is_empty() {
-            consumer.commit().await.unwrap();
+            match consumer.commit().await {
+                Ok(()) => {}
+                // The positions stay; the next commit carries them.
+                Err(e) if e.is_retriable() => eprintln!("member {id}: commit: {e}"),
+                Err(e) => panic!("member {id}: commit failed: {e}"),
+            }
         }
     }
-    consumer.close().await.unwrap();
+    consumer
+        .close()
+        .await
+        .unwrap_or_else(|e| panic!("member {id}: close failed: {e}"));
 }
 
 async fn member_partition_counts(admin: &Client, group: &str) -> Vec<usize> {

@@ -354,6 +354,16 @@ impl Consumer {
             }
             self.assigned
                 .retain(|a| !revoked.contains(&(a.topic.clone(), a.partition)));
+            // Recorded at once: if taking the added partitions fails below, the next poll
+            // must not forget that these went.
+            let now_owned = self
+                .assigned
+                .iter()
+                .map(|a| (a.topic.clone(), a.partition))
+                .collect();
+            let g = self.group.as_mut().expect("checked above");
+            g.events.push(GroupEvent::Revoked(revoked));
+            group::lock(&g.shared).owned = now_owned;
         }
         if !added.is_empty() {
             let group_name = self
@@ -373,9 +383,6 @@ impl Consumer {
                 .sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         }
         let g = self.group.as_mut().expect("checked above");
-        if !revoked.is_empty() {
-            g.events.push(GroupEvent::Revoked(revoked));
-        }
         if !added.is_empty() {
             g.events.push(GroupEvent::Assigned(added));
         }
