@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use sluice_client::{Client, ClientConfig, TlsConfig};
 
 pub mod checker;
+pub mod jepsen;
 
 /// Path of the `sluice` binary built by this workspace. `cargo test --workspace` builds it
 /// before any test runs (the `sluice-cli` package has integration tests). `SLUICE_BIN`
