@@ -43,6 +43,9 @@ pub enum Fault {
     PauseFollower,
     /// SIGTERM a node (a clean shutdown), then start it again.
     Restart,
+    /// `kill -9` the consumer group's coordinator (the leader of its offsets partition), then
+    /// restart it.
+    KillCoordinator,
 }
 
 /// What to run.
@@ -63,6 +66,9 @@ pub struct Settings {
     pub faults: Vec<Fault>,
     /// Load runs this long before the first fault and after each one.
     pub between_faults: Duration,
+    /// Run a pipeline (the built-in identity map) from the topic to a second replicated
+    /// topic, and check at the end that its output holds every input record exactly once.
+    pub pipeline: bool,
 }
 
 impl Settings {
@@ -80,6 +86,7 @@ impl Settings {
                 .into(),
             faults,
             between_faults: Duration::from_secs(2),
+            pipeline: true,
         }
     }
 }
@@ -95,6 +102,10 @@ pub struct Outcome {
     pub gaps: Vec<Duration>,
     /// Committed group offsets that went backwards (a committed offset lost).
     pub lost_commits: usize,
+    /// Input records missing from the pipeline's output, and output records that are not
+    /// exactly one input record.
+    pub pipeline_missing: usize,
+    pub pipeline_extra: usize,
     /// Errors producers saw on deliveries (retries exhausted, etc.); not anomalies in
     /// themselves (an unacknowledged write may or may not be stored).
     pub failed_deliveries: u64,
@@ -110,6 +121,8 @@ impl Outcome {
         }
         let _ = write!(t, "{}", self.report);
         let _ = writeln!(t, "{:<22}{:>10}", "lost commits", self.lost_commits);
+        let _ = writeln!(t, "{:<22}{:>10}", "pipeline missing", self.pipeline_missing);
+        let _ = writeln!(t, "{:<22}{:>10}", "pipeline extra", self.pipeline_extra);
         let _ = writeln!(
             t,
             "{:<22}{:>10}",
@@ -128,12 +141,16 @@ impl Outcome {
 
     /// Whether every anomaly count is 0.
     pub fn is_clean(&self) -> bool {
-        self.report.is_clean() && self.lost_commits == 0
+        self.report.is_clean()
+            && self.lost_commits == 0
+            && self.pipeline_missing == 0
+            && self.pipeline_extra == 0
     }
 }
 
 const TOPIC: &str = "jepsen";
 const GROUP: &str = "jepsen-group";
+const OUTPUT: &str = "jepsen-out";
 
 /// The cluster, shared by the fault driver and the observers.
 struct Cluster {
@@ -170,7 +187,7 @@ async fn metadata_of(addr: &str, ca: &Path) -> Option<MetadataResponse> {
         Duration::from_secs(5),
         client.request(
             Request::Metadata {
-                topics: Some(vec![TOPIC.into()]),
+                topics: Some(vec![TOPIC.into(), OUTPUT.into()]),
             },
             Bytes::new(),
         ),
@@ -194,14 +211,37 @@ async fn controller_of(addr: &str, ca: &Path) -> Option<u32> {
     status?.controller
 }
 
+/// The consumer group's coordinator as `node` sees it.
+async fn coordinator_of(addr: &str, ca: &Path) -> Option<u32> {
+    let client = client_to(addr, ca).await?;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(
+            Request::FindCoordinator {
+                group: GROUP.into(),
+            },
+            Bytes::new(),
+        ),
+    )
+    .await;
+    client.close();
+    match answer {
+        Ok(Ok((ResponseBody::Coordinator(info), _))) => Some(info.node_id),
+        _ => None,
+    }
+}
+
 /// (leader, replicas, in-sync) of each partition.
 type Placement = Vec<(Option<u32>, Vec<u32>, Vec<u32>)>;
 
+/// The placement of the topic's partitions, then of the pipeline output's, if it exists.
 fn placement(m: &MetadataResponse) -> Option<Placement> {
     let t = m.topics.iter().find(|t| t.name == TOPIC)?;
+    let output = m.topics.iter().filter(|t| t.name == OUTPUT);
     Some(
         t.partitions
             .iter()
+            .chain(output.flat_map(|t| t.partitions.iter()))
             .map(|p| (p.leader, p.replicas.clone(), p.in_sync.clone()))
             .collect(),
     )
@@ -262,6 +302,34 @@ pub async fn run(dir: &Path, settings: Settings) -> Outcome {
         .expect("create the topic");
     let first = cluster.lock().unwrap().addr(1);
     wait_placement(&first, &ca, "the topic is placed and in sync", whole).await;
+    if settings.pipeline {
+        admin
+            .admin()
+            .create_topic_replicated(
+                OUTPUT,
+                settings.partitions,
+                settings.replication_factor,
+                Default::default(),
+            )
+            .await
+            .expect("create the pipeline's output topic");
+        let c2 = cluster.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = c2.lock().unwrap();
+            c.nodes[0].run_ok(&["plugin", "deploy", "copy", "--builtin", "identity-map"]);
+            // A node serves what it has applied: the pipeline is created once node 1 has.
+            let started = Instant::now();
+            while !c.nodes[0].run_ok(&["plugin", "list"]).contains("copy") {
+                assert!(started.elapsed() < LIMIT, "the plugin never appeared");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            c.nodes[0].run_ok(&[
+                "pipeline", "create", "copy", "--plugin", "copy", "--from", TOPIC, "--to", OUTPUT,
+            ]);
+        })
+        .await
+        .unwrap();
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let acks: Arc<Mutex<Vec<(usize, Ack, Instant)>>> = Arc::default();
@@ -326,7 +394,24 @@ pub async fn run(dir: &Path, settings: Settings) -> Outcome {
     }
 
     // Read every partition back from its leader, up to the high watermark.
-    let final_log = read_back(&admin, settings.partitions).await;
+    let final_log = read_back(&admin, TOPIC, settings.partitions, None).await;
+    let (pipeline_missing, pipeline_extra) = if settings.pipeline {
+        let inputs: usize = final_log.values().map(BTreeMap::len).sum();
+        let output = read_back(&admin, OUTPUT, settings.partitions, Some(inputs)).await;
+        let compared = compare_output(&final_log, &output);
+        if compared != (0, 0) {
+            let c2 = cluster.clone();
+            let described = tokio::task::spawn_blocking(move || {
+                c2.lock().unwrap().nodes[0].run_ok(&["pipeline", "describe", "copy"])
+            })
+            .await
+            .unwrap();
+            eprintln!("{described}");
+        }
+        compared
+    } else {
+        (0, 0)
+    };
     let committed = commits.lock().unwrap().clone();
     let lost_commits = check_commits(&admin, &committed, &final_log).await;
     admin.close();
@@ -343,6 +428,8 @@ pub async fn run(dir: &Path, settings: Settings) -> Outcome {
         injected,
         gaps,
         lost_commits,
+        pipeline_missing,
+        pipeline_extra,
         failed_deliveries: failed.load(Ordering::Relaxed),
     };
     let mut cluster = Arc::try_unwrap(cluster)
@@ -459,6 +546,36 @@ async fn inject(cluster: &Arc<Mutex<Cluster>>, fault: Fault, partition: u32) -> 
             .await;
             signal(cluster, victim, "CONT").await;
             format!("SIGSTOP of node {victim}, leader of partition {partition}, until replaced")
+        }
+        Fault::KillCoordinator => {
+            let coordinator = coordinator_of(&addr_of(1), &ca)
+                .await
+                .expect("the group has a coordinator");
+            let c2 = cluster.clone();
+            tokio::task::spawn_blocking(move || {
+                c2.lock().unwrap().nodes[coordinator as usize - 1].kill9();
+            })
+            .await
+            .unwrap();
+            let started = Instant::now();
+            loop {
+                if let Some(c) = coordinator_of(&other_than(coordinator), &ca).await
+                    && c != coordinator
+                {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < LIMIT,
+                    "no new coordinator after node {coordinator}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let replaced = started.elapsed();
+            restart(cluster, coordinator).await;
+            format!(
+                "kill -9 of node {coordinator}, the group's coordinator (replaced after \
+                 {replaced:.1?})"
+            )
         }
         Fault::PauseFollower => {
             let victim = *replicas.iter().find(|r| **r != leader).expect("a follower");
@@ -681,9 +798,15 @@ async fn consume_in_group(
     let _ = consumer.close().await;
 }
 
-/// Every partition of the topic, read from its leader up to its high watermark once the
-/// cluster has settled.
-async fn read_back(admin: &Client, partitions: u32) -> BTreeMap<u32, BTreeMap<u64, String>> {
+/// Every partition of `topic`, read from its leader up to its high watermark once the
+/// cluster has settled; with `at_least`, first waits (bounded) until the partitions hold
+/// that many records in all.
+async fn read_back(
+    admin: &Client,
+    topic: &str,
+    partitions: u32,
+    at_least: Option<usize>,
+) -> BTreeMap<u32, BTreeMap<u64, String>> {
     let ends: Vec<u64> = {
         let started = Instant::now();
         loop {
@@ -692,7 +815,7 @@ async fn read_back(admin: &Client, partitions: u32) -> BTreeMap<u32, BTreeMap<u6
                 .collect();
             let answer = admin
                 .admin()
-                .list_offsets(TOPIC, asked)
+                .list_offsets(topic, asked)
                 .await
                 .and_then(|o| {
                     o.into_iter()
@@ -700,7 +823,13 @@ async fn read_back(admin: &Client, partitions: u32) -> BTreeMap<u32, BTreeMap<u6
                         .collect::<Result<Vec<u64>, _>>()
                 });
             match answer {
-                Ok(ends) => break ends,
+                Ok(ends)
+                    if at_least.is_none_or(|n| ends.iter().sum::<u64>() as usize >= n)
+                        || started.elapsed() > LIMIT =>
+                {
+                    break ends;
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 Err(e) => {
                     assert!(started.elapsed() < LIMIT, "list offsets: {e}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -714,14 +843,14 @@ async fn read_back(admin: &Client, partitions: u32) -> BTreeMap<u32, BTreeMap<u6
         ..ConsumerConfig::default()
     });
     consumer
-        .assign(TOPIC, &(0..partitions).collect::<Vec<_>>())
+        .assign(topic, &(0..partitions).collect::<Vec<_>>())
         .await
         .expect("assign for the read-back");
     let mut log: BTreeMap<u32, BTreeMap<u64, String>> = BTreeMap::new();
     let started = Instant::now();
     loop {
         let done =
-            (0..partitions).all(|p| consumer.position(TOPIC, p).unwrap_or(0) >= ends[p as usize]);
+            (0..partitions).all(|p| consumer.position(topic, p).unwrap_or(0) >= ends[p as usize]);
         if done {
             break;
         }
@@ -742,6 +871,51 @@ async fn read_back(admin: &Client, partitions: u32) -> BTreeMap<u32, BTreeMap<u6
         }
     }
     log
+}
+
+/// The pipeline's output against its input: (input values missing from the output, output
+/// records beyond one per input value).
+fn compare_output(
+    input: &BTreeMap<u32, BTreeMap<u64, String>>,
+    output: &BTreeMap<u32, BTreeMap<u64, String>>,
+) -> (usize, usize) {
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    for v in input.values().flat_map(|l| l.values()) {
+        *counts.entry(v).or_default() += 1;
+    }
+    let mut extra = 0;
+    for v in output.values().flat_map(|l| l.values()) {
+        match counts.get_mut(v.as_str()) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => {
+                if extra < 10 {
+                    eprintln!("pipeline output {v:?} is not one input record");
+                }
+                extra += 1;
+            }
+        }
+    }
+    let missing = counts.values().filter(|n| **n > 0).count();
+    if missing > 0 {
+        // Where they are: a tail of a partition (the pipeline stalled) or holes (it skipped).
+        for (p, log) in input {
+            let gone: Vec<u64> = log
+                .iter()
+                .filter(|(_, v)| counts.get(v.as_str()).is_some_and(|n| *n > 0))
+                .map(|(o, _)| *o)
+                .collect();
+            if let (Some(first), Some(last)) = (gone.first(), gone.last()) {
+                eprintln!(
+                    "input partition {p}: {} of {} records missing from the output, offsets \
+                     {first}..={last}; its log ends at {}",
+                    gone.len(),
+                    log.len(),
+                    log.keys().next_back().map_or(0, |o| o + 1)
+                );
+            }
+        }
+    }
+    (missing, extra)
 }
 
 /// Committed offsets the group lost: any partition whose committed offset now is below the

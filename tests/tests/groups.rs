@@ -70,6 +70,10 @@ async fn member(
         .unwrap_or_else(|e| panic!("member {id}: subscribe failed: {e}"));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+        // A partition revoked in this poll was last read by the previous one: its ownership
+        // ends before this poll starts (the revocation, and the heartbeat that lets another
+        // member have it, happen inside the poll, whose own fetch no longer includes it).
+        let poll_started = epoch.elapsed().as_millis();
         let records = match consumer.poll().await {
             Ok(records) => records,
             // What an application retries: the next poll asks again.
@@ -96,7 +100,7 @@ async fn member(
                             .unwrap_or_else(|| {
                                 panic!("member {id}: partition {p} revoked but never assigned")
                             });
-                        open.3 = Some(now);
+                        open.3 = Some(poll_started);
                     }
                 }
             }

@@ -260,3 +260,125 @@ async fn acks_all_waits_for_the_in_sync_replicas_and_needs_two_of_them() {
     let acked: Vec<&String> = got.iter().filter(|v| *v != "refused").collect();
     assert_eq!(acked, ["a", "b", "c", "d"], "{got:?}");
 }
+
+/// Issue 9, acceptance 4: a broker whose data dir was wiped registers as a fresh node (in no
+/// in-sync set, leading nothing), re-replicates every partition from the leaders, rejoins the
+/// in-sync sets, and — automatic preferred-leader balancing — leads its partitions again,
+/// serving every record from its new copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_data_dir_was_wiped_re_replicates_and_leads_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = sluice_tests::start_cluster_with(
+        dir.path(),
+        3,
+        "",
+        "session_timeout_ms = 3000\nreplica_lag_max_ms = 3000\nleader_balance_interval_ms = 500\n",
+    );
+    nodes[0].run_ok(&[
+        "topic",
+        "create",
+        "w",
+        "--partitions",
+        "3",
+        "--replication-factor",
+        "3",
+    ]);
+    let client = nodes[0]
+        .client_with(ClientConfig::new(
+            bootstrap_list(&nodes),
+            TlsConfig::CaFile(nodes[0].ca_path()),
+        ))
+        .await;
+    let producer = client.producer(ProducerConfig::default());
+    let mut acked = std::collections::BTreeMap::new();
+    let mut pending = Vec::new();
+    for i in 0..3_000 {
+        let value = format!("w-{i}");
+        pending.push((
+            value.clone(),
+            producer
+                .send(ProducerRecord::new("w", value).with_key(format!("k{i}")))
+                .await
+                .unwrap(),
+        ));
+    }
+    for (value, d) in pending {
+        let m = tokio::time::timeout(LIMIT, d).await.unwrap().unwrap();
+        acked.insert((m.partition, m.offset), value);
+    }
+    let meta = client.metadata(Some(vec!["w".into()])).await.unwrap();
+    let preferred_of_1: Vec<u32> = meta.topics[0]
+        .partitions
+        .iter()
+        .filter(|p| p.replicas[0] == 1)
+        .map(|p| p.partition)
+        .collect();
+    assert!(!preferred_of_1.is_empty(), "{meta:?}");
+
+    // Node 1 dies and loses everything on disk.
+    nodes[0].kill9();
+    let data_dir = nodes[0].data_dir.clone();
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    nodes[0].restart();
+
+    // It comes back in sync everywhere and leads its preferred partitions again.
+    let started = Instant::now();
+    loop {
+        let meta = client.metadata(Some(vec!["w".into()])).await;
+        if let Ok(meta) = &meta {
+            let done = meta.topics[0]
+                .partitions
+                .iter()
+                .all(|p| p.in_sync.contains(&1) && (p.replicas[0] != 1 || p.leader == Some(1)));
+            if done {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "node 1 never rejoined and led again: {meta:?}\n{}",
+            all_logs(&nodes)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // It registered as holding no data (its log starts again with the wipe).
+    assert!(
+        nodes[0].log().contains("registers as holding no data"),
+        "{}",
+        nodes[0].log()
+    );
+
+    // Every acknowledged record is there, read through the leaders — node 1 for its
+    // partitions, from the copy it re-replicated.
+    let mut consumer = client.consumer(sluice_client::ConsumerConfig::default());
+    consumer.assign_all("w").await.unwrap();
+    let mut read = std::collections::BTreeMap::new();
+    let started = Instant::now();
+    while read.len() < acked.len() {
+        assert!(
+            started.elapsed() < LIMIT,
+            "read {} of {}",
+            read.len(),
+            acked.len()
+        );
+        for r in consumer.poll().await.unwrap() {
+            read.insert(
+                (r.partition, r.offset),
+                String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+            );
+        }
+    }
+    assert_eq!(read, acked);
+    let led_by_1: Vec<u32> = client
+        .metadata(Some(vec!["w".into()]))
+        .await
+        .unwrap()
+        .topics[0]
+        .partitions
+        .iter()
+        .filter(|p| p.leader == Some(1))
+        .map(|p| p.partition)
+        .collect();
+    assert_eq!(led_by_1, preferred_of_1);
+    client.close();
+}

@@ -132,7 +132,8 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
         | Request::FindCoordinator { .. }
         | Request::ClusterStatus
         | Request::AddNode { .. }
-        | Request::RemoveNode { .. } => Err(WireError::new(
+        | Request::RemoveNode { .. }
+        | Request::ElectLeaders { .. } => Err(WireError::new(
             ErrorCode::InvalidRequest,
             "request routed to the wrong handler",
         )),

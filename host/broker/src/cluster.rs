@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_proto::{ClusterNode, ClusterStatus, ResponseBody};
+use sluice_proto::{ClusterNode, ClusterStatus, ElectedLeader, ResponseBody};
 
 use sluice_metadata::MetadataCommand;
 use sluice_proto::{ErrorCode, WireError};
@@ -75,6 +75,50 @@ pub(crate) async fn remove_node(broker: Arc<Broker>, node_id: u32) -> Reply {
     }
     tracing::info!(node_id, "node removed from the cluster");
     status(broker).await
+}
+
+/// Handles `ElectLeaders`: proposes a preferred-leader election for every eligible partition
+/// (of `topic`, or of all) as this node's metadata shows them; answers those that committed.
+/// The automatic balancing (`leadership::balance`) does the same on a timer.
+pub(crate) async fn elect_leaders(broker: Arc<Broker>, topic: Option<String>) -> Reply {
+    if let Some(t) = &topic
+        && broker.controller.read(|s| s.topic(t).is_none())
+    {
+        return Reply::error(crate::wire_error::unknown_topic(t));
+    }
+    let eligible: Vec<(String, u32)> = broker
+        .controller
+        .read(crate::leadership::preferred_elections)
+        .into_iter()
+        .filter(|(t, _)| topic.as_ref().is_none_or(|want| want == t))
+        .collect();
+    let mut elected = Vec::new();
+    for (topic, partition) in eligible {
+        let cmd = MetadataCommand::ElectPreferredLeader {
+            topic: topic.clone(),
+            partition,
+        };
+        match broker.controller.propose_async(cmd).await {
+            Ok(()) => {
+                let leader = broker.controller.read(|s| {
+                    s.topic(&topic)
+                        .and_then(|t| t.partitions.get(partition as usize))
+                        .and_then(|p| p.leader)
+                });
+                tracing::info!(%topic, partition, ?leader, "leadership back to the preferred replica");
+                elected.push(ElectedLeader {
+                    topic,
+                    partition,
+                    leader: leader.unwrap_or_default(),
+                });
+            }
+            // Another election or an in-sync change got there first: not eligible any more.
+            Err(e) => {
+                tracing::debug!(%topic, partition, cause = %e, "preferred leader not elected")
+            }
+        }
+    }
+    Reply::ok(ResponseBody::ElectedLeaders(elected))
 }
 
 /// Handles `ClusterStatus`: every node of the Raft membership and every registered broker,

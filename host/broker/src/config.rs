@@ -115,6 +115,23 @@ pub struct ClusterSettings {
     /// registers again (default 6 s).
     #[serde(default = "default_session_ms")]
     pub session_timeout_ms: u64,
+    /// Whether the metadata leader gives partitions back to their preferred replica (the
+    /// first) once it is live and in sync again (default true; Kafka's
+    /// `auto.leader.rebalance.enable`). `sluice cluster elect-leaders` does it on demand.
+    #[serde(default = "default_true")]
+    pub auto_leader_balance: bool,
+    /// How often the metadata leader looks for partitions led by another than their
+    /// preferred replica (default 5 s).
+    #[serde(default = "default_leader_balance_ms")]
+    pub leader_balance_interval_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_leader_balance_ms() -> u64 {
+    5_000
 }
 
 fn default_snapshot_entries() -> u64 {
@@ -311,7 +328,8 @@ impl BrokerConfig {
                 || cluster.session_timeout_ms < 2 * cluster.heartbeat_interval_ms
             {
                 return bad(format!(
-                    "cluster.session_timeout_ms = {} must be at least twice                      cluster.heartbeat_interval_ms = {} (which must be positive)",
+                    "cluster.session_timeout_ms = {} must be at least twice \
+                     cluster.heartbeat_interval_ms = {} (which must be positive)",
                     cluster.session_timeout_ms, cluster.heartbeat_interval_ms
                 ));
             }

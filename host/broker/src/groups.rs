@@ -62,6 +62,8 @@ fn group_error(e: GroupError) -> WireError {
 
 impl Broker {
     /// The offsets partition holding `group`.
+    /// (partition id, leader epoch) of offsets partition `partition`, which this node must
+    /// lead.
     fn offsets_partition(&self, partition: u32) -> Result<(PartitionId, u32), WireError> {
         self.controller.read(|s| {
             let t = s.topic(OFFSETS_TOPIC).ok_or_else(|| {
@@ -179,11 +181,33 @@ impl Broker {
                 Some((id, append)) => {
                     let appended = append.await.map_err(storage_error)?;
                     broker.leader_appended(id, appended.log_end);
+                    // Group state is written as with acks=all: a commit is answered once the
+                    // in-sync replicas have it, so a coordinator that fails over keeps it.
+                    broker
+                        .committed(
+                            id,
+                            appended.base_offset,
+                            appended.log_end,
+                            GROUP_WRITE_TIMEOUT,
+                        )
+                        .await?;
                     Ok(Some(appended.base_offset))
                 }
             }
         }
     }
+}
+
+/// How long a group write waits for the offsets partition's in-sync replicas.
+const GROUP_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Replicas of each offsets partition: three, as Kafka's `offsets.topic.replication.factor`,
+/// or every live broker in a smaller cluster (one on a single node).
+fn offsets_replication_factor(broker: &Broker) -> usize {
+    broker
+        .controller
+        .read(|s| s.live_brokers().count())
+        .clamp(1, 3)
 }
 
 impl GroupCoordinator {
@@ -208,8 +232,12 @@ impl GroupCoordinator {
                     durability: Durability::Fsync,
                     ..TopicConfig::default()
                 },
-                assignments: crate::admin::place_partitions(broker, OFFSETS_PARTITIONS as usize, 1)
-                    .map_err(|e| BrokerError::Metadata(e.message))?,
+                assignments: crate::admin::place_partitions(
+                    broker,
+                    OFFSETS_PARTITIONS as usize,
+                    offsets_replication_factor(broker),
+                )
+                .map_err(|e| BrokerError::Metadata(e.message))?,
             };
             match broker.controller.propose(cmd) {
                 // In a cluster starting together, another node created it first.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_metadata::{MetadataCommand, MetadataState};
 use sluice_proto::{ErrorCode, TopicConfig, WireError};
 use sluice_storage::PartitionId;
 use tokio::sync::watch;
@@ -117,6 +118,96 @@ impl Broker {
         )
     }
 
+    /// Waits until the batch at `base_offset` ending at `log_end`, appended here as leader, is
+    /// committed — at once with one replica, once the in-sync replicas have it with more —
+    /// which is when `acks=all` may be answered and when work built on it (a pipeline's
+    /// checkpoint, a group's commit) may count on it surviving a failover. A retriable
+    /// `Timeout` after `timeout`: the batch may still commit.
+    pub(crate) async fn committed(
+        &self,
+        id: PartitionId,
+        base_offset: u64,
+        log_end: u64,
+        timeout: Duration,
+    ) -> Result<(), WireError> {
+        // Checked now and then: a leader that lost its partition meanwhile answers at once
+        // (the batch is then committed only if the new leader had it), not after `timeout`.
+        let started = std::time::Instant::now();
+        while started.elapsed() < timeout {
+            let slice = (timeout - started.elapsed()).min(Duration::from_millis(250));
+            if self.wait_high_watermark(id, log_end, slice).await {
+                return Ok(());
+            }
+            let leader = self.controller.read(|s| {
+                s.topic_by_id(id.topic_id)
+                    .and_then(|t| t.partitions.get(id.partition as usize))
+                    .and_then(|p| p.leader)
+            });
+            if leader != Some(self.node_id) {
+                let e = WireError::new(
+                    ErrorCode::NotLeader,
+                    format!(
+                        "node {} stopped leading partition {id} before the batch at offset \
+                         {base_offset} was committed; it may still be (retry: a duplicate is \
+                         recognised)",
+                        self.node_id
+                    ),
+                );
+                return Err(match leader {
+                    Some(l) => e.with_leader(l),
+                    None => e,
+                });
+            }
+        }
+        Err(WireError::new(
+            ErrorCode::Timeout,
+            format!(
+                "the batch at offset {base_offset} of partition {id} was not replicated to the \
+                 in-sync replicas within {} ms; it may still commit",
+                timeout.as_millis()
+            ),
+        ))
+    }
+
+    /// Whether the partition has more than one replica.
+    pub(crate) fn replicated(&self, id: PartitionId) -> bool {
+        self.controller.read(|s| {
+            s.topic_by_id(id.topic_id)
+                .and_then(|t| t.partitions.get(id.partition as usize))
+                .is_some_and(|p| p.replicas.len() > 1)
+        })
+    }
+
+    /// Stores the high watermark of every replicated partition whose watermark moved since
+    /// its last checkpoint, so that a restart does not take the log end for it.
+    pub(crate) async fn checkpoint_high_watermarks(&self) {
+        use std::sync::atomic::Ordering;
+        let runtimes: Vec<(PartitionId, Arc<PartitionRuntime>)> = self
+            .partitions
+            .read()
+            .expect("partitions lock poisoned")
+            .iter()
+            .map(|(id, rt)| (*id, rt.clone()))
+            .collect();
+        for (id, rt) in runtimes {
+            let hw = *rt.high_watermark.borrow();
+            if hw == rt.checkpointed.load(Ordering::Relaxed) || !self.replicated(id) {
+                continue;
+            }
+            let log_end = self.store.partition_state(id).map_or(0, |s| s.log_end);
+            match self
+                .store
+                .checkpoint_high_watermark(id, hw.min(log_end))
+                .await
+            {
+                Ok(()) => rt.checkpointed.store(hw, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::debug!(partition = %id, cause = %e, "high watermark not checkpointed")
+                }
+            }
+        }
+    }
+
     pub(crate) fn advance_high_watermark(&self, id: PartitionId, to: u64) {
         self.runtime(id).high_watermark.send_if_modified(|hw| {
             if to > *hw {
@@ -136,6 +227,8 @@ pub(crate) struct PartitionRuntime {
     /// batch is committed once the store has committed it; with replication the leader moves
     /// it to the minimum log end over the in-sync set.
     pub(crate) high_watermark: watch::Sender<u64>,
+    /// The high watermark last checkpointed to the store (replicated partitions).
+    pub(crate) checkpointed: std::sync::atomic::AtomicU64,
 }
 
 impl Broker {
@@ -150,13 +243,26 @@ impl Broker {
             return rt.clone();
         }
         let log_end = self.store.partition_state(id).map_or(0, |s| s.log_end);
+        // With one replica, everything stored is committed. With more, a restarted replica
+        // knows only what it checkpointed: its log end may hold records never committed.
+        let start = if self.replicated(id) {
+            self.store
+                .high_watermark_checkpoint(id)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+                .min(log_end)
+        } else {
+            log_end
+        };
         self.partitions
             .write()
             .expect("partitions lock poisoned")
             .entry(id)
             .or_insert_with(|| {
                 Arc::new(PartitionRuntime {
-                    high_watermark: watch::channel(log_end).0,
+                    high_watermark: watch::channel(start).0,
+                    checkpointed: std::sync::atomic::AtomicU64::new(start),
                 })
             })
             .clone()
@@ -168,6 +274,66 @@ impl Broker {
             .expect("partitions lock poisoned")
             .retain(|id, _| id.topic_id != topic_id);
     }
+}
+
+/// On the metadata leader, every `cluster.leader_balance_interval_ms` (when
+/// `cluster.auto_leader_balance` is on): gives each partition led by another than its
+/// preferred replica back to it once it is live and in sync. Until shutdown.
+pub(crate) async fn balance(broker: Arc<Broker>) {
+    let Some(cluster) = broker.config.cluster.clone() else {
+        return;
+    };
+    if !cluster.auto_leader_balance {
+        return;
+    }
+    let mut shutdown = broker.shutdown.subscribe();
+    let mut ticker =
+        tokio::time::interval(Duration::from_millis(cluster.leader_balance_interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if broker.controller.leader() != Some(broker.node_id) {
+            continue;
+        }
+        for (topic, partition) in broker.controller.read(preferred_elections) {
+            let cmd = MetadataCommand::ElectPreferredLeader {
+                topic: topic.clone(),
+                partition,
+            };
+            match broker.controller.propose_async(cmd).await {
+                Ok(()) => {
+                    tracing::info!(topic, partition, "leadership back to the preferred replica")
+                }
+                Err(e) => {
+                    tracing::debug!(topic, partition, cause = %e, "preferred leader not elected")
+                }
+            }
+        }
+    }
+}
+
+/// Partitions whose preferred replica (the first) does not lead but could: it is live and
+/// in sync.
+pub(crate) fn preferred_elections(s: &MetadataState) -> Vec<(String, u32)> {
+    let live: std::collections::BTreeSet<u32> = s.live_brokers().map(|b| b.node_id).collect();
+    s.topics()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| {
+                    let preferred = p.replicas[0];
+                    p.leader != Some(preferred)
+                        && live.contains(&preferred)
+                        && p.in_sync.contains(&preferred)
+                })
+                .map(|(i, _)| (t.name.clone(), i as u32))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[cfg(test)]

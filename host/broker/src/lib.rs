@@ -138,6 +138,8 @@ impl BrokerHandle {
         if drained.is_err() {
             tracing::warn!("in-flight requests still running after {timeout:?}; closing anyway");
         }
+        // A clean restart starts from the latest high watermarks.
+        self.broker.checkpoint_high_watermarks().await;
         if let Err(e) = self.broker.controller.shutdown().await {
             tracing::warn!(cause = %e, "metadata log did not stop cleanly");
         }
@@ -181,9 +183,14 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         .await
         .map_err(|e| BrokerError::Metadata(format!("store open task: {e}")))?
         .map_err(|e| store_disk("opening the store", e))?;
+    // A data dir without a cluster id is new (or was wiped): whatever this node held in
+    // the cluster before is gone, which its registration says.
+    let mut fresh = false;
     let cluster_id = match store.meta_get("cluster_id")? {
         Some(id) => String::from_utf8_lossy(&id).into_owned(),
         None => {
+            fresh = true;
+            tracing::info!(data_dir = %config.data_dir.display(), "a new data dir: this node registers as holding no data (in no in-sync set until it has caught up)");
             let id = config.cluster_id.clone().unwrap_or_else(new_cluster_id);
             store
                 .meta_put("cluster_id", id.as_bytes())
@@ -206,9 +213,10 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     let advertised = config.advertised(local_addr);
     let node_id = config.node_id;
     // Every start is a new life of the node: registering gives it a new broker epoch (and
-    // unfences it), so nothing from an earlier life can pass for this one.
+    // unfences it), so nothing from an earlier life can pass for this one; it leads nothing
+    // another in-sync replica can lead, and is in sync again only once it has caught up.
     controller
-        .propose_async(sessions::registration(&config, &advertised))
+        .propose_async(sessions::registration(&config, &advertised, fresh))
         .await
         .map_err(|e| {
             BrokerError::Disk(format!(
@@ -274,6 +282,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
             Duration::from_millis(250),
         ));
         tokio::spawn(sessions::run(broker.clone()));
+        tokio::spawn(leadership::balance(broker.clone()));
     }
     let retention_task = tokio::spawn(retention::run(broker.clone()));
     let expiry_task = tokio::spawn(groups::GroupCoordinator::run_expiry(

@@ -29,6 +29,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_metadata::{MetadataCommand, PipelineRecord, PipelineSpec};
@@ -408,15 +409,37 @@ async fn blocking<R: Send + 'static>(
         .map_err(|e| format!("pipeline task failed: {e}"))?
 }
 
-/// One input partition's runner. Returns when the broker shuts down; `Err` stops it as failed.
+/// Why a runner stopped before its work was over.
+#[derive(Debug)]
+enum Stop {
+    /// The plugins or the pipeline's definition failed: a retry would fail the same way, so
+    /// the runner stays failed until the pipeline is resumed.
+    Failed(String),
+    /// The cluster around it failed (a write, a checkpoint, a leader moving): the runner
+    /// starts again from its checkpoint after a pause; replayed output is recognised.
+    Retry(String),
+}
+
+impl From<String> for Stop {
+    fn from(e: String) -> Stop {
+        Stop::Retry(e)
+    }
+}
+
+/// How long an output batch appended here waits for its partition's in-sync replicas before
+/// the step is retried.
+const OUTPUT_COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One input partition's runner. Returns when the broker shuts down or stops leading the
+/// input partition.
 async fn run(
     broker: Arc<Broker>,
     rec: Arc<PipelineRecord>,
     partition: u32,
     status: Arc<Mutex<RunnerStatus>>,
-) -> Result<(), String> {
+) -> Result<(), Stop> {
     let producer_id = *rec.producer_ids.get(partition as usize).ok_or_else(|| {
-        format!("input partition {partition} was added after the pipeline was created; recreate the pipeline to cover it")
+        Stop::Failed(format!("input partition {partition} was added after the pipeline was created; recreate the pipeline to cover it"))
     })?;
     let (b, r) = (broker.clone(), rec.clone());
     let (mut cp, mut chain) = blocking(move || {
@@ -424,7 +447,8 @@ async fn run(
         let chain = start_chain(&b, &r.spec, &cp)?;
         Ok((cp, chain))
     })
-    .await?;
+    .await
+    .map_err(Stop::Failed)?;
     status.lock().expect("pipeline status lock").checkpoint = cp.next_offset;
     let mut shutdown = broker.shutdown.subscribe();
     loop {
@@ -435,7 +459,7 @@ async fn run(
                 tracing::info!(pipeline = %rec.spec.name, partition, cause = %e.message, "no longer leading the input partition; runner stops");
                 return Ok(());
             }
-            Err(e) => return Err(e.message),
+            Err(e) => return Err(Stop::Failed(e.message)),
         };
         let mut hw = broker.runtime(input).high_watermark.subscribe();
         let from = cp.next_offset;
@@ -444,10 +468,10 @@ async fn run(
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
         }
         let output = broker.controller.read(|s| {
-            let t = s
-                .topic(&rec.spec.to)
-                .ok_or_else(|| format!("output topic {:?} no longer exists", rec.spec.to))?;
-            Ok::<_, String>(Output {
+            let t = s.topic(&rec.spec.to).ok_or_else(|| {
+                Stop::Failed(format!("output topic {:?} no longer exists", rec.spec.to))
+            })?;
+            Ok::<_, Stop>(Output {
                 topic_id: t.topic_id,
                 partitions: t.partitions.len() as u32,
                 leaders: t.partitions.iter().map(|p| p.leader).collect(),
@@ -463,7 +487,7 @@ async fn run(
         .await
         .map_err(|e| format!("pipeline task failed: {e}"))?;
         chain = chain_back;
-        let (step, output) = result?;
+        let (step, output) = result.map_err(Stop::Failed)?;
         let wrote_output = !step.batches.is_empty();
         // Local output is queued now, in order; the store keeps that order for each output
         // partition. Output led elsewhere goes to its leader, each partition's batches in order.
@@ -506,6 +530,18 @@ async fn run(
                 )
             })?;
             broker.leader_appended(id, appended.log_end);
+            // The checkpoint below must not outlive this output in a failover.
+            broker
+                .committed(
+                    id,
+                    appended.base_offset,
+                    appended.log_end,
+                    OUTPUT_COMMIT_TIMEOUT,
+                )
+                .await
+                .map_err(|e| {
+                    format!("writing to {}/{}: {}", rec.spec.to, id.partition, e.message)
+                })?;
             if appended.duplicate {
                 duplicates += 1;
             }
@@ -541,7 +577,7 @@ async fn run(
             Err(crate::controller::ProposeError::Refused(
                 sluice_metadata::MetadataError::UnknownPipeline(_),
             )) => return Ok(()),
-            Err(e) => return Err(format!("saving the checkpoint: {e}")),
+            Err(e) => return Err(Stop::Retry(format!("saving the checkpoint: {e}"))),
         }
         let mut s = status.lock().expect("pipeline status lock");
         s.checkpoint = cp.next_offset;
@@ -646,6 +682,11 @@ impl PipelineRunners {
     }
 }
 
+/// First pause before a runner interrupted by the cluster starts again; it doubles up to
+/// [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
+
 /// Starts the runner of one input partition.
 fn spawn_runner(broker: &Arc<Broker>, rec: Arc<PipelineRecord>, partition: u32) -> Runner {
     let status = Arc::new(Mutex::new(RunnerStatus {
@@ -656,9 +697,25 @@ fn spawn_runner(broker: &Arc<Broker>, rec: Arc<PipelineRecord>, partition: u32) 
     let (b, s) = (broker.clone(), status.clone());
     let task = tokio::spawn(async move {
         let name = rec.spec.name.clone();
-        if let Err(e) = run(b, rec, partition, s.clone()).await {
-            tracing::error!(pipeline = %name, partition, cause = %e, "pipeline partition stopped");
-            s.lock().expect("pipeline status lock").state = RunnerState::Failed(e);
+        let mut shutdown = b.shutdown.subscribe();
+        let mut pause = RETRY_PAUSE;
+        loop {
+            match run(b.clone(), rec.clone(), partition, s.clone()).await {
+                Ok(()) => return,
+                Err(Stop::Failed(e)) => {
+                    tracing::error!(pipeline = %name, partition, cause = %e, "pipeline partition stopped");
+                    s.lock().expect("pipeline status lock").state = RunnerState::Failed(e);
+                    return;
+                }
+                Err(Stop::Retry(e)) => {
+                    tracing::warn!(pipeline = %name, partition, cause = %e, retry_in = ?pause, "pipeline partition interrupted; resuming from its checkpoint");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
         }
     });
     Runner { status, task }

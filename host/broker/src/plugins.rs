@@ -310,6 +310,18 @@ pub(crate) async fn produce_routed(
             Target::Local(append) => match append.await {
                 Ok(appended) => {
                     broker.leader_appended(a.id, appended.log_end);
+                    if acks == sluice_proto::Acks::All
+                        && let Err(e) = broker
+                            .committed(
+                                a.id,
+                                appended.base_offset,
+                                appended.log_end,
+                                ROUTED_COMMIT_TIMEOUT,
+                            )
+                            .await
+                    {
+                        return Reply::error(e);
+                    }
                     appended.base_offset
                 }
                 Err(e) => return Reply::error(storage_error(e)),
@@ -348,6 +360,9 @@ pub(crate) struct RoutedAppend {
     indexes: Vec<usize>,
     target: Target,
 }
+
+/// How long a routed `acks=all` produce waits for the in-sync replicas of each partition.
+const ROUTED_COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Where a routed append goes.
 enum Target {

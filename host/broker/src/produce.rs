@@ -126,22 +126,13 @@ pub(crate) fn produce(
         match acks {
             Acks::None => Reply::None,
             Acks::Leader => Reply::ok(produced),
-            Acks::All => {
-                if broker
-                    .wait_high_watermark(led.id, appended.log_end, timeout)
-                    .await
-                {
-                    Reply::ok(produced)
-                } else {
-                    Reply::error(WireError::new(
-                        ErrorCode::Timeout,
-                        format!(
-                            "the batch at offset {} was not replicated to the in-sync replicas within {} ms; it may still commit",
-                            appended.base_offset, req.timeout_ms
-                        ),
-                    ))
-                }
-            }
+            Acks::All => match broker
+                .committed(led.id, appended.base_offset, appended.log_end, timeout)
+                .await
+            {
+                Ok(()) => Reply::ok(produced),
+                Err(e) => Reply::error(e),
+            },
         }
     })
 }

@@ -124,6 +124,14 @@ impl Broker {
             leaders.insert(id, (epoch, leader));
         }
         let (_, leader) = leaders.get_mut(&id).expect("just made");
+        // The store's log is the truth: a replica fetch that was in flight when this node
+        // became leader may still have appended the previous leader's batches after the state
+        // was made. A log end lagging behind would tell followers holding those batches that
+        // they diverge, for ever.
+        if let Some(state) = self.store.partition_state(id) {
+            leader.on_appended(state.log_end);
+            leader.on_log_start(state.log_start);
+        }
         Some(f(leader))
     }
 
@@ -461,11 +469,32 @@ async fn fetch_once(
     .map_err(|e| e.to_string())?;
     let answer: ReplicaAnswer =
         postcard::from_bytes(&answer).map_err(|e| format!("undecodable answer: {e}"))?;
+    // Leadership may have moved while the fetch was out — to this node, even. An answer from
+    // a leader that no longer is one is dropped: applying it could put the old leader's
+    // batches after this node started its own epoch, or cut what a new leader wrote.
+    let still = broker.controller.read(|s| {
+        s.topic_by_id(id.topic_id)
+            .and_then(|t| t.partitions.get(id.partition as usize))
+            .is_some_and(|p| p.leader == Some(leader) && p.leader_epoch == leader_epoch)
+    });
+    if !still {
+        return Ok(false);
+    }
     let mut follower =
         PartitionFollower::new(leader_epoch, state.log_start, state.log_end, 0, cache);
     match answer {
-        ReplicaAnswer::Batches { bytes, .. } if bytes.is_empty() => Ok(false),
-        ReplicaAnswer::Batches { bytes, .. } => {
+        ReplicaAnswer::Batches {
+            bytes,
+            high_watermark,
+        } if bytes.is_empty() => {
+            // A follower's high watermark: what the leader has committed, of what it holds.
+            broker.advance_high_watermark(id, high_watermark.min(state.log_end));
+            Ok(false)
+        }
+        ReplicaAnswer::Batches {
+            bytes,
+            high_watermark,
+        } => {
             let batches = split_batches(bytes.into()).map_err(|e| e.to_string())?;
             let max = broker.config.max_batch_bytes as usize;
             for (header, batch) in batches {
@@ -473,11 +502,12 @@ async fn fetch_once(
                     continue; // the read began at the batch holding the offset
                 }
                 crate::produce::validate_batch(&batch, max).map_err(|e| e.message)?;
-                broker
+                let appended = broker
                     .store
                     .append_replica(id, batch.to_vec(), durability)
                     .await
                     .map_err(|e| e.to_string())?;
+                broker.advance_high_watermark(id, high_watermark.min(appended.log_end));
             }
             Ok(true)
         }

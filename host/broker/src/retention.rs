@@ -7,13 +7,27 @@ use sluice_storage::PartitionId;
 
 use crate::Broker;
 
+/// How often replicated partitions' high watermarks are checkpointed (Kafka's
+/// `replica.high.watermark.checkpoint.interval.ms`, 5 s).
+const HIGH_WATERMARK_CHECKPOINT: Duration = Duration::from_secs(5);
+
+/// Retention passes every `retention_check_interval_ms`, and high watermark checkpoints, until
+/// the task is aborted at shutdown (which checkpoints once more).
 pub(crate) async fn run(broker: Arc<Broker>) {
     let mut tick = tokio::time::interval(Duration::from_millis(
         broker.config.retention_check_interval_ms,
     ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checkpoint = tokio::time::interval(HIGH_WATERMARK_CHECKPOINT);
+    checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = checkpoint.tick() => {
+                broker.checkpoint_high_watermarks().await;
+                continue;
+            }
+        }
         let work: Vec<(PartitionId, Option<u64>, Option<u64>)> = broker.controller.read(|s| {
             s.topics()
                 .filter(|t| t.config.retention_ms.is_some() || t.config.retention_bytes.is_some())
@@ -34,7 +48,14 @@ pub(crate) async fn run(broker: Arc<Broker>) {
         });
         let now = now_ms();
         for (id, ms, bytes) in work {
-            match broker.store.apply_retention(id, ms, bytes, now).await {
+            // A replicated partition keeps what is not committed yet: a follower may still
+            // fetch it, or a truncation remove it.
+            let bound = broker.replicated(id).then(|| broker.high_watermark(id));
+            match broker
+                .store
+                .apply_retention_bounded(id, ms, bytes, now, bound)
+                .await
+            {
                 Ok(out) if out.removed_batches > 0 => tracing::info!(
                     topic_id = id.topic_id,
                     partition = id.partition,

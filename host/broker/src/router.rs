@@ -93,6 +93,7 @@ pub(crate) fn handle(
             Box::pin(crate::cluster::add_node(broker, node_id, peer_addr))
         }
         Request::RemoveNode { node_id } => Box::pin(crate::cluster::remove_node(broker, node_id)),
+        Request::ElectLeaders { topic } => Box::pin(crate::cluster::elect_leaders(broker, topic)),
         Request::CreatePipeline(_)
         | Request::ListPipelines
         | Request::DescribePipeline { .. }

@@ -16,9 +16,14 @@ use sluice_metadata::MetadataCommand;
 use crate::Broker;
 use crate::config::BrokerConfig;
 
-/// The command that registers this node (a new broker epoch) with its addresses and rack.
-pub(crate) fn registration(config: &BrokerConfig, advertised: &str) -> MetadataCommand {
-    MetadataCommand::RegisterBrokerEpoch {
+/// The command that registers this node (a new broker epoch) with its addresses and rack;
+/// `fresh` when its data dir was created by this start (so it holds nothing it held before).
+pub(crate) fn registration(
+    config: &BrokerConfig,
+    advertised: &str,
+    fresh: bool,
+) -> MetadataCommand {
+    MetadataCommand::RegisterBrokerLife {
         node_id: config.node_id,
         addr: advertised.to_owned(),
         peer_addr: config.cluster.as_ref().map(|c| {
@@ -27,6 +32,7 @@ pub(crate) fn registration(config: &BrokerConfig, advertised: &str) -> MetadataC
                 .unwrap_or_else(|| c.peer_listen.to_string())
         }),
         rack: config.rack.clone(),
+        fresh,
     }
 }
 
@@ -54,7 +60,7 @@ pub(crate) async fn run(broker: Arc<Broker>) {
                     node_id = broker.node_id,
                     "this broker was fenced (it missed its session); registering again"
                 );
-                let cmd = registration(&broker.config, &broker.advertised);
+                let cmd = registration(&broker.config, &broker.advertised, false);
                 if let Err(e) = broker.controller.propose_async(cmd).await {
                     tracing::warn!(cause = %e, "registering again failed; retrying");
                 }

@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// Partitions of the topic when it is created.
     #[arg(long, default_value_t = 8)]
     pub partitions: u32,
+    /// Replicas of each partition when the bench creates its topic (a cluster).
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: u16,
     /// Concurrent producers, each with its own connection.
     #[arg(long, default_value_t = 1)]
     pub producers: u32,
@@ -93,22 +96,35 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<std::process::ExitCode> 
         bail!("--count, --producers and --partitions must be positive");
     }
     let admin_client = crate::cli::connect(cli).await?;
-    match admin_client
-        .admin()
-        .create_topic(&args.topic, args.partitions, TopicConfig::default())
-        .await
-    {
+    let created = if args.replication_factor > 1 {
+        admin_client
+            .admin()
+            .create_topic_replicated(
+                &args.topic,
+                args.partitions,
+                args.replication_factor,
+                TopicConfig::default(),
+            )
+            .await
+    } else {
+        admin_client
+            .admin()
+            .create_topic(&args.topic, args.partitions, TopicConfig::default())
+            .await
+    };
+    match created {
         Ok(_) => {}
         Err(ClientError::Broker(e)) if e.code == ErrorCode::TopicAlreadyExists => {}
         Err(e) => return Err(e).context("creating the bench topic"),
     }
     println!(
-        "bench {:?}: {} records of {} B, {} producer(s), {} partition(s), acks={:?}, compression={:?}, batch {} B, linger {} ms",
+        "bench {:?}: {} records of {} B, {} producer(s), {} partition(s) × {} replica(s), acks={:?}, compression={:?}, batch {} B, linger {} ms",
         args.mode,
         args.count,
         args.record_size,
         args.producers,
         args.partitions,
+        args.replication_factor,
         args.acks,
         args.compression,
         args.batch_size,

@@ -24,10 +24,28 @@ pub enum ClusterCommand {
         #[arg(long)]
         node_id: u32,
     },
+    /// Give partitions back to their preferred replica (the first), where it is live and in
+    /// sync but another leads (brokers also do this by themselves unless
+    /// `cluster.auto_leader_balance = false`).
+    ElectLeaders {
+        /// Only this topic's partitions.
+        #[arg(long)]
+        topic: Option<String>,
+    },
 }
 
 pub async fn run(client: &Client, cmd: &ClusterCommand) -> Result<ExitCode> {
     let s = match cmd {
+        ClusterCommand::ElectLeaders { topic } => {
+            let elected = client.admin().elect_leaders(topic.as_deref()).await?;
+            if elected.is_empty() {
+                println!("every partition is led by its preferred replica, or it cannot lead");
+            }
+            for e in elected {
+                println!("{}/{}	now led by {}", e.topic, e.partition, e.leader);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         ClusterCommand::Status => client.admin().cluster_status().await?,
         ClusterCommand::AddNode { node_id, peer_addr } => {
             let s = client.admin().add_node(*node_id, peer_addr).await?;

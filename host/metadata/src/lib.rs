@@ -201,6 +201,28 @@ pub enum MetadataCommand {
         leader_epoch: u32,
         in_sync: Vec<u32>,
     },
+    /// A node starts a new life (every broker start): it registers with a new broker epoch,
+    /// and since what it held before may not all have survived (a crash under
+    /// `durability=interval`, or a wiped data dir: `fresh`), it does not count as in sync
+    /// until it has caught up again. For every partition it replicates: it leaves the in-sync
+    /// set unless it is the last member — always, when `fresh`; where it led, the first live
+    /// in-sync replica takes over (a new leader epoch) and, with none, it keeps leading only if
+    /// it is the last in-sync member and not `fresh`; a leaderless partition whose last in-sync
+    /// member it is gets it as leader unless `fresh`. (Replaces
+    /// [`MetadataCommand::RegisterBrokerEpoch`], which made a restarted node in sync at once.)
+    RegisterBrokerLife {
+        node_id: u32,
+        addr: String,
+        peer_addr: Option<String>,
+        rack: Option<String>,
+        fresh: bool,
+    },
+    /// Gives leadership of a partition back to its preferred replica (the first), which must
+    /// be live and in sync and not lead already; a new leader epoch.
+    ElectPreferredLeader {
+        topic: String,
+        partition: u32,
+    },
 }
 
 /// Most producer ids one [`MetadataCommand::AllocateProducerIdBlock`] may ask for.
@@ -500,7 +522,26 @@ impl MetadataState {
     pub fn validate(&self, cmd: &MetadataCommand) -> Result<(), MetadataError> {
         match cmd {
             MetadataCommand::RegisterBroker { .. }
-            | MetadataCommand::RegisterBrokerEpoch { .. } => Ok(()),
+            | MetadataCommand::RegisterBrokerEpoch { .. }
+            | MetadataCommand::RegisterBrokerLife { .. } => Ok(()),
+            MetadataCommand::ElectPreferredLeader { topic, partition } => {
+                let p = self.existing_partition(topic, *partition)?;
+                let preferred = p.replicas[0];
+                let live = self.brokers.get(&preferred).is_some_and(|b| !b.fenced);
+                if p.leader == Some(preferred) || !live || !p.in_sync.contains(&preferred) {
+                    return Err(MetadataError::InvalidConfig(format!(
+                        "{topic}/{partition}: the preferred replica {preferred} {}",
+                        if p.leader == Some(preferred) {
+                            "leads already"
+                        } else if !live {
+                            "is not live"
+                        } else {
+                            "is not in sync"
+                        }
+                    )));
+                }
+                Ok(())
+            }
             MetadataCommand::FenceBroker { node_id, epoch } => {
                 let b = self
                     .brokers
@@ -895,6 +936,50 @@ impl MetadataState {
                         p.leader_epoch += 1;
                     }
                 }
+            }
+            MetadataCommand::RegisterBrokerLife {
+                node_id,
+                addr,
+                peer_addr,
+                rack,
+                fresh,
+            } => {
+                self.register(index, *node_id, addr, peer_addr.clone(), rack.clone());
+                let live: BTreeSet<u32> = self
+                    .live_brokers()
+                    .map(|b| b.node_id)
+                    .filter(|n| n != node_id)
+                    .collect();
+                for p in self
+                    .topics
+                    .values_mut()
+                    .flat_map(|t| t.partitions.iter_mut())
+                    .filter(|p| p.replicas.contains(node_id))
+                {
+                    let last = p.in_sync == [*node_id];
+                    if *fresh || !last {
+                        p.in_sync.retain(|n| n != node_id);
+                    }
+                    let was_leader = p.leader == Some(*node_id);
+                    if was_leader || p.leader.is_none() {
+                        let next = p
+                            .replicas
+                            .iter()
+                            .find(|r| p.in_sync.contains(r) && live.contains(r))
+                            .copied()
+                            .or((last && !*fresh).then_some(*node_id));
+                        if next != p.leader || was_leader {
+                            p.leader = next;
+                            p.leader_epoch += 1;
+                        }
+                    }
+                }
+            }
+            MetadataCommand::ElectPreferredLeader { topic, partition } => {
+                let p = &mut self.topics.get_mut(topic).expect("validated").partitions
+                    [*partition as usize];
+                p.leader = Some(p.replicas[0]);
+                p.leader_epoch += 1;
             }
             MetadataCommand::FenceBroker { node_id, .. } => {
                 self.brokers.get_mut(node_id).expect("validated").fenced = true;
@@ -1303,6 +1388,106 @@ mod tests {
             }),
             Err(MetadataError::UnknownBroker(9))
         );
+    }
+
+    fn life(node_id: u32, fresh: bool) -> MetadataCommand {
+        MetadataCommand::RegisterBrokerLife {
+            node_id,
+            addr: format!("127.0.0.1:{node_id}"),
+            peer_addr: None,
+            rack: None,
+            fresh,
+        }
+    }
+
+    /// Three brokers and a topic with partitions placed `assignments`.
+    fn three_brokers_and(assignments: Vec<Vec<u32>>) -> MetadataState {
+        let mut s = MetadataState::new();
+        for (i, n) in [1, 2, 3].into_iter().enumerate() {
+            s.apply(i as u64 + 1, &join(n, "a")).unwrap();
+        }
+        s.apply(
+            4,
+            &MetadataCommand::CreateTopic {
+                name: "t".into(),
+                config: TopicConfig::default(),
+                assignments,
+            },
+        )
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn a_restarted_node_hands_its_leadership_on_and_is_out_of_sync_until_it_catches_up() {
+        let mut s = three_brokers_and(vec![vec![1, 2, 3], vec![2, 1, 3], vec![1]]);
+        let before: Vec<u32> = s
+            .topic("t")
+            .unwrap()
+            .partitions
+            .iter()
+            .map(|p| p.leader_epoch)
+            .collect();
+        s.apply(5, &life(1, false)).unwrap();
+        let t = s.topic("t").unwrap();
+        assert_eq!(s.broker(1).unwrap().epoch, 5);
+        // It led partition 0: node 2, the next live in-sync replica, takes over.
+        assert_eq!(t.partitions[0].leader, Some(2));
+        assert_eq!(t.partitions[0].leader_epoch, before[0] + 1);
+        assert_eq!(t.partitions[0].in_sync, vec![2, 3]);
+        // It followed partition 1: out of sync, the leader unchanged.
+        assert_eq!(t.partitions[1].leader, Some(2));
+        assert_eq!(t.partitions[1].leader_epoch, before[1]);
+        assert_eq!(t.partitions[1].in_sync, vec![2, 3]);
+        // Its only replica: it leads on, in a new epoch.
+        assert_eq!(t.partitions[2].leader, Some(1));
+        assert_eq!(t.partitions[2].leader_epoch, before[2] + 1);
+        assert_eq!(t.partitions[2].in_sync, vec![1]);
+    }
+
+    #[test]
+    fn a_node_with_a_wiped_data_dir_is_in_no_in_sync_set_and_leads_nothing() {
+        let mut s = three_brokers_and(vec![vec![1, 2, 3], vec![1]]);
+        s.apply(5, &life(1, true)).unwrap();
+        let t = s.topic("t").unwrap();
+        assert_eq!(t.partitions[0].leader, Some(2));
+        assert_eq!(t.partitions[0].in_sync, vec![2, 3]);
+        // Its only replica is gone with the data: leaderless, nobody in sync (only an unclean
+        // election could bring it back).
+        assert_eq!(t.partitions[1].leader, None);
+        assert!(t.partitions[1].in_sync.is_empty());
+    }
+
+    #[test]
+    fn the_preferred_replica_leads_again_only_when_live_and_in_sync() {
+        let mut s = three_brokers_and(vec![vec![1, 2, 3]]);
+        let elect = MetadataCommand::ElectPreferredLeader {
+            topic: "t".into(),
+            partition: 0,
+        };
+        assert!(
+            matches!(s.validate(&elect), Err(MetadataError::InvalidConfig(m)) if m.contains("leads already"))
+        );
+        s.apply(5, &life(1, false)).unwrap();
+        assert_eq!(s.topic("t").unwrap().partitions[0].leader, Some(2));
+        assert!(
+            matches!(s.validate(&elect), Err(MetadataError::InvalidConfig(m)) if m.contains("not in sync"))
+        );
+        let epoch = s.topic("t").unwrap().partitions[0].leader_epoch;
+        s.apply(
+            6,
+            &MetadataCommand::AlterInSync {
+                topic: "t".into(),
+                partition: 0,
+                leader: 2,
+                leader_epoch: epoch,
+                in_sync: vec![1, 2, 3],
+            },
+        )
+        .unwrap();
+        s.apply(7, &elect).unwrap();
+        let p = &s.topic("t").unwrap().partitions[0];
+        assert_eq!((p.leader, p.leader_epoch), (Some(1), epoch + 1));
     }
 
     #[test]

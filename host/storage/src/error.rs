@@ -8,7 +8,7 @@ use crate::PartitionId;
 /// Everything that can go wrong in the store.
 ///
 /// `UnknownPartition`, `OffsetOutOfRange`, `InvalidBatch`, `OutOfOrderSequence`,
-/// `ProducerFenced`, `ReplicaOffsetMismatch` and `HighWatermarkBeyondLogEnd` are about the
+/// `ProducerFenced`, `ReplicaOffsetMismatch`, `ReplicaEpochBehind` and `HighWatermarkBeyondLogEnd` are about the
 /// request: the store is fine and the caller should answer its client. `Corrupt` means a
 /// stored batch failed its checks (it is never served). `DiskFull`, `Failed`, `Closed` and
 /// `Redb` mean the store itself cannot serve; after `DiskFull` (and after `Failed` for an I/O
@@ -74,6 +74,17 @@ pub enum StorageError {
         expected: u64,
         /// The batch's base offset.
         got: u64,
+    },
+    /// A replica batch whose leader epoch is older than the log's latest (from a leader
+    /// replaced before this log's last batches were written). Nothing was stored.
+    #[error(
+        "replica batch for partition {id} has leader epoch {epoch}, older than the log's latest \
+         {latest}; nothing was stored"
+    )]
+    ReplicaEpochBehind {
+        id: PartitionId,
+        epoch: u32,
+        latest: u32,
     },
     /// A high watermark to checkpoint is past the partition's log end: a replica's high
     /// watermark never exceeds its own log end. Nothing was stored.

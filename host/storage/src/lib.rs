@@ -47,7 +47,7 @@ use std::time::Duration;
 pub use error::StorageError;
 pub use file::StoreFile;
 pub use leader_epochs::LeaderEpochs;
-pub use partition_log::{BatchMeta, NotAtLogEnd, PartitionLog, RetentionPlan};
+pub use partition_log::{BatchMeta, PartitionLog, ReplicaRefused, RetentionPlan};
 pub use producer_state::{ProducerStamp, ProducerState, SequenceCheck};
 pub use store::Store;
 pub use tables::FORMAT_VERSION;

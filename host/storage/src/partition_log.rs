@@ -50,12 +50,14 @@ pub struct InconsistentIndex {
     pub reason: String,
 }
 
-/// A replica's batch that does not start at the log end, refused by
-/// [`PartitionLog::stage_append_at`].
+/// A replica's batch refused by [`PartitionLog::stage_append_at`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotAtLogEnd {
-    /// The (staged) log end: where the batch had to start.
-    pub log_end: u64,
+pub enum ReplicaRefused {
+    /// It does not start at the (staged) log end, where it had to start.
+    NotAtLogEnd { log_end: u64 },
+    /// Its leader epoch is older than the log's latest: it comes from a leader that was
+    /// replaced before this log's last batches were written.
+    OlderEpoch { epoch: u32, latest: u32 },
 }
 
 /// One partition's offsets and batch index. See the module docs.
@@ -200,10 +202,18 @@ impl PartitionLog {
         record_count: u32,
         max_timestamp: i64,
         len: u32,
-    ) -> Result<(), NotAtLogEnd> {
+    ) -> Result<(), ReplicaRefused> {
         if base_offset != self.staged.log_end {
-            return Err(NotAtLogEnd {
+            return Err(ReplicaRefused::NotAtLogEnd {
                 log_end: self.staged.log_end,
+            });
+        }
+        if let Some((latest, _)) = self.staged_epochs.latest()
+            && leader_epoch < latest
+        {
+            return Err(ReplicaRefused::OlderEpoch {
+                epoch: leader_epoch,
+                latest,
             });
         }
         self.push_staged(base_offset, leader_epoch, record_count, max_timestamp, len);
@@ -479,16 +489,33 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_batch_of_an_epoch_older_than_the_logs_latest_is_refused() {
+        let mut log = PartitionLog::new();
+        log.stage_append(5, 3, 0, 10);
+        assert_eq!(
+            log.stage_append_at(3, 4, 2, 0, 10),
+            Err(ReplicaRefused::OlderEpoch {
+                epoch: 4,
+                latest: 5
+            })
+        );
+        assert_eq!(log.staged_state().log_end, 3);
+        assert_eq!(log.stage_append_at(3, 5, 2, 0, 10), Ok(()));
+        assert_eq!(log.stage_append_at(5, 7, 1, 0, 10), Ok(()));
+        assert_eq!(log.staged_epochs().entries(), &[(5, 0), (7, 5)]);
+    }
+
+    #[test]
     fn a_replica_append_is_taken_only_at_the_log_end() {
         let mut log = PartitionLog::new();
         log.stage_append(1, 3, 0, 10);
         assert_eq!(
             log.stage_append_at(2, 1, 1, 0, 10),
-            Err(NotAtLogEnd { log_end: 3 })
+            Err(ReplicaRefused::NotAtLogEnd { log_end: 3 })
         );
         assert_eq!(
             log.stage_append_at(4, 1, 1, 0, 10),
-            Err(NotAtLogEnd { log_end: 3 })
+            Err(ReplicaRefused::NotAtLogEnd { log_end: 3 })
         );
         assert_eq!(
             log.staged_state().batches,

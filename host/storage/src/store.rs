@@ -20,7 +20,7 @@ use tracing::{debug, error, info, trace, warn};
 use crate::error;
 use crate::file::{PathFile, Reopen};
 use crate::leader_epochs::LeaderEpochs;
-use crate::partition_log::{NotAtLogEnd, PartitionLog};
+use crate::partition_log::{PartitionLog, ReplicaRefused};
 use crate::producer_state::{ProducerStamp, ProducerState, SequenceCheck};
 use crate::tables::{
     self, BATCH_INDEX, BATCHES, BatchKey, EpochKey, HIGH_WATERMARKS, IndexRow, LEADER_EPOCHS,
@@ -1502,7 +1502,7 @@ impl Writer {
                 };
                 let (base, state) = match staged {
                     Ok(staged) => staged,
-                    Err(NotAtLogEnd { log_end }) => {
+                    Err(ReplicaRefused::NotAtLogEnd { log_end }) => {
                         debug!(partition = %id, log_end, base_offset = header.base_offset,
                                "replica batch not at the log end refused");
                         reply.send(Err(StorageError::ReplicaOffsetMismatch {
@@ -1510,6 +1510,11 @@ impl Writer {
                             expected: log_end,
                             got: header.base_offset,
                         }));
+                        return Ok(());
+                    }
+                    Err(ReplicaRefused::OlderEpoch { epoch, latest }) => {
+                        debug!(partition = %id, epoch, latest, "replica batch of an older epoch refused");
+                        reply.send(Err(StorageError::ReplicaEpochBehind { id, epoch, latest }));
                         return Ok(());
                     }
                 };

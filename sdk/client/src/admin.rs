@@ -271,6 +271,21 @@ impl Admin {
             .await
     }
 
+    /// Gives partitions (of `topic`, or of every topic) back to their preferred replica where
+    /// it is live and in sync but does not lead; the partitions that moved.
+    pub async fn elect_leaders(
+        &self,
+        topic: Option<&str>,
+    ) -> Result<Vec<sluice_proto::ElectedLeader>, ClientError> {
+        let request = Request::ElectLeaders {
+            topic: topic.map(str::to_owned),
+        };
+        match self.client.request(request, Bytes::new()).await? {
+            (ResponseBody::ElectedLeaders(e), _) => Ok(e),
+            (other, _) => Err(unexpected("ElectedLeaders", &other)),
+        }
+    }
+
     /// Sends a membership request to the metadata leader: to the bootstrap broker first, then to
     /// the leader it names.
     async fn at_metadata_leader(&self, request: Request) -> Result<ClusterStatus, ClientError> {

@@ -133,6 +133,12 @@ pub enum Request {
         topic: CreateTopicRequest,
         replication_factor: u16,
     },
+    /// Gives every partition (of `topic`, or of all topics) whose preferred replica — the
+    /// first — is live and in sync but does not lead back to it (version 5). Answered with
+    /// [`ResponseBody::ElectedLeaders`].
+    ElectLeaders {
+        topic: Option<String>,
+    },
 }
 
 impl Request {
@@ -189,6 +195,7 @@ impl Request {
             Request::AddNode { .. } => "add_node",
             Request::RemoveNode { .. } => "remove_node",
             Request::CreateTopicReplicated { .. } => "create_topic_replicated",
+            Request::ElectLeaders { .. } => "elect_leaders",
         }
     }
 }
@@ -233,6 +240,16 @@ pub enum ResponseBody {
     ProducedRouted(Vec<RoutedRecord>),
     Coordinator(BrokerInfo),
     ClusterStatus(ClusterStatus),
+    /// The answer to [`Request::ElectLeaders`]: each partition handed to its preferred replica.
+    ElectedLeaders(Vec<ElectedLeader>),
+}
+
+/// A partition whose leadership went back to its preferred replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectedLeader {
+    pub topic: String,
+    pub partition: u32,
+    pub leader: u32,
 }
 
 /// The answer to [`Request::ClusterStatus`].
@@ -962,6 +979,92 @@ mod tests {
             arb_group_request(),
             arb_plugin_request(),
             arb_pipeline_request(),
+            arb_cluster_request(),
+        ]
+    }
+
+    /// The requests of versions 3 to 5: coordinators, the cluster, replicated topics.
+    fn arb_cluster_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            "[a-z]{1,5}".prop_map(|group| Request::FindCoordinator { group }),
+            Just(Request::ClusterStatus),
+            (any::<u32>(), "[0-9.:]{0,12}")
+                .prop_map(|(node_id, peer_addr)| Request::AddNode { node_id, peer_addr }),
+            any::<u32>().prop_map(|node_id| Request::RemoveNode { node_id }),
+            ("[a-z]{1,10}", any::<u32>(), arb_config(), any::<u16>()).prop_map(
+                |(name, partitions, config, replication_factor)| Request::CreateTopicReplicated {
+                    topic: CreateTopicRequest {
+                        name,
+                        partitions,
+                        config,
+                    },
+                    replication_factor,
+                }
+            ),
+            proptest::option::of("[a-z]{1,10}").prop_map(|topic| Request::ElectLeaders { topic }),
+        ]
+    }
+
+    fn arb_cluster_response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            (any::<u32>(), "[0-9.:]{0,12}").prop_map(|(node_id, addr)| Ok(
+                ResponseBody::Coordinator(BrokerInfo { node_id, addr })
+            )),
+            (
+                "[a-z0-9-]{0,8}",
+                any::<u32>(),
+                proptest::option::of(any::<u32>()),
+                any::<u64>(),
+                proptest::option::of(any::<u64>()),
+                proptest::collection::vec(
+                    (
+                        any::<u32>(),
+                        "[0-9.:]{0,12}",
+                        any::<u64>(),
+                        any::<[bool; 2]>()
+                    ),
+                    0..3
+                ),
+            )
+                .prop_map(
+                    |(cluster_id, answered_by, controller, term, committed, nodes)| {
+                        Ok(ResponseBody::ClusterStatus(ClusterStatus {
+                            cluster_id,
+                            answered_by,
+                            controller,
+                            term,
+                            committed,
+                            applied: committed,
+                            nodes: nodes
+                                .into_iter()
+                                .map(
+                                    |(node_id, addr, broker_epoch, [live, fenced])| ClusterNode {
+                                        node_id,
+                                        peer_addr: Some(addr.clone()),
+                                        addr,
+                                        rack: None,
+                                        role: "voter".into(),
+                                        broker_epoch,
+                                        live,
+                                        fenced,
+                                        leader_of: node_id % 7,
+                                    },
+                                )
+                                .collect(),
+                        }))
+                    }
+                ),
+            proptest::collection::vec(("[a-z]{1,5}", any::<u32>(), any::<u32>()), 0..4).prop_map(
+                |e| Ok(ResponseBody::ElectedLeaders(
+                    e.into_iter()
+                        .map(|(topic, partition, leader)| ElectedLeader {
+                            topic,
+                            partition,
+                            leader
+                        })
+                        .collect()
+                ))
+            ),
         ]
     }
 
@@ -1383,6 +1486,7 @@ mod tests {
                 ResponseBody::ProducerId { producer_id, epoch }
             )),
             arb_group_response(),
+            arb_cluster_response(),
             arb_plugin_description().prop_map(|p| Ok(ResponseBody::Plugin(p))),
             arb_pipeline_description().prop_map(|p| Ok(ResponseBody::Pipeline(Box::new(p)))),
             proptest::collection::vec(arb_pipeline_description(), 0..3)
