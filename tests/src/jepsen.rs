@@ -109,6 +109,10 @@ pub struct Outcome {
     /// Errors producers saw on deliveries (retries exhausted, etc.); not anomalies in
     /// themselves (an unacknowledged write may or may not be stored).
     pub failed_deliveries: u64,
+    /// Ids of the topics whose replicas every node holds (the topic, the pipeline's output),
+    /// for a comparison of the stores once the nodes stopped: every node's copy had the same
+    /// log end as the others' when they were stopped.
+    pub topic_ids: Vec<u64>,
 }
 
 impl Outcome {
@@ -412,6 +416,7 @@ pub async fn run(dir: &Path, settings: Settings) -> Outcome {
     } else {
         (0, 0)
     };
+    let topic_ids = replicas_level(&cluster, &ca, settings.pipeline).await;
     let committed = commits.lock().unwrap().clone();
     let lost_commits = check_commits(&admin, &committed, &final_log).await;
     admin.close();
@@ -430,6 +435,7 @@ pub async fn run(dir: &Path, settings: Settings) -> Outcome {
         lost_commits,
         pipeline_missing,
         pipeline_extra,
+        topic_ids,
         failed_deliveries: failed.load(Ordering::Relaxed),
     };
     let mut cluster = Arc::try_unwrap(cluster)
@@ -871,6 +877,59 @@ async fn read_back(
         }
     }
     log
+}
+
+/// Waits (bounded) until every node holds the same log end for every partition of the
+/// topic (and of the pipeline's output), as each node itself reports; their ids.
+async fn replicas_level(cluster: &Arc<Mutex<Cluster>>, ca: &Path, pipeline: bool) -> Vec<u64> {
+    let addrs: Vec<String> = {
+        let c = cluster.lock().unwrap();
+        (1..=c.nodes.len() as u32).map(|n| c.addr(n)).collect()
+    };
+    let topics: Vec<&str> = if pipeline {
+        vec![TOPIC, OUTPUT]
+    } else {
+        vec![TOPIC]
+    };
+    let started = Instant::now();
+    loop {
+        let mut views = Vec::new();
+        for addr in &addrs {
+            let Some(client) = client_to(addr, ca).await else {
+                break;
+            };
+            let mut view = Vec::new();
+            for topic in &topics {
+                let answer = client
+                    .request(
+                        Request::DescribeTopic {
+                            name: (*topic).into(),
+                        },
+                        Bytes::new(),
+                    )
+                    .await;
+                if let Ok((ResponseBody::Topic(t), _)) = answer {
+                    view.push((
+                        t.topic_id,
+                        t.partitions.iter().map(|p| p.log_end).collect::<Vec<_>>(),
+                    ));
+                }
+            }
+            client.close();
+            views.push(view);
+        }
+        if views.len() == addrs.len()
+            && views[0].len() == topics.len()
+            && views.iter().all(|v| *v == views[0])
+        {
+            return views[0].iter().map(|(id, _)| *id).collect();
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the replicas never reached the same log ends: {views:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The pipeline's output against its input: (input values missing from the output, output

@@ -2,7 +2,59 @@
 //! leader of every partition is killed with `kill -9` in turn (and restarted). Nothing
 //! acknowledged is lost, nothing is duplicated, and the producers resume after each kill.
 
-use sluice_tests::jepsen::{Fault, Settings, run};
+use sluice_storage::{PartitionId, Store, StoreOptions};
+use sluice_tests::jepsen::{Fault, Outcome, Settings, run};
+
+/// Once the nodes have stopped: every node's copy of every partition holds the same batches
+/// (bytes, offsets, leader epochs) and the same leader-epoch index — no replica kept a suffix
+/// its leader did not have, or missed one it had.
+fn assert_replicas_identical(dir: &std::path::Path, outcome: &Outcome, partitions: u32) {
+    let mut copies = Vec::new();
+    for node in 1..=3 {
+        let store = Store::open(
+            &dir.join(format!("node-{node}")).join("sluice.redb"),
+            StoreOptions::default(),
+        )
+        .unwrap();
+        let mut held = Vec::new();
+        for &topic_id in &outcome.topic_ids {
+            for partition in 0..partitions {
+                let id = PartitionId {
+                    topic_id,
+                    partition,
+                };
+                let state = store.partition_state(id).unwrap();
+                let read = store.read(id, state.log_start, u32::MAX).unwrap();
+                held.push((
+                    id,
+                    state.log_end,
+                    read.bytes,
+                    store.leader_epochs(id).unwrap(),
+                ));
+            }
+        }
+        store.shutdown().unwrap();
+        copies.push(held);
+    }
+    for (node, copy) in copies.iter().enumerate().skip(1) {
+        for (mine, first) in copy.iter().zip(&copies[0]) {
+            assert_eq!(mine.1, first.1, "node {} {}: log end", node + 1, mine.0);
+            assert!(
+                mine.2 == first.2,
+                "node {} {}: its batches differ from node 1's",
+                node + 1,
+                mine.0
+            );
+            assert_eq!(
+                mine.3,
+                first.3,
+                "node {} {}: leader epochs",
+                node + 1,
+                mine.0
+            );
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_every_partition_leader_in_turn_loses_and_duplicates_nothing() {
@@ -13,6 +65,7 @@ async fn killing_every_partition_leader_in_turn_loses_and_duplicates_nothing() {
     println!("{table}");
     assert!(outcome.is_clean(), "{table}");
     assert_eq!(outcome.injected.len(), 3);
+    assert_replicas_identical(dir.path(), &outcome, 3);
     assert!(outcome.report.acknowledged > 1_000, "{table}");
     assert_eq!(outcome.failed_deliveries, 0, "{table}");
 }
@@ -39,6 +92,7 @@ async fn twenty_mixed_faults_leave_no_anomaly() {
     println!("{table}");
     assert!(outcome.is_clean(), "{table}");
     assert_eq!(outcome.injected.len(), 20);
+    assert_replicas_identical(dir.path(), &outcome, 3);
     assert!(
         outcome.report.read > 0 && outcome.report.acknowledged > 1_000,
         "{table}"
@@ -69,4 +123,5 @@ async fn soak() {
     println!("{table}");
     assert!(outcome.is_clean(), "{table}");
     assert_eq!(outcome.injected.len(), count);
+    assert_replicas_identical(dir.path(), &outcome, 3);
 }
