@@ -382,3 +382,218 @@ async fn a_replica_whose_data_dir_was_wiped_re_replicates_and_leads_again() {
     assert_eq!(led_by_1, preferred_of_1);
     client.close();
 }
+
+/// Leader and in-sync set of partition 0 of `topic` as `node`'s metadata has them.
+async fn placement_of(
+    client: &sluice_client::Client,
+    node: u32,
+    topic: &str,
+) -> Option<(Option<u32>, Vec<u32>, Vec<u32>)> {
+    match client
+        .request_to(
+            node,
+            Request::Metadata {
+                topics: Some(vec![topic.into()]),
+            },
+            Bytes::new(),
+        )
+        .await
+    {
+        Ok((ResponseBody::Metadata(m), _)) => m.topics.first().map(|t| {
+            let p = &t.partitions[0];
+            (p.leader, p.replicas.clone(), p.in_sync.clone())
+        }),
+        _ => None,
+    }
+}
+
+/// Waits (bounded) until `node` reports a placement of `topic` partition 0 for which `done`
+/// holds.
+async fn wait_placement(
+    client: &sluice_client::Client,
+    node: u32,
+    topic: &str,
+    what: &str,
+    done: impl Fn(&(Option<u32>, Vec<u32>, Vec<u32>)) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        let p = placement_of(client, node, topic).await;
+        if p.as_ref().is_some_and(&done) {
+            return;
+        }
+        assert!(started.elapsed() < LIMIT, "{what}: never; last {p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn one_record(value: &'static str) -> Bytes {
+    let mut b = sluice_proto::BatchBuilder::new(sluice_proto::Compression::None);
+    b.push(&sluice_proto::Record {
+        key: None,
+        value: Some(Bytes::from_static(value.as_bytes())),
+        headers: vec![],
+        timestamp: 0,
+    });
+    Bytes::from(b.finish(-1, -1, -1).unwrap())
+}
+
+fn produce_all(topic: &str) -> Request {
+    Request::Produce(sluice_proto::ProduceRequest {
+        topic: topic.into(),
+        partition: 0,
+        acks: sluice_proto::Acks::All,
+        timeout_ms: 5_000,
+        leader_epoch: None,
+    })
+}
+
+/// `min.insync.replicas` is a topic setting: set to 3 at create, one follower out of sync
+/// refuses acks=all; lowered to 2 with `topic alter`, the same write is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_insync_replicas_is_a_topic_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = sluice_tests::start_cluster_with(dir.path(), 3, "", "replica_lag_max_ms = 1500\n");
+    let out = nodes[0].run_ok(&[
+        "topic",
+        "create",
+        "m",
+        "--replication-factor",
+        "3",
+        "--min-insync-replicas",
+        "3",
+    ]);
+    assert!(out.contains("min.insync.replicas=3"), "{out}");
+    nodes[0].run_fails(
+        &["topic", "alter", "m", "--min-insync-replicas", "4"],
+        "between 1 and its 3",
+    );
+    let (leader, isr) = in_sync(&nodes[0], "m");
+    assert_eq!(isr.len(), 3);
+    let follower = (1..=3).find(|n| *n != leader).unwrap();
+    let client = nodes[0]
+        .client_with(ClientConfig::new(
+            bootstrap_list(&nodes),
+            TlsConfig::CaFile(nodes[0].ca_path()),
+        ))
+        .await;
+    nodes[follower as usize - 1].signal("STOP");
+    wait_in_sync(&nodes[leader as usize - 1], "m", 2);
+    let started = Instant::now();
+    loop {
+        match client
+            .request_to(leader, produce_all("m"), one_record("x"))
+            .await
+        {
+            Err(e) if e.wire_code() == Some(sluice_proto::ErrorCode::NotEnoughReplicas) => break,
+            other => assert!(started.elapsed() < LIMIT, "never refused: {other:?}"),
+        }
+    }
+    let out =
+        nodes[leader as usize - 1].run_ok(&["topic", "alter", "m", "--min-insync-replicas", "2"]);
+    assert!(out.contains("min.insync.replicas=2"), "{out}");
+    let started = Instant::now();
+    loop {
+        match client
+            .request_to(leader, produce_all("m"), one_record("y"))
+            .await
+        {
+            Ok((ResponseBody::Produced(_), _)) => break,
+            other => assert!(started.elapsed() < LIMIT, "never taken: {other:?}"),
+        }
+    }
+    let described = nodes[leader as usize - 1].run_ok(&["topic", "describe", "m"]);
+    assert!(
+        described.contains("3 replica(s), min.insync.replicas=2, unclean.leader.election=off"),
+        "{described}"
+    );
+    nodes[follower as usize - 1].signal("CONT");
+    client.close();
+}
+
+/// Unclean leader election is off by default and a per-topic opt-in: a partition whose only
+/// in-sync replica died stays leaderless while its other replica, out of sync, is alive; once
+/// the topic allows it, that replica leads (alone in the in-sync set) and the election is
+/// logged as the data loss it is. Five nodes, so the metadata quorum outlives the two faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclean_leader_election_is_an_opt_in_per_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = sluice_tests::start_cluster_with(
+        dir.path(),
+        5,
+        "",
+        "replica_lag_max_ms = 1500\nsession_timeout_ms = 3000\nleader_balance_interval_ms = 300\n",
+    );
+    nodes[0].run_ok(&["topic", "create", "u", "--replication-factor", "2"]);
+    let client = nodes[0]
+        .client_with(ClientConfig::new(
+            bootstrap_list(&nodes),
+            TlsConfig::CaFile(nodes[0].ca_path()),
+        ))
+        .await;
+    wait_placement(&client, 1, "u", "in sync", |p| p.2.len() == 2).await;
+    let (leader, replicas, _) = placement_of(&client, 1, "u").await.unwrap();
+    let leader = leader.unwrap();
+    let follower = *replicas.iter().find(|r| **r != leader).unwrap();
+    let witness = (1..=5u32).find(|n| !replicas.contains(n)).unwrap();
+    let started = Instant::now();
+    loop {
+        match client
+            .request_to(leader, produce_all("u"), one_record("before"))
+            .await
+        {
+            Ok((ResponseBody::Produced(_), _)) => break,
+            other => assert!(started.elapsed() < LIMIT, "{other:?}"),
+        }
+    }
+
+    // The follower falls out of sync, then the leader — the last in-sync replica — dies.
+    nodes[follower as usize - 1].signal("STOP");
+    wait_placement(&client, witness, "u", "follower out of sync", |p| {
+        p.2 == [leader]
+    })
+    .await;
+    nodes[leader as usize - 1].kill9();
+    wait_placement(&client, witness, "u", "leaderless", |p| p.0.is_none()).await;
+    nodes[follower as usize - 1].signal("CONT");
+    // Back and live, but out of sync: with unclean election off the partition waits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = placement_of(&client, witness, "u").await.unwrap();
+    assert_eq!((p.0, p.2.clone()), (None, vec![leader]), "{p:?}");
+    let described = nodes[witness as usize - 1].run_ok(&["topic", "describe", "u"]);
+    assert!(
+        described.contains("unclean.leader.election=off"),
+        "{described}"
+    );
+
+    let out = nodes[witness as usize - 1].run_ok(&[
+        "topic",
+        "alter",
+        "u",
+        "--unclean-leader-election",
+        "true",
+    ]);
+    assert!(out.contains("unclean.leader.election=on"), "{out}");
+    wait_placement(&client, witness, "u", "unclean leader", |p| {
+        p.0 == Some(follower) && p.2 == [follower]
+    })
+    .await;
+    assert!(
+        sluice_tests::all_logs(&nodes).contains("UNCLEAN LEADER ELECTION"),
+        "the election is logged"
+    );
+    let started = Instant::now();
+    loop {
+        match client
+            .request_to(follower, produce_all("u"), one_record("after"))
+            .await
+        {
+            Ok((ResponseBody::Produced(_), _)) => break,
+            other => assert!(started.elapsed() < LIMIT, "{other:?}"),
+        }
+    }
+    client.close();
+    for n in &mut nodes {
+        n.terminate();
+    }
+}

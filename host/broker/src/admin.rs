@@ -133,7 +133,9 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
         | Request::ClusterStatus
         | Request::AddNode { .. }
         | Request::RemoveNode { .. }
-        | Request::ElectLeaders { .. } => Err(WireError::new(
+        | Request::ElectLeaders { .. }
+        | Request::AlterTopicReplication { .. }
+        | Request::DescribeTopicReplication { .. } => Err(WireError::new(
             ErrorCode::InvalidRequest,
             "request routed to the wrong handler",
         )),

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_proto::{ClusterNode, ClusterStatus, ElectedLeader, ResponseBody};
+use sluice_proto::{
+    ClusterNode, ClusterStatus, ElectedLeader, Request, ResponseBody, TopicReplication,
+};
 
 use sluice_metadata::MetadataCommand;
 use sluice_proto::{ErrorCode, WireError};
@@ -119,6 +121,51 @@ pub(crate) async fn elect_leaders(broker: Arc<Broker>, topic: Option<String>) ->
         }
     }
     Reply::ok(ResponseBody::ElectedLeaders(elected))
+}
+
+/// Handles `AlterTopicReplication` (through the metadata log) and
+/// `DescribeTopicReplication`: the topic's replication settings in effect.
+pub(crate) async fn topic_replication(broker: Arc<Broker>, request: Request) -> Reply {
+    let topic = match request {
+        Request::AlterTopicReplication {
+            topic,
+            min_insync_replicas,
+            unclean_leader_election,
+        } => {
+            let cmd = MetadataCommand::AlterTopicReplication {
+                topic: topic.clone(),
+                min_insync_replicas,
+                unclean_leader_election,
+            };
+            if let Err(e) = broker.controller.propose_async(cmd).await {
+                return Reply::error(propose_error(e));
+            }
+            tracing::info!(%topic, ?min_insync_replicas, ?unclean_leader_election, "topic replication settings changed");
+            topic
+        }
+        Request::DescribeTopicReplication { topic } => topic,
+        _ => {
+            return Reply::error(WireError::new(
+                ErrorCode::InvalidRequest,
+                "request routed to the wrong handler",
+            ));
+        }
+    };
+    let described = broker.controller.read(|s| {
+        let t = s.topic(&topic)?;
+        let replicas = t.partitions.first().map_or(1, |p| p.replicas.len());
+        let settings = s.replication_settings(&topic);
+        Some(TopicReplication {
+            topic: topic.clone(),
+            replication_factor: replicas as u16,
+            min_insync_replicas: settings.min_insync(replicas) as u16,
+            unclean_leader_election: settings.unclean_leader_election,
+        })
+    });
+    match described {
+        Some(d) => Reply::ok(ResponseBody::TopicReplication(d)),
+        None => Reply::error(crate::wire_error::unknown_topic(&topic)),
+    }
 }
 
 /// Handles `ClusterStatus`: every node of the Raft membership and every registered broker,

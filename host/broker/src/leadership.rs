@@ -298,6 +298,26 @@ pub(crate) async fn balance(broker: Arc<Broker>) {
         if broker.controller.leader() != Some(broker.node_id) {
             continue;
         }
+        for (topic, partition, leader) in broker.controller.read(|s| s.unclean_elections()) {
+            let cmd = MetadataCommand::ElectUncleanLeader {
+                topic: topic.clone(),
+                partition,
+                leader,
+            };
+            match broker.controller.propose_async(cmd).await {
+                Ok(()) => tracing::error!(
+                    topic,
+                    partition,
+                    leader,
+                    "UNCLEAN LEADER ELECTION: no in-sync replica of this partition is alive, and \
+                     the topic allows an out-of-sync one to lead; records node {leader} lacks are \
+                     LOST"
+                ),
+                Err(e) => {
+                    tracing::debug!(topic, partition, cause = %e, "unclean election not made")
+                }
+            }
+        }
         for (topic, partition) in broker.controller.read(preferred_elections) {
             let cmd = MetadataCommand::ElectPreferredLeader {
                 topic: topic.clone(),

@@ -65,11 +65,6 @@ enum ReplicaAnswer {
 #[derive(Debug, Default)]
 pub(crate) struct Leaders(Mutex<HashMap<PartitionId, (u32, PartitionLeader)>>);
 
-/// `min.insync.replicas` for a partition of `replicas` replicas.
-fn min_insync(replicas: usize) -> usize {
-    if replicas >= 3 { 2 } else { 1 }
-}
-
 /// Milliseconds on the broker's monotonic clock.
 fn now_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -93,13 +88,21 @@ impl Broker {
         let placement = self.controller.read(|s| {
             s.topic_by_id(id.topic_id).and_then(|t| {
                 t.partitions.get(id.partition as usize).and_then(|p| {
-                    (p.leader == Some(self.node_id) && p.replicas.len() > 1)
-                        .then(|| (p.leader_epoch, p.replicas.clone(), p.in_sync.clone()))
+                    (p.leader == Some(self.node_id) && p.replicas.len() > 1).then(|| {
+                        let min_insync =
+                            s.replication_settings(&t.name).min_insync(p.replicas.len());
+                        (
+                            p.leader_epoch,
+                            p.replicas.clone(),
+                            p.in_sync.clone(),
+                            min_insync,
+                        )
+                    })
                 })
             })
         });
         let mut leaders = self.leaders.0.lock().expect("leaders lock poisoned");
-        let Some((epoch, replicas, in_sync)) = placement else {
+        let Some((epoch, replicas, in_sync, min_insync)) = placement else {
             leaders.remove(&id);
             return None;
         };
@@ -118,12 +121,14 @@ impl Broker {
                 now,
                 LeaderConfig {
                     lag_max_ms,
-                    min_insync: min_insync(replicas.len()),
+                    min_insync,
                 },
             );
             leaders.insert(id, (epoch, leader));
         }
         let (_, leader) = leaders.get_mut(&id).expect("just made");
+        // The topic's setting may have changed since.
+        leader.set_min_insync(min_insync);
         // The store's log is the truth: a replica fetch that was in flight when this node
         // became leader may still have appended the previous leader's batches after the state
         // was made. A log end lagging behind would tell followers holding those batches that

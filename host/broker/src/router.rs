@@ -94,6 +94,9 @@ pub(crate) fn handle(
         }
         Request::RemoveNode { node_id } => Box::pin(crate::cluster::remove_node(broker, node_id)),
         Request::ElectLeaders { topic } => Box::pin(crate::cluster::elect_leaders(broker, topic)),
+        Request::AlterTopicReplication { .. } | Request::DescribeTopicReplication { .. } => {
+            Box::pin(crate::cluster::topic_replication(broker, request))
+        }
         Request::CreatePipeline(_)
         | Request::ListPipelines
         | Request::DescribePipeline { .. }

@@ -90,6 +90,12 @@ pub enum TopicCommand {
         /// Replicas of each partition, on as many brokers (at most the live brokers).
         #[arg(long, default_value_t = 1)]
         replication_factor: u16,
+        /// In-sync replicas acks=all needs (default: 2 with three or more replicas, else 1).
+        #[arg(long)]
+        min_insync_replicas: Option<u16>,
+        /// Let an out-of-sync replica lead when no in-sync one is left (losing what it lacks).
+        #[arg(long)]
+        unclean_leader_election: bool,
         /// Delete batches older than this many milliseconds.
         #[arg(long)]
         retention_ms: Option<u64>,
@@ -120,6 +126,17 @@ pub enum TopicCommand {
         /// Plugin configuration, KEY=VALUE (repeatable).
         #[arg(long = "config", value_parser = parse_kv)]
         config: Vec<(String, String)>,
+    },
+    /// Change a topic's replication settings.
+    Alter {
+        name: String,
+        /// In-sync replicas acks=all needs (1 to the replica count).
+        #[arg(long)]
+        min_insync_replicas: Option<u16>,
+        /// Whether an out-of-sync replica may lead when no in-sync one is left (losing what it
+        /// lacks); off by default.
+        #[arg(long)]
+        unclean_leader_election: Option<bool>,
     },
     /// List topics.
     List,

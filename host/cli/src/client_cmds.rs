@@ -27,6 +27,8 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
             name,
             partitions,
             replication_factor,
+            min_insync_replicas,
+            unclean_leader_election,
             retention_ms,
             retention_bytes,
             durability,
@@ -54,6 +56,31 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
                 t.name,
                 t.partitions.len()
             );
+            if min_insync_replicas.is_some() || *unclean_leader_election {
+                let r = admin
+                    .alter_topic_replication(
+                        name,
+                        *min_insync_replicas,
+                        unclean_leader_election.then_some(true),
+                    )
+                    .await?;
+                print_replication(&r);
+            }
+        }
+        TopicCommand::Alter {
+            name,
+            min_insync_replicas,
+            unclean_leader_election,
+        } => {
+            if min_insync_replicas.is_none() && unclean_leader_election.is_none() {
+                bail!(
+                    "say what to change: --min-insync-replicas N, --unclean-leader-election true|false"
+                );
+            }
+            let r = admin
+                .alter_topic_replication(name, *min_insync_replicas, *unclean_leader_election)
+                .await?;
+            print_replication(&r);
         }
         TopicCommand::SetPartitioner {
             name,
@@ -93,6 +120,10 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
                 .map(|t| t.partitions)
                 .unwrap_or_default();
             print_description(&described, &placement);
+            // Brokers older than protocol version 5 do not know the settings.
+            if let Ok(r) = admin.describe_topic_replication(name).await {
+                print_replication(&r);
+            }
         }
         TopicCommand::Delete { name, force: false } => {
             let t = admin.delete_topic(name).await?;
@@ -125,6 +156,19 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_replication(r: &sluice_proto::TopicReplication) {
+    println!(
+        "replication: {} replica(s), min.insync.replicas={}, unclean.leader.election={}",
+        r.replication_factor,
+        r.min_insync_replicas,
+        if r.unclean_leader_election {
+            "on"
+        } else {
+            "off"
+        }
+    );
 }
 
 fn print_description(t: &TopicDescription, placement: &[sluice_proto::PartitionMetadata]) {

@@ -223,6 +223,44 @@ pub enum MetadataCommand {
         topic: String,
         partition: u32,
     },
+    /// Sets a topic's replication settings (`None` leaves one as it is).
+    AlterTopicReplication {
+        topic: String,
+        min_insync_replicas: Option<u16>,
+        unclean_leader_election: Option<bool>,
+    },
+    /// An unclean election: `leader`, a live replica outside the in-sync set, leads a
+    /// partition that has no leader and no live in-sync replica, alone in a new in-sync set,
+    /// in a new leader epoch. Records it never had are lost. Refused unless the topic opted in
+    /// (`unclean_leader_election`).
+    ElectUncleanLeader {
+        topic: String,
+        partition: u32,
+        leader: u32,
+    },
+}
+
+/// A topic's replication settings (Kafka's `min.insync.replicas` and
+/// `unclean.leader.election.enable`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationSettings {
+    /// `acks=all` needs this many in-sync replicas; `None`: 2 with three or more replicas,
+    /// else 1.
+    pub min_insync_replicas: Option<u16>,
+    /// A replica outside the in-sync set may lead when no in-sync one is left (losing what it
+    /// lacks). Off by default.
+    pub unclean_leader_election: bool,
+}
+
+impl ReplicationSettings {
+    /// The in-sync replicas `acks=all` needs for a partition of `replicas` replicas.
+    pub fn min_insync(&self, replicas: usize) -> usize {
+        match self.min_insync_replicas {
+            Some(n) => usize::from(n),
+            None if replicas >= 3 => 2,
+            None => 1,
+        }
+    }
 }
 
 /// Most producer ids one [`MetadataCommand::AllocateProducerIdBlock`] may ask for.
@@ -387,6 +425,42 @@ pub struct MetadataState {
     components: BTreeMap<String, Vec<u8>>,
     /// The latest checkpoint of each pipeline input partition, by pipeline name and partition.
     checkpoints: BTreeMap<(String, u32), Vec<u8>>,
+    /// Topics whose replication settings were set, by name.
+    replication: BTreeMap<String, ReplicationSettings>,
+}
+
+/// [`MetadataState`] as snapshots written before topics' replication settings joined it:
+/// decoded when the current layout does not fit.
+#[derive(Debug, Deserialize)]
+pub struct MetadataStateV2 {
+    brokers: BTreeMap<u32, BrokerRecord>,
+    topics: BTreeMap<String, TopicRecord>,
+    next_topic_id: u64,
+    next_producer_id: i64,
+    recent_allocations: BTreeMap<u64, i64>,
+    applied_index: u64,
+    plugins: BTreeMap<String, PluginRecord>,
+    pipelines: BTreeMap<String, PipelineRecord>,
+    components: BTreeMap<String, Vec<u8>>,
+    checkpoints: BTreeMap<(String, u32), Vec<u8>>,
+}
+
+impl From<MetadataStateV2> for MetadataState {
+    fn from(v2: MetadataStateV2) -> Self {
+        MetadataState {
+            brokers: v2.brokers,
+            topics: v2.topics,
+            next_topic_id: v2.next_topic_id,
+            next_producer_id: v2.next_producer_id,
+            recent_allocations: v2.recent_allocations,
+            applied_index: v2.applied_index,
+            plugins: v2.plugins,
+            pipelines: v2.pipelines,
+            components: v2.components,
+            checkpoints: v2.checkpoints,
+            replication: BTreeMap::new(),
+        }
+    }
 }
 
 /// [`MetadataState`] as snapshots written before plugin components and pipeline checkpoints
@@ -416,6 +490,7 @@ impl From<MetadataStateV1> for MetadataState {
             pipelines: v1.pipelines,
             components: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
+            replication: BTreeMap::new(),
         }
     }
 }
@@ -451,6 +526,32 @@ impl MetadataState {
 
     pub fn topic(&self, name: &str) -> Option<&TopicRecord> {
         self.topics.get(name)
+    }
+
+    /// A topic's replication settings (the defaults unless set).
+    pub fn replication_settings(&self, topic: &str) -> ReplicationSettings {
+        self.replication.get(topic).copied().unwrap_or_default()
+    }
+
+    /// Partitions an unclean election could give a leader: leaderless, no live in-sync
+    /// replica, a live replica outside the set, in a topic that opted in; with that replica
+    /// (the first live one in replica order).
+    pub fn unclean_elections(&self) -> Vec<(String, u32, u32)> {
+        let live: BTreeSet<u32> = self.live_brokers().map(|b| b.node_id).collect();
+        self.topics
+            .values()
+            .filter(|t| self.replication_settings(&t.name).unclean_leader_election)
+            .flat_map(|t| {
+                let live = &live;
+                t.partitions.iter().enumerate().filter_map(move |(i, p)| {
+                    if p.leader.is_some() || p.in_sync.iter().any(|r| live.contains(r)) {
+                        return None;
+                    }
+                    let leader = p.replicas.iter().find(|r| live.contains(r))?;
+                    Some((t.name.clone(), i as u32, *leader))
+                })
+            })
+            .collect()
     }
 
     pub fn topics(&self) -> impl Iterator<Item = &TopicRecord> {
@@ -524,6 +625,40 @@ impl MetadataState {
             MetadataCommand::RegisterBroker { .. }
             | MetadataCommand::RegisterBrokerEpoch { .. }
             | MetadataCommand::RegisterBrokerLife { .. } => Ok(()),
+            MetadataCommand::AlterTopicReplication {
+                topic,
+                min_insync_replicas,
+                ..
+            } => {
+                let t = self.existing(topic)?;
+                let replicas = t.partitions.first().map_or(1, |p| p.replicas.len());
+                if let Some(n) = min_insync_replicas
+                    && (*n == 0 || usize::from(*n) > replicas)
+                {
+                    return Err(MetadataError::InvalidConfig(format!(
+                        "min.insync.replicas {n} for {topic}: must be between 1 and its {replicas} \
+                         replica(s)"
+                    )));
+                }
+                Ok(())
+            }
+            MetadataCommand::ElectUncleanLeader {
+                topic,
+                partition,
+                leader,
+            } => {
+                if !self
+                    .unclean_elections()
+                    .contains(&(topic.clone(), *partition, *leader))
+                {
+                    return Err(MetadataError::InvalidConfig(format!(
+                        "{topic}/{partition}: node {leader} may not lead uncleanly (the topic must \
+                         allow it, the partition be leaderless with no live in-sync replica, and \
+                         node {leader} be its first live replica)"
+                    )));
+                }
+                Ok(())
+            }
             MetadataCommand::ElectPreferredLeader { topic, partition } => {
                 let p = self.existing_partition(topic, *partition)?;
                 let preferred = p.replicas[0];
@@ -981,6 +1116,30 @@ impl MetadataState {
                 p.leader = Some(p.replicas[0]);
                 p.leader_epoch += 1;
             }
+            MetadataCommand::AlterTopicReplication {
+                topic,
+                min_insync_replicas,
+                unclean_leader_election,
+            } => {
+                let s = self.replication.entry(topic.clone()).or_default();
+                if min_insync_replicas.is_some() {
+                    s.min_insync_replicas = *min_insync_replicas;
+                }
+                if let Some(u) = unclean_leader_election {
+                    s.unclean_leader_election = *u;
+                }
+            }
+            MetadataCommand::ElectUncleanLeader {
+                topic,
+                partition,
+                leader,
+            } => {
+                let p = &mut self.topics.get_mut(topic).expect("validated").partitions
+                    [*partition as usize];
+                p.leader = Some(*leader);
+                p.in_sync = vec![*leader];
+                p.leader_epoch += 1;
+            }
             MetadataCommand::FenceBroker { node_id, .. } => {
                 self.brokers.get_mut(node_id).expect("validated").fenced = true;
                 let live: BTreeSet<u32> = self.live_brokers().map(|b| b.node_id).collect();
@@ -1044,6 +1203,7 @@ impl MetadataState {
             }
             MetadataCommand::DeleteTopic { name } => {
                 self.topics.remove(name);
+                self.replication.remove(name);
             }
             MetadataCommand::DeleteTopicForced { name } => {
                 self.pipelines
@@ -1052,6 +1212,7 @@ impl MetadataState {
                 self.checkpoints
                     .retain(|(pipeline, _), _| pipelines.contains_key(pipeline));
                 self.topics.remove(name);
+                self.replication.remove(name);
             }
             MetadataCommand::AddPartitions { name, assignments } => {
                 let topic = self.topics.get_mut(name).expect("validated");
@@ -1456,6 +1617,64 @@ mod tests {
         // election could bring it back).
         assert_eq!(t.partitions[1].leader, None);
         assert!(t.partitions[1].in_sync.is_empty());
+    }
+
+    #[test]
+    fn unclean_elections_only_where_the_topic_opted_in_and_no_in_sync_replica_lives() {
+        let mut s = three_brokers_and(vec![vec![1, 2, 3]]);
+        // Nodes 2 and 3 fell behind; then node 1, the last in-sync replica, dies.
+        let epoch = s.topic("t").unwrap().partitions[0].leader_epoch;
+        s.apply(
+            5,
+            &MetadataCommand::AlterInSync {
+                topic: "t".into(),
+                partition: 0,
+                leader: 1,
+                leader_epoch: epoch,
+                in_sync: vec![1],
+            },
+        )
+        .unwrap();
+        let b1 = s.broker(1).unwrap().epoch;
+        s.apply(
+            6,
+            &MetadataCommand::FenceBroker {
+                node_id: 1,
+                epoch: b1,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.topic("t").unwrap().partitions[0].leader, None);
+        assert!(s.unclean_elections().is_empty(), "not opted in");
+        let unclean = MetadataCommand::ElectUncleanLeader {
+            topic: "t".into(),
+            partition: 0,
+            leader: 2,
+        };
+        assert!(s.validate(&unclean).is_err());
+        let alter = |min, unclean| MetadataCommand::AlterTopicReplication {
+            topic: "t".into(),
+            min_insync_replicas: min,
+            unclean_leader_election: unclean,
+        };
+        assert!(
+            s.validate(&alter(Some(4), None)).is_err(),
+            "more than the replicas"
+        );
+        assert!(s.validate(&alter(Some(0), None)).is_err());
+        s.apply(7, &alter(Some(3), Some(true))).unwrap();
+        assert_eq!(s.replication_settings("t").min_insync(3), 3);
+        assert_eq!(s.unclean_elections(), vec![("t".to_string(), 0, 2)]);
+        s.apply(8, &unclean).unwrap();
+        let p = &s.topic("t").unwrap().partitions[0];
+        assert_eq!((p.leader, p.in_sync.clone()), (Some(2), vec![2]));
+        assert_eq!(p.leader_epoch, epoch + 2);
+        // Settings leave with the topic.
+        s.apply(9, &MetadataCommand::DeleteTopic { name: "t".into() })
+            .unwrap();
+        assert_eq!(s.replication_settings("t"), ReplicationSettings::default());
+        assert_eq!(ReplicationSettings::default().min_insync(3), 2);
+        assert_eq!(ReplicationSettings::default().min_insync(2), 1);
     }
 
     #[test]

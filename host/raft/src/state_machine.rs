@@ -36,6 +36,14 @@ struct SnapshotPayload {
     state: MetadataState,
 }
 
+/// A snapshot as written before the state held topics' replication settings.
+#[derive(Deserialize)]
+struct SnapshotPayloadV2 {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: Membership,
+    state: sluice_metadata::MetadataStateV2,
+}
+
 /// A snapshot as written before the state held plugin components and pipeline checkpoints.
 #[derive(Deserialize)]
 struct SnapshotPayloadV1 {
@@ -49,11 +57,18 @@ impl SnapshotPayload {
     /// older layout fails the current decode where the new fields would start).
     fn decode(data: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes::<SnapshotPayload>(data).or_else(|e| {
-            postcard::from_bytes::<SnapshotPayloadV1>(data)
-                .map(|v1| SnapshotPayload {
-                    last_applied: v1.last_applied,
-                    last_membership: v1.last_membership,
-                    state: v1.state.into(),
+            postcard::from_bytes::<SnapshotPayloadV2>(data)
+                .map(|v2| SnapshotPayload {
+                    last_applied: v2.last_applied,
+                    last_membership: v2.last_membership,
+                    state: v2.state.into(),
+                })
+                .or_else(|_| {
+                    postcard::from_bytes::<SnapshotPayloadV1>(data).map(|v1| SnapshotPayload {
+                        last_applied: v1.last_applied,
+                        last_membership: v1.last_membership,
+                        state: v1.state.into(),
+                    })
                 })
                 .map_err(|_| e)
         })
@@ -331,13 +346,14 @@ mod tests {
         // Written by a build whose state lacked components and checkpoints: the same fields
         // without the two last ones of the state.
         let full = postcard::to_allocvec(&state).unwrap();
-        // Both new maps are empty in `without`, each encoded as one byte (length 0).
+        // Both maps are empty in `without`, as is the later replication settings map, each
+        // encoded as one byte (length 0).
         let mut without = state.clone();
         without
             .apply(2, &MetadataCommand::DeletePlugin { name: "p".into() })
             .unwrap();
         let mut v1_state = postcard::to_allocvec(&without).unwrap();
-        v1_state.truncate(v1_state.len() - 2);
+        v1_state.truncate(v1_state.len() - 3);
         assert!(full.len() > v1_state.len());
         let mut old =
             postcard::to_allocvec(&(None::<LogId<NodeId>>, Membership::default())).unwrap();
@@ -346,5 +362,16 @@ mod tests {
         assert!(back.plugin("p").is_none());
         assert_eq!(back.applied_index(), without.applied_index());
         assert!(back.component("h").is_none());
+
+        // Written by a build whose state lacked topics' replication settings: the current
+        // layout without its last (empty) map.
+        let mut v2_state = postcard::to_allocvec(&state).unwrap();
+        v2_state.truncate(v2_state.len() - 1);
+        let mut old =
+            postcard::to_allocvec(&(None::<LogId<NodeId>>, Membership::default())).unwrap();
+        old.extend_from_slice(&v2_state);
+        let back = SnapshotPayload::decode(&old).unwrap().state;
+        assert_eq!(back, state);
+        assert_eq!(back.component("h"), Some(&[1u8, 2, 3][..]));
     }
 }

@@ -204,6 +204,11 @@ impl PartitionLeader {
         self.hw
     }
 
+    /// `min.insync.replicas` changed (a topic setting).
+    pub fn set_min_insync(&mut self, min_insync: usize) {
+        self.config.min_insync = min_insync;
+    }
+
     /// Retention moved the log start.
     pub fn on_log_start(&mut self, log_start: Offset) {
         self.log_start = self.log_start.max(log_start);

@@ -286,6 +286,43 @@ impl Admin {
         }
     }
 
+    /// Sets a topic's replication settings (`None` leaves one as it is); the settings in
+    /// effect after.
+    pub async fn alter_topic_replication(
+        &self,
+        topic: &str,
+        min_insync_replicas: Option<u16>,
+        unclean_leader_election: Option<bool>,
+    ) -> Result<sluice_proto::TopicReplication, ClientError> {
+        self.topic_replication(Request::AlterTopicReplication {
+            topic: topic.to_owned(),
+            min_insync_replicas,
+            unclean_leader_election,
+        })
+        .await
+    }
+
+    /// A topic's replication settings in effect.
+    pub async fn describe_topic_replication(
+        &self,
+        topic: &str,
+    ) -> Result<sluice_proto::TopicReplication, ClientError> {
+        self.topic_replication(Request::DescribeTopicReplication {
+            topic: topic.to_owned(),
+        })
+        .await
+    }
+
+    async fn topic_replication(
+        &self,
+        request: Request,
+    ) -> Result<sluice_proto::TopicReplication, ClientError> {
+        match self.client.request(request, Bytes::new()).await? {
+            (ResponseBody::TopicReplication(r), _) => Ok(r),
+            (other, _) => Err(unexpected("TopicReplication", &other)),
+        }
+    }
+
     /// Sends a membership request to the metadata leader: to the bootstrap broker first, then to
     /// the leader it names.
     async fn at_metadata_leader(&self, request: Request) -> Result<ClusterStatus, ClientError> {

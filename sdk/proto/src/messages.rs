@@ -139,6 +139,19 @@ pub enum Request {
     ElectLeaders {
         topic: Option<String>,
     },
+    /// Sets a topic's replication settings — `min.insync.replicas` (1 to its replica count)
+    /// and whether an out-of-sync replica may lead when no in-sync one is left; `None` leaves
+    /// a setting as it is (version 5). Answered with [`ResponseBody::TopicReplication`].
+    AlterTopicReplication {
+        topic: String,
+        min_insync_replicas: Option<u16>,
+        unclean_leader_election: Option<bool>,
+    },
+    /// A topic's replication settings (version 5). Answered with
+    /// [`ResponseBody::TopicReplication`].
+    DescribeTopicReplication {
+        topic: String,
+    },
 }
 
 impl Request {
@@ -196,6 +209,8 @@ impl Request {
             Request::RemoveNode { .. } => "remove_node",
             Request::CreateTopicReplicated { .. } => "create_topic_replicated",
             Request::ElectLeaders { .. } => "elect_leaders",
+            Request::AlterTopicReplication { .. } => "alter_topic_replication",
+            Request::DescribeTopicReplication { .. } => "describe_topic_replication",
         }
     }
 }
@@ -242,6 +257,20 @@ pub enum ResponseBody {
     ClusterStatus(ClusterStatus),
     /// The answer to [`Request::ElectLeaders`]: each partition handed to its preferred replica.
     ElectedLeaders(Vec<ElectedLeader>),
+    /// A topic's replication settings, in effect.
+    TopicReplication(TopicReplication),
+}
+
+/// The answer to [`Request::AlterTopicReplication`] and [`Request::DescribeTopicReplication`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicReplication {
+    pub topic: String,
+    /// Replicas of each partition.
+    pub replication_factor: u16,
+    /// In-sync replicas `acks=all` needs (the default: 2 with three or more replicas, else 1).
+    pub min_insync_replicas: u16,
+    /// Whether an out-of-sync replica may lead when no in-sync one is left.
+    pub unclean_leader_election: bool,
 }
 
 /// A partition whose leadership went back to its preferred replica.
@@ -1002,6 +1031,19 @@ mod tests {
                 }
             ),
             proptest::option::of("[a-z]{1,10}").prop_map(|topic| Request::ElectLeaders { topic }),
+            (
+                "[a-z]{1,10}",
+                proptest::option::of(any::<u16>()),
+                proptest::option::of(any::<bool>())
+            )
+                .prop_map(|(topic, min_insync_replicas, unclean_leader_election)| {
+                    Request::AlterTopicReplication {
+                        topic,
+                        min_insync_replicas,
+                        unclean_leader_election,
+                    }
+                }),
+            "[a-z]{1,10}".prop_map(|topic| Request::DescribeTopicReplication { topic }),
         ]
     }
 
@@ -1054,6 +1096,16 @@ mod tests {
                         }))
                     }
                 ),
+            ("[a-z]{1,10}", any::<u16>(), any::<u16>(), any::<bool>()).prop_map(
+                |(topic, replication_factor, min_insync_replicas, unclean_leader_election)| Ok(
+                    ResponseBody::TopicReplication(TopicReplication {
+                        topic,
+                        replication_factor,
+                        min_insync_replicas,
+                        unclean_leader_election
+                    })
+                )
+            ),
             proptest::collection::vec(("[a-z]{1,5}", any::<u32>(), any::<u32>()), 0..4).prop_map(
                 |e| Ok(ResponseBody::ElectedLeaders(
                     e.into_iter()
