@@ -229,6 +229,9 @@ pub(crate) struct PartitionRuntime {
     pub(crate) high_watermark: watch::Sender<u64>,
     /// The high watermark last checkpointed to the store (replicated partitions).
     pub(crate) checkpointed: std::sync::atomic::AtomicU64,
+    /// Woken when this node, as leader, appended to the partition: followers' fetches
+    /// waiting at the log end answer at once.
+    pub(crate) appended: tokio::sync::Notify,
 }
 
 impl Broker {
@@ -262,6 +265,7 @@ impl Broker {
             .or_insert_with(|| {
                 Arc::new(PartitionRuntime {
                     high_watermark: watch::channel(start).0,
+                    appended: tokio::sync::Notify::new(),
                     checkpointed: std::sync::atomic::AtomicU64::new(start),
                 })
             })

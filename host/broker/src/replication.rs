@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use sluice_metadata::MetadataCommand;
 use sluice_proto::batch::split_batches;
 use sluice_proto::{ErrorCode, WireError};
+use sluice_replication::wire::{self, ReplicaAnswer, ReplicaFetch};
 use sluice_replication::{
     EpochCache, FetchOutcome, FollowerAction, LeaderConfig, PartitionFollower, PartitionLeader,
 };
@@ -34,36 +34,14 @@ const LONG_POLL: Duration = Duration::from_millis(500);
 /// Bound on one fetch round trip.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A follower's fetch: it holds everything below `fetch_offset`, and its last batch has
-/// `last_fetched_epoch`.
-#[derive(Debug, Serialize, Deserialize)]
-struct ReplicaFetch {
-    topic_id: u64,
-    partition: u32,
-    follower: u32,
-    leader_epoch: u32,
-    fetch_offset: u64,
-    last_fetched_epoch: Option<u32>,
-    max_bytes: u32,
-}
-
-/// The leader's answer.
-#[derive(Debug, Serialize, Deserialize)]
-enum ReplicaAnswer {
-    /// Whole batches from the fetch offset (none when nothing new came within the long poll).
-    Batches { high_watermark: u64, bytes: Vec<u8> },
-    /// The follower's log diverges: `epoch` ends at `end_offset` here.
-    Diverging { epoch: u32, end_offset: u64 },
-    /// The fetch offset is outside this log.
-    OutOfRange { log_start: u64, log_end: u64 },
-    /// Not the leader of that partition in that epoch, or another reason not to serve.
-    Refused(String),
-}
-
 /// The leader state of each replicated partition this node leads, with the leader epoch it
 /// was made for.
 #[derive(Debug, Default)]
-pub(crate) struct Leaders(Mutex<HashMap<PartitionId, (u32, PartitionLeader)>>);
+pub(crate) struct Leaders(Mutex<HashMap<PartitionId, LeaderEntry>>);
+
+/// One led partition: the leader epoch its state was made for, the state, and the broker
+/// epoch (life) of each replica when last seen.
+type LeaderEntry = (u32, PartitionLeader, HashMap<u32, u64>);
 
 /// Milliseconds on the broker's monotonic clock.
 fn now_ms() -> u64 {
@@ -91,22 +69,28 @@ impl Broker {
                     (p.leader == Some(self.node_id) && p.replicas.len() > 1).then(|| {
                         let min_insync =
                             s.replication_settings(&t.name).min_insync(p.replicas.len());
+                        let lives: HashMap<u32, u64> = p
+                            .replicas
+                            .iter()
+                            .map(|r| (*r, s.broker(*r).map_or(0, |b| b.epoch)))
+                            .collect();
                         (
                             p.leader_epoch,
                             p.replicas.clone(),
                             p.in_sync.clone(),
                             min_insync,
+                            lives,
                         )
                     })
                 })
             })
         });
         let mut leaders = self.leaders.0.lock().expect("leaders lock poisoned");
-        let Some((epoch, replicas, in_sync, min_insync)) = placement else {
+        let Some((epoch, replicas, in_sync, min_insync, lives)) = placement else {
             leaders.remove(&id);
             return None;
         };
-        let stale = leaders.get(&id).is_none_or(|(e, _)| *e != epoch);
+        let stale = leaders.get(&id).is_none_or(|(e, _, _)| *e != epoch);
         if stale {
             let state = self.store.partition_state(id).unwrap_or_default();
             let hw = self.high_watermark(id);
@@ -124,9 +108,17 @@ impl Broker {
                     min_insync,
                 },
             );
-            leaders.insert(id, (epoch, leader));
+            leaders.insert(id, (epoch, leader, lives.clone()));
         }
-        let (_, leader) = leaders.get_mut(&id).expect("just made");
+        let (_, leader, seen) = leaders.get_mut(&id).expect("just made");
+        // A follower that registered again since (a restart, a wiped disk) may hold less than
+        // its earlier fetches said.
+        for (node, life) in &lives {
+            if seen.get(node).is_some_and(|before| before != life) {
+                leader.forget_follower(*node);
+            }
+        }
+        *seen = lives;
         // The topic's setting may have changed since.
         leader.set_min_insync(min_insync);
         // The store's log is the truth: a replica fetch that was in flight when this node
@@ -143,10 +135,17 @@ impl Broker {
     /// The leader appended up to `log_end`: with one replica that is committed at once; with
     /// more, when the in-sync followers have it.
     pub(crate) fn leader_appended(&self, id: PartitionId, log_end: u64) {
-        let hw = self
-            .with_leader_state(id, |l| l.on_appended(log_end))
-            .unwrap_or(log_end);
-        self.advance_high_watermark(id, hw);
+        match self.with_leader_state(id, |l| l.on_appended(log_end)) {
+            Some(hw) => self.advance_high_watermark(id, hw),
+            // One replica: what is stored is committed.
+            None if !self.replicated(id) => self.advance_high_watermark(id, log_end),
+            // Leadership moved while the batch was being written (a preferred-leader election,
+            // a fence): the new leader decides what is committed, and it may not have this
+            // batch. Taking the log end for the watermark here acknowledged writes the new
+            // leader then truncated away (found by the fault harness).
+            None => {}
+        }
+        self.runtime(id).appended.notify_waiters();
     }
 
     /// `acks=all` is refused while the partition has fewer in-sync replicas than its
@@ -263,10 +262,9 @@ pub(crate) fn serve(broker: &Arc<Broker>) {
             let weak = weak.clone();
             Box::pin(async move {
                 let broker = weak.upgrade().ok_or("the broker is stopping")?;
-                let fetch: ReplicaFetch = postcard::from_bytes(&message)
-                    .map_err(|e| format!("undecodable replication message: {e}"))?;
+                let fetch: ReplicaFetch = wire::decode(&message)?;
                 let answer = answer_fetch(&broker, fetch).await;
-                postcard::to_allocvec(&answer).map_err(|e| e.to_string())
+                wire::encode(&answer)
             })
         }));
 }
@@ -329,15 +327,23 @@ async fn answer_fetch(broker: &Arc<Broker>, fetch: ReplicaFetch) -> ReplicaAnswe
     }
     let _ = log_start;
     if fetch.fetch_offset >= log_end {
-        // Nothing new: hold the fetch until the log grows (bounded).
-        let started = Instant::now();
-        while started.elapsed() < LONG_POLL
-            && broker
+        // Nothing new: hold the fetch until this leader appends (bounded).
+        let runtime = broker.runtime(id);
+        let deadline = tokio::time::Instant::now() + LONG_POLL;
+        loop {
+            // Registered before the check, so an append in between is not missed.
+            let appended = runtime.appended.notified();
+            let grown = broker
                 .store
                 .partition_state(id)
-                .is_some_and(|s| s.log_end <= fetch.fetch_offset)
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+                .is_none_or(|s| s.log_end > fetch.fetch_offset);
+            if grown {
+                break;
+            }
+            tokio::select! {
+                _ = appended => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
         }
     }
     let b = broker.clone();
@@ -464,7 +470,7 @@ async fn fetch_once(
         last_fetched_epoch: epochs.last().map(|(e, _)| *e),
         max_bytes: FETCH_BYTES,
     };
-    let message = postcard::to_allocvec(&fetch).map_err(|e| e.to_string())?;
+    let message = wire::encode(&fetch)?;
     let answer = tokio::time::timeout(
         FETCH_TIMEOUT,
         broker.controller.call_replica(leader, message),
@@ -472,8 +478,7 @@ async fn fetch_once(
     .await
     .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
     .map_err(|e| e.to_string())?;
-    let answer: ReplicaAnswer =
-        postcard::from_bytes(&answer).map_err(|e| format!("undecodable answer: {e}"))?;
+    let answer: ReplicaAnswer = wire::decode(&answer)?;
     // Leadership may have moved while the fetch was out — to this node, even. An answer from
     // a leader that no longer is one is dropped: applying it could put the old leader's
     // batches after this node started its own epoch, or cut what a new leader wrote.
@@ -502,16 +507,22 @@ async fn fetch_once(
         } => {
             let batches = split_batches(bytes.into()).map_err(|e| e.to_string())?;
             let max = broker.config.max_batch_bytes as usize;
-            for (header, batch) in batches {
+            // Every batch is checked, then all are queued at once: the store's writer takes
+            // them in one group commit (one fsync), not one each.
+            let mut appends = Vec::with_capacity(batches.len());
+            for (header, batch) in &batches {
                 if header.base_offset < state.log_end {
                     continue; // the read began at the batch holding the offset
                 }
-                crate::produce::validate_batch(&batch, max).map_err(|e| e.message)?;
-                let appended = broker
-                    .store
-                    .append_replica(id, batch.to_vec(), durability)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                crate::produce::validate_batch(batch, max).map_err(|e| e.message)?;
+            }
+            for (header, batch) in batches {
+                if header.base_offset >= state.log_end {
+                    appends.push(broker.store.append_replica(id, batch.to_vec(), durability));
+                }
+            }
+            for append in appends {
+                let appended = append.await.map_err(|e| e.to_string())?;
                 broker.advance_high_watermark(id, high_watermark.min(appended.log_end));
             }
             Ok(true)

@@ -1092,6 +1092,7 @@ impl MetadataState {
                     .filter(|p| p.replicas.contains(node_id))
                 {
                     let last = p.in_sync == [*node_id];
+                    let was_in_sync = p.in_sync.contains(node_id);
                     if *fresh || !last {
                         p.in_sync.retain(|n| n != node_id);
                     }
@@ -1107,6 +1108,11 @@ impl MetadataState {
                             p.leader = next;
                             p.leader_epoch += 1;
                         }
+                    } else if was_in_sync && !p.in_sync.contains(node_id) {
+                        // The leader stays, in a new epoch: an in-sync change it proposed
+                        // before it learned of this node's new life (counting what the old
+                        // life held) is then refused as stale.
+                        p.leader_epoch += 1;
                     }
                 }
             }
@@ -1596,9 +1602,10 @@ mod tests {
         assert_eq!(t.partitions[0].leader, Some(2));
         assert_eq!(t.partitions[0].leader_epoch, before[0] + 1);
         assert_eq!(t.partitions[0].in_sync, vec![2, 3]);
-        // It followed partition 1: out of sync, the leader unchanged.
+        // It followed partition 1: out of sync, the leader unchanged but in a new epoch (an
+        // in-sync change proposed before the leader knew is refused).
         assert_eq!(t.partitions[1].leader, Some(2));
-        assert_eq!(t.partitions[1].leader_epoch, before[1]);
+        assert_eq!(t.partitions[1].leader_epoch, before[1] + 1);
         assert_eq!(t.partitions[1].in_sync, vec![2, 3]);
         // Its only replica: it leads on, in a new epoch.
         assert_eq!(t.partitions[2].leader, Some(1));

@@ -204,6 +204,17 @@ impl PartitionLeader {
         self.hw
     }
 
+    /// `follower` started a new life (it restarted, perhaps with less data than before, or
+    /// none): what its earlier fetches said no longer holds. It counts as not having fetched
+    /// in this epoch, so it neither holds the high watermark up nor rejoins the in-sync set
+    /// until it fetches again.
+    pub fn forget_follower(&mut self, follower: NodeId) {
+        if let Some(p) = self.followers.get_mut(&follower) {
+            p.leo = None;
+            p.last_fetch = None;
+        }
+    }
+
     /// `min.insync.replicas` changed (a topic setting).
     pub fn set_min_insync(&mut self, min_insync: usize) {
         self.config.min_insync = min_insync;

@@ -10,11 +10,13 @@
 //! - [`PartitionFollower`]: what a follower asks for and what it does with the answer (append,
 //!   or truncate a diverging suffix).
 //! - [`AckWaiters`]: `acks=all` producers waiting for the high watermark to pass their batch.
+//! - [`wire`]: the replica fetch and the leader's answer, as they travel between brokers.
 
 mod epochs;
 mod follower;
 mod leader;
 mod waiters;
+pub mod wire;
 
 pub use epochs::EpochCache;
 pub use follower::{FetchPosition, FollowerAction, PartitionFollower};

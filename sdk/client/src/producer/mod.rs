@@ -324,12 +324,29 @@ impl Producer {
         &self.shared.config
     }
 
+    /// The topic's partition count and whether a partitioner plugin places its records. A
+    /// lookup that fails retriably — the broker asked was just lost, a leader is moving — is
+    /// tried again (backing off as retries do) until `delivery_timeout`, as Kafka's `send`
+    /// blocks for metadata up to `max.block.ms`.
     async fn topic_info(&self, topic: &str) -> Result<(u32, bool), ClientError> {
         let shared = &self.shared;
-        let route = shared
-            .client
-            .topic_route(topic, shared.config.metadata_max_age)
-            .await?;
+        let deadline = Instant::now() + shared.config.delivery_timeout;
+        let mut pause = shared.config.retry_backoff;
+        let route = loop {
+            match shared
+                .client
+                .topic_route(topic, shared.config.metadata_max_age)
+                .await
+            {
+                Ok(route) => break route,
+                Err(e) if e.is_retriable() && Instant::now() + pause < deadline => {
+                    debug!(topic, cause = %e, "topic lookup failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(shared.config.retry_backoff * 10);
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if route.partitions.is_empty() {
             return Err(unknown_topic(topic));
         }
