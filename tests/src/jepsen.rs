@@ -48,6 +48,25 @@ pub enum Fault {
     KillCoordinator,
 }
 
+impl Fault {
+    /// Every kind of fault.
+    pub const ALL: [Fault; 6] = [
+        Fault::KillLeader,
+        Fault::PauseFollower,
+        Fault::KillController,
+        Fault::PauseLeader,
+        Fault::Restart,
+        Fault::KillCoordinator,
+    ];
+
+    /// `count` faults, every kind in turn.
+    pub fn mixed(count: usize) -> Vec<Fault> {
+        (0..count)
+            .map(|i| Fault::ALL[i % Fault::ALL.len()])
+            .collect()
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Settings {

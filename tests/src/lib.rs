@@ -386,6 +386,16 @@ pub fn bootstrap_list(nodes: &[BrokerProcess]) -> String {
         .join(",")
 }
 
+/// A connected SDK client of the cluster `nodes`: their bootstrap list, their shared dev CA.
+pub async fn cluster_client(nodes: &[BrokerProcess]) -> Client {
+    nodes[0]
+        .client_with(ClientConfig::new(
+            bootstrap_list(nodes),
+            TlsConfig::CaFile(nodes[0].ca_path()),
+        ))
+        .await
+}
+
 /// Every node's log, for a failure message.
 pub fn all_logs(nodes: &[BrokerProcess]) -> String {
     nodes

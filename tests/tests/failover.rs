@@ -76,16 +76,7 @@ async fn killing_every_partition_leader_in_turn_loses_and_duplicates_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_mixed_faults_leave_no_anomaly() {
     let dir = tempfile::tempdir().unwrap();
-    let kinds = [
-        Fault::KillLeader,
-        Fault::PauseFollower,
-        Fault::KillController,
-        Fault::PauseLeader,
-        Fault::Restart,
-        Fault::KillCoordinator,
-    ];
-    let faults: Vec<Fault> = (0..20).map(|i| kinds[i % kinds.len()]).collect();
-    let mut settings = Settings::three_nodes(faults);
+    let mut settings = Settings::three_nodes(Fault::mixed(20));
     settings.between_faults = std::time::Duration::from_secs(1);
     let outcome = run(dir.path(), settings).await;
     let table = outcome.table();
@@ -109,16 +100,7 @@ async fn soak() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(100);
-    let kinds = [
-        Fault::KillLeader,
-        Fault::PauseFollower,
-        Fault::KillController,
-        Fault::PauseLeader,
-        Fault::Restart,
-        Fault::KillCoordinator,
-    ];
-    let faults: Vec<Fault> = (0..count).map(|i| kinds[i % kinds.len()]).collect();
-    let outcome = run(dir.path(), Settings::three_nodes(faults)).await;
+    let outcome = run(dir.path(), Settings::three_nodes(Fault::mixed(count))).await;
     let table = outcome.table();
     println!("{table}");
     assert!(outcome.is_clean(), "{table}");

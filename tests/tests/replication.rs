@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_client::{ClientConfig, ProducerConfig, ProducerRecord, TlsConfig};
+use sluice_client::{ProducerConfig, ProducerRecord};
 use sluice_proto::{Request, ResponseBody};
 use sluice_storage::{PartitionId, Store, StoreOptions};
-use sluice_tests::{all_logs, bootstrap_list, start_cluster};
+use sluice_tests::{all_logs, start_cluster};
 
 /// Every wait here is bounded by this.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -45,12 +45,7 @@ async fn followers_copy_their_leaders_logs_byte_for_byte() {
         "broker",
     );
 
-    let client = nodes[0]
-        .client_with(ClientConfig::new(
-            bootstrap_list(&nodes),
-            TlsConfig::CaFile(nodes[0].ca_path()),
-        ))
-        .await;
+    let client = sluice_tests::cluster_client(&nodes).await;
     let producer = client.producer(ProducerConfig::default());
     let mut pending = Vec::new();
     for i in 0..3_000 {
@@ -173,12 +168,7 @@ async fn acks_all_waits_for_the_in_sync_replicas_and_needs_two_of_them() {
     assert_eq!(isr.len(), 3);
     let followers: Vec<u32> = (1..=3).filter(|n| *n != leader).collect();
     let node = |id: u32| &nodes[id as usize - 1];
-    let client = nodes[0]
-        .client_with(ClientConfig::new(
-            bootstrap_list(&nodes),
-            TlsConfig::CaFile(nodes[0].ca_path()),
-        ))
-        .await;
+    let client = sluice_tests::cluster_client(&nodes).await;
     let producer = client.producer(ProducerConfig {
         delivery_timeout: LIMIT,
         ..ProducerConfig::default()
@@ -283,12 +273,7 @@ async fn a_replica_whose_data_dir_was_wiped_re_replicates_and_leads_again() {
         "--replication-factor",
         "3",
     ]);
-    let client = nodes[0]
-        .client_with(ClientConfig::new(
-            bootstrap_list(&nodes),
-            TlsConfig::CaFile(nodes[0].ca_path()),
-        ))
-        .await;
+    let client = sluice_tests::cluster_client(&nodes).await;
     let producer = client.producer(ProducerConfig::default());
     let mut acked = std::collections::BTreeMap::new();
     let mut pending = Vec::new();
@@ -471,12 +456,7 @@ async fn min_insync_replicas_is_a_topic_setting() {
     let (leader, isr) = in_sync(&nodes[0], "m");
     assert_eq!(isr.len(), 3);
     let follower = (1..=3).find(|n| *n != leader).unwrap();
-    let client = nodes[0]
-        .client_with(ClientConfig::new(
-            bootstrap_list(&nodes),
-            TlsConfig::CaFile(nodes[0].ca_path()),
-        ))
-        .await;
+    let client = sluice_tests::cluster_client(&nodes).await;
     nodes[follower as usize - 1].signal("STOP");
     wait_in_sync(&nodes[leader as usize - 1], "m", 2);
     let started = Instant::now();
@@ -525,12 +505,7 @@ async fn unclean_leader_election_is_an_opt_in_per_topic() {
         "replica_lag_max_ms = 1500\nsession_timeout_ms = 3000\nleader_balance_interval_ms = 300\n",
     );
     nodes[0].run_ok(&["topic", "create", "u", "--replication-factor", "2"]);
-    let client = nodes[0]
-        .client_with(ClientConfig::new(
-            bootstrap_list(&nodes),
-            TlsConfig::CaFile(nodes[0].ca_path()),
-        ))
-        .await;
+    let client = sluice_tests::cluster_client(&nodes).await;
     wait_placement(&client, 1, "u", "in sync", |p| p.2.len() == 2).await;
     let (leader, replicas, _) = placement_of(&client, 1, "u").await.unwrap();
     let leader = leader.unwrap();
