@@ -119,11 +119,9 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
                 .find(|t| &t.name == name)
                 .map(|t| t.partitions)
                 .unwrap_or_default();
-            print_description(&described, &placement);
             // Brokers older than protocol version 5 do not know the settings.
-            if let Ok(r) = admin.describe_topic_replication(name).await {
-                print_replication(&r);
-            }
+            let replication = admin.describe_topic_replication(name).await.ok();
+            print_description(&described, &placement, replication.as_ref());
         }
         TopicCommand::Delete { name, force: false } => {
             let t = admin.delete_topic(name).await?;
@@ -171,7 +169,11 @@ fn print_replication(r: &sluice_proto::TopicReplication) {
     );
 }
 
-fn print_description(t: &TopicDescription, placement: &[sluice_proto::PartitionMetadata]) {
+fn print_description(
+    t: &TopicDescription,
+    placement: &[sluice_proto::PartitionMetadata],
+    replication: Option<&sluice_proto::TopicReplication>,
+) {
     let c = &t.config;
     let opt = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
     println!(
@@ -184,6 +186,9 @@ fn print_description(t: &TopicDescription, placement: &[sluice_proto::PartitionM
         c.durability,
         c.partitioner.as_deref().unwrap_or("key-hash")
     );
+    if let Some(r) = replication {
+        print_replication(r);
+    }
     println!("partition\tleader\tepoch\treplicas\tin_sync\tlog_start\tlog_end\tsize_bytes");
     let list = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     for p in &t.partitions {
