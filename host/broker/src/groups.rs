@@ -183,14 +183,7 @@ impl Broker {
                     broker.leader_appended(id, appended.log_end);
                     // Group state is written as with acks=all: a commit is answered once the
                     // in-sync replicas have it, so a coordinator that fails over keeps it.
-                    broker
-                        .committed(
-                            id,
-                            appended.base_offset,
-                            appended.log_end,
-                            GROUP_WRITE_TIMEOUT,
-                        )
-                        .await?;
+                    broker.committed(id, &appended, GROUP_WRITE_TIMEOUT).await?;
                     Ok(Some(appended.base_offset))
                 }
             }

@@ -126,10 +126,10 @@ impl Broker {
     pub(crate) async fn committed(
         &self,
         id: PartitionId,
-        base_offset: u64,
-        log_end: u64,
+        appended: &sluice_storage::Appended,
         timeout: Duration,
     ) -> Result<(), WireError> {
+        let (base_offset, log_end) = (appended.base_offset, appended.log_end);
         // Checked now and then: a leader that lost its partition meanwhile answers at once
         // (the batch is then committed only if the new leader had it), not after `timeout`.
         let started = std::time::Instant::now();

@@ -532,12 +532,7 @@ async fn run(
             broker.leader_appended(id, appended.log_end);
             // The checkpoint below must not outlive this output in a failover.
             broker
-                .committed(
-                    id,
-                    appended.base_offset,
-                    appended.log_end,
-                    OUTPUT_COMMIT_TIMEOUT,
-                )
+                .committed(id, &appended, OUTPUT_COMMIT_TIMEOUT)
                 .await
                 .map_err(|e| {
                     format!("writing to {}/{}: {}", rec.spec.to, id.partition, e.message)

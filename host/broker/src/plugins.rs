@@ -312,12 +312,7 @@ pub(crate) async fn produce_routed(
                     broker.leader_appended(a.id, appended.log_end);
                     if acks == sluice_proto::Acks::All
                         && let Err(e) = broker
-                            .committed(
-                                a.id,
-                                appended.base_offset,
-                                appended.log_end,
-                                ROUTED_COMMIT_TIMEOUT,
-                            )
+                            .committed(a.id, &appended, ROUTED_COMMIT_TIMEOUT)
                             .await
                     {
                         return Reply::error(e);

@@ -126,10 +126,7 @@ pub(crate) fn produce(
         match acks {
             Acks::None => Reply::None,
             Acks::Leader => Reply::ok(produced),
-            Acks::All => match broker
-                .committed(led.id, appended.base_offset, appended.log_end, timeout)
-                .await
-            {
+            Acks::All => match broker.committed(led.id, &appended, timeout).await {
                 Ok(()) => Reply::ok(produced),
                 Err(e) => Reply::error(e),
             },
