@@ -51,6 +51,34 @@ fn samples() -> Vec<MetadataCommand> {
             max_memory_bytes: None,
             start_offsets: vec![0, 10, 20],
         }),
+        MetadataCommand::RegisterBrokerLife {
+            node_id: 3,
+            addr: "127.0.0.1:9000".into(),
+            peer_addr: Some("127.0.0.1:9471".into()),
+            rack: Some("a".into()),
+            fresh: true,
+        },
+        MetadataCommand::AlterInSync {
+            topic: "orders".into(),
+            partition: 0,
+            leader: 1,
+            leader_epoch: 4,
+            in_sync: vec![1, 2],
+        },
+        MetadataCommand::ElectPreferredLeader {
+            topic: "orders".into(),
+            partition: 1,
+        },
+        MetadataCommand::AlterTopicReplication {
+            topic: "orders".into(),
+            min_insync_replicas: Some(2),
+            unclean_leader_election: Some(true),
+        },
+        MetadataCommand::ElectUncleanLeader {
+            topic: "orders".into(),
+            partition: 1,
+            leader: 3,
+        },
     ]
 }
 
