@@ -257,10 +257,14 @@ async fn coordinator_of(addr: &str, ca: &Path) -> Option<u32> {
 /// (leader, replicas, in-sync) of each partition.
 type Placement = Vec<(Option<u32>, Vec<u32>, Vec<u32>)>;
 
-/// The placement of the topic's partitions, then of the pipeline output's, if it exists.
+/// The placement of the topic's partitions, then of the pipeline output's and of the group
+/// coordinator's offsets topic, where they exist.
 fn placement(m: &MetadataResponse) -> Option<Placement> {
     let t = m.topics.iter().find(|t| t.name == TOPIC)?;
-    let output = m.topics.iter().filter(|t| t.name == OUTPUT);
+    let output = m
+        .topics
+        .iter()
+        .filter(|t| t.name == OUTPUT || t.name == "__consumer_offsets");
     Some(
         t.partitions
             .iter()

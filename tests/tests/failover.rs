@@ -95,15 +95,25 @@ async fn twenty_mixed_faults_leave_no_anomaly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a long soak; run by hand"]
 async fn soak() {
-    let dir = tempfile::tempdir().unwrap();
+    // SLUICE_SOAK_DIR keeps the nodes' data dirs and logs for a look after a failure.
+    let kept = std::env::var_os("SLUICE_SOAK_DIR").map(std::path::PathBuf::from);
+    let temp = tempfile::tempdir().unwrap();
+    let dir = match &kept {
+        Some(d) => {
+            std::fs::create_dir_all(d).unwrap();
+            tempfile::tempdir_in(d).unwrap().keep()
+        }
+        None => temp.path().to_owned(),
+    };
+    println!("soak data in {}", dir.display());
     let count: usize = std::env::var("SLUICE_SOAK_FAULTS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(100);
-    let outcome = run(dir.path(), Settings::three_nodes(Fault::mixed(count))).await;
+    let outcome = run(&dir, Settings::three_nodes(Fault::mixed(count))).await;
     let table = outcome.table();
     println!("{table}");
     assert!(outcome.is_clean(), "{table}");
     assert_eq!(outcome.injected.len(), count);
-    assert_replicas_identical(dir.path(), &outcome, 3);
+    assert_replicas_identical(&dir, &outcome, 3);
 }

@@ -136,7 +136,14 @@ impl Broker {
         while started.elapsed() < timeout {
             let slice = (timeout - started.elapsed()).min(Duration::from_millis(250));
             if self.wait_high_watermark(id, log_end, slice).await {
-                return Ok(());
+                // The watermark passing `log_end` commits *this* batch only if the log still
+                // holds it there. A leader replaced before the batch committed follows the new
+                // leader: its log is cut below the batch and written again with the new
+                // leader's records, and the watermark it then learns passes the same offsets.
+                // Acknowledging on the offsets alone lost acknowledged records (found by the
+                // fault harness's soak).
+                self.still_holds(id, appended)?;
+                return self.check_committed_in_sync(id);
             }
             let leader = self.controller.read(|s| {
                 s.topic_by_id(id.topic_id)
@@ -165,6 +172,34 @@ impl Broker {
                 "the batch at offset {base_offset} of partition {id} was not replicated to the \
                  in-sync replicas within {} ms; it may still commit",
                 timeout.as_millis()
+            ),
+        ))
+    }
+
+    /// Whether the log still holds the batch `appended` describes: the batch at its base
+    /// offset is of the leader epoch it was appended in (a leader epoch's batches come from
+    /// one leader, in one order). Below the log start, retention removed it, which it does
+    /// only to committed batches.
+    fn still_holds(
+        &self,
+        id: PartitionId,
+        appended: &sluice_storage::Appended,
+    ) -> Result<(), WireError> {
+        let log_start = self.store.partition_state(id).map_or(0, |s| s.log_start);
+        let held = self.store.epoch_at(id, appended.base_offset);
+        if appended.base_offset < log_start || held == Some(appended.leader_epoch) {
+            return Ok(());
+        }
+        Err(WireError::new(
+            ErrorCode::NotLeader,
+            format!(
+                "node {} stopped leading partition {id} before the batch at offset {} \
+                 (leader epoch {}) was committed, and the new leader did not have it \
+                 (the offset now holds {}); retry at the new leader",
+                self.node_id,
+                appended.base_offset,
+                appended.leader_epoch,
+                held.map_or("nothing".to_owned(), |e| format!("leader epoch {e}")),
             ),
         ))
     }

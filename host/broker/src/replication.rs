@@ -108,6 +108,10 @@ impl Broker {
                     min_insync,
                 },
             );
+            tracing::info!(
+                partition = %id, epoch, log_end = state.log_end, high_watermark = hw,
+                in_sync = ?leader.isr(), "leading the partition"
+            );
             leaders.insert(id, (epoch, leader, lives.clone()));
         }
         let (_, leader, seen) = leaders.get_mut(&id).expect("just made");
@@ -115,6 +119,7 @@ impl Broker {
         // its earlier fetches said.
         for (node, life) in &lives {
             if seen.get(node).is_some_and(|before| before != life) {
+                tracing::info!(partition = %id, follower = node, life, "a follower started a new life: its fetch position is forgotten");
                 leader.forget_follower(*node);
             }
         }
@@ -159,6 +164,25 @@ impl Broker {
                     "{topic}/{} has {} in-sync replica(s) caught up; acks=all needs {} \
                      (min.insync.replicas); retry when a replica has caught up",
                     id.partition, e.in_sync, e.required
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Broker {
+    /// After the high watermark passed a batch: refused if the in-sync set shrank below
+    /// `min.insync.replicas` meanwhile (see `PartitionLeader::check_committed_in_sync`).
+    pub(crate) fn check_committed_in_sync(&self, id: PartitionId) -> Result<(), WireError> {
+        match self.with_leader_state(id, |l| l.check_committed_in_sync()) {
+            Some(Err(e)) => Err(WireError::new(
+                ErrorCode::NotEnoughReplicas,
+                format!(
+                    "partition {id}: the batch is stored, but the in-sync set shrank to {} \
+                     replica(s) before it committed and acks=all needs {} \
+                     (min.insync.replicas); retry (a duplicate is recognised)",
+                    e.in_sync, e.required
                 ),
             )),
             _ => Ok(()),
@@ -540,10 +564,19 @@ async fn fetch_once(
                     truncate(broker, id, to).await?;
                     Ok(true)
                 }
-                FollowerAction::Reset { from } => Err(format!(
-                    "the leader's log now starts at {from}, after this replica's end: starting \
-                 over from there is not supported yet"
-                )),
+                // Everything this replica would fetch next is gone from the leader (retention,
+                // or the offsets topic's compaction, while this node was away): it starts over
+                // at the leader's log start. Stuck here, a restarted node never rejoined a
+                // compacted offsets partition's in-sync set (found by the soak).
+                FollowerAction::Reset { from } => {
+                    let b = broker.clone();
+                    tokio::task::spawn_blocking(move || b.store.truncate_fully(id, from))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                    tracing::info!(partition = %id, from, "replica emptied: it starts over at the leader's log start");
+                    Ok(true)
+                }
             }
         }
         ReplicaAnswer::Refused(why) => Err(why),

@@ -81,6 +81,12 @@ pub(crate) fn storage_error(e: StorageError) -> WireError {
                 id.partition
             ),
         ),
+        // Only a leader's append reaches a client with this: it was decided as leader of an
+        // epoch this node's log has moved past, so another node leads now.
+        StorageError::EpochBehind { .. } => WireError::new(
+            ErrorCode::NotLeader,
+            format!("{e}; this broker no longer leads the partition, retry at its leader"),
+        ),
         StorageError::Closed => WireError::new(
             ErrorCode::ShuttingDown,
             "the store is closing; retry shortly",

@@ -197,6 +197,21 @@ impl PartitionLeader {
         Ok(())
     }
 
+    /// Whether a batch the high watermark just passed may be acknowledged to an `acks=all`
+    /// producer: the committed in-sync set still has `min_insync` members. The set may have
+    /// shrunk since the batch was appended, and the watermark then moved on over fewer copies
+    /// than the producer asked for (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND): the batch is
+    /// stored and will not be written twice, but the producer hears it is not yet safe.
+    pub fn check_committed_in_sync(&self) -> Result<(), NotEnoughReplicas> {
+        if self.isr.len() < self.config.min_insync {
+            return Err(NotEnoughReplicas {
+                in_sync: self.isr.len(),
+                required: self.config.min_insync,
+            });
+        }
+        Ok(())
+    }
+
     /// The leader appended: its log now ends at `leo`. Returns the high watermark.
     pub fn on_appended(&mut self, leo: Offset) -> Offset {
         self.leo = self.leo.max(leo);
@@ -404,8 +419,10 @@ mod tests {
                 required: 2
             })
         );
+        assert!(l.check_committed_in_sync().is_err());
         l.on_isr_committed([1, 2]);
         assert!(l.check_acks_all(500).is_ok());
+        assert!(l.check_committed_in_sync().is_ok());
         // 2 stops fetching: past the lag it no longer counts, even before the set shrinks.
         assert_eq!(
             l.check_acks_all(1_001),

@@ -8,7 +8,7 @@ use crate::PartitionId;
 /// Everything that can go wrong in the store.
 ///
 /// `UnknownPartition`, `OffsetOutOfRange`, `InvalidBatch`, `OutOfOrderSequence`,
-/// `ProducerFenced`, `ReplicaOffsetMismatch`, `ReplicaEpochBehind` and `HighWatermarkBeyondLogEnd` are about the
+/// `ProducerFenced`, `ReplicaOffsetMismatch`, `EpochBehind` and `HighWatermarkBeyondLogEnd` are about the
 /// request: the store is fine and the caller should answer its client. `Corrupt` means a
 /// stored batch failed its checks (it is never served). `DiskFull`, `Failed`, `Closed` and
 /// `Redb` mean the store itself cannot serve; after `DiskFull` (and after `Failed` for an I/O
@@ -75,13 +75,14 @@ pub enum StorageError {
         /// The batch's base offset.
         got: u64,
     },
-    /// A replica batch whose leader epoch is older than the log's latest (from a leader
-    /// replaced before this log's last batches were written). Nothing was stored.
+    /// A batch whose leader epoch is older than the log's latest: a replica's from a leader
+    /// replaced before this log's last batches were written, or a leader's append decided
+    /// before this node stopped leading. Nothing was stored.
     #[error(
-        "replica batch for partition {id} has leader epoch {epoch}, older than the log's latest \
-         {latest}; nothing was stored"
+        "batch for partition {id} has leader epoch {epoch}, older than the log's latest \
+         {latest} (its leader was replaced); nothing was stored"
     )]
-    ReplicaEpochBehind {
+    EpochBehind {
         id: PartitionId,
         epoch: u32,
         latest: u32,

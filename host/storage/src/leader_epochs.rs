@@ -49,6 +49,12 @@ impl LeaderEpochs {
         self.entries.last().copied()
     }
 
+    /// The epoch of the entry covering `offset`: the latest starting at or before it.
+    pub fn epoch_at(&self, offset: u64) -> Option<u32> {
+        let covering = self.entries.partition_point(|&(_, start)| start <= offset);
+        covering.checked_sub(1).map(|i| self.entries[i].0)
+    }
+
     /// A batch of leader epoch `epoch` was appended at `base_offset` (the log end). Returns
     /// whether the entries changed.
     pub fn assign(&mut self, epoch: u32, base_offset: u64) -> bool {

@@ -47,7 +47,7 @@ use std::time::Duration;
 pub use error::StorageError;
 pub use file::StoreFile;
 pub use leader_epochs::LeaderEpochs;
-pub use partition_log::{BatchMeta, PartitionLog, ReplicaRefused, RetentionPlan};
+pub use partition_log::{AppendRefused, BatchMeta, PartitionLog, RetentionPlan};
 pub use producer_state::{ProducerStamp, ProducerState, SequenceCheck};
 pub use store::Store;
 pub use tables::FORMAT_VERSION;
@@ -124,6 +124,10 @@ pub struct Appended {
     /// where the first copy went, and nothing was written again. `log_end` is then the end of
     /// that first copy.
     pub duplicate: bool,
+    /// The leader epoch of the batch at `base_offset` (of the first copy, for a duplicate).
+    /// A leader waiting for the batch to commit checks the batch at `base_offset` still has
+    /// it: a log truncated and written again by another leader holds a newer epoch there.
+    pub leader_epoch: u32,
 }
 
 /// Whole batches, concatenated, as a fetch returns them.

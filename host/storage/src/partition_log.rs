@@ -50,13 +50,13 @@ pub struct InconsistentIndex {
     pub reason: String,
 }
 
-/// A replica's batch refused by [`PartitionLog::stage_append_at`].
+/// A batch refused by [`PartitionLog::stage_append`] or [`PartitionLog::stage_append_at`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplicaRefused {
-    /// It does not start at the (staged) log end, where it had to start.
+pub enum AppendRefused {
+    /// A replica's batch does not start at the (staged) log end, where it had to start.
     NotAtLogEnd { log_end: u64 },
-    /// Its leader epoch is older than the log's latest: it comes from a leader that was
-    /// replaced before this log's last batches were written.
+    /// Its leader epoch is older than the log's latest: it comes from (or was decided by) a
+    /// leader that was replaced before this log's last batches were written.
     OlderEpoch { epoch: u32, latest: u32 },
 }
 
@@ -180,16 +180,40 @@ impl PartitionLog {
 
     /// Stages a leader's append of a batch of `record_count` records, of leader epoch
     /// `leader_epoch`; returns its base offset, the (staged) log end.
+    ///
+    /// Refused when `leader_epoch` is older than the log's latest: the append was decided by
+    /// a leader that has since been replaced (this node may have followed the new leader and
+    /// stored its batches meanwhile), and placing it after them would put an old leader's
+    /// batch into a newer epoch's part of the log.
     pub fn stage_append(
         &mut self,
         leader_epoch: u32,
         record_count: u32,
         max_timestamp: i64,
         len: u32,
-    ) -> u64 {
+    ) -> Result<u64, AppendRefused> {
+        self.check_epoch(leader_epoch)?;
         let base = self.staged.log_end;
         self.push_staged(base, leader_epoch, record_count, max_timestamp, len);
-        base
+        Ok(base)
+    }
+
+    fn check_epoch(&self, leader_epoch: u32) -> Result<(), AppendRefused> {
+        match self.staged_epochs.latest() {
+            Some((latest, _)) if leader_epoch < latest => Err(AppendRefused::OlderEpoch {
+                epoch: leader_epoch,
+                latest,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The leader epoch of the batch holding `offset` in the committed view, if it holds it.
+    pub fn epoch_at(&self, offset: u64) -> Option<u32> {
+        if offset < self.committed.log_start || offset >= self.committed.log_end {
+            return None;
+        }
+        self.epochs.epoch_at(offset)
     }
 
     /// Stages a replica's append of a batch the leader already placed at `base_offset`. It is
@@ -202,20 +226,13 @@ impl PartitionLog {
         record_count: u32,
         max_timestamp: i64,
         len: u32,
-    ) -> Result<(), ReplicaRefused> {
+    ) -> Result<(), AppendRefused> {
         if base_offset != self.staged.log_end {
-            return Err(ReplicaRefused::NotAtLogEnd {
+            return Err(AppendRefused::NotAtLogEnd {
                 log_end: self.staged.log_end,
             });
         }
-        if let Some((latest, _)) = self.staged_epochs.latest()
-            && leader_epoch < latest
-        {
-            return Err(ReplicaRefused::OlderEpoch {
-                epoch: leader_epoch,
-                latest,
-            });
-        }
+        self.check_epoch(leader_epoch)?;
         self.push_staged(base_offset, leader_epoch, record_count, max_timestamp, len);
         Ok(())
     }
@@ -399,8 +416,8 @@ mod tests {
     #[test]
     fn offsets_are_dense_and_follow_record_counts() {
         let mut log = PartitionLog::new();
-        assert_eq!(log.stage_append(0, 3, 10, 100), 0);
-        assert_eq!(log.stage_append(0, 1, 20, 50), 3);
+        assert_eq!(log.stage_append(0, 3, 10, 100).unwrap(), 0);
+        assert_eq!(log.stage_append(0, 1, 20, 50).unwrap(), 3);
         assert_eq!(log.state().log_end, 0, "nothing visible before commit");
         log.commit_staged();
         assert_eq!(
@@ -420,20 +437,20 @@ mod tests {
     #[test]
     fn abort_forgets_staged_appends_and_reuses_nothing_committed() {
         let mut log = PartitionLog::new();
-        log.stage_append(0, 2, 5, 10);
+        log.stage_append(0, 2, 5, 10).unwrap();
         log.commit_staged();
-        log.stage_append(0, 2, 50, 10);
+        log.stage_append(0, 2, 50, 10).unwrap();
         log.abort_staged();
         assert_eq!(log.state(), log.staged_state());
         assert_eq!(log.offset_for_timestamp(6), 2);
-        assert_eq!(log.stage_append(0, 1, 7, 10), 2);
+        assert_eq!(log.stage_append(0, 1, 7, 10).unwrap(), 2);
     }
 
     #[test]
     fn retention_by_size_and_time_removes_a_prefix_and_keeps_log_end() {
         let mut log = PartitionLog::new();
         for ts in [100, 200, 300, 400] {
-            log.stage_append(0, 2, ts, 10);
+            log.stage_append(0, 2, ts, 10).unwrap();
         }
         log.commit_staged();
         let mut copy = log.clone();
@@ -454,7 +471,11 @@ mod tests {
         log.commit_staged();
         assert_eq!(log.state().batches, 0);
         assert_eq!(log.offset_for_timestamp(0), 8);
-        assert_eq!(log.stage_append(0, 1, 0, 1), 8, "offsets are never reused");
+        assert_eq!(
+            log.stage_append(0, 1, 0, 1).unwrap(),
+            8,
+            "offsets are never reused"
+        );
     }
 
     #[test]
@@ -474,7 +495,7 @@ mod tests {
     fn retention_never_removes_a_batch_ending_past_the_bound() {
         let mut log = PartitionLog::new();
         for _ in 0..4 {
-            log.stage_append(0, 2, 100, 10);
+            log.stage_append(0, 2, 100, 10).unwrap();
         }
         log.commit_staged();
         // Everything is expired, but the bound (a high watermark of 5) keeps [4, 6) and on.
@@ -491,10 +512,10 @@ mod tests {
     #[test]
     fn a_replica_batch_of_an_epoch_older_than_the_logs_latest_is_refused() {
         let mut log = PartitionLog::new();
-        log.stage_append(5, 3, 0, 10);
+        log.stage_append(5, 3, 0, 10).unwrap();
         assert_eq!(
             log.stage_append_at(3, 4, 2, 0, 10),
-            Err(ReplicaRefused::OlderEpoch {
+            Err(AppendRefused::OlderEpoch {
                 epoch: 4,
                 latest: 5
             })
@@ -508,14 +529,14 @@ mod tests {
     #[test]
     fn a_replica_append_is_taken_only_at_the_log_end() {
         let mut log = PartitionLog::new();
-        log.stage_append(1, 3, 0, 10);
+        log.stage_append(1, 3, 0, 10).unwrap();
         assert_eq!(
             log.stage_append_at(2, 1, 1, 0, 10),
-            Err(ReplicaRefused::NotAtLogEnd { log_end: 3 })
+            Err(AppendRefused::NotAtLogEnd { log_end: 3 })
         );
         assert_eq!(
             log.stage_append_at(4, 1, 1, 0, 10),
-            Err(ReplicaRefused::NotAtLogEnd { log_end: 3 })
+            Err(AppendRefused::NotAtLogEnd { log_end: 3 })
         );
         assert_eq!(
             log.staged_state().batches,
@@ -523,7 +544,7 @@ mod tests {
             "a refused batch changes nothing"
         );
         assert_eq!(log.stage_append_at(3, 2, 2, 0, 10), Ok(()));
-        assert_eq!(log.stage_append(2, 1, 0, 10), 5);
+        assert_eq!(log.stage_append(2, 1, 0, 10).unwrap(), 5);
         log.commit_staged();
         assert_eq!(log.state().log_end, 6);
         assert_eq!(log.epochs(), &[(1, 0), (2, 3)]);
@@ -532,18 +553,18 @@ mod tests {
     #[test]
     fn leader_epochs_are_staged_committed_aborted_and_trimmed_with_the_log() {
         let mut log = PartitionLog::new();
-        log.stage_append(1, 2, 0, 10);
-        log.stage_append(1, 2, 0, 10);
+        log.stage_append(1, 2, 0, 10).unwrap();
+        log.stage_append(1, 2, 0, 10).unwrap();
         assert!(log.epochs_staged());
         assert_eq!(log.epochs(), &[], "nothing committed yet");
         log.commit_staged();
         assert!(!log.epochs_staged());
-        log.stage_append(3, 2, 0, 10);
+        log.stage_append(3, 2, 0, 10).unwrap();
         assert!(log.has_staged());
         log.abort_staged();
         assert_eq!(log.epochs(), &[(1, 0)]);
         assert_eq!(log.staged_epochs().entries(), &[(1, 0)]);
-        log.stage_append(3, 2, 0, 10);
+        log.stage_append(3, 2, 0, 10).unwrap();
         log.commit_staged();
         assert_eq!(log.epochs(), &[(1, 0), (3, 4)]);
         // Retention of the first batch moves epoch 1's start to the new log start.
@@ -561,7 +582,7 @@ mod tests {
     fn truncation_cuts_at_whole_batches() {
         let mut log = PartitionLog::new();
         for _ in 0..3 {
-            log.stage_append(0, 3, 0, 10); // [0, 3), [3, 6), [6, 9)
+            log.stage_append(0, 3, 0, 10).unwrap(); // [0, 3), [3, 6), [6, 9)
         }
         log.commit_staged();
         log.stage_delete_before(3); // log start 3
@@ -677,7 +698,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Append(count, ts, len) => {
-                        let base = log.stage_append(0, count, ts, len);
+                        let base = log.stage_append(0, count, ts, len).unwrap();
                         prop_assert_eq!(base, staged.end);
                         staged.batches.push((base, count, ts, len));
                         staged.end += u64::from(count);

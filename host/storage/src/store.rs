@@ -20,7 +20,7 @@ use tracing::{debug, error, info, trace, warn};
 use crate::error;
 use crate::file::{PathFile, Reopen};
 use crate::leader_epochs::LeaderEpochs;
-use crate::partition_log::{PartitionLog, ReplicaRefused};
+use crate::partition_log::{AppendRefused, PartitionLog};
 use crate::producer_state::{ProducerStamp, ProducerState, SequenceCheck};
 use crate::tables::{
     self, BATCH_INDEX, BATCHES, BatchKey, EpochKey, HIGH_WATERMARKS, IndexRow, LEADER_EPOCHS,
@@ -231,10 +231,13 @@ impl<T> Reply<T> {
 /// truncation, which runs in a write transaction of its own.
 enum Request {
     Group(Command),
-    /// Remove every batch at and after `offset` (see [`Store::truncate`]).
+    /// Remove every batch at and after `offset`, or every batch (see [`Store::truncate`],
+    /// [`Store::truncate_fully`]).
     Truncate {
         id: PartitionId,
         offset: u64,
+        /// Everything goes and the log restarts at `offset`, wherever that is.
+        fully: bool,
         reply: Reply<u64>,
     },
 }
@@ -545,7 +548,28 @@ impl Store {
     /// then the partition's in-memory log and idempotent producers' state are rebuilt from the
     /// tables, as on startup. Durable on return; blocks the calling thread for that commit.
     pub fn truncate(&self, id: PartitionId, offset: u64) -> Result<u64> {
-        self.submit_blocking(|reply| Request::Truncate { id, offset, reply })
+        self.submit_blocking(|reply| Request::Truncate {
+            id,
+            offset,
+            fully: false,
+            reply,
+        })
+    }
+
+    /// Removes every batch of the partition and restarts its log at `offset` (log start = log
+    /// end = `offset`), even past the current log end: a follower whose whole log lies before
+    /// its leader's log start (the leader's retention or compaction removed what it would
+    /// fetch next) starts over at that log start. The leader epochs go, a checkpointed high
+    /// watermark above `offset` is lowered to it, and the idempotent producers' state is
+    /// rebuilt (empty). Same transaction and durability as [`Store::truncate`]; returns
+    /// `offset`.
+    pub fn truncate_fully(&self, id: PartitionId, offset: u64) -> Result<u64> {
+        self.submit_blocking(|reply| Request::Truncate {
+            id,
+            offset,
+            fully: true,
+            reply,
+        })
     }
 
     /// The partition's leader epochs, oldest first: for every leader epoch in its log,
@@ -668,6 +692,12 @@ impl Store {
     }
 
     /// The committed bounds and size of a partition; `None` if it does not exist.
+    /// The leader epoch of the committed batch holding `offset`, if the partition holds it.
+    pub fn epoch_at(&self, id: PartitionId, offset: u64) -> Option<u32> {
+        let log = read_lock(&self.inner.shared.partitions).get(&id)?.clone();
+        lock(&log).epoch_at(offset)
+    }
+
     pub fn partition_state(&self, id: PartitionId) -> Option<PartitionState> {
         let log = read_lock(&self.inner.shared.partitions).get(&id)?.clone();
         let state = lock(&log).state();
@@ -1147,7 +1177,12 @@ impl Writer {
         while let Some(request) = requests.next() {
             match request {
                 Request::Group(command) => group.push(command),
-                Request::Truncate { id, offset, reply } => {
+                Request::Truncate {
+                    id,
+                    offset,
+                    fully,
+                    reply,
+                } => {
                     // A shutdown ends what the writer takes from the queue, so a group that
                     // runs before a truncation holds none; should one, the rest is refused.
                     if !group.is_empty() && self.run_group(std::mem::take(&mut group)) {
@@ -1155,7 +1190,7 @@ impl Writer {
                         requests.for_each(|r| r.fail(|| StorageError::Closed));
                         return true;
                     }
-                    self.run_truncate(id, offset, reply);
+                    self.run_truncate(id, offset, fully, reply);
                 }
             }
         }
@@ -1165,7 +1200,7 @@ impl Writer {
     /// Runs a truncation in a write transaction of its own with a durable commit, then
     /// replaces the partition's in-memory log and producer state by what its tables now hold
     /// (the code that opening the store runs), so memory and file cannot disagree.
-    fn run_truncate(&mut self, id: PartitionId, offset: u64, reply: Reply<u64>) {
+    fn run_truncate(&mut self, id: PartitionId, offset: u64, fully: bool, reply: Reply<u64>) {
         if let Some(failure) = self.failure() {
             reply.send(Err(failure.error(&self.shared)));
             return;
@@ -1177,13 +1212,20 @@ impl Writer {
         // Every earlier group has committed: the staged view is the committed one.
         let (state, to, epochs) = {
             let log = lock(&log);
-            (
-                log.state(),
-                log.truncation_point(offset),
-                log.staged_epochs().clone(),
-            )
+            let to = if fully {
+                offset
+            } else {
+                log.truncation_point(offset)
+            };
+            (log.state(), to, log.staged_epochs().clone())
         };
-        if to == state.log_end {
+        // What stays: `[log_start, to)`, or nothing and the log restarts at `to`.
+        let (start, removed_from) = if fully {
+            (to, 0)
+        } else {
+            (state.log_start.min(to), to)
+        };
+        if (start, to) == (state.log_start, state.log_end) {
             debug!(partition = %id, offset, log_end = state.log_end,
                    "truncation at or after the log end removes nothing");
             reply.send(Ok(to));
@@ -1192,7 +1234,7 @@ impl Writer {
         // Held across the commit, so a reader of this partition's bounds waits for it (one
         // commit) rather than see offsets the file no longer holds.
         let mut memory = lock(&log);
-        match self.commit_truncation(id, state.log_start, to, epochs) {
+        match self.commit_truncation(id, start, removed_from, to, epochs) {
             Ok(Ok(restored)) => {
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
                 // A durable commit makes every earlier one durable.
@@ -1223,14 +1265,16 @@ impl Writer {
         }
     }
 
-    /// The truncation's transaction: removes the batches and index rows from `to` on, sets the
-    /// bounds, the leader epochs and the high watermark checkpoint, rebuilds the partition from
-    /// the tables as they now stand, and commits durably. A rebuild that finds the rows
-    /// inconsistent aborts the transaction and is the inner error; a redb error the outer.
+    /// The truncation's transaction: removes the batches and index rows from `removed_from`
+    /// on, sets the bounds to `[log_start, to)`, the leader epochs and the high watermark
+    /// checkpoint, rebuilds the partition from the tables as they now stand, and commits
+    /// durably. A rebuild that finds the rows inconsistent aborts the transaction and is the
+    /// inner error; a redb error the outer.
     fn commit_truncation(
         &self,
         id: PartitionId,
         log_start: u64,
+        removed_from: u64,
         to: u64,
         mut epochs: LeaderEpochs,
     ) -> Result<Result<Restored>, redb::Error> {
@@ -1238,11 +1282,12 @@ impl Writer {
         let restored = {
             let mut tables = GroupTables::open(&txn)?;
             let key = (id.topic_id, id.partition);
-            let removed = (id.topic_id, id.partition, to)..=(id.topic_id, id.partition, u64::MAX);
+            let removed =
+                (id.topic_id, id.partition, removed_from)..=(id.topic_id, id.partition, u64::MAX);
             tables.batches.retain_in(removed.clone(), |_, _| false)?;
             tables.index.retain_in(removed, |_, _| false)?;
-            tables.partitions.insert(key, (log_start.min(to), to))?;
-            epochs.truncate_to(to);
+            tables.partitions.insert(key, (log_start, to))?;
+            epochs.truncate_to(removed_from);
             tables::write_epochs(&mut tables.epochs, id, &epochs)?;
             let checkpoint = tables.high_watermarks.get(key)?.map(|v| v.value());
             if checkpoint.is_some_and(|hw| hw > to) {
@@ -1441,7 +1486,13 @@ impl Writer {
                             // Nothing is written, but the answer waits for this group's commit
                             // (durable if the topic asks for it), so it never acknowledges a
                             // first copy that is not yet committed as the topic requires.
-                            let state = lock(&log).staged_state();
+                            let (state, first_epoch) = {
+                                let log = lock(&log);
+                                (
+                                    log.staged_state(),
+                                    log.staged_epochs().epoch_at(base_offset),
+                                )
+                            };
                             debug!(partition = %id, producer_id = stamp.producer_id,
                                    sequence = stamp.base_sequence, base_offset,
                                    "duplicate batch not stored again");
@@ -1453,6 +1504,7 @@ impl Writer {
                                     log_start: state.log_start,
                                     log_end: base_offset + u64::from(header.record_count),
                                     duplicate: true,
+                                    leader_epoch: first_epoch.unwrap_or(0),
                                 },
                             ));
                             return Ok(());
@@ -1482,12 +1534,12 @@ impl Writer {
                 let staged = {
                     let mut log = lock(&log);
                     let staged = match placement {
-                        Placement::Leader { leader_epoch } => Ok(log.stage_append(
+                        Placement::Leader { leader_epoch } => log.stage_append(
                             leader_epoch,
                             header.record_count,
                             header.max_timestamp,
                             header.batch_len,
-                        )),
+                        ),
                         Placement::Replica => log
                             .stage_append_at(
                                 header.base_offset,
@@ -1502,7 +1554,7 @@ impl Writer {
                 };
                 let (base, state) = match staged {
                     Ok(staged) => staged,
-                    Err(ReplicaRefused::NotAtLogEnd { log_end }) => {
+                    Err(AppendRefused::NotAtLogEnd { log_end }) => {
                         debug!(partition = %id, log_end, base_offset = header.base_offset,
                                "replica batch not at the log end refused");
                         reply.send(Err(StorageError::ReplicaOffsetMismatch {
@@ -1512,9 +1564,9 @@ impl Writer {
                         }));
                         return Ok(());
                     }
-                    Err(ReplicaRefused::OlderEpoch { epoch, latest }) => {
-                        debug!(partition = %id, epoch, latest, "replica batch of an older epoch refused");
-                        reply.send(Err(StorageError::ReplicaEpochBehind { id, epoch, latest }));
+                    Err(AppendRefused::OlderEpoch { epoch, latest }) => {
+                        debug!(partition = %id, epoch, latest, "batch of an older leader epoch refused");
+                        reply.send(Err(StorageError::EpochBehind { id, epoch, latest }));
                         return Ok(());
                     }
                 };
@@ -1551,6 +1603,10 @@ impl Writer {
                         log_start: state.log_start,
                         log_end: state.log_end,
                         duplicate: false,
+                        leader_epoch: match placement {
+                            Placement::Leader { leader_epoch } => leader_epoch,
+                            Placement::Replica => header.leader_epoch,
+                        },
                     },
                 ));
             }

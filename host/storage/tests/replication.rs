@@ -118,8 +118,25 @@ async fn a_replica_keeps_the_leaders_offsets_and_epochs_and_appends_only_at_its_
 
     // A leader append after replica ones continues at the log end, in its own epoch.
     let got = store.append(P, batch(1, 1_000, -1, -1), 6, FSYNC).await;
-    assert_eq!(got.unwrap().base_offset, 5);
+    let got = got.unwrap();
+    assert_eq!((got.base_offset, got.leader_epoch), (5, 6));
     assert_eq!(store.leader_epochs(P).unwrap(), [(3, 0), (5, 2), (6, 5)]);
+    // The epoch of the batch holding an offset, for a leader checking its batch is still
+    // there when the watermark passes it.
+    let held: Vec<Option<u32>> = (0..7).map(|o| store.epoch_at(P, o)).collect();
+    assert_eq!(
+        held,
+        [Some(3), Some(3), Some(5), Some(5), Some(5), Some(6), None]
+    );
+    // An append decided as leader of an epoch the log has moved past is refused: this node
+    // followed a newer leader meanwhile.
+    match store.append(P, batch(1, 1_000, -1, -1), 5, FSYNC).await {
+        Err(StorageError::EpochBehind { id, epoch, latest }) => {
+            assert_eq!((id, epoch, latest), (P, 5, 6));
+        }
+        other => panic!("expected EpochBehind, got {other:?}"),
+    }
+    assert_eq!(bounds(&store, P), (0, 6));
     assert!(matches!(
         store
             .append_replica(PartitionId::new(9, 9), leader_batch(0, 1, 1, -1, -1), FSYNC)
@@ -148,7 +165,8 @@ async fn a_new_leader_recognises_retries_of_batches_it_replicated() {
     let retry = store.append(P, batch(1, 1_000, 7, 2), 2, FSYNC).await;
     let retry = retry.unwrap();
     assert!(retry.duplicate);
-    assert_eq!(retry.base_offset, 2);
+    // Where the first copy is, and in which epoch (the previous leader's).
+    assert_eq!((retry.base_offset, retry.leader_epoch), (2, 1));
     let gap = store.append(P, batch(1, 1_000, 7, 9), 2, FSYNC).await;
     assert!(matches!(
         gap,
@@ -240,6 +258,59 @@ async fn truncation_removes_whole_batches_durably_and_rebuilds_memory() {
         .await
         .unwrap();
     assert!(retry.duplicate);
+}
+
+#[tokio::test]
+async fn a_replica_behind_its_leaders_log_start_starts_over_there() {
+    let d = dir();
+    let store = open(&d.path);
+    store.create_partition(P).unwrap();
+    // Producer 4's batches at sequences 0 and 2, epochs 1 and 2: [0, 2) [2, 5).
+    store
+        .append_replica(P, leader_batch(0, 1, 2, 4, 0), FSYNC)
+        .await
+        .unwrap();
+    store
+        .append_replica(P, leader_batch(2, 2, 3, 4, 2), FSYNC)
+        .await
+        .unwrap();
+    store.checkpoint_high_watermark(P, 5).await.unwrap();
+    // The leader's log now starts at 40: everything here goes, the log restarts there.
+    assert_eq!(store.truncate_fully(P, 40).unwrap(), 40);
+    let emptied = PartitionState {
+        log_start: 40,
+        log_end: 40,
+        size_bytes: 0,
+        batches: 0,
+    };
+    assert_eq!(store.partition_state(P).unwrap(), emptied);
+    assert_eq!(store.leader_epochs(P).unwrap(), []);
+    assert_eq!(store.high_watermark_checkpoint(P).unwrap(), Some(5));
+    assert!(store.read(P, 40, u32::MAX).unwrap().bytes.is_empty());
+    assert!(matches!(
+        store.read(P, 0, u32::MAX),
+        Err(StorageError::OffsetOutOfRange {
+            log_start: 40,
+            log_end: 40
+        })
+    ));
+    // Replica batches continue at 40; the old producer state went with the batches.
+    let got = store
+        .append_replica(P, leader_batch(40, 7, 1, -1, -1), FSYNC)
+        .await
+        .unwrap();
+    assert_eq!((got.base_offset, got.log_end), (40, 41));
+    let retry = store.append(P, batch(3, 1_000, 4, 2), 7, FSYNC).await;
+    assert!(
+        matches!(retry, Ok(ref a) if !a.duplicate),
+        "sequence 2 of producer 4 is not remembered: {retry:?}"
+    );
+    // Durable, and the same after a reopen.
+    store.shutdown().unwrap();
+    let store = open(&d.path);
+    assert_eq!(bounds(&store, P), (40, 44));
+    assert_eq!(store.leader_epochs(P).unwrap(), [(7, 40)]);
+    assert_eq!(layout(&store, P), [(40, 1, 7), (41, 3, 7)]);
 }
 
 #[tokio::test]
@@ -412,7 +483,7 @@ async fn a_file_without_leader_epochs_gets_them_from_its_batch_headers() {
     let store = open(&d.path);
     let q = PartitionId::new(1, 1);
     store.create_partitions(&[P, q]).unwrap();
-    for epoch in [2, 2, 5, 4, 7] {
+    for epoch in [2, 2, 5, 5, 7] {
         store
             .append(P, batch(1, 1_000, -1, -1), epoch, FSYNC)
             .await
@@ -423,7 +494,7 @@ async fn a_file_without_leader_epochs_gets_them_from_its_batch_headers() {
     assert_eq!(
         expected,
         [(2, 1), (5, 2), (7, 4)],
-        "an older epoch counts as the latest"
+        "an epoch starts at its first batch"
     );
     store.shutdown().unwrap();
     // As a file of a build before the table existed: no table at all.
