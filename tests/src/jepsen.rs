@@ -24,7 +24,7 @@ use sluice_client::{
 use sluice_proto::{MetadataResponse, Request, ResponseBody};
 
 use crate::checker::{Ack, History, Read, Report, check};
-use crate::{BrokerProcess, start_cluster_with};
+use crate::{BrokerProcess, start_cluster_nodes};
 
 /// Every wait for the cluster is bounded by this.
 const LIMIT: Duration = Duration::from_secs(90);
@@ -46,18 +46,32 @@ pub enum Fault {
     /// `kill -9` the consumer group's coordinator (the leader of its offsets partition), then
     /// restart it.
     KillCoordinator,
+    /// Cut a partition's leader off from every other node (its clients still reach it) until
+    /// another replaces it, then heal: a live zombie leader, still taking requests.
+    IsolateLeader,
+    /// Cut the link between a partition's leader and one follower (both still reach the
+    /// third node) until one of them leaves the in-sync set, then heal.
+    CutLink,
 }
 
 impl Fault {
     /// Every kind of fault.
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 8] = [
         Fault::KillLeader,
         Fault::PauseFollower,
         Fault::KillController,
+        Fault::IsolateLeader,
         Fault::PauseLeader,
         Fault::Restart,
+        Fault::CutLink,
         Fault::KillCoordinator,
     ];
+
+    /// Whether the fault cuts links between nodes (the nodes' peer traffic then goes through
+    /// proxies).
+    fn cuts_links(self) -> bool {
+        matches!(self, Fault::IsolateLeader | Fault::CutLink)
+    }
 
     /// `count` faults, every kind in turn.
     pub fn mixed(count: usize) -> Vec<Fault> {
@@ -179,6 +193,46 @@ const OUTPUT: &str = "jepsen-out";
 struct Cluster {
     nodes: Vec<BrokerProcess>,
     ca: PathBuf,
+}
+
+/// The links between the nodes, for faults that cut them: node `a` dials node `b` through a
+/// proxy of its own (`cluster.peer_routes`), so the link `a`–`b` is the two proxies `a→b` and
+/// `b→a` (each carries the connection its side dialled, both ways).
+struct Links {
+    proxies: HashMap<(u32, u32), crate::UdpProxy>,
+}
+
+impl Links {
+    async fn start(peers: &[std::net::SocketAddr]) -> Links {
+        let mut proxies = HashMap::new();
+        for a in 1..=peers.len() as u32 {
+            for b in 1..=peers.len() as u32 {
+                if a != b {
+                    let proxy = crate::UdpProxy::start(peers[b as usize - 1]).await;
+                    proxies.insert((a, b), proxy);
+                }
+            }
+        }
+        Links { proxies }
+    }
+
+    /// Node `a`'s `cluster.peer_routes`: every other node through `a`'s proxy to it.
+    fn routes_of(&self, a: u32) -> String {
+        let mut routes: Vec<String> = self
+            .proxies
+            .iter()
+            .filter(|((from, _), _)| *from == a)
+            .map(|((_, to), p)| format!("\"{to}@{}\"", p.addr))
+            .collect();
+        routes.sort();
+        format!("peer_routes = [{}]\n", routes.join(", "))
+    }
+
+    /// Cuts (or heals) the link between `a` and `b`.
+    fn cut(&self, a: u32, b: u32, on: bool) {
+        self.proxies[&(a, b)].cut(on);
+        self.proxies[&(b, a)].cut(on);
+    }
 }
 
 impl Cluster {
@@ -305,7 +359,19 @@ fn whole(p: &Placement) -> bool {
 
 /// Runs the load and the faults; reads everything back; checks.
 pub async fn run(dir: &Path, settings: Settings) -> Outcome {
-    let nodes = start_cluster_with(dir, settings.nodes, "", &settings.cluster_extra);
+    let peers: Vec<std::net::SocketAddr> = (0..settings.nodes)
+        .map(|_| crate::free_udp_port())
+        .collect();
+    let links = match settings.faults.iter().any(|f| f.cuts_links()) {
+        true => Some(Arc::new(Links::start(&peers).await)),
+        false => None,
+    };
+    let nodes = tokio::task::block_in_place(|| {
+        start_cluster_nodes(dir, &peers, 1..=settings.nodes as u32, "", &|id| {
+            let routes = links.as_ref().map(|l| l.routes_of(id)).unwrap_or_default();
+            format!("{}{routes}", settings.cluster_extra)
+        })
+    });
     let ca = nodes[0].ca_path();
     let cluster = Arc::new(Mutex::new(Cluster {
         nodes,
@@ -401,7 +467,13 @@ pub async fn run(dir: &Path, settings: Settings) -> Outcome {
     tokio::time::sleep(settings.between_faults).await;
     for (i, fault) in settings.faults.iter().enumerate() {
         let started = Instant::now();
-        let what = inject(&cluster, *fault, i as u32 % settings.partitions).await;
+        let what = inject(
+            &cluster,
+            links.as_deref(),
+            *fault,
+            i as u32 % settings.partitions,
+        )
+        .await;
         injected.push(format!(
             "{:>3}. {what}; whole again after {:.1?}",
             i + 1,
@@ -491,7 +563,12 @@ async fn connect(bootstrap: &str, ca: &Path) -> Client {
 
 /// Injects one fault (on partition `partition` where it matters) and waits until the cluster
 /// is whole again; a line saying what was done.
-async fn inject(cluster: &Arc<Mutex<Cluster>>, fault: Fault, partition: u32) -> String {
+async fn inject(
+    cluster: &Arc<Mutex<Cluster>>,
+    links: Option<&Links>,
+    fault: Fault,
+    partition: u32,
+) -> String {
     let (addrs, ca) = {
         let c = cluster.lock().unwrap();
         let addrs: Vec<String> = (1..=c.nodes.len() as u32).map(|n| c.addr(n)).collect();
@@ -604,6 +681,55 @@ async fn inject(cluster: &Arc<Mutex<Cluster>>, fault: Fault, partition: u32) -> 
             format!(
                 "kill -9 of node {coordinator}, the group's coordinator (replaced after \
                  {replaced:.1?})"
+            )
+        }
+        Fault::IsolateLeader => {
+            let links = links.expect("links are proxied when the faults cut them");
+            let victim = leader;
+            let others: Vec<u32> = (1..=addrs.len() as u32).filter(|n| *n != victim).collect();
+            for other in &others {
+                links.cut(victim, *other, true);
+            }
+            let cut = Instant::now();
+            wait_placement(
+                &other_than(victim),
+                &ca,
+                "another replica replaces the isolated leader",
+                |p| p[partition as usize].0.is_some_and(|l| l != victim),
+            )
+            .await;
+            let replaced = cut.elapsed();
+            for other in &others {
+                links.cut(victim, *other, false);
+            }
+            format!(
+                "network cut of node {victim}, leader of partition {partition}, from every \
+                 other node until replaced (after {replaced:.1?})"
+            )
+        }
+        Fault::CutLink => {
+            let links = links.expect("links are proxied when the faults cut them");
+            let follower = *replicas.iter().find(|r| **r != leader).expect("a follower");
+            links.cut(leader, follower, true);
+            // Whichever notices first: the follower leaves the in-sync set, or (when one of the
+            // two is the metadata leader) the other is fenced and leadership moves.
+            let third = (1..=addrs.len() as u32)
+                .find(|n| *n != leader && *n != follower)
+                .expect("three nodes");
+            wait_placement(
+                &addr_of(third),
+                &ca,
+                "the cut link costs one of its ends its place",
+                |p| {
+                    let (l, _, isr) = &p[partition as usize];
+                    *l != Some(leader) || !isr.contains(&follower)
+                },
+            )
+            .await;
+            links.cut(leader, follower, false);
+            format!(
+                "network cut between node {leader}, leader of partition {partition}, and node \
+                 {follower}, its follower, until one lost its place"
             )
         }
         Fault::PauseFollower => {

@@ -320,24 +320,27 @@ pub fn start_cluster_with(
     cluster_extra: &str,
 ) -> Vec<BrokerProcess> {
     let peers: Vec<SocketAddr> = (0..n).map(|_| free_udp_port()).collect();
-    start_cluster_nodes(dir, &peers, 1..=n as u32, extra, cluster_extra)
+    start_cluster_nodes(dir, &peers, 1..=n as u32, extra, &|_| {
+        cluster_extra.to_owned()
+    })
 }
 
 /// Starts nodes `ids` (of the cluster whose voters listen on `peers`, see [`cluster_config`])
 /// together, in `dir/node-i` with the CAs in `dir/ca`, and waits until each serves.
+/// `cluster_extra(id)` is added to node `id`'s `[cluster]` table.
 pub fn start_cluster_nodes(
     dir: &Path,
     peers: &[SocketAddr],
     ids: impl IntoIterator<Item = u32>,
     extra: &str,
-    cluster_extra: &str,
+    cluster_extra: &dyn Fn(u32) -> String,
 ) -> Vec<BrokerProcess> {
     let mut nodes: Vec<BrokerProcess> = ids
         .into_iter()
         .map(|id| {
             BrokerProcess::spawn_at(
                 &dir.join(format!("node-{id}")),
-                &(cluster_config(id, peers, &dir.join("ca"), extra) + cluster_extra),
+                &(cluster_config(id, peers, &dir.join("ca"), extra) + &cluster_extra(id)),
                 "127.0.0.1:0".parse().expect("addr"),
             )
         })
@@ -516,14 +519,16 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// A UDP proxy on 127.0.0.1 between QUIC clients and one broker, to inject network faults the
-/// endpoints cannot tell from real ones. While [`UdpProxy::drop_to_clients`] is set, every
-/// broker→client datagram is discarded (requests still arrive; their answers are lost, and QUIC
-/// retransmits them only once the drop ends).
+/// A UDP proxy on 127.0.0.1 between QUIC clients and one broker (or one broker and a peer),
+/// to inject network faults the endpoints cannot tell from real ones. While
+/// [`UdpProxy::drop_to_clients`] is set, every broker→client datagram is discarded (requests
+/// still arrive; their answers are lost, and QUIC retransmits them only once the drop ends);
+/// while [`UdpProxy::cut`] is set, every datagram either way is.
 #[derive(Debug)]
 pub struct UdpProxy {
     pub addr: SocketAddr,
     drop_to_clients: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -544,14 +549,17 @@ impl UdpProxy {
         );
         let addr = front.local_addr().expect("proxy address");
         let drop_to_clients = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicU64::new(0));
         let (drop_flag, drop_count) = (drop_to_clients.clone(), dropped.clone());
+        let cut_flag = cut.clone();
         let task = tokio::spawn(async move {
             let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
             let mut buf = vec![0u8; 65_536];
             loop {
                 let Ok((n, client)) = front.recv_from(&mut buf).await else {
-                    return;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
                 };
                 let back = match backs.get(&client) {
                     Some(b) => b.clone(),
@@ -564,10 +572,23 @@ impl UdpProxy {
                         back.connect(upstream).await.expect("connect upstream");
                         let (front, back2) = (front.clone(), back.clone());
                         let (drop_flag, drop_count) = (drop_flag.clone(), drop_count.clone());
+                        let cut_flag = cut_flag.clone();
                         tokio::spawn(async move {
                             let mut buf = vec![0u8; 65_536];
-                            while let Ok(n) = back2.recv(&mut buf).await {
-                                if drop_flag.load(Ordering::Relaxed) {
+                            loop {
+                                // An upstream that died (a killed broker) makes the connected
+                                // socket report the ICMP "port unreachable" once; it keeps
+                                // forwarding for the process that takes the port next.
+                                let n = match back2.recv(&mut buf).await {
+                                    Ok(n) => n,
+                                    Err(_) => {
+                                        tokio::time::sleep(Duration::from_millis(1)).await;
+                                        continue;
+                                    }
+                                };
+                                if drop_flag.load(Ordering::Relaxed)
+                                    || cut_flag.load(Ordering::Relaxed)
+                                {
                                     drop_count.fetch_add(1, Ordering::Relaxed);
                                     continue;
                                 }
@@ -578,12 +599,16 @@ impl UdpProxy {
                         back
                     }
                 };
+                if cut_flag.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let _ = back.send(&buf[..n]).await;
             }
         });
         UdpProxy {
             addr,
             drop_to_clients,
+            cut,
             dropped,
             task,
         }
@@ -593,6 +618,11 @@ impl UdpProxy {
     pub fn drop_to_clients(&self, on: bool) {
         self.drop_to_clients
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Starts or stops discarding every datagram, both ways: the link is cut.
+    pub fn cut(&self, on: bool) {
+        self.cut.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Broker→client datagrams discarded so far.

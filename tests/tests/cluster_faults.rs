@@ -56,7 +56,7 @@ fn a_node_whose_voter_list_disagrees_is_refused_and_the_cluster_carries_on() {
     let dir = tempfile::tempdir().unwrap();
     let peers = [free_udp_port(), free_udp_port(), free_udp_port()];
     let ca = dir.path().join("ca");
-    let good = start_cluster_nodes(dir.path(), &peers, 1..=2, "", "");
+    let good = start_cluster_nodes(dir.path(), &peers, 1..=2, "", &|_| String::new());
     // Node 3 believes in a fourth voter.
     let mut wrong_peers = peers.to_vec();
     wrong_peers.push(free_udp_port());
@@ -78,7 +78,7 @@ fn a_node_whose_voter_list_disagrees_is_refused_and_the_cluster_carries_on() {
 fn a_node_with_another_clusters_ca_never_joins() {
     let dir = tempfile::tempdir().unwrap();
     let peers = [free_udp_port(), free_udp_port(), free_udp_port()];
-    let good = start_cluster_nodes(dir.path(), &peers, 1..=2, "", "");
+    let good = start_cluster_nodes(dir.path(), &peers, 1..=2, "", &|_| String::new());
     // Node 3 has the right config but certificates from a CA of its own.
     let intruder = BrokerProcess::spawn_at(
         &dir.path().join("node-3"),

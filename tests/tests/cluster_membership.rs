@@ -30,7 +30,7 @@ fn a_node_joins_takes_partitions_and_leaves_once_it_holds_none() {
     let dir = tempfile::tempdir().unwrap();
     let peers = [free_udp_port(), free_udp_port(), free_udp_port()];
     let ca = dir.path().join("ca");
-    let nodes = start_cluster_nodes(dir.path(), &peers, 1..=3, "", "");
+    let nodes = start_cluster_nodes(dir.path(), &peers, 1..=3, "", &|_| String::new());
 
     // Node 4 knows the voters, is not one of them, and joins.
     let p4 = free_udp_port();

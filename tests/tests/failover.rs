@@ -56,16 +56,35 @@ fn assert_replicas_identical(dir: &std::path::Path, outcome: &Outcome, partition
     }
 }
 
+/// Where a run keeps its nodes: a temporary directory, removed afterwards — or, with
+/// `SLUICE_KEEP_DIR` set, a directory under it that is kept (data dirs and broker logs, for a
+/// look after a failure).
+fn run_dir() -> (Option<tempfile::TempDir>, std::path::PathBuf) {
+    match std::env::var_os("SLUICE_KEEP_DIR") {
+        Some(d) => {
+            std::fs::create_dir_all(&d).unwrap();
+            let dir = tempfile::tempdir_in(d).unwrap().keep();
+            println!("nodes' data dirs and logs kept in {}", dir.display());
+            (None, dir)
+        }
+        None => {
+            let temp = tempfile::tempdir().unwrap();
+            let dir = temp.path().to_owned();
+            (Some(temp), dir)
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_every_partition_leader_in_turn_loses_and_duplicates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let (_temp, dir) = run_dir();
     let settings = Settings::three_nodes(vec![Fault::KillLeader; 3]);
-    let outcome = run(dir.path(), settings).await;
+    let outcome = run(&dir, settings).await;
     let table = outcome.table();
     println!("{table}");
     assert!(outcome.is_clean(), "{table}");
     assert_eq!(outcome.injected.len(), 3);
-    assert_replicas_identical(dir.path(), &outcome, 3);
+    assert_replicas_identical(&dir, &outcome, 3);
     assert!(outcome.report.acknowledged > 1_000, "{table}");
     assert_eq!(outcome.failed_deliveries, 0, "{table}");
 }
@@ -75,15 +94,15 @@ async fn killing_every_partition_leader_in_turn_loses_and_duplicates_nothing() {
 /// checker counts is 0, no committed group offset is lost and the pipeline's output is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_mixed_faults_leave_no_anomaly() {
-    let dir = tempfile::tempdir().unwrap();
+    let (_temp, dir) = run_dir();
     let mut settings = Settings::three_nodes(Fault::mixed(20));
     settings.between_faults = std::time::Duration::from_secs(1);
-    let outcome = run(dir.path(), settings).await;
+    let outcome = run(&dir, settings).await;
     let table = outcome.table();
     println!("{table}");
     assert!(outcome.is_clean(), "{table}");
     assert_eq!(outcome.injected.len(), 20);
-    assert_replicas_identical(dir.path(), &outcome, 3);
+    assert_replicas_identical(&dir, &outcome, 3);
     assert!(
         outcome.report.read > 0 && outcome.report.acknowledged > 1_000,
         "{table}"
@@ -95,17 +114,7 @@ async fn twenty_mixed_faults_leave_no_anomaly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a long soak; run by hand"]
 async fn soak() {
-    // SLUICE_SOAK_DIR keeps the nodes' data dirs and logs for a look after a failure.
-    let kept = std::env::var_os("SLUICE_SOAK_DIR").map(std::path::PathBuf::from);
-    let temp = tempfile::tempdir().unwrap();
-    let dir = match &kept {
-        Some(d) => {
-            std::fs::create_dir_all(d).unwrap();
-            tempfile::tempdir_in(d).unwrap().keep()
-        }
-        None => temp.path().to_owned(),
-    };
-    println!("soak data in {}", dir.display());
+    let (_temp, dir) = run_dir();
     let count: usize = std::env::var("SLUICE_SOAK_FAULTS")
         .ok()
         .and_then(|n| n.parse().ok())

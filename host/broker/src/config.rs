@@ -88,6 +88,10 @@ pub struct ClusterSettings {
     /// The metadata quorum's voters, `id@host:port` (their peer addresses), the same list on
     /// every node. This node must be one of them (learners join later).
     pub voters: Vec<String>,
+    /// `id@host:port`: this node dials peer `id` at that address instead of the one the peer
+    /// advertises (a NAT, a tunnel, a proxy). Default: none.
+    #[serde(default)]
+    pub peer_routes: Vec<String>,
     /// Dev: a directory holding the cluster CA (`cluster-ca.pem`, `cluster-ca.key`), created by
     /// the first node that needs it; each node gets a certificate from it at start. Production
     /// sets `tls` instead.
@@ -153,21 +157,29 @@ fn default_session_ms() -> u64 {
 impl ClusterSettings {
     /// The voters as (node id, peer address), checked.
     pub fn voter_addrs(&self) -> Result<Vec<(u32, String)>, BrokerError> {
-        self.voters
-            .iter()
-            .map(|v| {
-                let (id, addr) = v.split_once('@').ok_or_else(|| {
-                    BrokerError::Config(format!("cluster.voters entry {v:?} is not id@host:port"))
-                })?;
-                let id: u32 = id.parse().map_err(|_| {
-                    BrokerError::Config(format!(
-                        "cluster.voters entry {v:?}: {id:?} is not a node id"
-                    ))
-                })?;
-                Ok((id, addr.to_owned()))
-            })
-            .collect()
+        node_addrs("cluster.voters", &self.voters)
     }
+
+    /// `peer_routes` as (node id, address), checked.
+    pub fn peer_route_addrs(&self) -> Result<Vec<(u32, String)>, BrokerError> {
+        node_addrs("cluster.peer_routes", &self.peer_routes)
+    }
+}
+
+/// `id@host:port` entries of the setting `what`, checked.
+fn node_addrs(what: &str, entries: &[String]) -> Result<Vec<(u32, String)>, BrokerError> {
+    entries
+        .iter()
+        .map(|v| {
+            let (id, addr) = v.split_once('@').ok_or_else(|| {
+                BrokerError::Config(format!("{what} entry {v:?} is not id@host:port"))
+            })?;
+            let id: u32 = id.parse().map_err(|_| {
+                BrokerError::Config(format!("{what} entry {v:?}: {id:?} is not a node id"))
+            })?;
+            Ok((id, addr.to_owned()))
+        })
+        .collect()
 }
 
 /// TLS material. With neither `cert` nor `key` set, the broker creates a dev CA and a server

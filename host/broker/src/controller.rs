@@ -341,7 +341,15 @@ async fn start_cluster_node(
     };
     identity.voters.sort();
     let (endpoint, client) = crate::peers::peer_endpoint(node_id, cluster)?;
-    let transport = QuicTransport::new(endpoint.clone(), client, QuicTransportConfig::default());
+    let transport_config = QuicTransportConfig {
+        routes: cluster
+            .peer_route_addrs()?
+            .into_iter()
+            .map(|(id, addr)| (NodeId::from(id), addr))
+            .collect(),
+        ..QuicTransportConfig::default()
+    };
+    let transport = QuicTransport::new(endpoint.clone(), client, transport_config);
     let raft_config = MetadataRaftConfig {
         snapshot_every_logs: cluster.snapshot_every_entries,
         keep_logs_after_snapshot: (cluster.snapshot_every_entries / 10).clamp(1, 100),

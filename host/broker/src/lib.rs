@@ -43,6 +43,9 @@ use tokio::sync::{Notify, watch};
 pub use config::BrokerConfig;
 use controller::MetadataController;
 
+/// How long a starting broker waits for the metadata log to take its registration.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(60);
+
 /// Errors that stop a broker from starting or running.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -215,15 +218,27 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     // Every start is a new life of the node: registering gives it a new broker epoch (and
     // unfences it), so nothing from an earlier life can pass for this one; it leads nothing
     // another in-sync replica can lead, and is in sync again only once it has caught up.
-    controller
-        .propose_async(sessions::registration(&config, &advertised, fresh))
-        .await
-        .map_err(|e| {
-            BrokerError::Disk(format!(
-                "data dir {}: registering this broker in the metadata log: {e}",
-                config.data_dir.display()
-            ))
-        })?;
+    // The quorum may still be settling (an election right after this node's restart): an
+    // unavailable metadata log is waited out, bounded, rather than failing the start.
+    let registering = std::time::Instant::now();
+    loop {
+        let registration = sessions::registration(&config, &advertised, fresh);
+        match controller.propose_async(registration).await {
+            Ok(()) => break,
+            Err(controller::ProposeError::Unavailable(why))
+                if registering.elapsed() < REGISTRATION_WAIT =>
+            {
+                tracing::info!(cause = %why, "registering this broker: the metadata log is not available yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(BrokerError::Disk(format!(
+                    "data dir {}: registering this broker in the metadata log: {e}",
+                    config.data_dir.display()
+                )));
+            }
+        }
+    }
     // A crash between a topic's metadata entry and its partitions' creation in the store
     // leaves partitions missing, and one between a delete's metadata entry and the removal of
     // its data leaves data behind; the pass the replica watcher runs on every change puts

@@ -80,6 +80,9 @@ pub struct QuicTransportConfig {
     pub rpc_timeout: Duration,
     /// Largest reply frame accepted.
     pub max_frame_bytes: usize,
+    /// Peers dialled at another address than the one they advertise (a NAT, a tunnel, a
+    /// proxy between two nodes).
+    pub routes: HashMap<NodeId, String>,
 }
 
 impl Default for QuicTransportConfig {
@@ -89,6 +92,7 @@ impl Default for QuicTransportConfig {
             redial_backoff: Duration::from_millis(500),
             rpc_timeout: Duration::from_secs(10),
             max_frame_bytes: DEFAULT_MAX_PEER_FRAME,
+            routes: HashMap::new(),
         }
     }
 }
@@ -191,7 +195,13 @@ impl QuicTransport {
             let mut peers = self.peers.lock().expect("peer map lock poisoned");
             peers.entry(target).or_default().clone()
         };
-        if let Some(conn) = slot.open_connection(&peer.peer_addr) {
+        let addr = self
+            .config
+            .routes
+            .get(&target)
+            .unwrap_or(&peer.peer_addr)
+            .clone();
+        if let Some(conn) = slot.open_connection(&addr) {
             return Ok(conn);
         }
         let dialler = Dialler {
@@ -205,8 +215,8 @@ impl QuicTransport {
         // complete.
         let dial = tokio::spawn(
             dialler
-                .dial(slot, target, peer.peer_addr.clone())
-                .instrument(tracing::debug_span!("dial", target, addr = %peer.peer_addr)),
+                .dial(slot, target, addr.clone())
+                .instrument(tracing::debug_span!("dial", target, addr = %addr)),
         );
         match dial.await {
             Ok(dialled) => dialled.map_err(TransportError::Unreachable),

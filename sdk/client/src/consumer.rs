@@ -216,7 +216,17 @@ impl Consumer {
         if offsets.is_empty() {
             return Ok(());
         }
-        match self.client.request(request, Bytes::new()).await? {
+        let member_id = match &request {
+            Request::OffsetCommit(r) => r.member_id.clone(),
+            _ => None,
+        };
+        let answer = self.client.request(request, Bytes::new()).await;
+        if let (Err(ClientError::Broker(e)), Some(g)) = (&answer, &self.group)
+            && e.code == ErrorCode::UnknownMember
+        {
+            g.commit_found_unknown(member_id.as_deref());
+        }
+        match answer? {
             (ResponseBody::GroupOffsets(_), _) => {
                 if let Some(g) = &mut self.group {
                     g.last_commit = std::time::Instant::now();

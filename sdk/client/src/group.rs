@@ -121,6 +121,17 @@ impl Drop for Membership {
     }
 }
 
+impl Shared {
+    /// The coordinator no longer knows this member (its session expired, or it was fenced):
+    /// the partitions are no longer ours. They are dropped (no commit: someone else may own
+    /// them now) and the heartbeat task joins again.
+    pub(crate) fn forget_membership(&mut self) {
+        self.member_id = None;
+        self.member_epoch = 0;
+        self.target = Some(BTreeSet::new());
+    }
+}
+
 pub(crate) fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     s.lock().expect("group state lock poisoned")
 }
@@ -153,6 +164,19 @@ impl Membership {
             task,
             events: Vec::new(),
             last_commit: Instant::now(),
+        }
+    }
+
+    /// A commit was refused because the coordinator does not know `member_id`: unless the
+    /// heartbeat task has joined again meanwhile, forget the membership and wake it to rejoin
+    /// now, rather than go on polling partitions that may be someone else's until the next
+    /// heartbeat finds out.
+    pub(crate) fn commit_found_unknown(&self, member_id: Option<&str>) {
+        let mut s = lock(&self.shared);
+        if s.member_id.as_deref() == member_id && member_id.is_some() {
+            s.forget_membership();
+            drop(s);
+            self.wake.notify_one();
         }
     }
 
@@ -285,13 +309,8 @@ async fn heartbeat_loop(
                     lock(&shared).fatal = Some(unexpected("GroupHeartbeat", &other));
                 }
                 Err(ClientError::Broker(e)) if e.code == ErrorCode::UnknownMember => {
-                    // Expired or fenced: the partitions are no longer ours. Drop them (no
-                    // commit: someone else may own them now) and rejoin.
                     warn!(group = %group, cause = %e, "no longer a member; rejoining");
-                    let mut s = lock(&shared);
-                    s.member_id = None;
-                    s.member_epoch = 0;
-                    s.target = Some(BTreeSet::new());
+                    lock(&shared).forget_membership();
                     continue;
                 }
                 Err(e)
