@@ -129,9 +129,11 @@ impl<W> SealedBatch<W> {
 #[derive(Debug)]
 struct PartitionQueue<W> {
     open: Option<OpenBatch<W>>,
-    /// Sealed batches not yet sent; a batch to retry is put in front.
+    /// Sealed batches not yet sent, in order; a batch to retry goes back in its place
+    /// (before every later batch).
     sealed: VecDeque<SealedBatch<W>>,
-    in_flight: usize,
+    /// The first record seq of each batch in flight.
+    in_flight: std::collections::BTreeSet<u64>,
     /// Base sequence of the next batch encoded under the current producer id.
     next_sequence: i32,
 }
@@ -141,7 +143,7 @@ impl<W> Default for PartitionQueue<W> {
         PartitionQueue {
             open: None,
             sealed: VecDeque::new(),
-            in_flight: 0,
+            in_flight: std::collections::BTreeSet::new(),
             next_sequence: 0,
         }
     }
@@ -369,7 +371,7 @@ impl<W> Accumulator<W> {
         for tp in tps {
             loop {
                 let q = self.queues.get_mut(&tp).expect("key taken from the map");
-                if q.in_flight >= max_in_flight {
+                if q.in_flight.len() >= max_in_flight {
                     break;
                 }
                 let waits = q.sealed.front().is_some_and(|b| {
@@ -411,7 +413,7 @@ impl<W> Accumulator<W> {
                             }
                             encoded => encoded,
                         };
-                        q.in_flight += 1;
+                        q.in_flight.insert(b.first_seq());
                         *self.in_flight_seqs.entry(b.first_seq()).or_default() += 1;
                         ready.push(b);
                     }
@@ -434,7 +436,7 @@ impl<W> Accumulator<W> {
     pub(crate) fn next_wakeup(&self, now: Instant, flushing: bool) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         for q in self.queues.values() {
-            if q.in_flight >= self.config.max_in_flight {
+            if q.in_flight.len() >= self.config.max_in_flight {
                 continue;
             }
             let at = match (q.sealed.front(), &q.open) {
@@ -452,7 +454,7 @@ impl<W> Accumulator<W> {
     /// A batch got its final outcome (delivered or failed for good).
     pub(crate) fn handle_done(&mut self, tp: &TopicPartition, first_seq: u64) {
         if let Some(q) = self.queues.get_mut(tp) {
-            q.in_flight = q.in_flight.saturating_sub(1);
+            q.in_flight.remove(&first_seq);
         }
         if let Some(n) = self.in_flight_seqs.get_mut(&first_seq) {
             *n -= 1;
@@ -462,12 +464,28 @@ impl<W> Accumulator<W> {
         }
     }
 
-    /// A batch failed and will be retried, before any later batch of its partition.
+    /// A batch failed and will be retried, before any later batch of its partition (and
+    /// after any earlier one also waiting for its retry: failures of batches in flight
+    /// together may be reported in any order, and the broker takes a producer's batches
+    /// only in sequence order).
     pub(crate) fn handle_retry(&mut self, mut batch: SealedBatch<W>, not_before: Instant) {
         let tp = batch.tp.clone();
-        self.handle_done(&tp, batch.first_seq());
+        let first = batch.first_seq();
+        self.handle_done(&tp, first);
         batch.not_before = Some(not_before);
-        self.queues.entry(tp).or_default().sealed.push_front(batch);
+        let sealed = &mut self.queues.entry(tp).or_default().sealed;
+        let at = sealed.partition_point(|b| b.first_seq() < first);
+        sealed.insert(at, batch);
+    }
+
+    /// Whether a batch of `tp` before the one starting at record `first_seq` is still in
+    /// flight or waiting to be sent again: an `OutOfOrderSequence` for this one then only
+    /// says it overtook that one (which failed in transit), not that its sequence is lost.
+    pub(crate) fn has_earlier_unsettled(&self, tp: &TopicPartition, first_seq: u64) -> bool {
+        self.queues.get(tp).is_some_and(|q| {
+            q.in_flight.range(..first_seq).next().is_some()
+                || q.sealed.front().is_some_and(|b| b.first_seq() < first_seq)
+        })
     }
 
     /// Seq of the oldest record not yet settled (open, queued or in flight).
@@ -616,6 +634,39 @@ mod tests {
         assert_eq!(next[0].records[0].seq, 1);
         acc.handle_done(&next[0].tp, next[0].first_seq());
         assert!(acc.is_idle());
+    }
+
+    #[test]
+    fn retries_reported_out_of_order_are_resent_in_order() {
+        let mut acc = Accumulator::with_seed(config(1, 3), 0);
+        let t0 = Instant::now();
+        for i in 0..3u64 {
+            acc.append(&topic(), Some(0), 1, &record("x", 0), 1, i as u32, t0);
+        }
+        let mut sent = acc.poll_ready(t0, true);
+        assert_eq!(sent.len(), 3, "three one-record batches in flight");
+        let (third, second, first) = (
+            sent.pop().unwrap(),
+            sent.pop().unwrap(),
+            sent.pop().unwrap(),
+        );
+        let tp = first.tp.clone();
+        assert!(acc.has_earlier_unsettled(&tp, third.first_seq()));
+        assert!(!acc.has_earlier_unsettled(&tp, first.first_seq()));
+        // The failures come back first, third, second.
+        acc.handle_retry(first, t0);
+        acc.handle_retry(third, t0);
+        assert!(
+            acc.has_earlier_unsettled(&tp, 2),
+            "the first waits to be resent"
+        );
+        acc.handle_retry(second, t0);
+        let again: Vec<u64> = acc
+            .poll_ready(t0, true)
+            .iter()
+            .map(|b| b.first_seq())
+            .collect();
+        assert_eq!(again, [0, 1, 2], "resent in sequence order");
     }
 
     #[test]

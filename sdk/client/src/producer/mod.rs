@@ -61,8 +61,9 @@ pub struct ProducerConfig {
     /// Batches of one partition in flight at once (default 1, which keeps order across
     /// retries). Without idempotence, more can reorder a partition's records when a retry
     /// happens. With idempotence it is capped at 5 (the batches the broker remembers per
-    /// producer) and nothing is reordered or duplicated, but when one batch is lost in transit
-    /// the ones sent behind it are refused as out of sequence and fail.
+    /// producer) and nothing is reordered or duplicated: when one batch fails in transit, the
+    /// ones sent behind it that the broker refuses as out of sequence wait for its retry and
+    /// go again after it.
     pub max_in_flight_per_partition: usize,
     /// Stamp batches with a producer id and sequence numbers so that retries are never stored
     /// twice (default true). Ignored (off) under [`Acks::None`].
@@ -732,9 +733,19 @@ impl Driver {
         if sent && Client::means_stale_route(&e) {
             self.client.invalidate(&batch.tp.topic);
         }
+        // Refused as out of sequence because it overtook an earlier batch that failed in
+        // transit (in flight together, the earlier one's retry not yet through): not a hole in
+        // the sequence. It goes back behind that one, without counting as an attempt.
+        let overtook = matches!(&e, ClientError::Broker(w) if w.code == ErrorCode::OutOfOrderSequence)
+            && self
+                .accumulator
+                .has_earlier_unsettled(&batch.tp, batch.first_seq());
+        if overtook {
+            batch.attempts = batch.attempts.saturating_sub(1);
+        }
         let elapsed = batch.created.elapsed();
         let backoff = self.backoff(batch.attempts);
-        if e.is_retriable() && batch.attempts <= self.config.retries {
+        if (overtook || e.is_retriable()) && batch.attempts <= self.config.retries {
             if elapsed + backoff < self.config.delivery_timeout {
                 debug!(
                     topic = %batch.tp.topic,
