@@ -26,7 +26,7 @@ const LOG_MESSAGE_MAX: usize = 4096;
 #[derive(ComponentType, Lift, Lower, Debug)]
 #[component(record)]
 pub(crate) struct GuestError {
-    message: String,
+    pub(crate) message: String,
 }
 
 /// The WIT `level` enum.
@@ -140,18 +140,30 @@ impl HostMonotonicClock for FrozenClock {
     }
 }
 
-fn wasi_ctx() -> WasiCtx {
-    // Nothing but stderr: no preopened directories, no environment, no arguments, no
-    // stdin/stdout, no sockets, no name lookup, frozen clocks.
-    WasiCtxBuilder::new()
-        .inherit_stderr()
+/// The sandbox's WASI context: nothing but stderr — no environment, no arguments, no
+/// stdin/stdout, no sockets, no name lookup, frozen clocks — and the directories `dirs`
+/// grants (connectors only; each at its own path, read-only unless granted writable).
+pub(crate) fn wasi_ctx(dirs: &[crate::connector::DirGrant]) -> Result<WasiCtx, PluginError> {
+    use wasmtime_wasi::FsPerms;
+    let mut b = WasiCtxBuilder::new();
+    b.inherit_stderr()
         .wall_clock(FrozenClock)
         .monotonic_clock(FrozenClock)
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
-        .socket_addr_check(|_, _| Box::pin(async { false }))
-        .build()
+        .socket_addr_check(|_, _| Box::pin(async { false }));
+    for d in dirs {
+        let perms = if d.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        let guest = d.path.to_string_lossy().into_owned();
+        b.preopened_dir(&d.path, &guest, perms)
+            .map_err(|e| PluginError::Input(format!("cannot grant {}: {e:#}", d.path.display())))?;
+    }
+    Ok(b.build())
 }
 
 fn iface(name: &str) -> String {
@@ -318,7 +330,11 @@ fn epoch_ticks(limits: &Limits) -> u64 {
 }
 
 /// Maps a failed call to the error users see.
-fn classify(err: wasmtime::Error, store: &Store<HostState>, limits: &Limits) -> PluginError {
+pub(crate) fn classify(
+    err: wasmtime::Error,
+    store: &Store<HostState>,
+    limits: &Limits,
+) -> PluginError {
     if store.data().sandbox.memory_limit_hit {
         return PluginError::MemoryLimit {
             limit_bytes: limits.max_memory_bytes,
@@ -337,23 +353,19 @@ fn classify(err: wasmtime::Error, store: &Store<HostState>, limits: &Limits) -> 
     }
 }
 
-/// A failed instantiation hands the state store back.
-type InstantiateError = (PluginError, Option<Box<dyn StateStore>>);
-
-/// Creates a store and instance for `plugin` and runs `init`. `state` is `None` for
-/// partitioners.
-fn instantiate<F: Copy>(
+/// A store for one instance of `plugin`, with its limits and epoch deadline set.
+pub(crate) fn new_store(
     plugin: &Plugin,
     config: &Arc<[(String, String)]>,
     limits: &Limits,
     state: Option<Box<dyn StateStore>>,
-    typed: impl FnOnce(&mut Store<HostState>, &wasmtime::component::Instance) -> wasmtime::Result<F>,
-) -> Result<Live<F>, InstantiateError> {
+    wasi: WasiCtx,
+) -> Store<HostState> {
     let p = &plugin.inner;
     let mut store = Store::new(
         &p.engine,
         HostState {
-            wasi: wasi_ctx(),
+            wasi,
             table: ResourceTable::new(),
             sandbox: Sandbox {
                 max_memory: limits.max_memory_bytes,
@@ -370,7 +382,30 @@ fn instantiate<F: Copy>(
     store.limiter(|d| &mut d.sandbox);
     store.epoch_deadline_trap();
     store.set_epoch_deadline(epoch_ticks(limits));
+    store
+}
 
+/// Readies `store` for one call into the guest: a fresh log budget and time limit.
+pub(crate) fn arm(store: &mut Store<HostState>, limits: &Limits) {
+    store.data_mut().log_budget = LOG_LINES_PER_CALL;
+    store.set_epoch_deadline(epoch_ticks(limits));
+}
+
+/// A failed instantiation hands the state store back.
+type InstantiateError = (PluginError, Option<Box<dyn StateStore>>);
+
+/// Creates a store and instance for `plugin` and runs `init`. `state` is `None` for
+/// partitioners.
+fn instantiate<F: Copy>(
+    plugin: &Plugin,
+    config: &Arc<[(String, String)]>,
+    limits: &Limits,
+    state: Option<Box<dyn StateStore>>,
+    typed: impl FnOnce(&mut Store<HostState>, &wasmtime::component::Instance) -> wasmtime::Result<F>,
+) -> Result<Live<F>, InstantiateError> {
+    let p = &plugin.inner;
+    let wasi = wasi_ctx(&[]).map_err(|e| (e, None))?;
+    let mut store = new_store(plugin, config, limits, state, wasi);
     let fail = |e: PluginError, mut store: Store<HostState>| (e, store.data_mut().state.take());
     let instance = match p.pre.instantiate(&mut store) {
         Ok(i) => i,
@@ -379,11 +414,9 @@ fn instantiate<F: Copy>(
             return Err(fail(e, store));
         }
     };
-    let (Some(init_idx), Some(_)) = (&p.funcs.init, &p.funcs.call) else {
-        return Err(fail(
-            PluginError::Invalid(format!("{} plugins cannot be run yet", p.kind)),
-            store,
-        ));
+    let init_idx = match p.funcs.get("init") {
+        Ok(i) => i,
+        Err(e) => return Err(fail(e, store)),
     };
     let init: InitFn = match instance.get_typed_func(&mut store, init_idx) {
         Ok(f) => f,
@@ -416,7 +449,7 @@ fn instantiate<F: Copy>(
     Ok(Live { store, call })
 }
 
-fn sorted_config(mut config: Vec<(String, String)>) -> Arc<[(String, String)]> {
+pub(crate) fn sorted_config(mut config: Vec<(String, String)>) -> Arc<[(String, String)]> {
     config.sort();
     // Last one wins for repeated keys, as on a command line.
     config.reverse();
@@ -472,9 +505,9 @@ impl TransformInstance {
     fn ensure_live(&mut self) -> Result<&mut Live<ProcessFn>, PluginError> {
         if self.live.is_none() {
             let state = self.parked.take();
-            let call_idx = self.plugin.inner.funcs.call;
+            let plugin = self.plugin.clone();
             let live = instantiate(&self.plugin, &self.config, &self.limits, state, |s, i| {
-                let idx = call_idx.as_ref().expect("checked by instantiate");
+                let idx = plugin.inner.funcs.get("process")?;
                 i.get_typed_func::<(Vec<u8>,), (Result<Vec<u8>, GuestError>,)>(s, idx)
             });
             match live {
@@ -519,8 +552,7 @@ impl TransformInstance {
     pub fn process_packed(&mut self, batch: Vec<u8>) -> Result<Vec<u8>, PluginError> {
         let limits = self.limits;
         let live = self.ensure_live()?;
-        live.store.data_mut().log_budget = LOG_LINES_PER_CALL;
-        live.store.set_epoch_deadline(epoch_ticks(&limits));
+        arm(&mut live.store, &limits);
         let result = live.call.call(&mut live.store, (batch,));
         let out = match result {
             Ok((Ok(out),)) => out,
@@ -578,7 +610,7 @@ impl TransformInstance {
 }
 
 /// Checks that `out` is a well-formed packed batch without allocating.
-fn validate_batch(out: &[u8]) -> Result<(), String> {
+pub(crate) fn validate_batch(out: &[u8]) -> Result<(), String> {
     let reader = BatchReader::new(out).map_err(|e| e.to_string())?;
     for r in reader {
         r.map_err(|e| e.to_string())?;
@@ -624,9 +656,9 @@ impl PartitionerInstance {
 
     fn ensure_live(&mut self) -> Result<&mut Live<PartitionFn>, PluginError> {
         if self.live.is_none() {
-            let call_idx = self.plugin.inner.funcs.call;
+            let plugin = self.plugin.clone();
             let live = instantiate(&self.plugin, &self.config, &self.limits, None, |s, i| {
-                let idx = call_idx.as_ref().expect("checked by instantiate");
+                let idx = plugin.inner.funcs.get("partition")?;
                 i.get_typed_func::<(Vec<u8>, u32), (Result<Vec<u32>, GuestError>,)>(s, idx)
             })
             .map_err(|(e, _)| e)?;
@@ -668,8 +700,7 @@ impl PartitionerInstance {
         }
         let limits = self.limits;
         let live = self.ensure_live()?;
-        live.store.data_mut().log_budget = LOG_LINES_PER_CALL;
-        live.store.set_epoch_deadline(epoch_ticks(&limits));
+        arm(&mut live.store, &limits);
         let out = match live.call.call(&mut live.store, (batch, partitions)) {
             Ok((Ok(out),)) => out,
             Ok((Err(g),)) => return Err(self.fail(PluginError::Guest(g.message))),

@@ -24,12 +24,14 @@
 //! fresh one) and discards the state writes of that call, so the state store always holds
 //! the result of the last successful call — what the broker checkpoints with its offsets.
 
+mod connector;
 mod instance;
 mod runtime;
 mod state;
 
 use std::fmt;
 
+pub use connector::{DirGrant, Grants, SinkInstance, SourceInstance};
 pub use instance::{PartitionerInstance, TransformInstance};
 pub use runtime::{Plugin, PluginRuntime};
 pub use sluice_plugin_abi::{PARTITION_UNSET, PluginRecord};
@@ -42,9 +44,9 @@ pub enum PluginKind {
     Transform,
     /// Exports `sluice:plugin/partition-handler`.
     Partitioner,
-    /// Exports `sluice:plugin/source-handler` (connectors; not runnable yet).
+    /// Exports `sluice:plugin/source-handler` (a source connector).
     Source,
-    /// Exports `sluice:plugin/sink-handler` (connectors; not runnable yet).
+    /// Exports `sluice:plugin/sink-handler` (a sink connector).
     Sink,
 }
 

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
+use crate::connector::{Grants, SinkInstance, SourceInstance};
 use crate::instance::{self, HostState};
 use crate::{Limits, PartitionerInstance, PluginError, PluginKind, StateStore, TransformInstance};
 
@@ -251,9 +252,17 @@ fn detect_world(
 
 /// Indices of the handler's functions, looked up once per component.
 #[derive(Clone, Debug)]
-pub(crate) struct ExportFuncs {
-    pub(crate) init: Option<ComponentExportIndex>,
-    pub(crate) call: Option<ComponentExportIndex>,
+pub(crate) struct ExportFuncs(Vec<(&'static str, ComponentExportIndex)>);
+
+impl ExportFuncs {
+    /// The function `name` of the handler (checked present at load).
+    pub(crate) fn get(&self, name: &str) -> Result<&ComponentExportIndex, PluginError> {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, i)| i)
+            .ok_or_else(|| PluginError::Invalid(format!("the handler has no `{name}`")))
+    }
 }
 
 fn export_funcs(
@@ -269,21 +278,17 @@ fn export_funcs(
             .get_export_index(Some(&iface), name)
             .ok_or_else(|| PluginError::Invalid(format!("{export} does not export `{name}`")))
     };
-    Ok(match kind {
-        PluginKind::Transform => ExportFuncs {
-            init: Some(func("init")?),
-            call: Some(func("process")?),
-        },
-        PluginKind::Partitioner => ExportFuncs {
-            init: Some(func("init")?),
-            call: Some(func("partition")?),
-        },
-        // Connectors are loaded and validated but not run by this crate yet.
-        PluginKind::Source | PluginKind::Sink => ExportFuncs {
-            init: None,
-            call: None,
-        },
-    })
+    let names: &[&'static str] = match kind {
+        PluginKind::Transform => &["init", "process"],
+        PluginKind::Partitioner => &["init", "partition"],
+        PluginKind::Source => &["open", "poll", "checkpoint", "commit"],
+        PluginKind::Sink => &["open", "write", "flush"],
+    };
+    let funcs = names
+        .iter()
+        .map(|n| func(n).map(|i| (*n, i)))
+        .collect::<Result<_, _>>()?;
+    Ok(ExportFuncs(funcs))
 }
 
 /// A loaded, validated, pre-instantiated component. Cheap to clone.
@@ -341,6 +346,29 @@ impl Plugin {
     ) -> Result<TransformInstance, PluginError> {
         self.expect(PluginKind::Transform)?;
         TransformInstance::start(self.clone(), config, limits, state)
+    }
+
+    /// Starts a source connector, opened at `checkpoint`, with access to what `grants` names.
+    pub fn source(
+        &self,
+        config: Vec<(String, String)>,
+        limits: Limits,
+        grants: &Grants,
+        checkpoint: Option<Vec<u8>>,
+    ) -> Result<SourceInstance, PluginError> {
+        self.expect(PluginKind::Source)?;
+        SourceInstance::start(self.clone(), config, limits, grants, checkpoint)
+    }
+
+    /// Starts a sink connector, opened, with access to what `grants` names.
+    pub fn sink(
+        &self,
+        config: Vec<(String, String)>,
+        limits: Limits,
+        grants: &Grants,
+    ) -> Result<SinkInstance, PluginError> {
+        self.expect(PluginKind::Sink)?;
+        SinkInstance::start(self.clone(), config, limits, grants)
     }
 
     /// Starts a partitioner instance and runs its `init`.

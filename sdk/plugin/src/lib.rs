@@ -63,6 +63,34 @@ pub mod __bindings {
             },
         });
     }
+    pub mod source_world {
+        wit_bindgen::generate!({
+            path: "../../wit",
+            world: "sluice:plugin/source@0.1.0",
+            pub_export_macro: true,
+            export_macro_name: "export_source_world",
+            default_bindings_module: "$crate::__bindings::source_world",
+            with: {
+                "sluice:plugin/types@0.1.0": super::transform_world::sluice::plugin::types,
+                "sluice:plugin/log@0.1.0": super::transform_world::sluice::plugin::log,
+                "sluice:plugin/config@0.1.0": super::transform_world::sluice::plugin::config,
+            },
+        });
+    }
+    pub mod sink_world {
+        wit_bindgen::generate!({
+            path: "../../wit",
+            world: "sluice:plugin/sink@0.1.0",
+            pub_export_macro: true,
+            export_macro_name: "export_sink_world",
+            default_bindings_module: "$crate::__bindings::sink_world",
+            with: {
+                "sluice:plugin/types@0.1.0": super::transform_world::sluice::plugin::types,
+                "sluice:plugin/log@0.1.0": super::transform_world::sluice::plugin::log,
+                "sluice:plugin/config@0.1.0": super::transform_world::sluice::plugin::config,
+            },
+        });
+    }
     pub use transform_world::sluice::plugin::types::PluginError;
 }
 
@@ -328,6 +356,36 @@ pub trait Partitioner: Sized + 'static {
     fn partition(&mut self, record: &RecordRef<'_>, partition_count: u32) -> Result<u32>;
 }
 
+/// A source connector: brings records from outside into a topic. The host calls
+/// [`Source::poll`] for batches, stores what it returns, and keeps [`Source::checkpoint`]
+/// with them; after a restart it opens the source at that checkpoint again. For exactly-once
+/// delivery, a source opened at a checkpoint and polled for `n` records must return the same
+/// `n` records it returned the first time (docs/connectors.md).
+pub trait Source: Sized + 'static {
+    /// Opens the source at `checkpoint` (`None`: the first start).
+    fn open(config: &Config, checkpoint: Option<&[u8]>) -> Result<Self>;
+    /// Appends up to `max_records` new records to `output` (none when nothing is ready).
+    /// A record's partition set to [`PARTITION_UNSET`] goes where the host places it.
+    fn poll(&mut self, max_records: u32, output: &mut BatchBuilder) -> Result<()>;
+    /// The position after every record returned so far.
+    fn checkpoint(&self) -> Result<Vec<u8>>;
+    /// The records up to `checkpoint` are stored; acknowledge them upstream if needed.
+    fn commit(&mut self, _checkpoint: &[u8]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A sink connector: takes records from a topic out. The host hands it batches with
+/// [`Sink::write`] and commits the topic offsets only after [`Sink::flush`] succeeded, so
+/// after a failure records from the last flush on come again (each carries its partition and
+/// offset, for a sink that makes itself exactly-once).
+pub trait Sink: Sized + 'static {
+    fn open(config: &Config) -> Result<Self>;
+    fn write(&mut self, records: BatchReader<'_>) -> Result<()>;
+    /// Makes everything written so far durable outside.
+    fn flush(&mut self) -> Result<()>;
+}
+
 /// Adapters from the per-record shapes to [`Transform`]; named by the `export_*!` macros.
 #[doc(hidden)]
 pub mod adapt {
@@ -447,6 +505,73 @@ pub mod __private {
         })
     }
 
+    pub fn source_open<T: Source>(
+        slot: &'static LocalKey<Slot<T>>,
+        checkpoint: Option<Vec<u8>>,
+    ) -> Result<(), PluginError> {
+        let t = T::open(&Config, checkpoint.as_deref())?;
+        slot.with(|s| *s.borrow_mut() = Some(t));
+        Ok(())
+    }
+
+    fn with_plugin<T, R>(
+        slot: &'static LocalKey<Slot<T>>,
+        f: impl FnOnce(&mut T) -> Result<R>,
+    ) -> Result<R, PluginError> {
+        slot.with(|s| {
+            let mut s = s.borrow_mut();
+            let t = s
+                .as_mut()
+                .ok_or_else(|| Error::msg("the host called the connector before open"))?;
+            Ok(f(t)?)
+        })
+    }
+
+    pub fn source_poll<T: Source>(
+        slot: &'static LocalKey<Slot<T>>,
+        max_records: u32,
+    ) -> Result<Vec<u8>, PluginError> {
+        with_plugin(slot, |t| {
+            let mut output = BatchBuilder::new();
+            t.poll(max_records, &mut output)?;
+            Ok(output.finish())
+        })
+    }
+
+    pub fn source_checkpoint<T: Source>(
+        slot: &'static LocalKey<Slot<T>>,
+    ) -> Result<Vec<u8>, PluginError> {
+        with_plugin(slot, |t| t.checkpoint())
+    }
+
+    pub fn source_commit<T: Source>(
+        slot: &'static LocalKey<Slot<T>>,
+        checkpoint: Vec<u8>,
+    ) -> Result<(), PluginError> {
+        with_plugin(slot, |t| t.commit(&checkpoint))
+    }
+
+    pub fn sink_open<T: Sink>(slot: &'static LocalKey<Slot<T>>) -> Result<(), PluginError> {
+        let t = T::open(&Config)?;
+        slot.with(|s| *s.borrow_mut() = Some(t));
+        Ok(())
+    }
+
+    pub fn sink_write<T: Sink>(
+        slot: &'static LocalKey<Slot<T>>,
+        batch: Vec<u8>,
+    ) -> Result<(), PluginError> {
+        with_plugin(slot, |t| {
+            let input =
+                BatchReader::new(&batch).map_err(|e| Error::msg(format!("host sent a {e}")))?;
+            t.write(input)
+        })
+    }
+
+    pub fn sink_flush<T: Sink>(slot: &'static LocalKey<Slot<T>>) -> Result<(), PluginError> {
+        with_plugin(slot, |t| t.flush())
+    }
+
     pub fn init_partitioner<T: Partitioner>(
         slot: &'static LocalKey<Slot<T>>,
     ) -> Result<(), PluginError> {
@@ -561,6 +686,80 @@ macro_rules! export_partitioner {
             }
             $crate::__bindings::partitioner_world::export_partitioner_world!(
                 SluiceExport with_types_in $crate::__bindings::partitioner_world
+            );
+        };
+    };
+}
+
+/// Exports a [`Source`] as this component's `source-handler`.
+#[macro_export]
+macro_rules! export_source {
+    ($t:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static SLUICE_PLUGIN: $crate::__private::Slot<$t> =
+                    const { ::std::cell::RefCell::new(None) };
+            }
+            struct SluiceExport;
+            impl $crate::__bindings::source_world::exports::sluice::plugin::source_handler::Guest
+                for SluiceExport
+            {
+                fn open(
+                    checkpoint: ::std::option::Option<::std::vec::Vec<u8>>,
+                ) -> ::std::result::Result<(), $crate::__private::PluginError> {
+                    $crate::__private::source_open::<$t>(&SLUICE_PLUGIN, checkpoint)
+                }
+                fn poll(
+                    max_records: u32,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::__private::PluginError>
+                {
+                    $crate::__private::source_poll::<$t>(&SLUICE_PLUGIN, max_records)
+                }
+                fn checkpoint()
+                -> ::std::result::Result<::std::vec::Vec<u8>, $crate::__private::PluginError>
+                {
+                    $crate::__private::source_checkpoint::<$t>(&SLUICE_PLUGIN)
+                }
+                fn commit(
+                    checkpoint: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<(), $crate::__private::PluginError> {
+                    $crate::__private::source_commit::<$t>(&SLUICE_PLUGIN, checkpoint)
+                }
+            }
+            $crate::__bindings::source_world::export_source_world!(
+                SluiceExport with_types_in $crate::__bindings::source_world
+            );
+        };
+    };
+}
+
+/// Exports a [`Sink`] as this component's `sink-handler`.
+#[macro_export]
+macro_rules! export_sink {
+    ($t:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static SLUICE_PLUGIN: $crate::__private::Slot<$t> =
+                    const { ::std::cell::RefCell::new(None) };
+            }
+            struct SluiceExport;
+            impl $crate::__bindings::sink_world::exports::sluice::plugin::sink_handler::Guest
+                for SluiceExport
+            {
+                fn open() -> ::std::result::Result<(), $crate::__private::PluginError> {
+                    $crate::__private::sink_open::<$t>(&SLUICE_PLUGIN)
+                }
+                fn write(
+                    batch: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<(), $crate::__private::PluginError> {
+                    $crate::__private::sink_write::<$t>(&SLUICE_PLUGIN, batch)
+                }
+                fn flush() -> ::std::result::Result<(), $crate::__private::PluginError> {
+                    $crate::__private::sink_flush::<$t>(&SLUICE_PLUGIN)
+                }
+            }
+            $crate::__bindings::sink_world::export_sink_world!(
+                SluiceExport with_types_in $crate::__bindings::sink_world
             );
         };
     };

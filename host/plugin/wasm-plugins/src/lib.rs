@@ -32,6 +32,8 @@ pub const BUILTINS: &[&str] = &[
     "split-lines",
     "window-count",
     "json-partitioner",
+    "file-source",
+    "file-sink",
 ];
 
 /// The built-in plugins' components, embedded at build time, by package name: what
@@ -44,6 +46,8 @@ pub const EMBEDDED: &[(&str, &[u8])] = &[
     embed!("window-count", "window_count"),
     embed!("json-partitioner", "json_partitioner"),
     embed!("identity-map", "identity_map"),
+    embed!("file-source", "file_source"),
+    embed!("file-sink", "file_sink"),
 ];
 
 /// The embedded component of the built-in plugin `name`, if there is one.

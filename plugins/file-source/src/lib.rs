@@ -1,0 +1,209 @@
+//! Source connector: tails a text file, one record per complete line (the line without its
+//! `\n` or `\r\n` as the value, no key), and resumes by byte offset.
+//!
+//! Settings: `path` (the file; its directory must be granted, read-only is enough),
+//! `rotated_suffix` (default `.1`: where a rotated file is found, `PATH.1` after
+//! `mv PATH PATH.1` and a new `PATH`), `max_poll_bytes` (default 4 MiB read per poll).
+//!
+//! The checkpoint is the byte offset after the last line returned, with a fingerprint of the
+//! file's first line. A different first line in `path` means the file was rotated: the rest
+//! of the old file is read from `PATH<rotated_suffix>` (found by its fingerprint), then the
+//! new file from its start. Opened at a checkpoint and polled for `n` records, it returns the
+//! same `n` lines it returned the first time (the file is only ever appended to), which is
+//! what the host's exactly-once replay needs. A partial last line waits until its `\n`.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+
+use sluice_plugin::{BatchBuilder, Config, Error, PARTITION_UNSET, Result, Source};
+
+/// Bytes of the first line that identify a file.
+const FINGERPRINT_BYTES: usize = 256;
+
+struct FileSource {
+    path: String,
+    rotated: String,
+    max_poll_bytes: usize,
+    /// Where the next line starts, in the file identified by `fingerprint`.
+    offset: u64,
+    /// Hash of the file's first line; `None` until it has a complete one.
+    fingerprint: Option<u64>,
+}
+
+/// FNV-1a, enough to tell files apart.
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The fingerprint of the file at `path`: `Ok(None)` while it has no complete first line
+/// (or does not exist).
+fn fingerprint(path: &str) -> Result<Option<u64>> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::msg(format!("cannot open {path}: {e}"))),
+    };
+    let mut head = vec![0u8; FINGERPRINT_BYTES];
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => return Err(Error::msg(format!("cannot read {path}: {e}"))),
+        }
+    }
+    let head = &head[..got];
+    Ok(match head.iter().position(|b| *b == b'\n') {
+        Some(end) => Some(hash(&head[..end])),
+        // A first line longer than the prefix: the prefix identifies it.
+        None if got == FINGERPRINT_BYTES => Some(hash(head)),
+        None => None,
+    })
+}
+
+fn encode(offset: u64, fingerprint: Option<u64>) -> Vec<u8> {
+    let mut out = offset.to_le_bytes().to_vec();
+    if let Some(f) = fingerprint {
+        out.extend_from_slice(&f.to_le_bytes());
+    }
+    out
+}
+
+fn decode(checkpoint: &[u8]) -> Result<(u64, Option<u64>)> {
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    match checkpoint.len() {
+        8 => Ok((word(checkpoint), None)),
+        16 => Ok((word(&checkpoint[..8]), Some(word(&checkpoint[8..])))),
+        n => Err(Error::msg(format!(
+            "not a file source checkpoint ({n} bytes; expected 8 or 16)"
+        ))),
+    }
+}
+
+impl FileSource {
+    /// The file holding the position: `path`, or the rotated file when `path` is a new one.
+    /// `None`: the position's file is gone (rotated away twice), or `path` is not there yet.
+    fn current_file(&self) -> Result<Option<(String, bool)>> {
+        let Some(mine) = self.fingerprint else {
+            return Ok(Some((self.path.clone(), false)));
+        };
+        if fingerprint(&self.path)? == Some(mine) {
+            return Ok(Some((self.path.clone(), false)));
+        }
+        if fingerprint(&self.rotated)? == Some(mine) {
+            return Ok(Some((self.rotated.clone(), true)));
+        }
+        Ok(None)
+    }
+
+    /// Reads complete lines from `file` at `self.offset` into `output`, at most `max`.
+    fn read_lines(&mut self, file: &str, max: u32, output: &mut BatchBuilder) -> Result<u32> {
+        let mut f = match File::open(file) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::msg(format!("cannot open {file}: {e}"))),
+        };
+        let len = f
+            .metadata()
+            .map_err(|e| Error::msg(format!("cannot stat {file}: {e}")))?
+            .len();
+        if len <= self.offset {
+            return Ok(0);
+        }
+        f.seek(SeekFrom::Start(self.offset))
+            .map_err(|e| Error::msg(format!("cannot seek in {file}: {e}")))?;
+        let want = ((len - self.offset) as usize).min(self.max_poll_bytes);
+        let mut buf = vec![0u8; want];
+        let mut got = 0;
+        while got < want {
+            match f.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => return Err(Error::msg(format!("cannot read {file}: {e}"))),
+            }
+        }
+        let buf = &buf[..got];
+        let mut count = 0;
+        let mut start = 0;
+        while count < max {
+            let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') else {
+                break;
+            };
+            let mut line = &buf[start..start + nl];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            output.push_parts(None, Some(line), [], 0, PARTITION_UNSET, 0);
+            start += nl + 1;
+            count += 1;
+        }
+        if count == 0 && start == 0 && got == self.max_poll_bytes {
+            return Err(Error::msg(format!(
+                "{file} has a line longer than max_poll_bytes ({}) at byte {}",
+                self.max_poll_bytes, self.offset
+            )));
+        }
+        self.offset += start as u64;
+        Ok(count)
+    }
+}
+
+impl Source for FileSource {
+    fn open(config: &Config, checkpoint: Option<&[u8]>) -> Result<Self> {
+        let path = config.require("path")?;
+        let suffix = config.get("rotated_suffix").unwrap_or_else(|| ".1".into());
+        let (offset, fingerprint) = match checkpoint {
+            Some(c) => decode(c)?,
+            None => (0, None),
+        };
+        let source = FileSource {
+            rotated: format!("{path}{suffix}"),
+            path,
+            max_poll_bytes: config.parse_or("max_poll_bytes", 4 << 20)?,
+            offset,
+            fingerprint,
+        };
+        if source.current_file()?.is_none() {
+            return Err(Error::msg(format!(
+                "the file this source was reading is gone: neither {} nor {} starts with the \
+                 line it had (rotated more than once while the connector was stopped?)",
+                source.path, source.rotated
+            )));
+        }
+        Ok(source)
+    }
+
+    fn poll(&mut self, max_records: u32, output: &mut BatchBuilder) -> Result<()> {
+        if self.fingerprint.is_none() {
+            self.fingerprint = fingerprint(&self.path)?;
+            if self.fingerprint.is_none() {
+                return Ok(()); // no complete line yet
+            }
+        }
+        let Some((file, rotated)) = self.current_file()? else {
+            return Err(Error::msg(format!(
+                "{} was rotated again before this source finished the previous file",
+                self.path
+            )));
+        };
+        let read = self.read_lines(&file, max_records, output)?;
+        if read == 0 && rotated {
+            // The old file is drained: the new one from its start. A poll never spans the two,
+            // so a replay from any checkpoint reads the same lines.
+            self.offset = 0;
+            self.fingerprint = fingerprint(&self.path)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<Vec<u8>> {
+        Ok(encode(self.offset, self.fingerprint))
+    }
+}
+
+sluice_plugin::export_source!(FileSource);
