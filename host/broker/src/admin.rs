@@ -135,7 +135,14 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
         | Request::RemoveNode { .. }
         | Request::ElectLeaders { .. }
         | Request::AlterTopicReplication { .. }
-        | Request::DescribeTopicReplication { .. } => Err(WireError::new(
+        | Request::DescribeTopicReplication { .. }
+        | Request::CreateConnector(_)
+        | Request::ListConnectors
+        | Request::DescribeConnector { .. }
+        | Request::PauseConnector { .. }
+        | Request::ResumeConnector { .. }
+        | Request::RestartConnector { .. }
+        | Request::DeleteConnector { .. } => Err(WireError::new(
             ErrorCode::InvalidRequest,
             "request routed to the wrong handler",
         )),

@@ -12,6 +12,7 @@
 mod admin;
 mod cluster;
 pub mod config;
+mod connectors;
 pub mod controller;
 mod fetch;
 mod groups;
@@ -84,6 +85,7 @@ pub(crate) struct Broker {
     groups: groups::GroupCoordinator,
     plugins: plugins::PluginRegistry,
     pipelines: pipelines::PipelineRunners,
+    connectors: connectors::ConnectorTasks,
     partitions: RwLock<HashMap<PartitionId, Arc<leadership::PartitionRuntime>>>,
     /// Connection, memory and validation limits shared by all clients.
     limits: server::ClientLimits,
@@ -257,6 +259,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         groups: groups::GroupCoordinator::default(),
         plugins,
         pipelines: pipelines::PipelineRunners::default(),
+        connectors: connectors::ConnectorTasks::default(),
         partitions: RwLock::new(HashMap::new()),
         limits,
         shutdown: watch::channel(false).0,
@@ -289,6 +292,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     groups::drop_deleted_offsets(&broker).await?;
     // Pipelines resume from their checkpoints by themselves (paused ones stay paused).
     pipelines::PipelineRunners::follow(&broker);
+    connectors::ConnectorTasks::follow(&broker);
     tokio::spawn(replicas::watch(broker.clone()));
     if broker.controller.is_clustered() {
         replication::serve(&broker);

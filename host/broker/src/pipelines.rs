@@ -38,7 +38,7 @@ use sluice_plugin_host::{
 };
 use sluice_proto::batch::{decode_records, split_batches};
 use sluice_proto::{
-    BatchBuilder, Compression, CreatePipelineRequest, Durability, ErrorCode, Header, OffsetSpec,
+    BatchBuilder, Compression, CreatePipelineRequest, ErrorCode, Header, OffsetSpec,
     PipelineDescription, PipelinePartition, PipelineStart, Record, Request, ResponseBody,
     WireError,
 };
@@ -46,6 +46,7 @@ use sluice_storage::{PartitionId, StorageError};
 
 use crate::Broker;
 use crate::fetch::below_high_watermark;
+use crate::produce::Output;
 use crate::router::Reply;
 use crate::wire_error::{propose_error, storage_error};
 
@@ -236,7 +237,7 @@ pub(crate) fn to_plugin_record(r: sluice_proto::StoredRecord, partition: u32) ->
     }
 }
 
-fn to_record(r: PluginRecord) -> Record {
+pub(crate) fn to_record(r: PluginRecord) -> Record {
     Record {
         key: r.key.map(Bytes::from),
         value: r.value.map(Bytes::from),
@@ -261,15 +262,6 @@ fn limits(spec: &PipelineSpec) -> Limits {
         l.max_memory_bytes = b as usize;
     }
     l
-}
-
-/// Where a step's output goes.
-struct Output {
-    topic_id: u64,
-    partitions: u32,
-    leaders: Vec<Option<u32>>,
-    leader_epochs: Vec<u32>,
-    durability: Durability,
 }
 
 /// One step's result: output batches in append order, and the checkpoint once they are stored.
@@ -467,17 +459,8 @@ async fn run(
             r = hw.wait_for(|hw| *hw > from) => { r.map_err(|e| e.to_string())?; }
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
         }
-        let output = broker.controller.read(|s| {
-            let t = s.topic(&rec.spec.to).ok_or_else(|| {
-                Stop::Failed(format!("output topic {:?} no longer exists", rec.spec.to))
-            })?;
-            Ok::<_, Stop>(Output {
-                topic_id: t.topic_id,
-                partitions: t.partitions.len() as u32,
-                leaders: t.partitions.iter().map(|p| p.leader).collect(),
-                leader_epochs: t.partitions.iter().map(|p| p.leader_epoch).collect(),
-                durability: t.config.durability,
-            })
+        let output = Output::of(&broker, &rec.spec.to).ok_or_else(|| {
+            Stop::Failed(format!("output topic {:?} no longer exists", rec.spec.to))
         })?;
         let (b, r, prev) = (broker.clone(), rec.clone(), cp.clone());
         let (chain_back, result) = tokio::task::spawn_blocking(move || {
@@ -489,58 +472,14 @@ async fn run(
         chain = chain_back;
         let (step, output) = result.map_err(Stop::Failed)?;
         let wrote_output = !step.batches.is_empty();
-        // Local output is queued now, in order; the store keeps that order for each output
-        // partition. Output led elsewhere goes to its leader, each partition's batches in order.
-        let mut remote: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
-        let mut appends = Vec::new();
-        for (p, bytes) in step.batches {
-            if output.leaders[p as usize] != Some(broker.node_id) {
-                remote.entry(p).or_default().push(bytes);
-                continue;
-            }
-            let id = PartitionId {
-                topic_id: output.topic_id,
-                partition: p,
-            };
-            let epoch = output.leader_epochs[p as usize];
-            appends.push((id, broker.store.append(id, bytes, epoch, output.durability)));
-        }
-        let sends = remote.into_iter().map(|(p, batches)| {
-            let (broker, to) = (broker.clone(), rec.spec.to.clone());
-            async move {
-                for bytes in batches {
-                    crate::produce::produce_at_leader(&broker, &to, p, bytes.into())
-                        .await
-                        .map_err(|e| format!("writing to {to}/{p} at its leader: {}", e.message))?;
-                }
-                Ok::<(), String>(())
-            }
-        });
-        for sent in futures::future::join_all(sends).await {
-            sent?;
-        }
-        let mut duplicates = 0;
-        for (id, append) in appends {
-            let appended = append.await.map_err(|e| {
-                format!(
-                    "writing to {}/{}: {}",
-                    rec.spec.to,
-                    id.partition,
-                    storage_error(e).message
-                )
-            })?;
-            broker.leader_appended(id, appended.log_end);
-            // The checkpoint below must not outlive this output in a failover.
-            broker
-                .committed(id, &appended, OUTPUT_COMMIT_TIMEOUT)
-                .await
-                .map_err(|e| {
-                    format!("writing to {}/{}: {}", rec.spec.to, id.partition, e.message)
-                })?;
-            if appended.duplicate {
-                duplicates += 1;
-            }
-        }
+        let duplicates = crate::produce::write_sequenced(
+            &broker,
+            &rec.spec.to,
+            &output,
+            step.batches,
+            OUTPUT_COMMIT_TIMEOUT,
+        )
+        .await?;
         if duplicates > 0 {
             tracing::info!(pipeline = %rec.spec.name, partition, duplicates, "replayed output recognised as already written; dropped");
         }

@@ -207,3 +207,88 @@ pub(crate) async fn produce_at_leader(
         }
     }
 }
+
+/// Where sequenced output (a pipeline's, a source connector's) goes: the topic's partitions as
+/// the metadata places them now.
+pub(crate) struct Output {
+    pub(crate) topic_id: u64,
+    pub(crate) partitions: u32,
+    pub(crate) leaders: Vec<Option<u32>>,
+    pub(crate) leader_epochs: Vec<u32>,
+    pub(crate) durability: sluice_proto::Durability,
+}
+
+impl Output {
+    /// The topic `name` as this node's metadata places it; `None` if it does not exist.
+    pub(crate) fn of(broker: &Broker, name: &str) -> Option<Output> {
+        broker.controller.read(|s| {
+            s.topic(name).map(|t| Output {
+                topic_id: t.topic_id,
+                partitions: t.partitions.len() as u32,
+                leaders: t.partitions.iter().map(|p| p.leader).collect(),
+                leader_epochs: t.partitions.iter().map(|p| p.leader_epoch).collect(),
+                durability: t.config.durability,
+            })
+        })
+    }
+}
+
+/// Writes batches already stamped with an idempotent producer id and sequences to `topic`:
+/// appended here for partitions this node leads (queued in order, so the store keeps each
+/// partition's order), produced at the leader for the others (each partition's batches in
+/// order). Returns once every batch is committed (acks=all), with the number recognised as
+/// duplicates of batches already stored (a replay). Any failure is retriable by writing the
+/// same batches again.
+pub(crate) async fn write_sequenced(
+    broker: &Arc<Broker>,
+    topic: &str,
+    output: &Output,
+    batches: Vec<(u32, Vec<u8>)>,
+    commit_timeout: Duration,
+) -> Result<u64, String> {
+    let mut remote: std::collections::BTreeMap<u32, Vec<Vec<u8>>> = Default::default();
+    let mut appends = Vec::new();
+    for (p, bytes) in batches {
+        if output.leaders[p as usize] != Some(broker.node_id) {
+            remote.entry(p).or_default().push(bytes);
+            continue;
+        }
+        let id = sluice_storage::PartitionId {
+            topic_id: output.topic_id,
+            partition: p,
+        };
+        let epoch = output.leader_epochs[p as usize];
+        appends.push((id, broker.store.append(id, bytes, epoch, output.durability)));
+    }
+    let sends = remote.into_iter().map(|(p, batches)| async move {
+        for bytes in batches {
+            produce_at_leader(broker, topic, p, bytes.into())
+                .await
+                .map_err(|e| format!("writing to {topic}/{p} at its leader: {}", e.message))?;
+        }
+        Ok::<(), String>(())
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent?;
+    }
+    let mut duplicates = 0;
+    for (id, append) in appends {
+        let appended = append.await.map_err(|e| {
+            format!(
+                "writing to {topic}/{}: {}",
+                id.partition,
+                storage_error(e).message
+            )
+        })?;
+        broker.leader_appended(id, appended.log_end);
+        // What the caller records next (a checkpoint) must not outlive this in a failover.
+        broker
+            .committed(id, &appended, commit_timeout)
+            .await
+            .map_err(|e| format!("writing to {topic}/{}: {}", id.partition, e.message))?;
+        if appended.duplicate {
+            duplicates += 1;
+        }
+    }
+    Ok(duplicates)
+}

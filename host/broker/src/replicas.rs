@@ -117,6 +117,7 @@ pub(crate) async fn watch(broker: Arc<Broker>) {
                     Err(e) => tracing::error!(error = %e, "loading consumer groups panicked"),
                 }
                 crate::pipelines::PipelineRunners::follow(&broker);
+                crate::connectors::ConnectorTasks::follow(&broker);
                 crate::replication::follow_leadership(&broker);
                 for &topic_id in &done.removed_topics {
                     broker.forget_topic(topic_id);

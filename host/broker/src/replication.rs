@@ -316,6 +316,9 @@ async fn answer_fetch(broker: &Arc<Broker>, fetch: ReplicaFetch) -> ReplicaAnswe
         }
         Ok((state.log_start, state.log_end, epochs))
     };
+    if fetch.follower == wire::READER {
+        return answer_reader(broker, id, &fetch).await;
+    }
     let (log_start, log_end, epochs) = match position(broker) {
         Ok(p) => p,
         Err(e) => return ReplicaAnswer::Refused(e.to_string()),
@@ -383,6 +386,70 @@ async fn answer_fetch(broker: &Arc<Broker>, fetch: ReplicaFetch) -> ReplicaAnswe
         },
         Ok(Err(e)) => ReplicaAnswer::Refused(e.to_string()),
         Err(e) => ReplicaAnswer::Refused(format!("read task failed: {e}")),
+    }
+}
+
+/// A reader's fetch ([`wire::READER`]): committed batches from its offset, nothing else.
+async fn answer_reader(
+    broker: &Arc<Broker>,
+    id: PartitionId,
+    fetch: &ReplicaFetch,
+) -> ReplicaAnswer {
+    let hw = broker.high_watermark(id);
+    let (b, offset, max) = (
+        broker.clone(),
+        fetch.fetch_offset,
+        fetch.max_bytes.min(FETCH_BYTES),
+    );
+    let read = tokio::task::spawn_blocking(move || b.store.read(id, offset, max)).await;
+    match read {
+        Ok(Ok(read)) => ReplicaAnswer::Batches {
+            high_watermark: hw,
+            bytes: crate::fetch::below_high_watermark(read.bytes, hw).to_vec(),
+        },
+        Ok(Err(StorageError::OffsetOutOfRange { log_start, log_end })) => {
+            ReplicaAnswer::OutOfRange { log_start, log_end }
+        }
+        Ok(Err(e)) => ReplicaAnswer::Refused(e.to_string()),
+        Err(e) => ReplicaAnswer::Refused(format!("read task failed: {e}")),
+    }
+}
+
+/// Reads committed batches of partition `id` from `from` at its leader `leader` (another
+/// node, in `leader_epoch`), as a reader rather than a replica. An offset outside the leader's
+/// log is an error saying "out of range".
+pub(crate) async fn read_at_leader(
+    broker: &Arc<Broker>,
+    id: PartitionId,
+    leader: u32,
+    leader_epoch: u32,
+    from: u64,
+    max_bytes: u32,
+) -> Result<bytes::Bytes, String> {
+    let fetch = ReplicaFetch {
+        topic_id: id.topic_id,
+        partition: id.partition,
+        follower: wire::READER,
+        leader_epoch,
+        fetch_offset: from,
+        last_fetched_epoch: None,
+        max_bytes,
+    };
+    let message = wire::encode(&fetch)?;
+    let answer = tokio::time::timeout(
+        FETCH_TIMEOUT,
+        broker.controller.call_replica(leader, message),
+    )
+    .await
+    .map_err(|_| format!("no answer from node {leader} within {FETCH_TIMEOUT:?}"))?
+    .map_err(|e| e.to_string())?;
+    match wire::decode::<ReplicaAnswer>(&answer)? {
+        ReplicaAnswer::Batches { bytes, .. } => Ok(bytes.into()),
+        ReplicaAnswer::OutOfRange { log_start, log_end } => Err(format!(
+            "offset {from} out of range: node {leader} holds {log_start}..{log_end}"
+        )),
+        ReplicaAnswer::Diverging { .. } => Err("a reader was answered as a replica".into()),
+        ReplicaAnswer::Refused(why) => Err(why),
     }
 }
 

@@ -97,6 +97,13 @@ pub(crate) fn handle(
         Request::AlterTopicReplication { .. } | Request::DescribeTopicReplication { .. } => {
             Box::pin(crate::cluster::topic_replication(broker, request))
         }
+        Request::CreateConnector(_)
+        | Request::ListConnectors
+        | Request::DescribeConnector { .. }
+        | Request::PauseConnector { .. }
+        | Request::ResumeConnector { .. }
+        | Request::RestartConnector { .. }
+        | Request::DeleteConnector { .. } => Box::pin(crate::connectors::handle(broker, request)),
         Request::CreatePipeline(_)
         | Request::ListPipelines
         | Request::DescribePipeline { .. }

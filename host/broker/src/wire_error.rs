@@ -31,6 +31,9 @@ pub(crate) fn metadata_error(e: MetadataError) -> WireError {
         MetadataError::UnknownPipeline(_) => ErrorCode::UnknownPipeline,
         MetadataError::PipelineExists(_) => ErrorCode::PipelineExists,
         MetadataError::TopicInUse { .. } => ErrorCode::InvalidConfig,
+        MetadataError::UnknownConnector(_) => ErrorCode::UnknownConnector,
+        MetadataError::ConnectorExists(_) => ErrorCode::ConnectorExists,
+        MetadataError::ConnectorTaskReplaced { .. } => ErrorCode::InvalidRequest,
     };
     WireError::new(code, e.to_string())
 }

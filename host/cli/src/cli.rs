@@ -54,6 +54,10 @@ pub enum Command {
     /// Create, list, describe, pause, resume and delete pipelines (plugins from topic to topic).
     #[command(subcommand)]
     Pipeline(crate::pipeline_cmds::PipelineCommand),
+    /// Create, list, describe, pause, resume, restart and delete connectors (source and sink
+    /// plugins between topics and the outside).
+    #[command(subcommand)]
+    Connector(crate::connector_cmds::ConnectorCommand),
     /// Measure throughput and latency against a running broker.
     Bench(bench::BenchArgs),
     /// The cluster: nodes, roles, liveness, the metadata leader.
@@ -275,6 +279,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Group(cmd) => client_cmds::group(&connect(&cli).await?, cmd).await,
         Command::Plugin(cmd) => crate::plugin_cmds::run(cmd, async || connect(&cli).await).await,
         Command::Pipeline(cmd) => crate::pipeline_cmds::run(&connect(&cli).await?, cmd).await,
+        Command::Connector(cmd) => crate::connector_cmds::run(&connect(&cli).await?, cmd).await,
         Command::Bench(args) => bench::run(&cli, args).await,
         Command::Cluster(cmd) => crate::cluster_cmds::run(&connect(&cli).await?, cmd).await,
         Command::Dev(cmd) => crate::dev_cluster::run(cmd).await,

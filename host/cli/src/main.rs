@@ -10,6 +10,7 @@ mod bench_pipeline;
 mod cli;
 mod client_cmds;
 mod cluster_cmds;
+mod connector_cmds;
 mod dev_cluster;
 mod format;
 mod pipeline_cmds;

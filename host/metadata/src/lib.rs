@@ -10,6 +10,7 @@
 //! Data enters as commands (from the broker's controller) and leaves as read-only views of
 //! topics, partitions and brokers.
 
+pub mod connectors;
 pub mod liveness;
 pub mod placement;
 
@@ -17,6 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sluice_proto::TopicConfig;
+
+pub use connectors::{ConnectorKind, ConnectorRecord, ConnectorSpec, SourceIntent};
 
 /// A node of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +241,44 @@ pub enum MetadataCommand {
         partition: u32,
         leader: u32,
     },
+    /// Creates a connector. Applying it hands out its producer id.
+    CreateConnector(ConnectorSpec),
+    /// Pauses (`true`) or resumes (`false`) a connector; survives restarts.
+    SetConnectorPaused {
+        name: String,
+        paused: bool,
+    },
+    DeleteConnector {
+        name: String,
+    },
+    /// A connector task starts on `node`: the connector's generation moves on, and progress
+    /// from any earlier task is refused from now on.
+    ConnectorStarted {
+        name: String,
+        created_index: u64,
+        node: u32,
+    },
+    /// A source task of `generation` is about to write a batch (docs/connectors.md).
+    ConnectorIntent {
+        name: String,
+        created_index: u64,
+        generation: u64,
+        intent: SourceIntent,
+    },
+    /// A sink task of `generation` flushed everything before these next offsets.
+    ConnectorOffsets {
+        name: String,
+        created_index: u64,
+        generation: u64,
+        offsets: Vec<(String, u32, u64)>,
+    },
+    /// A connector task failed (it is restarted with backoff).
+    ConnectorFailed {
+        name: String,
+        created_index: u64,
+        at_ms: i64,
+        error: String,
+    },
 }
 
 /// A topic's replication settings (Kafka's `min.insync.replicas` and
@@ -354,6 +395,13 @@ pub enum MetadataError {
     UnknownPipeline(String),
     #[error("pipeline {0:?} already exists")]
     PipelineExists(String),
+    #[error("connector {0:?} does not exist")]
+    UnknownConnector(String),
+    #[error("connector {0:?} already exists")]
+    ConnectorExists(String),
+    /// Progress from a connector task that another task has replaced since.
+    #[error("connector {name:?}: this task (generation {generation}) was replaced by a newer one")]
+    ConnectorTaskReplaced { name: String, generation: u64 },
     /// The topic is read or written by the `users` (never empty); deleting it needs them gone,
     /// or [`MetadataCommand::DeleteTopicForced`].
     #[error("{}", in_use_message(topic, users))]
@@ -427,6 +475,43 @@ pub struct MetadataState {
     checkpoints: BTreeMap<(String, u32), Vec<u8>>,
     /// Topics whose replication settings were set, by name.
     replication: BTreeMap<String, ReplicationSettings>,
+    connectors: BTreeMap<String, ConnectorRecord>,
+}
+
+/// [`MetadataState`] as snapshots written before connectors joined it: decoded when the
+/// current layout does not fit.
+#[derive(Debug, Deserialize)]
+pub struct MetadataStateV3 {
+    brokers: BTreeMap<u32, BrokerRecord>,
+    topics: BTreeMap<String, TopicRecord>,
+    next_topic_id: u64,
+    next_producer_id: i64,
+    recent_allocations: BTreeMap<u64, i64>,
+    applied_index: u64,
+    plugins: BTreeMap<String, PluginRecord>,
+    pipelines: BTreeMap<String, PipelineRecord>,
+    components: BTreeMap<String, Vec<u8>>,
+    checkpoints: BTreeMap<(String, u32), Vec<u8>>,
+    replication: BTreeMap<String, ReplicationSettings>,
+}
+
+impl From<MetadataStateV3> for MetadataState {
+    fn from(v3: MetadataStateV3) -> Self {
+        MetadataState {
+            brokers: v3.brokers,
+            topics: v3.topics,
+            next_topic_id: v3.next_topic_id,
+            next_producer_id: v3.next_producer_id,
+            recent_allocations: v3.recent_allocations,
+            applied_index: v3.applied_index,
+            plugins: v3.plugins,
+            pipelines: v3.pipelines,
+            components: v3.components,
+            checkpoints: v3.checkpoints,
+            replication: v3.replication,
+            connectors: BTreeMap::new(),
+        }
+    }
 }
 
 /// [`MetadataState`] as snapshots written before topics' replication settings joined it:
@@ -459,6 +544,7 @@ impl From<MetadataStateV2> for MetadataState {
             components: v2.components,
             checkpoints: v2.checkpoints,
             replication: BTreeMap::new(),
+            connectors: BTreeMap::new(),
         }
     }
 }
@@ -491,6 +577,7 @@ impl From<MetadataStateV1> for MetadataState {
             components: BTreeMap::new(),
             checkpoints: BTreeMap::new(),
             replication: BTreeMap::new(),
+            connectors: BTreeMap::new(),
         }
     }
 }
@@ -576,6 +663,19 @@ impl MetadataState {
 
     pub fn plugins(&self) -> impl Iterator<Item = &PluginRecord> {
         self.plugins.values()
+    }
+
+    pub fn connector(&self, name: &str) -> Option<&ConnectorRecord> {
+        self.connectors.get(name)
+    }
+
+    pub fn connectors(&self) -> impl Iterator<Item = &ConnectorRecord> {
+        self.connectors.values()
+    }
+
+    /// The live broker connector `name` runs on ([`connectors::owner_of`]).
+    pub fn connector_owner(&self, name: &str) -> Option<u32> {
+        connectors::owner_of(name, self.live_brokers().map(|b| b.node_id))
     }
 
     pub fn pipeline(&self, name: &str) -> Option<&PipelineRecord> {
@@ -858,6 +958,39 @@ impl MetadataState {
                 }
                 _ => Err(MetadataError::UnknownPipeline(name.clone())),
             },
+            MetadataCommand::CreateConnector(spec) => self.validate_connector(spec),
+            MetadataCommand::SetConnectorPaused { name, .. }
+            | MetadataCommand::DeleteConnector { name } => {
+                if self.connectors.contains_key(name) {
+                    Ok(())
+                } else {
+                    Err(MetadataError::UnknownConnector(name.clone()))
+                }
+            }
+            MetadataCommand::ConnectorStarted {
+                name,
+                created_index,
+                ..
+            }
+            | MetadataCommand::ConnectorFailed {
+                name,
+                created_index,
+                ..
+            } => self.connector_of(name, *created_index, None).map(|_| ()),
+            MetadataCommand::ConnectorIntent {
+                name,
+                created_index,
+                generation,
+                ..
+            }
+            | MetadataCommand::ConnectorOffsets {
+                name,
+                created_index,
+                generation,
+                ..
+            } => self
+                .connector_of(name, *created_index, Some(*generation))
+                .map(|_| ()),
             MetadataCommand::SetPipelinePaused { name, .. }
             | MetadataCommand::DeletePipeline { name } => {
                 if self.pipelines.contains_key(name) {
@@ -992,6 +1125,80 @@ impl MetadataState {
             size_bytes,
             deployed_at_ms,
         });
+    }
+
+    /// The connector `name` of `created_index`; with `generation`, only if no newer task
+    /// started since.
+    fn connector_of(
+        &self,
+        name: &str,
+        created_index: u64,
+        generation: Option<u64>,
+    ) -> Result<&ConnectorRecord, MetadataError> {
+        let c = self
+            .connectors
+            .get(name)
+            .filter(|c| c.created_index == created_index)
+            .ok_or_else(|| MetadataError::UnknownConnector(name.to_owned()))?;
+        match generation {
+            Some(g) if g != c.generation => Err(MetadataError::ConnectorTaskReplaced {
+                name: name.to_owned(),
+                generation: g,
+            }),
+            _ => Ok(c),
+        }
+    }
+
+    fn validate_connector(&self, spec: &ConnectorSpec) -> Result<(), MetadataError> {
+        sluice_proto::validate_topic_name(&spec.name)
+            .map_err(|e| MetadataError::InvalidName(e.replace("topic name", "connector name")))?;
+        if self.connectors.contains_key(&spec.name) {
+            return Err(MetadataError::ConnectorExists(spec.name.clone()));
+        }
+        let plugin = self
+            .plugins
+            .get(&spec.plugin)
+            .ok_or_else(|| MetadataError::UnknownPlugin(spec.plugin.clone()))?;
+        if plugin.kind != spec.kind.as_str() {
+            return Err(MetadataError::InvalidConfig(format!(
+                "plugin {:?} is a {}, not a {} connector",
+                spec.plugin,
+                plugin.kind,
+                spec.kind.as_str()
+            )));
+        }
+        match (spec.kind, spec.topics.len()) {
+            (ConnectorKind::Source, 1) | (ConnectorKind::Sink, 1..) => {}
+            (ConnectorKind::Source, _) => {
+                return Err(MetadataError::InvalidConfig(
+                    "a source connector writes exactly one topic (`topic = \"...\"`)".into(),
+                ));
+            }
+            (ConnectorKind::Sink, _) => {
+                return Err(MetadataError::InvalidConfig(
+                    "a sink connector reads at least one topic (`topics = [...]`)".into(),
+                ));
+            }
+        }
+        for t in &spec.topics {
+            self.existing(t)?;
+            if t.starts_with("__") {
+                return Err(MetadataError::InvalidConfig(format!(
+                    "{t:?} is an internal topic; connectors read and write user topics"
+                )));
+            }
+        }
+        if let Some(t) = spec
+            .transforms
+            .iter()
+            .find(|t| self.plugins.get(*t).is_none_or(|p| p.kind != "transform"))
+        {
+            return Err(MetadataError::UnknownPlugin(format!("{t} (a transform)")));
+        }
+        if self.next_producer_id == i64::MAX {
+            return Err(MetadataError::ProducerIdsExhausted);
+        }
+        Ok(())
     }
 
     fn existing(&self, name: &str) -> Result<&TopicRecord, MetadataError> {
@@ -1282,6 +1489,42 @@ impl MetadataState {
                         created_index: index,
                     },
                 );
+            }
+            MetadataCommand::CreateConnector(spec) => {
+                let id = self.next_producer_id;
+                self.next_producer_id += 1;
+                self.connectors.insert(
+                    spec.name.clone(),
+                    ConnectorRecord::new(spec.clone(), index, id),
+                );
+            }
+            MetadataCommand::SetConnectorPaused { name, paused } => {
+                self.connectors.get_mut(name).expect("validated").paused = *paused;
+            }
+            MetadataCommand::DeleteConnector { name } => {
+                self.connectors.remove(name);
+            }
+            MetadataCommand::ConnectorStarted { name, node, .. } => {
+                let c = self.connectors.get_mut(name).expect("validated");
+                c.generation += 1;
+                c.owner = Some(*node);
+            }
+            MetadataCommand::ConnectorIntent { name, intent, .. } => {
+                let c = self.connectors.get_mut(name).expect("validated");
+                c.record_intent(intent);
+            }
+            MetadataCommand::ConnectorOffsets { name, offsets, .. } => {
+                let c = self.connectors.get_mut(name).expect("validated");
+                for (topic, partition, next) in offsets {
+                    c.offsets.insert((topic.clone(), *partition), *next);
+                }
+            }
+            MetadataCommand::ConnectorFailed {
+                name, at_ms, error, ..
+            } => {
+                let c = self.connectors.get_mut(name).expect("validated");
+                c.failures += 1;
+                c.last_error = Some((*at_ms, error.clone()));
             }
             MetadataCommand::SetPipelinePaused { name, paused } => {
                 self.pipelines.get_mut(name).expect("validated").paused = *paused;
@@ -2006,6 +2249,104 @@ mod tests {
             max_memory_bytes: None,
             start_offsets: vec![0; partitions],
         })
+    }
+
+    #[test]
+    fn connectors_are_checked_get_a_producer_id_and_fence_replaced_tasks() {
+        let deploy = |name: &str, kind: &str| MetadataCommand::DeployPlugin {
+            name: name.into(),
+            kind: kind.into(),
+            hash: "00".into(),
+            size_bytes: 1,
+            deployed_at_ms: 0,
+        };
+        let spec = |name: &str, plugin: &str, kind: ConnectorKind, topics: &[&str]| {
+            MetadataCommand::CreateConnector(ConnectorSpec {
+                name: name.into(),
+                plugin: plugin.into(),
+                kind,
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+                settings: vec![],
+                dirs: vec![],
+                http_hosts: vec![],
+                transforms: vec![],
+            })
+        };
+        let mut s = MetadataState::new();
+        let mut i = 0;
+        let mut apply = |s: &mut MetadataState, c: MetadataCommand| {
+            i += 1;
+            s.apply(i, &c)
+        };
+        apply(
+            &mut s,
+            MetadataCommand::RegisterBroker {
+                node_id: 1,
+                addr: "a:1".into(),
+            },
+        )
+        .unwrap();
+        apply(&mut s, create("logs", 2)).unwrap();
+        apply(&mut s, deploy("tail", "source")).unwrap();
+        apply(&mut s, deploy("f", "transform")).unwrap();
+        use ConnectorKind::{Sink, Source};
+        let refusals = [
+            spec("c", "nope", Source, &["logs"]),         // unknown plugin
+            spec("c", "f", Source, &["logs"]),            // a transform
+            spec("c", "tail", Sink, &["logs"]),           // a source plugin as a sink
+            spec("c", "tail", Source, &["logs", "logs"]), // a source writes one topic
+            spec("c", "tail", Source, &["nope"]),         // unknown topic
+        ];
+        for r in refusals {
+            assert!(apply(&mut s, r).is_err());
+        }
+        let before = s.next_producer_id;
+        apply(&mut s, spec("c", "tail", Source, &["logs"])).unwrap();
+        assert!(
+            apply(&mut s, spec("c", "tail", Source, &["logs"])).is_err(),
+            "exists"
+        );
+        let c = s.connector("c").unwrap().clone();
+        assert_eq!(c.producer_id, before);
+        assert_eq!(s.next_producer_id, before + 1);
+        assert_eq!(s.connector_owner("c"), Some(1));
+        let started = |node| MetadataCommand::ConnectorStarted {
+            name: "c".into(),
+            created_index: c.created_index,
+            node,
+        };
+        let intent = |generation, base| MetadataCommand::ConnectorIntent {
+            name: "c".into(),
+            created_index: c.created_index,
+            generation,
+            intent: SourceIntent {
+                before: None,
+                count: 3,
+                after: vec![9],
+                parts: vec![(1, base, 3)],
+            },
+        };
+        apply(&mut s, started(1)).unwrap();
+        apply(&mut s, intent(1, 0)).unwrap();
+        apply(&mut s, started(1)).unwrap();
+        // The first task's progress is refused once a second one started.
+        assert_eq!(
+            apply(&mut s, intent(1, 3)),
+            Err(MetadataError::ConnectorTaskReplaced {
+                name: "c".into(),
+                generation: 1
+            })
+        );
+        apply(&mut s, intent(2, 3)).unwrap();
+        let c = s.connector("c").unwrap();
+        assert_eq!(c.sequences, BTreeMap::from([(1, 6)]));
+        assert_eq!(c.generation, 2);
+        apply(
+            &mut s,
+            MetadataCommand::DeleteConnector { name: "c".into() },
+        )
+        .unwrap();
+        assert!(apply(&mut s, intent(2, 6)).is_err(), "deleted");
     }
 
     #[test]

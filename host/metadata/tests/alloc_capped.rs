@@ -5,7 +5,10 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use sluice_metadata::{MetadataCommand, PipelineSpec, decode_command, encode_command};
+use sluice_metadata::{
+    ConnectorKind, ConnectorSpec, MetadataCommand, PipelineSpec, SourceIntent, decode_command,
+    encode_command,
+};
 use sluice_proto::TopicConfig;
 
 #[global_allocator]
@@ -78,6 +81,51 @@ fn samples() -> Vec<MetadataCommand> {
             topic: "orders".into(),
             partition: 1,
             leader: 3,
+        },
+        MetadataCommand::CreateConnector(ConnectorSpec {
+            name: "app-logs".into(),
+            plugin: "tail".into(),
+            kind: ConnectorKind::Source,
+            topics: vec!["logs".into()],
+            settings: vec![("path".into(), "/var/log/app.log".into())],
+            dirs: vec!["/var/log:ro".into()],
+            http_hosts: vec!["indexer:8080".into()],
+            transforms: vec!["mask".into()],
+        }),
+        MetadataCommand::SetConnectorPaused {
+            name: "app-logs".into(),
+            paused: true,
+        },
+        MetadataCommand::ConnectorStarted {
+            name: "app-logs".into(),
+            created_index: 12,
+            node: 2,
+        },
+        MetadataCommand::ConnectorIntent {
+            name: "app-logs".into(),
+            created_index: 12,
+            generation: 3,
+            intent: SourceIntent {
+                before: Some(vec![1, 2, 3]),
+                count: 100,
+                after: vec![4, 5, 6, 7],
+                parts: vec![(0, 17, 60), (2, 5, 40)],
+            },
+        },
+        MetadataCommand::ConnectorOffsets {
+            name: "app-out".into(),
+            created_index: 13,
+            generation: 1,
+            offsets: vec![("logs".into(), 0, 1234)],
+        },
+        MetadataCommand::ConnectorFailed {
+            name: "app-logs".into(),
+            created_index: 12,
+            at_ms: 1_700_000_000_000,
+            error: "boom".into(),
+        },
+        MetadataCommand::DeleteConnector {
+            name: "app-logs".into(),
         },
     ]
 }

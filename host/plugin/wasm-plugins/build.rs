@@ -54,11 +54,20 @@ fn main() {
 
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
     // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
+    // One inner target directory per checkout: two checkouts sharing an outer target
+    // directory (a CI clone beside a working tree) would otherwise overwrite each other's
+    // components under the same names, each build thinking its own still current.
+    let checkout = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        repo.hash(&mut h);
+        h.finish()
+    };
     let target_dir = out_dir
         .ancestors()
         .nth(3)
-        .map(|p| p.join("wasm-plugins"))
-        .unwrap_or_else(|| out_dir.join("wasm-plugins"));
+        .unwrap_or(&out_dir)
+        .join(format!("wasm-plugins-{checkout:016x}"));
 
     ensure_wasm_target();
     build(&repo.join("plugins"), &target_dir);

@@ -45,6 +45,12 @@ enum MetadataErrorDef {
         leader_epoch: u32,
         current: u32,
     },
+    UnknownConnector(String),
+    ConnectorExists(String),
+    ConnectorTaskReplaced {
+        name: String,
+        generation: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]

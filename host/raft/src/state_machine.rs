@@ -36,6 +36,14 @@ struct SnapshotPayload {
     state: MetadataState,
 }
 
+/// A snapshot as written before the state held connectors.
+#[derive(Deserialize)]
+struct SnapshotPayloadV3 {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: Membership,
+    state: sluice_metadata::MetadataStateV3,
+}
+
 /// A snapshot as written before the state held topics' replication settings.
 #[derive(Deserialize)]
 struct SnapshotPayloadV2 {
@@ -57,18 +65,28 @@ impl SnapshotPayload {
     /// older layout fails the current decode where the new fields would start).
     fn decode(data: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes::<SnapshotPayload>(data).or_else(|e| {
-            postcard::from_bytes::<SnapshotPayloadV2>(data)
-                .map(|v2| SnapshotPayload {
-                    last_applied: v2.last_applied,
-                    last_membership: v2.last_membership,
-                    state: v2.state.into(),
+            postcard::from_bytes::<SnapshotPayloadV3>(data)
+                .map(|v3| SnapshotPayload {
+                    last_applied: v3.last_applied,
+                    last_membership: v3.last_membership,
+                    state: v3.state.into(),
                 })
                 .or_else(|_| {
-                    postcard::from_bytes::<SnapshotPayloadV1>(data).map(|v1| SnapshotPayload {
-                        last_applied: v1.last_applied,
-                        last_membership: v1.last_membership,
-                        state: v1.state.into(),
-                    })
+                    postcard::from_bytes::<SnapshotPayloadV2>(data)
+                        .map(|v2| SnapshotPayload {
+                            last_applied: v2.last_applied,
+                            last_membership: v2.last_membership,
+                            state: v2.state.into(),
+                        })
+                        .or_else(|_| {
+                            postcard::from_bytes::<SnapshotPayloadV1>(data).map(|v1| {
+                                SnapshotPayload {
+                                    last_applied: v1.last_applied,
+                                    last_membership: v1.last_membership,
+                                    state: v1.state.into(),
+                                }
+                            })
+                        })
                 })
                 .map_err(|_| e)
         })

@@ -20,6 +20,11 @@ pub struct ReplicaFetch {
     pub max_bytes: u32,
 }
 
+/// `ReplicaFetch::follower` of a reader that is not a replica — a sink connector's task on
+/// another broker: it is answered with committed batches only (below the high watermark) and
+/// leaves no trace in the leader's bookkeeping of its followers.
+pub const READER: u32 = u32::MAX;
+
 /// The leader's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplicaAnswer {

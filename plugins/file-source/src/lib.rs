@@ -168,6 +168,19 @@ impl Source for FileSource {
             offset,
             fingerprint,
         };
+        // The directory must be reachable (granted): else every poll would find no file and
+        // the connector would wait for ever without saying why.
+        let dir = std::path::Path::new(&source.path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if let Err(e) = std::fs::read_dir(dir) {
+            return Err(Error::msg(format!(
+                "cannot read the directory {} of {}: {e} (is it granted to the connector?)",
+                dir.display(),
+                source.path
+            )));
+        }
         if source.current_file()?.is_none() {
             return Err(Error::msg(format!(
                 "the file this source was reading is gone: neither {} nor {} starts with the \

@@ -81,6 +81,10 @@ pub enum ErrorCode {
     /// This node coordinates the group but is still loading its state (it just became the
     /// leader of the group's offsets partition). Retry shortly.
     CoordinatorLoadInProgress,
+    /// No connector of that name exists.
+    UnknownConnector,
+    /// A connector of that name already exists.
+    ConnectorExists,
 }
 
 impl ErrorCode {

@@ -152,6 +152,30 @@ pub enum Request {
     DescribeTopicReplication {
         topic: String,
     },
+    /// Creates a connector (version 6); answered with [`ResponseBody::Connector`]. Its
+    /// settings are checked by opening it once before it is created.
+    CreateConnector(CreateConnectorRequest),
+    ListConnectors,
+    DescribeConnector {
+        name: String,
+    },
+    /// Stops a connector's task; it stays paused across restarts.
+    PauseConnector {
+        name: String,
+    },
+    /// Starts a paused connector's task again from its progress.
+    ResumeConnector {
+        name: String,
+    },
+    /// Starts the connector's task again now (after a failure, without waiting out the
+    /// backoff), from its progress.
+    RestartConnector {
+        name: String,
+    },
+    /// Stops a connector and forgets it (what it wrote stays).
+    DeleteConnector {
+        name: String,
+    },
 }
 
 impl Request {
@@ -196,6 +220,13 @@ impl Request {
             Request::DeletePlugin { .. } => "delete_plugin",
             Request::FetchTransformed(_) => "fetch_transformed",
             Request::SetPartitioner { .. } => "set_partitioner",
+            Request::CreateConnector(_) => "create_connector",
+            Request::ListConnectors => "list_connectors",
+            Request::DescribeConnector { .. } => "describe_connector",
+            Request::PauseConnector { .. } => "pause_connector",
+            Request::ResumeConnector { .. } => "resume_connector",
+            Request::RestartConnector { .. } => "restart_connector",
+            Request::DeleteConnector { .. } => "delete_connector",
             Request::CreatePipeline(_) => "create_pipeline",
             Request::ListPipelines => "list_pipelines",
             Request::DescribePipeline { .. } => "describe_pipeline",
@@ -259,6 +290,57 @@ pub enum ResponseBody {
     ElectedLeaders(Vec<ElectedLeader>),
     /// A topic's replication settings, in effect.
     TopicReplication(TopicReplication),
+    /// Create, describe, pause, resume, restart and delete answer with the connector (delete:
+    /// as it was).
+    Connector(Box<ConnectorDescription>),
+    Connectors(Vec<ConnectorDescription>),
+}
+
+/// A connector to create (`sluice connector create`, from its config file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateConnectorRequest {
+    pub name: String,
+    /// A deployed plugin of kind `source` or `sink`.
+    pub plugin: String,
+    /// A source's output topic (one), or a sink's input topics.
+    pub topics: Vec<String>,
+    /// The connector's own settings.
+    pub settings: Vec<(String, String)>,
+    /// Granted directories: `PATH`, `PATH:ro` or `PATH:rw` (absolute paths).
+    pub dirs: Vec<String>,
+    /// Hosts it may reach over HTTP.
+    pub http_hosts: Vec<String>,
+    /// Deployed transforms applied on the way, in order.
+    pub transforms: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorDescription {
+    pub name: String,
+    pub plugin: String,
+    /// `source` or `sink`.
+    pub kind: String,
+    pub topics: Vec<String>,
+    pub settings: Vec<(String, String)>,
+    pub dirs: Vec<String>,
+    pub http_hosts: Vec<String>,
+    pub transforms: Vec<String>,
+    /// `running`, `starting`, `replaying`, `failed`, `paused`, `unassigned` (no live broker),
+    /// or `on node N` when another broker runs it than the one answering.
+    pub state: String,
+    /// The broker that runs it.
+    pub node: Option<u32>,
+    /// Task starts so far.
+    pub generation: u64,
+    /// Records moved by the current task (known to the broker running it).
+    pub records: u64,
+    /// Records per second since the current task started, rounded (the same).
+    pub records_per_second: u64,
+    /// Task failures so far, and the latest: ms since the epoch and the message.
+    pub failures: u64,
+    pub last_error: Option<(i64, String)>,
+    /// Progress: a source's checkpoint (hex), a sink's next offset per topic partition.
+    pub checkpoint: String,
 }
 
 /// The answer to [`Request::AlterTopicReplication`] and [`Request::DescribeTopicReplication`].
@@ -1044,7 +1126,57 @@ mod tests {
                     }
                 }),
             "[a-z]{1,10}".prop_map(|topic| Request::DescribeTopicReplication { topic }),
+            (
+                "[a-z-]{1,8}",
+                proptest::collection::vec("[a-z]{1,6}", 0..3),
+                proptest::collection::vec(("[a-z]{1,4}", "[ -~]{0,8}"), 0..3),
+                proptest::collection::vec("/[a-z/]{0,8}(:rw)?", 0..2),
+            )
+                .prop_map(|(name, topics, settings, dirs)| {
+                    Request::CreateConnector(CreateConnectorRequest {
+                        plugin: format!("{name}-plugin"),
+                        name,
+                        topics,
+                        settings,
+                        dirs,
+                        http_hosts: vec!["localhost:8080".into()],
+                        transforms: Vec::new(),
+                    })
+                }),
+            Just(Request::ListConnectors),
+            "[a-z-]{1,8}".prop_map(|name| Request::DescribeConnector { name }),
+            "[a-z-]{1,8}".prop_map(|name| Request::PauseConnector { name }),
+            "[a-z-]{1,8}".prop_map(|name| Request::ResumeConnector { name }),
+            "[a-z-]{1,8}".prop_map(|name| Request::RestartConnector { name }),
+            "[a-z-]{1,8}".prop_map(|name| Request::DeleteConnector { name }),
         ]
+    }
+
+    fn arb_connector_description() -> impl Strategy<Value = ConnectorDescription> {
+        (
+            "[a-z-]{1,8}",
+            any::<u64>(),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of((any::<i64>(), "[ -~]{0,12}")),
+        )
+            .prop_map(|(name, n, node, last_error)| ConnectorDescription {
+                plugin: format!("{name}-plugin"),
+                name,
+                kind: "source".into(),
+                topics: vec!["t".into()],
+                settings: vec![("path".into(), "/tmp/x".into())],
+                dirs: vec!["/tmp:ro".into()],
+                http_hosts: Vec::new(),
+                transforms: Vec::new(),
+                state: "running".into(),
+                node,
+                generation: n % 1000,
+                records: n,
+                records_per_second: n % 1000,
+                failures: n % 7,
+                last_error,
+                checkpoint: "00ff".into(),
+            })
     }
 
     fn arb_cluster_response() -> impl Strategy<Value = Response> {
@@ -1096,6 +1228,9 @@ mod tests {
                         }))
                     }
                 ),
+            arb_connector_description().prop_map(|c| Ok(ResponseBody::Connector(Box::new(c)))),
+            proptest::collection::vec(arb_connector_description(), 0..3)
+                .prop_map(|c| Ok(ResponseBody::Connectors(c))),
             ("[a-z]{1,10}", any::<u16>(), any::<u16>(), any::<bool>()).prop_map(
                 |(topic, replication_factor, min_insync_replicas, unclean_leader_election)| Ok(
                     ResponseBody::TopicReplication(TopicReplication {

@@ -1,0 +1,232 @@
+//! Issue 10: connectors through real broker processes. The built-in file source and file sink
+//! copy a file through a topic exactly — also when the broker is killed with `kill -9` half
+//! way and restarted; a connector configured outside its grants is refused at create, saying
+//! why; one that keeps failing is restarted with backoff and `describe` says why and how often.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sluice_tests::{BrokerProcess, TEST_CONFIG};
+
+/// Every wait in these tests is bounded by this.
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn lines_in(path: &Path) -> usize {
+    std::fs::read(path).map_or(0, |b| b.iter().filter(|c| **c == b'\n').count())
+}
+
+fn wait_lines(path: &Path, want: usize, broker: &BrokerProcess) {
+    let started = Instant::now();
+    while lines_in(path) < want {
+        assert!(
+            started.elapsed() < LIMIT,
+            "{} has {} of {want} lines after {LIMIT:?}; connectors:\n{}\nlog:\n{}",
+            path.display(),
+            lines_in(path),
+            broker.run_ok(&["connector", "list"]),
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn write_config(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_file_goes_through_a_topic_to_a_file_exactly_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = dir.path().join("io");
+    std::fs::create_dir_all(&io).unwrap();
+    let input = io.join("in.log");
+    let output = io.join("out.log");
+    // 200,000 lines of different lengths, some empty, some with a carriage return.
+    let mut text = String::new();
+    for i in 0..200_000u32 {
+        match i % 7 {
+            0 => text.push_str(&format!("line {i}\r\n")),
+            3 => text.push('\n'),
+            _ => text.push_str(&format!("line {i} {}\n", "x".repeat((i % 50) as usize))),
+        }
+    }
+    std::fs::write(&input, &text).unwrap();
+
+    let mut broker = BrokerProcess::start(&dir.path().join("data"), TEST_CONFIG);
+    broker.run_ok(&["topic", "create", "lines", "--partitions", "1"]);
+    broker.run_ok(&["plugin", "deploy", "tail", "--builtin", "file-source"]);
+    broker.run_ok(&["plugin", "deploy", "write", "--builtin", "file-sink"]);
+    let source = dir.path().join("source.toml");
+    write_config(
+        &source,
+        &format!(
+            "topic = \"lines\"\n[settings]\npath = \"{}\"\n[grants]\ndirs = [\"{}:ro\"]\n",
+            input.display(),
+            io.display()
+        ),
+    );
+    let sink = dir.path().join("sink.toml");
+    write_config(
+        &sink,
+        &format!(
+            "topics = [\"lines\"]\n[settings]\npath = \"{}\"\n[grants]\ndirs = [\"{}:rw\"]\n",
+            output.display(),
+            io.display()
+        ),
+    );
+    let out = broker.run_ok(&[
+        "connector",
+        "create",
+        "copy-in",
+        "--plugin",
+        "tail",
+        "--config",
+        source.to_str().unwrap(),
+    ]);
+    assert!(out.contains("created source connector copy-in"), "{out}");
+    let out = broker.run_ok(&[
+        "connector",
+        "create",
+        "copy-out",
+        "--plugin",
+        "write",
+        "--config",
+        sink.to_str().unwrap(),
+    ]);
+    assert!(out.contains("created sink connector copy-out"), "{out}");
+
+    // Half way, the broker dies with kill -9, and comes back.
+    wait_lines(&output, 20_000, &broker);
+    broker.kill9();
+    broker.restart();
+    // More lines arrive at the source meanwhile; they follow.
+    let mut more = String::new();
+    for i in 200_000..201_000u32 {
+        more.push_str(&format!("later {i}\n"));
+    }
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&input)
+            .unwrap();
+        f.write_all(more.as_bytes()).unwrap();
+    }
+    wait_lines(&output, 201_000, &broker);
+    // Settled: nothing more comes, and the copy is exact (the carriage returns dropped).
+    std::thread::sleep(Duration::from_secs(2));
+    let expected = format!("{text}{more}").replace("\r\n", "\n");
+    let got = std::fs::read_to_string(&output).unwrap();
+    assert_eq!(got.len(), expected.len(), "lengths differ");
+    assert!(got == expected, "the copy differs from the input");
+
+    // The restarted source replayed its last batch (recognised as written, or written now).
+    assert!(
+        broker.log().contains("last source batch replayed"),
+        "no replay after the restart"
+    );
+    let described = broker.run_ok(&["connector", "describe", "copy-in"]);
+    assert!(described.contains("state: running"), "{described}");
+    assert!(described.contains("kind: source"), "{described}");
+    let listed = broker.run_ok(&["connector", "list"]);
+    assert!(
+        listed.contains("copy-in\tsource\trunning") && listed.contains("copy-out\tsink\trunning"),
+        "{listed}"
+    );
+    // Deleted, it stops: a line appended now is not copied.
+    broker.run_ok(&["connector", "delete", "copy-out"]);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&input)
+            .unwrap();
+        f.write_all(b"after the sink was deleted\n").unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lines_in(&output), 201_000);
+}
+
+#[test]
+fn a_connector_outside_its_grants_is_refused_and_a_failing_one_is_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let granted = dir.path().join("granted");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&granted).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("secret.log"), "secret\n").unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), TEST_CONFIG);
+    broker.run_ok(&["topic", "create", "t"]);
+    broker.run_ok(&["plugin", "deploy", "tail", "--builtin", "file-source"]);
+
+    // Reading a file outside the granted directory: refused at create, saying why.
+    let config = dir.path().join("bad.toml");
+    write_config(
+        &config,
+        &format!(
+            "topic = \"t\"\n[settings]\npath = \"{}\"\n[grants]\ndirs = [\"{}\"]\n",
+            elsewhere.join("secret.log").display(),
+            granted.display()
+        ),
+    );
+    let args = [
+        "connector",
+        "create",
+        "snoop",
+        "--plugin",
+        "tail",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    broker.run_fails(&args, "is it granted to the connector?");
+    // A key the file format does not know, and a missing topic, name the key.
+    write_config(&config, "topic = \"t\"\ncolour = \"red\"\n");
+    broker.run_fails(&args, "colour");
+    write_config(&config, "[settings]\npath = \"/x\"\n");
+    broker.run_fails(&args, "missing `topic`");
+    // A missing setting the connector requires is refused, naming it.
+    write_config(
+        &config,
+        &format!(
+            "topic = \"t\"\n[grants]\ndirs = [\"{}\"]\n",
+            granted.display()
+        ),
+    );
+    broker.run_fails(&args, "path");
+
+    // A source that fails on every poll (a line longer than it may read) is restarted with
+    // backoff, and describe says why and how often.
+    std::fs::write(granted.join("long.log"), format!("{}\n", "y".repeat(200))).unwrap();
+    write_config(
+        &config,
+        &format!(
+            "topic = \"t\"\n[settings]\npath = \"{}\"\nmax_poll_bytes = 64\n[grants]\ndirs = [\"{}\"]\n",
+            granted.join("long.log").display(),
+            granted.display()
+        ),
+    );
+    broker.run_ok(&args);
+    let started = Instant::now();
+    loop {
+        let d = broker.run_ok(&["connector", "describe", "snoop"]);
+        let restarts: u64 = d
+            .lines()
+            .find_map(|l| l.strip_prefix("restarts: "))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if restarts >= 2 {
+            assert!(d.contains("longer than max_poll_bytes"), "{d}");
+            break;
+        }
+        assert!(started.elapsed() < LIMIT, "not restarted twice: {d}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Paused, it stays paused; deleted, it is gone.
+    let out = broker.run_ok(&["connector", "pause", "snoop"]);
+    assert!(out.contains("paused"), "{out}");
+    let d = broker.run_ok(&["connector", "describe", "snoop"]);
+    assert!(d.contains("state: paused"), "{d}");
+    broker.run_ok(&["connector", "delete", "snoop"]);
+    broker.run_fails(&["connector", "describe", "snoop"], "does not exist");
+}
