@@ -362,34 +362,37 @@ mod tests {
         assert_eq!(back, state);
 
         // Written by a build whose state lacked components and checkpoints: the same fields
-        // without the two last ones of the state.
+        // without the state's last four (components, checkpoints, replication settings,
+        // connectors), all empty in `without`, each encoded as one byte (length 0).
         let full = postcard::to_allocvec(&state).unwrap();
-        // Both maps are empty in `without`, as is the later replication settings map, each
-        // encoded as one byte (length 0).
         let mut without = state.clone();
         without
             .apply(2, &MetadataCommand::DeletePlugin { name: "p".into() })
             .unwrap();
-        let mut v1_state = postcard::to_allocvec(&without).unwrap();
-        v1_state.truncate(v1_state.len() - 3);
-        assert!(full.len() > v1_state.len());
-        let mut old =
-            postcard::to_allocvec(&(None::<LogId<NodeId>>, Membership::default())).unwrap();
-        old.extend_from_slice(&v1_state);
-        let back = SnapshotPayload::decode(&old).unwrap().state;
+        let old_layout = |state: &MetadataState, dropped: usize| {
+            let mut bytes = postcard::to_allocvec(state).unwrap();
+            bytes.truncate(bytes.len() - dropped);
+            let mut old =
+                postcard::to_allocvec(&(None::<LogId<NodeId>>, Membership::default())).unwrap();
+            old.extend_from_slice(&bytes);
+            old
+        };
+        let v1 = old_layout(&without, 4);
+        assert!(full.len() > v1.len());
+        let back = SnapshotPayload::decode(&v1).unwrap().state;
         assert!(back.plugin("p").is_none());
         assert_eq!(back.applied_index(), without.applied_index());
         assert!(back.component("h").is_none());
 
-        // Written by a build whose state lacked topics' replication settings: the current
-        // layout without its last (empty) map.
-        let mut v2_state = postcard::to_allocvec(&state).unwrap();
-        v2_state.truncate(v2_state.len() - 1);
-        let mut old =
-            postcard::to_allocvec(&(None::<LogId<NodeId>>, Membership::default())).unwrap();
-        old.extend_from_slice(&v2_state);
-        let back = SnapshotPayload::decode(&old).unwrap().state;
-        assert_eq!(back, state);
-        assert_eq!(back.component("h"), Some(&[1u8, 2, 3][..]));
+        // Written by a build whose state lacked topics' replication settings (and
+        // connectors), then by one whose state lacked connectors: the current layout without
+        // its last two, or its last (empty) map.
+        for dropped in [2, 1] {
+            let back = SnapshotPayload::decode(&old_layout(&state, dropped))
+                .unwrap()
+                .state;
+            assert_eq!(back, state);
+            assert_eq!(back.component("h"), Some(&[1u8, 2, 3][..]));
+        }
     }
 }
