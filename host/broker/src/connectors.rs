@@ -446,21 +446,14 @@ async fn run_source(
             after: after.clone(),
             parts: parts.clone(),
         };
-        let recorded = broker
-            .controller
-            .propose_async(MetadataCommand::ConnectorIntent {
-                name: spec.name.clone(),
-                created_index: rec.created_index,
-                generation: rec.generation,
-                intent,
-            })
-            .await;
-        match recorded {
-            Ok(()) => {}
-            Err(ProposeError::Refused(
-                MetadataError::ConnectorTaskReplaced { .. } | MetadataError::UnknownConnector(_),
-            )) => return Ok(()),
-            Err(e) => return Err(format!("recording the batch: {e}")),
+        let recorded = MetadataCommand::ConnectorIntent {
+            name: spec.name.clone(),
+            created_index: rec.created_index,
+            generation: rec.generation,
+            intent,
+        };
+        if !record_progress(broker, recorded, "recording the batch").await? {
+            return Ok(());
         }
         for (p, base, n) in &parts {
             let next = (i64::from(*base) + i64::from(*n)) % (i64::from(i32::MAX) + 1);
@@ -473,6 +466,22 @@ async fn run_source(
         source = s;
         committed.map_err(|e| format!("committing the source: {e}"))?;
         status.lock().expect("status lock").records += u64::from(count);
+    }
+}
+
+/// Records a task's progress in the metadata log. `Ok(false)`: the task is over — another
+/// task replaced it, or the connector was deleted.
+async fn record_progress(
+    broker: &Broker,
+    progress: MetadataCommand,
+    what: &str,
+) -> Result<bool, String> {
+    match broker.controller.propose_async(progress).await {
+        Ok(()) => Ok(true),
+        Err(ProposeError::Refused(
+            MetadataError::ConnectorTaskReplaced { .. } | MetadataError::UnknownConnector(_),
+        )) => Ok(false),
+        Err(e) => Err(format!("{what}: {e}")),
     }
 }
 
@@ -613,22 +622,14 @@ async fn run_sink(
                 .iter()
                 .map(|((t, p), o)| (t.clone(), *p, *o))
                 .collect();
-            let saved = broker
-                .controller
-                .propose_async(MetadataCommand::ConnectorOffsets {
-                    name: spec.name.clone(),
-                    created_index: rec.created_index,
-                    generation: rec.generation,
-                    offsets,
-                })
-                .await;
-            match saved {
-                Ok(()) => {}
-                Err(ProposeError::Refused(
-                    MetadataError::ConnectorTaskReplaced { .. }
-                    | MetadataError::UnknownConnector(_),
-                )) => return Ok(()),
-                Err(e) => return Err(format!("committing the sink's offsets: {e}")),
+            let saved = MetadataCommand::ConnectorOffsets {
+                name: spec.name.clone(),
+                created_index: rec.created_index,
+                generation: rec.generation,
+                offsets,
+            };
+            if !record_progress(broker, saved, "committing the sink's offsets").await? {
+                return Ok(());
             }
             status.lock().expect("status lock").records += unflushed;
             unflushed = 0;
