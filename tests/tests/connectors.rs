@@ -230,3 +230,98 @@ fn a_connector_outside_its_grants_is_refused_and_a_failing_one_is_restarted() {
     broker.run_ok(&["connector", "delete", "snoop"]);
     broker.run_fails(&["connector", "describe", "snoop"], "does not exist");
 }
+
+/// Issue 10, acceptance 7: in a cluster of three, the broker running a connector is killed
+/// with `kill -9`; another broker takes the task over within seconds and resumes from its
+/// progress — the copy is still exact.
+#[test]
+fn a_connector_moves_when_its_broker_dies_and_resumes_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = dir.path().join("io");
+    std::fs::create_dir_all(&io).unwrap();
+    let input = io.join("in.log");
+    let output = io.join("out.log");
+    let text: String = (0..100_000u32).map(|i| format!("record {i}\n")).collect();
+    std::fs::write(&input, &text).unwrap();
+
+    let mut nodes = sluice_tests::start_cluster_with(
+        &dir.path().join("cluster"),
+        3,
+        "",
+        "session_timeout_ms = 3000\nheartbeat_interval_ms = 500\nreplica_lag_max_ms = 3000\n",
+    );
+    let first = &nodes[0];
+    first.run_ok(&[
+        "topic",
+        "create",
+        "lines",
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "3",
+    ]);
+    first.run_ok(&["plugin", "deploy", "tail", "--builtin", "file-source"]);
+    first.run_ok(&["plugin", "deploy", "write", "--builtin", "file-sink"]);
+    let source = dir.path().join("source.toml");
+    write_config(
+        &source,
+        &format!(
+            "topic = \"lines\"\n[settings]\npath = \"{}\"\n[grants]\ndirs = [\"{}:ro\"]\n",
+            input.display(),
+            io.display()
+        ),
+    );
+    let sink = dir.path().join("sink.toml");
+    write_config(
+        &sink,
+        &format!(
+            "topics = [\"lines\"]\n[settings]\npath = \"{}\"\n[grants]\ndirs = [\"{}:rw\"]\n",
+            output.display(),
+            io.display()
+        ),
+    );
+    for (name, plugin, config) in [("copy-in", "tail", &source), ("copy-out", "write", &sink)] {
+        first.run_ok(&[
+            "connector",
+            "create",
+            name,
+            "--plugin",
+            plugin,
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+    }
+    wait_lines(&output, 10_000, &nodes[0]);
+    let node_of = |nodes: &[BrokerProcess], asked: usize, name: &str| -> Option<u32> {
+        nodes[asked]
+            .run_ok(&["connector", "describe", name])
+            .lines()
+            .find_map(|l| l.strip_prefix("node: "))
+            .and_then(|n| n.parse().ok())
+    };
+    let victim = node_of(&nodes, 0, "copy-in").expect("the source runs somewhere");
+    nodes[victim as usize - 1].kill9();
+    let other = if victim == 1 { 1 } else { 0 };
+    // Another broker takes the task over and finishes the copy.
+    let started = Instant::now();
+    loop {
+        if node_of(&nodes, other, "copy-in").is_some_and(|n| n != victim) {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the source did not move off node {victim}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_lines(&output, 100_000, &nodes[other]);
+    std::thread::sleep(Duration::from_secs(2));
+    let got = std::fs::read_to_string(&output).unwrap();
+    assert!(
+        got == text,
+        "the copy differs: {} lines for {}",
+        lines_in(&output),
+        100_000
+    );
+    nodes[victim as usize - 1].restart();
+}

@@ -418,6 +418,74 @@ fn plugin_new_creates_a_buildable_plugin() {
         "5000",
     ]);
     assert_eq!(got, ">> hello\n");
+
+    // A source connector from the template: built, deployed, run; it counts into a topic.
+    let source_dir = dir.path().join("counter");
+    broker.run_ok(&[
+        "plugin",
+        "new",
+        "counter",
+        "--kind",
+        "source",
+        "--dir",
+        source_dir.to_str().unwrap(),
+    ]);
+    let mut cargo =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo.current_dir(&source_dir).args(["build", "--release"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" || k == "RUSTFLAGS" {
+            cargo.env_remove(&k);
+        }
+    }
+    cargo.env("CARGO_TARGET_DIR", &target);
+    let out = sluice_tests::run_bounded(&mut cargo, b"", Duration::from_secs(600));
+    assert!(
+        out.status.success(),
+        "the new source does not build: {}",
+        describe_output(&out)
+    );
+    let wasm = target.join("wasm32-wasip2/release/counter.wasm");
+    broker.run_ok(&["plugin", "deploy", "counter", wasm.to_str().unwrap()]);
+    broker.run_ok(&["topic", "create", "counted"]);
+    let config = dir.path().join("counter.toml");
+    std::fs::write(
+        &config,
+        "topic = \"counted\"\n[settings]\nprefix = \"n\"\ncount = 5\n",
+    )
+    .unwrap();
+    broker.run_ok(&[
+        "connector",
+        "create",
+        "count",
+        "--plugin",
+        "counter",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let got = broker.run_ok(&[
+        "consume",
+        "counted",
+        "--from-beginning",
+        "-n",
+        "5",
+        "--timeout-ms",
+        "30000",
+    ]);
+    assert_eq!(got, "n0\nn1\nn2\nn3\nn4\n");
+    // A sink renders too (built by the same SDK; the file connectors test the kind).
+    let sink_dir = dir.path().join("keep");
+    broker.run_ok(&[
+        "plugin",
+        "new",
+        "keep",
+        "--kind",
+        "sink",
+        "--dir",
+        sink_dir.to_str().unwrap(),
+    ]);
+    let lib = std::fs::read_to_string(sink_dir.join("src/lib.rs")).unwrap();
+    assert!(lib.contains("export_sink!"), "{lib}");
 }
 
 /// The two built-ins the other tests do not run through the broker: regex-mask in a pipeline,

@@ -415,9 +415,20 @@ async fn run_source(
     set_state(status, "running");
     let mut source = source;
     let mut idle = Duration::from_millis(50);
+    // At most `rate` records per second, on average since this task started.
+    let rate = spec.max_records_per_second.filter(|r| *r > 0);
+    let poll_records = rate.map_or(POLL_RECORDS, |r| r.clamp(1, u64::from(POLL_RECORDS)) as u32);
+    let paced_from = Instant::now();
+    let mut written: u64 = 0;
     loop {
-        let (s, polled) = blocking(source, |s| {
-            let b = s.poll(POLL_RECORDS)?;
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(written as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(paced_from.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let (s, polled) = blocking(source, move |s| {
+            let b = s.poll(poll_records)?;
             if BatchReader::new(&b).map_or(0, |r| r.remaining()) == 0 {
                 return Ok((b, None));
             }
@@ -465,6 +476,7 @@ async fn run_source(
         let (s, committed) = blocking(source, move |s| s.commit(after)).await?;
         source = s;
         committed.map_err(|e| format!("committing the source: {e}"))?;
+        written += u64::from(count);
         status.lock().expect("status lock").records += u64::from(count);
     }
 }
@@ -803,6 +815,7 @@ fn create(broker: &Arc<Broker>, req: CreateConnectorRequest) -> Result<(), WireE
         dirs: req.dirs,
         http_hosts: req.http_hosts,
         transforms: req.transforms,
+        max_records_per_second: req.max_records_per_second,
     };
     broker
         .controller

@@ -48,6 +48,8 @@ struct ConnectorFile {
     topics: Option<Vec<String>>,
     #[serde(default)]
     transforms: Vec<String>,
+    /// A source writes at most this many records per second.
+    max_records_per_second: Option<u64>,
     #[serde(default)]
     settings: toml::Table,
     #[serde(default)]
@@ -104,6 +106,7 @@ pub fn read_config(name: &str, plugin: &str, path: &Path) -> Result<CreateConnec
         dirs: file.grants.dirs,
         http_hosts: file.grants.http_hosts,
         transforms: file.transforms,
+        max_records_per_second: file.max_records_per_second,
     })
 }
 

@@ -48,12 +48,16 @@ pub enum PluginCommand {
 pub enum PluginKindArg {
     Transform,
     Partitioner,
+    Source,
+    Sink,
 }
 
 const TEMPLATE_CARGO: &str = include_str!("../../../sdk/plugin/template/Cargo.toml");
 const TEMPLATE_CONFIG: &str = include_str!("../../../sdk/plugin/template/.cargo/config.toml");
 const TEMPLATE_TRANSFORM: &str = include_str!("../../../sdk/plugin/template/src/transform.rs");
 const TEMPLATE_PARTITIONER: &str = include_str!("../../../sdk/plugin/template/src/partitioner.rs");
+const TEMPLATE_SOURCE: &str = include_str!("../../../sdk/plugin/template/src/source.rs");
+const TEMPLATE_SINK: &str = include_str!("../../../sdk/plugin/template/src/sink.rs");
 
 pub async fn run(
     cmd: &PluginCommand,
@@ -192,6 +196,8 @@ fn new_plugin(
     let lib = match kind {
         PluginKindArg::Transform => TEMPLATE_TRANSFORM,
         PluginKindArg::Partitioner => TEMPLATE_PARTITIONER,
+        PluginKindArg::Source => TEMPLATE_SOURCE,
+        PluginKindArg::Sink => TEMPLATE_SINK,
     };
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("cannot create {}", dir.display()))?;

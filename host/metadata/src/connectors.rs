@@ -41,6 +41,8 @@ pub struct ConnectorSpec {
     pub http_hosts: Vec<String>,
     /// Deployed transforms applied on the way, in order.
     pub transforms: Vec<String>,
+    /// A source writes at most this many records per second (`None`: as fast as it can).
+    pub max_records_per_second: Option<u64>,
 }
 
 /// A batch a source polled, recorded before it is written: what a restarted task replays.
@@ -167,6 +169,7 @@ mod tests {
             dirs: vec![],
             http_hosts: vec![],
             transforms: vec![],
+            max_records_per_second: None,
         };
         let mut r = ConnectorRecord::new(spec, 7, 42);
         r.record_intent(&SourceIntent {

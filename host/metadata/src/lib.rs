@@ -2270,6 +2270,7 @@ mod tests {
                 dirs: vec![],
                 http_hosts: vec![],
                 transforms: vec![],
+                max_records_per_second: None,
             })
         };
         let mut s = MetadataState::new();

@@ -91,6 +91,7 @@ fn samples() -> Vec<MetadataCommand> {
             dirs: vec!["/var/log:ro".into()],
             http_hosts: vec!["indexer:8080".into()],
             transforms: vec!["mask".into()],
+            max_records_per_second: Some(500),
         }),
         MetadataCommand::SetConnectorPaused {
             name: "app-logs".into(),

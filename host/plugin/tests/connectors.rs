@@ -229,3 +229,54 @@ fn the_file_sink_writes_each_record_once_across_a_crash() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[test]
+fn the_generator_makes_records_of_a_set_shape_and_replays_them() {
+    let (rt, _cache) = runtime();
+    let plugin = load(&rt, "generator");
+    let settings = cfg(&[
+        ("count", "5".to_owned()),
+        ("size", "12".to_owned()),
+        ("keys", "2".to_owned()),
+        ("prefix", "g".to_owned()),
+    ]);
+    let mut g = plugin
+        .source(
+            settings.clone(),
+            Limits::default(),
+            &Grants::default(),
+            None,
+        )
+        .unwrap();
+    let first = g.poll(3).unwrap();
+    let after_three = g.checkpoint().unwrap();
+    let records: Vec<(Vec<u8>, Vec<u8>)> = BatchReader::new(&first)
+        .unwrap()
+        .map(|r| {
+            let r = r.unwrap();
+            (r.key.unwrap().to_vec(), r.value_bytes().to_vec())
+        })
+        .collect();
+    assert_eq!(
+        records,
+        [
+            (b"key-0".to_vec(), b"g0xxxxxxxxxx".to_vec()),
+            (b"key-1".to_vec(), b"g1xxxxxxxxxx".to_vec()),
+            (b"key-0".to_vec(), b"g2xxxxxxxxxx".to_vec()),
+        ]
+    );
+    assert_eq!(lines(&g.poll(100).unwrap()).len(), 2, "five in all");
+    assert!(lines(&g.poll(100).unwrap()).is_empty());
+    let mut again = plugin
+        .source(
+            settings,
+            Limits::default(),
+            &Grants::default(),
+            Some(after_three),
+        )
+        .unwrap();
+    assert_eq!(
+        lines(&again.poll(2).unwrap()),
+        ["g3xxxxxxxxxx", "g4xxxxxxxxxx"]
+    );
+}

@@ -312,6 +312,8 @@ pub struct CreateConnectorRequest {
     pub http_hosts: Vec<String>,
     /// Deployed transforms applied on the way, in order.
     pub transforms: Vec<String>,
+    /// A source writes at most this many records per second (`None`: as fast as it can).
+    pub max_records_per_second: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1141,6 +1143,7 @@ mod tests {
                         dirs,
                         http_hosts: vec!["localhost:8080".into()],
                         transforms: Vec::new(),
+                        max_records_per_second: Some(1000),
                     })
                 }),
             Just(Request::ListConnectors),

@@ -34,6 +34,7 @@ pub const BUILTINS: &[&str] = &[
     "json-partitioner",
     "file-source",
     "file-sink",
+    "generator",
 ];
 
 /// The built-in plugins' components, embedded at build time, by package name: what
@@ -48,6 +49,7 @@ pub const EMBEDDED: &[(&str, &[u8])] = &[
     embed!("identity-map", "identity_map"),
     embed!("file-source", "file_source"),
     embed!("file-sink", "file_sink"),
+    embed!("generator", "generator"),
 ];
 
 /// The embedded component of the built-in plugin `name`, if there is one.
