@@ -3,7 +3,7 @@
 //! way and restarted; a connector configured outside its grants is refused at create, saying
 //! why; one that keeps failing is restarted with backoff and `describe` says why and how often.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice_tests::{BrokerProcess, TEST_CONFIG};
@@ -34,6 +34,43 @@ fn write_config(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// Config files in `dir` of a file source reading `input` into topic `lines`, and of a file
+/// sink writing topic `lines` to `output` (both files in `io`, granted to them).
+fn copy_configs(dir: &Path, io: &Path, input: &Path, output: &Path) -> (PathBuf, PathBuf) {
+    let source = dir.join("source.toml");
+    write_config(
+        &source,
+        &format!(
+            "topic = \"lines\"\n[settings]\npath = \"{}\"\n[grants]\ndirs = [\"{}:ro\"]\n",
+            input.display(),
+            io.display()
+        ),
+    );
+    let sink = dir.join("sink.toml");
+    write_config(
+        &sink,
+        &format!(
+            "topics = [\"lines\"]\n[settings]\npath = \"{}\"\n[grants]\ndirs = [\"{}:rw\"]\n",
+            output.display(),
+            io.display()
+        ),
+    );
+    (source, sink)
+}
+
+/// `sluice connector create NAME --plugin PLUGIN --config CONFIG` through `node`.
+fn create_connector(node: &BrokerProcess, name: &str, plugin: &str, config: &Path) -> String {
+    node.run_ok(&[
+        "connector",
+        "create",
+        name,
+        "--plugin",
+        plugin,
+        "--config",
+        config.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn a_file_goes_through_a_topic_to_a_file_exactly_across_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,43 +93,10 @@ fn a_file_goes_through_a_topic_to_a_file_exactly_across_kill_9() {
     broker.run_ok(&["topic", "create", "lines", "--partitions", "1"]);
     broker.run_ok(&["plugin", "deploy", "tail", "--builtin", "file-source"]);
     broker.run_ok(&["plugin", "deploy", "write", "--builtin", "file-sink"]);
-    let source = dir.path().join("source.toml");
-    write_config(
-        &source,
-        &format!(
-            "topic = \"lines\"\n[settings]\npath = \"{}\"\n[grants]\ndirs = [\"{}:ro\"]\n",
-            input.display(),
-            io.display()
-        ),
-    );
-    let sink = dir.path().join("sink.toml");
-    write_config(
-        &sink,
-        &format!(
-            "topics = [\"lines\"]\n[settings]\npath = \"{}\"\n[grants]\ndirs = [\"{}:rw\"]\n",
-            output.display(),
-            io.display()
-        ),
-    );
-    let out = broker.run_ok(&[
-        "connector",
-        "create",
-        "copy-in",
-        "--plugin",
-        "tail",
-        "--config",
-        source.to_str().unwrap(),
-    ]);
+    let (source, sink) = copy_configs(dir.path(), &io, &input, &output);
+    let out = create_connector(&broker, "copy-in", "tail", &source);
     assert!(out.contains("created source connector copy-in"), "{out}");
-    let out = broker.run_ok(&[
-        "connector",
-        "create",
-        "copy-out",
-        "--plugin",
-        "write",
-        "--config",
-        sink.to_str().unwrap(),
-    ]);
+    let out = create_connector(&broker, "copy-out", "write", &sink);
     assert!(out.contains("created sink connector copy-out"), "{out}");
 
     // Half way, the broker dies with kill -9, and comes back.
@@ -262,35 +266,9 @@ fn a_connector_moves_when_its_broker_dies_and_resumes_where_it_was() {
     ]);
     first.run_ok(&["plugin", "deploy", "tail", "--builtin", "file-source"]);
     first.run_ok(&["plugin", "deploy", "write", "--builtin", "file-sink"]);
-    let source = dir.path().join("source.toml");
-    write_config(
-        &source,
-        &format!(
-            "topic = \"lines\"\n[settings]\npath = \"{}\"\n[grants]\ndirs = [\"{}:ro\"]\n",
-            input.display(),
-            io.display()
-        ),
-    );
-    let sink = dir.path().join("sink.toml");
-    write_config(
-        &sink,
-        &format!(
-            "topics = [\"lines\"]\n[settings]\npath = \"{}\"\n[grants]\ndirs = [\"{}:rw\"]\n",
-            output.display(),
-            io.display()
-        ),
-    );
-    for (name, plugin, config) in [("copy-in", "tail", &source), ("copy-out", "write", &sink)] {
-        first.run_ok(&[
-            "connector",
-            "create",
-            name,
-            "--plugin",
-            plugin,
-            "--config",
-            config.to_str().unwrap(),
-        ]);
-    }
+    let (source, sink) = copy_configs(dir.path(), &io, &input, &output);
+    create_connector(first, "copy-in", "tail", &source);
+    create_connector(first, "copy-out", "write", &sink);
     wait_lines(&output, 10_000, &nodes[0]);
     let node_of = |nodes: &[BrokerProcess], asked: usize, name: &str| -> Option<u32> {
         nodes[asked]

@@ -336,6 +336,31 @@ async fn partitioner_plugin_routes_records_and_bad_output_is_a_clear_error() {
     }
 }
 
+/// Builds a crate `sluice plugin new` rendered, the way its README says, in `target` (the
+/// wasm plugins' target dir: a warm cache); the component's path.
+fn build_plugin_crate(
+    crate_dir: &std::path::Path,
+    target: &std::path::Path,
+    name: &str,
+) -> std::path::PathBuf {
+    let mut cargo =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo.current_dir(crate_dir).args(["build", "--release"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" || k == "RUSTFLAGS" {
+            cargo.env_remove(&k);
+        }
+    }
+    cargo.env("CARGO_TARGET_DIR", target);
+    let out = sluice_tests::run_bounded(&mut cargo, b"", Duration::from_secs(600));
+    assert!(
+        out.status.success(),
+        "the new plugin {name} does not build: {}",
+        describe_output(&out)
+    );
+    target.join(format!("wasm32-wasip2/release/{name}.wasm"))
+}
+
 /// `sluice plugin new` renders a crate that builds into a component the broker runs.
 #[test]
 fn plugin_new_creates_a_buildable_plugin() {
@@ -377,25 +402,7 @@ fn plugin_new_creates_a_buildable_plugin() {
         .nth(3)
         .expect("<target>/wasm32-wasip2/release/x.wasm")
         .to_path_buf();
-    let mut cargo =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo
-        .current_dir(&crate_dir)
-        .args(["build", "--release"])
-        .env("CARGO_TARGET_DIR", &target);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" || k == "RUSTFLAGS" {
-            cargo.env_remove(&k);
-        }
-    }
-    cargo.env("CARGO_TARGET_DIR", &target);
-    let out = sluice_tests::run_bounded(&mut cargo, b"", Duration::from_secs(600));
-    assert!(
-        out.status.success(),
-        "the new plugin does not build: {}",
-        describe_output(&out)
-    );
-    let wasm = target.join("wasm32-wasip2/release/shout.wasm");
+    let wasm = build_plugin_crate(&crate_dir, &target, "shout");
 
     // Deploy it and run it as a fetch-time map.
     let out = broker.run_cli(&["plugin", "deploy", "shout", wasm.to_str().unwrap()], b"");
@@ -430,22 +437,7 @@ fn plugin_new_creates_a_buildable_plugin() {
         "--dir",
         source_dir.to_str().unwrap(),
     ]);
-    let mut cargo =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo.current_dir(&source_dir).args(["build", "--release"]);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" || k == "RUSTFLAGS" {
-            cargo.env_remove(&k);
-        }
-    }
-    cargo.env("CARGO_TARGET_DIR", &target);
-    let out = sluice_tests::run_bounded(&mut cargo, b"", Duration::from_secs(600));
-    assert!(
-        out.status.success(),
-        "the new source does not build: {}",
-        describe_output(&out)
-    );
-    let wasm = target.join("wasm32-wasip2/release/counter.wasm");
+    let wasm = build_plugin_crate(&source_dir, &target, "counter");
     broker.run_ok(&["plugin", "deploy", "counter", wasm.to_str().unwrap()]);
     broker.run_ok(&["topic", "create", "counted"]);
     let config = dir.path().join("counter.toml");
