@@ -303,3 +303,88 @@ fn a_connector_moves_when_its_broker_dies_and_resumes_where_it_was() {
     );
     nodes[victim as usize - 1].restart();
 }
+
+/// A record the sink refuses for good goes to the dead-letter topic with the reason and where
+/// it came from in headers; the others are written, and the sink goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_sink_refuses_for_good_go_to_the_dead_letter_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = dir.path().join("io");
+    std::fs::create_dir_all(&io).unwrap();
+    let output = io.join("out.log");
+    let broker = BrokerProcess::start(&dir.path().join("data"), TEST_CONFIG);
+    broker.run_ok(&["topic", "create", "in"]);
+    broker.run_ok(&["topic", "create", "in-dlq"]);
+    let picky = sluice_wasm_plugins::path("hostile-picky-sink");
+    broker.run_ok(&["plugin", "deploy", "picky", picky.to_str().unwrap()]);
+    broker.run_ok_in(&["produce", "in"], b"a\npoison-1\nb\nc poison\nd\n");
+    let config = dir.path().join("sink.toml");
+    write_config(
+        &config,
+        &format!(
+            "topics = [\"in\"]\ndead_letter_topic = \"in-dlq\"\n[settings]\npath = \"{}\"\n\
+             [grants]\ndirs = [\"{}:rw\"]\n",
+            output.display(),
+            io.display()
+        ),
+    );
+    create_connector(&broker, "picky-out", "picky", &config);
+    wait_lines(&output, 3, &broker);
+
+    let client = broker.client().await;
+    let mut consumer = client.consumer(sluice_client::ConsumerConfig::default());
+    consumer.assign("in-dlq", &[0]).await.unwrap();
+    consumer
+        .seek("in-dlq", 0, sluice_client::SeekTo::Earliest)
+        .await
+        .unwrap();
+    let mut letters = Vec::new();
+    let started = Instant::now();
+    while letters.len() < 2 {
+        assert!(started.elapsed() < LIMIT, "dead letters: {letters:?}");
+        letters.extend(consumer.poll().await.unwrap());
+    }
+    let header = |r: &sluice_client::ConsumerRecord, k: &str| -> String {
+        r.headers
+            .iter()
+            .find(|h| h.key == k)
+            .and_then(|h| h.value.as_ref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    let summary: Vec<(String, String, String, String)> = letters
+        .iter()
+        .map(|r| {
+            (
+                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned(),
+                header(r, "sluice.dlq.topic"),
+                header(r, "sluice.dlq.offset"),
+                header(r, "sluice.dlq.connector"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "poison-1".into(),
+                "in".into(),
+                "1".into(),
+                "picky-out".into()
+            ),
+            (
+                "c poison".into(),
+                "in".into(),
+                "3".into(),
+                "picky-out".into()
+            ),
+        ]
+    );
+    assert!(
+        header(&letters[0], "sluice.dlq.error").contains("it is poison"),
+        "{:?}",
+        letters[0].headers
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "a\nb\nd\n");
+}

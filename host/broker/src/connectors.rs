@@ -481,6 +481,76 @@ async fn run_source(
     }
 }
 
+/// Hands `records` (read from `topic`) to the sink. When it refuses one of them for good
+/// (a permanent error), it gets them one at a time, and those it refuses go to the
+/// connector's dead-letter topic with the error and where they came from in headers (without
+/// one, the task fails). Any other error fails the task. Dead letters are written (acks=all)
+/// before the offsets past them are committed: none is lost, one may be written twice.
+async fn write_or_dead_letter(
+    broker: &Arc<Broker>,
+    rec: &ConnectorRecord,
+    sink: SinkInstance,
+    records: Vec<PluginRecord>,
+    topic: &str,
+) -> Result<SinkInstance, String> {
+    let packed = encode_batch(&records);
+    let (mut sink, written) = blocking(sink, move |s| s.write(packed)).await?;
+    match written {
+        Ok(()) => return Ok(sink),
+        Err(e) if sluice_plugin_host::is_permanent(&e) => {}
+        Err(e) => return Err(format!("writing to the sink: {e}")),
+    }
+    let mut dead = Vec::new();
+    for r in records {
+        let packed = encode_batch(std::slice::from_ref(&r));
+        let (s, written) = blocking(sink, move |s| s.write(packed)).await?;
+        sink = s;
+        match written {
+            Ok(()) => {}
+            Err(e) if sluice_plugin_host::is_permanent(&e) => dead.push((r, e.to_string())),
+            Err(e) => return Err(format!("writing to the sink: {e}")),
+        }
+    }
+    let Some(dlq) = &rec.spec.dead_letter_topic else {
+        let (r, e) = &dead[0];
+        return Err(format!(
+            "the sink refused the record at {topic}/{} offset {} for good ({e}), and the \
+             connector has no dead_letter_topic",
+            r.partition, r.offset
+        ));
+    };
+    let out = Output::of(broker, dlq)
+        .ok_or_else(|| format!("dead-letter topic {dlq:?} no longer exists"))?;
+    let header = |k: &str, v: String| (k.to_owned(), Some(v.into_bytes()));
+    let letters: Vec<PluginRecord> = dead
+        .into_iter()
+        .map(|(mut r, e)| {
+            tracing::warn!(connector = %rec.spec.name, topic, partition = r.partition, offset = r.offset, cause = %e, "record sent to the dead-letter topic");
+            r.headers.retain(|(k, _)| k != TOPIC_HEADER);
+            r.headers.extend([
+                header("sluice.dlq.error", e),
+                header("sluice.dlq.connector", rec.spec.name.clone()),
+                header("sluice.dlq.topic", topic.to_owned()),
+                header("sluice.dlq.partition", r.partition.to_string()),
+                header("sluice.dlq.offset", r.offset.to_string()),
+            ]);
+            r.partition = PARTITION_UNSET;
+            r
+        })
+        .collect();
+    let routed = plan(letters, out.partitions, &BTreeMap::new())?;
+    let mut batches = Vec::new();
+    for (p, recs) in routed {
+        let mut b = BatchBuilder::new(Compression::None);
+        for r in recs {
+            b.push(&crate::pipelines::to_record(r));
+        }
+        batches.push((p, b.finish(-1, -1, -1).map_err(|e| e.to_string())?));
+    }
+    crate::produce::write_sequenced(broker, dlq, &out, batches, WRITE_COMMIT_TIMEOUT).await?;
+    Ok(sink)
+}
+
 /// Records a task's progress in the metadata log. `Ok(false)`: the task is over — another
 /// task replaced it, or the connector was deleted.
 async fn record_progress(
@@ -616,10 +686,7 @@ async fn run_sink(
             chain = c2;
             let out = out?;
             if !out.is_empty() {
-                let packed = encode_batch(&out);
-                let (s, written) = blocking(sink, move |s| s.write(packed)).await?;
-                sink = s;
-                written.map_err(|e| format!("writing to the sink: {e}"))?;
+                sink = write_or_dead_letter(broker, rec, sink, out, &topic).await?;
             }
             positions.insert((topic, partition), next);
             unflushed += n.max(1);
@@ -816,6 +883,7 @@ fn create(broker: &Arc<Broker>, req: CreateConnectorRequest) -> Result<(), WireE
         http_hosts: req.http_hosts,
         transforms: req.transforms,
         max_records_per_second: req.max_records_per_second,
+        dead_letter_topic: req.dead_letter_topic,
     };
     broker
         .controller

@@ -50,6 +50,8 @@ struct ConnectorFile {
     transforms: Vec<String>,
     /// A source writes at most this many records per second.
     max_records_per_second: Option<u64>,
+    /// Where a sink sends records it can never write.
+    dead_letter_topic: Option<String>,
     #[serde(default)]
     settings: toml::Table,
     #[serde(default)]
@@ -107,6 +109,7 @@ pub fn read_config(name: &str, plugin: &str, path: &Path) -> Result<CreateConnec
         http_hosts: file.grants.http_hosts,
         transforms: file.transforms,
         max_records_per_second: file.max_records_per_second,
+        dead_letter_topic: file.dead_letter_topic,
     })
 }
 

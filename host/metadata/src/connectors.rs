@@ -43,6 +43,8 @@ pub struct ConnectorSpec {
     pub transforms: Vec<String>,
     /// A source writes at most this many records per second (`None`: as fast as it can).
     pub max_records_per_second: Option<u64>,
+    /// Where a sink sends records it can never write (`None`: such a record fails the task).
+    pub dead_letter_topic: Option<String>,
 }
 
 /// A batch a source polled, recorded before it is written: what a restarted task replays.
@@ -170,6 +172,7 @@ mod tests {
             http_hosts: vec![],
             transforms: vec![],
             max_records_per_second: None,
+            dead_letter_topic: None,
         };
         let mut r = ConnectorRecord::new(spec, 7, 42);
         r.record_intent(&SourceIntent {

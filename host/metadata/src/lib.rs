@@ -1180,7 +1180,7 @@ impl MetadataState {
                 ));
             }
         }
-        for t in &spec.topics {
+        for t in spec.topics.iter().chain(&spec.dead_letter_topic) {
             self.existing(t)?;
             if t.starts_with("__") {
                 return Err(MetadataError::InvalidConfig(format!(
@@ -2271,6 +2271,7 @@ mod tests {
                 http_hosts: vec![],
                 transforms: vec![],
                 max_records_per_second: None,
+                dead_letter_topic: None,
             })
         };
         let mut s = MetadataState::new();

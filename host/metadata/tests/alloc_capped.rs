@@ -92,6 +92,7 @@ fn samples() -> Vec<MetadataCommand> {
             http_hosts: vec!["indexer:8080".into()],
             transforms: vec!["mask".into()],
             max_records_per_second: Some(500),
+            dead_letter_topic: Some("logs-dlq".into()),
         }),
         MetadataCommand::SetConnectorPaused {
             name: "app-logs".into(),

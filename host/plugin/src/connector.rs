@@ -54,6 +54,17 @@ impl DirGrant {
 
 type Call<P, R> = TypedFunc<P, (Result<R, GuestError>,)>;
 
+/// How the guest SDK's `Error::permanent` messages start.
+const PERMANENT_ERROR_PREFIX: &str = "permanent: ";
+
+/// Whether a connector call's error is the guest refusing its records for good
+/// (`sluice_plugin::Error::permanent`): no retry can cure it, and the instance goes on (the
+/// call left nothing of those records behind). A sink's host sends such records to the
+/// dead-letter topic.
+pub fn is_permanent(e: &PluginError) -> bool {
+    matches!(e, PluginError::Guest(m) if m.starts_with(PERMANENT_ERROR_PREFIX))
+}
+
 /// One live component and what its calls share.
 struct Connector {
     plugin: Plugin,
@@ -125,9 +136,14 @@ impl Connector {
             Ok((Err(g),)) => Err(PluginError::Guest(g.message)),
             Err(e) => Err(classify(e, &self.store, &self.limits)),
         };
-        if let Err(e) = &result {
-            tracing::warn!(plugin = %self.plugin.hash(), cause = %e, "connector call failed; the instance is ended");
-            self.failed = Some(e.to_string());
+        match &result {
+            // The guest refused these records for good and kept nothing of them: it goes on.
+            Err(e) if is_permanent(e) => {}
+            Err(e) => {
+                tracing::warn!(plugin = %self.plugin.hash(), cause = %e, "connector call failed; the instance is ended");
+                self.failed = Some(e.to_string());
+            }
+            Ok(_) => {}
         }
         result
     }

@@ -31,7 +31,7 @@ mod state;
 
 use std::fmt;
 
-pub use connector::{DirGrant, Grants, SinkInstance, SourceInstance};
+pub use connector::{DirGrant, Grants, SinkInstance, SourceInstance, is_permanent};
 pub use instance::{PartitionerInstance, TransformInstance};
 pub use runtime::{Plugin, PluginRuntime};
 pub use sluice_plugin_abi::{PARTITION_UNSET, PluginRecord};

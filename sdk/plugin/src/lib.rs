@@ -107,10 +107,23 @@ pub struct Error {
     message: String,
 }
 
+/// How a [`Error::permanent`] error's message starts on the wire (the WIT `plugin-error`
+/// carries only a message): the host's dead-letter handling looks for it.
+pub const PERMANENT_ERROR_PREFIX: &str = "permanent: ";
+
 impl Error {
     pub fn msg(message: impl fmt::Display) -> Self {
         Self {
             message: message.to_string(),
+        }
+    }
+
+    /// An error no retry can cure, about the records of this call (a sink's `write`: a
+    /// record the outside refuses for good). The host finds which records cause it and sends
+    /// them to the connector's dead-letter topic, with this message, instead of retrying.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        Self {
+            message: format!("{PERMANENT_ERROR_PREFIX}{message}"),
         }
     }
 
@@ -381,6 +394,10 @@ pub trait Source: Sized + 'static {
 /// offset, for a sink that makes itself exactly-once).
 pub trait Sink: Sized + 'static {
     fn open(config: &Config) -> Result<Self>;
+    /// Takes the records (or buffers them for `flush`). An [`Error::permanent`] says a record
+    /// of these can never be written: the call must then keep none of them, and the host
+    /// hands them over again one by one to find it (and sends it to the dead-letter topic).
+    /// Any other error ends the instance; the host starts it again from its last commit.
     fn write(&mut self, records: BatchReader<'_>) -> Result<()>;
     /// Makes everything written so far durable outside.
     fn flush(&mut self) -> Result<()>;

@@ -314,6 +314,8 @@ pub struct CreateConnectorRequest {
     pub transforms: Vec<String>,
     /// A source writes at most this many records per second (`None`: as fast as it can).
     pub max_records_per_second: Option<u64>,
+    /// Where a sink sends records it can never write (`None`: such a record fails the task).
+    pub dead_letter_topic: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1144,6 +1146,7 @@ mod tests {
                         http_hosts: vec!["localhost:8080".into()],
                         transforms: Vec::new(),
                         max_records_per_second: Some(1000),
+                        dead_letter_topic: Some("dlq".into()),
                     })
                 }),
             Just(Request::ListConnectors),

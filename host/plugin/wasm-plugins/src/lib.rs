@@ -66,6 +66,7 @@ pub const HOSTILE: &[&str] = &[
     "hostile-wrong-world",
     "hostile-bad-partition",
     "hostile-escape",
+    "hostile-picky-sink",
 ];
 
 /// Path of the component built from the package `name` (e.g. `"json-filter"`,
