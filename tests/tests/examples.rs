@@ -40,3 +40,59 @@ async fn the_news_feed_reaches_every_reader() {
         }
     }
 }
+
+/// The trading-signal pipeline: ticks from a file source through the crossover plugin (state in
+/// the plugin state store) to a file sink give exactly the signals computed independently
+/// from the same ticks — also when the broker is killed with `kill -9` half way.
+#[test]
+fn trading_signals_match_an_independent_computation_across_kill_9() {
+    use std::time::Duration;
+    use trading_signals::{Cli, expected_signals, setup, ticks, wait_signals};
+
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("trading");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut broker = BrokerProcess::start(&dir.path().join("data"), TEST_CONFIG);
+    let cli = Cli {
+        sluice: sluice_tests::sluice_bin(),
+        flags: vec![
+            "--broker".into(),
+            broker.addr.to_string(),
+            "--tls-ca".into(),
+            broker.ca_path().display().to_string(),
+        ],
+    };
+    let all = ticks(6, 3_000);
+    let expected = expected_signals(&all);
+    assert!(expected.len() > 200, "{} signals", expected.len());
+    // The first half of the ticks, then the broker dies, then the rest arrives.
+    let half = all.lines().count() / 2;
+    let (first, rest): (Vec<&str>, Vec<&str>) = {
+        let lines: Vec<&str> = all.lines().collect();
+        (lines[..half].to_vec(), lines[half..].to_vec())
+    };
+    std::fs::write(work.join("ticks.csv"), first.join("\n") + "\n").unwrap();
+    let signals = setup(&cli, &work).unwrap();
+    let early = expected_signals(&(first.join("\n") + "\n")).len();
+    let got = wait_signals(&signals, early / 2, Duration::from_secs(120));
+    assert!(got.len() >= early / 2, "{} of {early} signals", got.len());
+    broker.kill9();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(work.join("ticks.csv"))
+            .unwrap();
+        f.write_all((rest.join("\n") + "\n").as_bytes()).unwrap();
+    }
+    broker.restart();
+    let got = wait_signals(&signals, expected.len(), Duration::from_secs(180));
+    std::thread::sleep(Duration::from_secs(2));
+    let got_after = trading_signals::read_signals(&signals);
+    assert_eq!(got, got_after, "more signals came after the expected ones");
+    assert_eq!(got.len(), expected.len(), "signal count");
+    assert!(
+        got == expected,
+        "the signals differ from the independent computation"
+    );
+}

@@ -35,6 +35,7 @@ pub const BUILTINS: &[&str] = &[
     "file-source",
     "file-sink",
     "generator",
+    "crossover",
 ];
 
 /// The built-in plugins' components, embedded at build time, by package name: what
@@ -50,6 +51,7 @@ pub const EMBEDDED: &[(&str, &[u8])] = &[
     embed!("file-source", "file_source"),
     embed!("file-sink", "file_sink"),
     embed!("generator", "generator"),
+    embed!("crossover", "crossover"),
 ];
 
 /// The embedded component of the built-in plugin `name`, if there is one.
