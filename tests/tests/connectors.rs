@@ -388,3 +388,35 @@ async fn records_a_sink_refuses_for_good_go_to_the_dead_letter_topic() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(std::fs::read_to_string(&output).unwrap(), "a\nb\nd\n");
 }
+
+/// A connector's transforms run on the way: a source's records go through them before they
+/// are written (here a regex mask hides digits).
+#[test]
+fn a_sources_records_go_through_its_transforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = dir.path().join("io");
+    std::fs::create_dir_all(&io).unwrap();
+    let input = io.join("cards.log");
+    let output = io.join("masked.log");
+    std::fs::write(&input, "card 1234 5678\nno digits\npin 42\n").unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), TEST_CONFIG);
+    broker.run_ok(&["topic", "create", "lines"]);
+    broker.run_ok(&["plugin", "deploy", "tail", "--builtin", "file-source"]);
+    broker.run_ok(&["plugin", "deploy", "write", "--builtin", "file-sink"]);
+    broker.run_ok(&["plugin", "deploy", "mask", "--builtin", "regex-mask"]);
+    let (source, sink) = copy_configs(dir.path(), &io, &input, &output);
+    // The transform's configuration comes from the connector's settings.
+    let text = std::fs::read_to_string(&source).unwrap();
+    let text = text.replace(
+        "[settings]\n",
+        "transforms = [\"mask\"]\n[settings]\npattern = \"[0-9]\"\nreplacement = \"#\"\n",
+    );
+    write_config(&source, &text);
+    create_connector(&broker, "masked-in", "tail", &source);
+    create_connector(&broker, "masked-out", "write", &sink);
+    wait_lines(&output, 3, &broker);
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        "card #### ####\nno digits\npin ##\n"
+    );
+}
