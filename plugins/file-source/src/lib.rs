@@ -19,6 +19,8 @@ use sluice_plugin::{BatchBuilder, Config, Error, PARTITION_UNSET, Result, Source
 
 /// Bytes of the first line that identify a file.
 const FINGERPRINT_BYTES: usize = 256;
+/// Bytes read from the file at a time.
+const READ_CHUNK: usize = 64 << 10;
 
 struct FileSource {
     path: String,
@@ -117,32 +119,44 @@ impl FileSource {
         }
         f.seek(SeekFrom::Start(self.offset))
             .map_err(|e| Error::msg(format!("cannot seek in {file}: {e}")))?;
-        let want = ((len - self.offset) as usize).min(self.max_poll_bytes);
-        let mut buf = vec![0u8; want];
-        let mut got = 0;
-        while got < want {
-            match f.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) => return Err(Error::msg(format!("cannot read {file}: {e}"))),
-            }
-        }
-        let buf = &buf[..got];
+        // Read in chunks until `max` lines are complete (or `max_poll_bytes`): a poll of a
+        // few lines does not read megabytes.
+        let limit = ((len - self.offset) as usize).min(self.max_poll_bytes);
+        let mut buf: Vec<u8> = Vec::with_capacity(limit.min(READ_CHUNK));
         let mut count = 0;
         let mut start = 0;
-        while count < max {
-            let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') else {
-                break;
-            };
-            let mut line = &buf[start..start + nl];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
+        let mut scanned = 0;
+        loop {
+            while count < max {
+                let Some(nl) = buf[scanned..].iter().position(|b| *b == b'\n') else {
+                    scanned = buf.len();
+                    break;
+                };
+                let end = scanned + nl;
+                let mut line = &buf[start..end];
+                if line.last() == Some(&b'\r') {
+                    line = &line[..line.len() - 1];
+                }
+                output.push_parts(None, Some(line), [], 0, PARTITION_UNSET, 0);
+                start = end + 1;
+                scanned = start;
+                count += 1;
             }
-            output.push_parts(None, Some(line), [], 0, PARTITION_UNSET, 0);
-            start += nl + 1;
-            count += 1;
+            if count >= max || buf.len() >= limit {
+                break;
+            }
+            let want = (limit - buf.len()).min(READ_CHUNK);
+            let at = buf.len();
+            buf.resize(at + want, 0);
+            let n = f
+                .read(&mut buf[at..])
+                .map_err(|e| Error::msg(format!("cannot read {file}: {e}")))?;
+            buf.truncate(at + n);
+            if n == 0 {
+                break;
+            }
         }
-        if count == 0 && start == 0 && got == self.max_poll_bytes {
+        if count == 0 && start == 0 && buf.len() >= self.max_poll_bytes {
             return Err(Error::msg(format!(
                 "{file} has a line longer than max_poll_bytes ({}) at byte {}",
                 self.max_poll_bytes, self.offset
