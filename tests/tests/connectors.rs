@@ -420,3 +420,27 @@ fn a_sources_records_go_through_its_transforms() {
         "card #### ####\nno digits\npin ##\n"
     );
 }
+
+/// A topic a connector reads or writes is not deleted from under it: the delete names the
+/// connector; `--force` deletes the connector with it, and its task stops.
+#[test]
+fn a_topic_in_use_by_a_connector_is_deleted_only_with_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = dir.path().join("io");
+    std::fs::create_dir_all(&io).unwrap();
+    let input = io.join("in.log");
+    std::fs::write(&input, "one\n").unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), TEST_CONFIG);
+    broker.run_ok(&["topic", "create", "lines"]);
+    broker.run_ok(&["plugin", "deploy", "tail", "--builtin", "file-source"]);
+    let (source, _) = copy_configs(dir.path(), &io, &input, &io.join("unused.log"));
+    create_connector(&broker, "feeder", "tail", &source);
+    broker.run_fails(
+        &["topic", "delete", "lines"],
+        "written by connector \"feeder\"; delete the connector first or use --force",
+    );
+    let out = broker.run_ok(&["topic", "delete", "lines", "--force"]);
+    assert!(out.contains("deleted connector feeder"), "{out}");
+    broker.run_fails(&["connector", "describe", "feeder"], "does not exist");
+    assert!(!broker.run_ok(&["connector", "list"]).contains("feeder"));
+}

@@ -138,9 +138,22 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
                         .collect(),
                     (other, _) => bail!("unexpected answer from the broker: {other:?}"),
                 };
+            let connectors: Vec<String> =
+                match client.request(Request::ListConnectors, Bytes::new()).await {
+                    Ok((ResponseBody::Connectors(cs), _)) => cs
+                        .into_iter()
+                        .filter(|c| c.topics.contains(name))
+                        .map(|c| c.name)
+                        .collect(),
+                    // A broker older than protocol version 6 has no connectors.
+                    _ => Vec::new(),
+                };
             let t = admin.delete_topic_forced(name).await?;
             for p in users {
                 println!("deleted pipeline {p}");
+            }
+            for c in connectors {
+                println!("deleted connector {c}");
             }
             println!("deleted topic {}", t.name);
         }

@@ -103,6 +103,12 @@ impl ConnectorRecord {
         }
     }
 
+    /// Whether the connector reads or writes topic `name` (its dead letters included).
+    pub fn uses_topic(&self, name: &str) -> bool {
+        self.spec.topics.iter().any(|t| t == name)
+            || self.spec.dead_letter_topic.as_deref() == Some(name)
+    }
+
     /// Records an intent: it becomes the last one, and the sequences move past it.
     pub fn record_intent(&mut self, intent: &SourceIntent) {
         for &(p, base, n) in &intent.parts {

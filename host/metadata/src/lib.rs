@@ -411,12 +411,14 @@ pub enum MetadataError {
     },
 }
 
-/// Something that reads or writes a topic and so keeps it from being deleted. Connectors join
-/// pipelines here when they exist.
+/// Something that reads or writes a topic and so keeps it from being deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicUser {
     /// A pipeline that reads the topic (`reads`) or writes it.
     Pipeline { name: String, reads: bool },
+    /// A connector that reads the topic (a sink; `reads`) or writes it (a source, or a sink's
+    /// dead letters).
+    Connector { name: String, reads: bool },
 }
 
 impl std::fmt::Display for TopicUser {
@@ -426,16 +428,22 @@ impl std::fmt::Display for TopicUser {
             TopicUser::Pipeline { name, reads: false } => {
                 write!(f, "written by pipeline {name:?}")
             }
+            TopicUser::Connector { name, reads: true } => {
+                write!(f, "read by connector {name:?}")
+            }
+            TopicUser::Connector { name, reads: false } => {
+                write!(f, "written by connector {name:?}")
+            }
         }
     }
 }
 
 fn in_use_message(topic: &str, users: &[TopicUser]) -> String {
     let list: Vec<String> = users.iter().map(ToString::to_string).collect();
-    let them = if users.len() == 1 {
-        "the pipeline"
-    } else {
-        "them"
+    let them = match users {
+        [TopicUser::Pipeline { .. }] => "the pipeline",
+        [TopicUser::Connector { .. }] => "the connector",
+        _ => "them",
     };
     format!(
         "topic {topic:?} is {}; delete {them} first or use --force",
@@ -700,6 +708,15 @@ impl MetadataState {
                 users.push(TopicUser::Pipeline {
                     name: p.spec.name.clone(),
                     reads: false,
+                });
+            }
+        }
+        for c in self.connectors.values() {
+            if c.uses_topic(name) {
+                users.push(TopicUser::Connector {
+                    name: c.spec.name.clone(),
+                    reads: c.spec.kind == ConnectorKind::Sink
+                        && c.spec.topics.iter().any(|t| t == name),
                 });
             }
         }
@@ -1421,6 +1438,7 @@ impl MetadataState {
             MetadataCommand::DeleteTopicForced { name } => {
                 self.pipelines
                     .retain(|_, p| p.spec.from != *name && p.spec.to != *name);
+                self.connectors.retain(|_, c| !c.uses_topic(name));
                 let pipelines = &self.pipelines;
                 self.checkpoints
                     .retain(|(pipeline, _), _| pipelines.contains_key(pipeline));

@@ -57,6 +57,8 @@ enum MetadataErrorDef {
 #[serde(remote = "TopicUser")]
 enum TopicUserDef {
     Pipeline { name: String, reads: bool },
+    // Appended: variants keep their wire index.
+    Connector { name: String, reads: bool },
 }
 
 mod topic_users {
