@@ -444,3 +444,191 @@ fn a_topic_in_use_by_a_connector_is_deleted_only_with_force() {
     broker.run_fails(&["connector", "describe", "feeder"], "does not exist");
     assert!(!broker.run_ok(&["connector", "list"]).contains("feeder"));
 }
+
+/// A small HTTP server on loopback for the HTTP sink: it takes POSTed JSON lines, answers 400
+/// to a body holding `poison`, 200 otherwise; it can be taken down and brought back on the
+/// same port.
+struct Ingest {
+    addr: std::net::SocketAddr,
+    received: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ingest {
+    fn start() -> Ingest {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut ingest = Ingest {
+            addr,
+            received: Default::default(),
+            up: Default::default(),
+            thread: None,
+        };
+        ingest.serve(listener);
+        ingest
+    }
+
+    fn serve(&mut self, listener: std::net::TcpListener) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        listener.set_nonblocking(true).unwrap();
+        self.up.store(true, Ordering::SeqCst);
+        let (received, up) = (self.received.clone(), self.up.clone());
+        self.thread = Some(std::thread::spawn(move || {
+            while up.load(Ordering::SeqCst) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let line = line.trim_end().to_ascii_lowercase();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some(v) = line.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let body = String::from_utf8_lossy(&body).into_owned();
+                let status = if body.contains("poison") {
+                    "400 Bad Request"
+                } else {
+                    received
+                        .lock()
+                        .unwrap()
+                        .extend(body.lines().map(str::to_owned));
+                    "200 OK"
+                };
+                let mut stream = reader.into_inner();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        }));
+    }
+
+    /// Stops answering (the port is closed).
+    fn down(&mut self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    /// Answers again on the same port.
+    fn up(&mut self) {
+        let listener = std::net::TcpListener::bind(self.addr).unwrap();
+        self.serve(listener);
+    }
+
+    /// The `"value"` of every line received.
+    fn values(&self) -> Vec<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                let v = l.split("\"value\":\"").nth(1)?;
+                Some(v.trim_end_matches("\"}").to_owned())
+            })
+            .collect()
+    }
+}
+
+/// Issue 10, acceptances 2 and 3: the HTTP sink delivers every record, also across the HTTP
+/// server being down for 10 s; records the server refuses (HTTP 400) go to the dead-letter
+/// topic; a connector sending to a host it was not granted is refused and says so.
+#[test]
+fn the_http_sink_delivers_through_an_outage_and_dead_letters_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ingest = Ingest::start();
+    let broker = BrokerProcess::start(&dir.path().join("data"), TEST_CONFIG);
+    broker.run_ok(&["topic", "create", "events"]);
+    broker.run_ok(&["topic", "create", "events-dlq"]);
+    broker.run_ok(&["plugin", "deploy", "post", "--builtin", "http-sink"]);
+    broker.run_ok_in(&["produce", "events"], b"e1\npoison-a\ne2\n");
+    let config = dir.path().join("http.toml");
+    write_config(
+        &config,
+        &format!(
+            "topics = [\"events\"]\ndead_letter_topic = \"events-dlq\"\n[settings]\n\
+             url = \"http://{}/ingest\"\n[grants]\nhttp_hosts = [\"{}\"]\n",
+            ingest.addr, ingest.addr
+        ),
+    );
+    create_connector(&broker, "ship", "post", &config);
+    let wait_values = |ingest: &Ingest, want: &[&str]| {
+        let started = Instant::now();
+        loop {
+            let got = ingest.values();
+            if want.iter().all(|w| got.iter().any(|g| g == w)) {
+                return got;
+            }
+            assert!(
+                started.elapsed() < LIMIT,
+                "received {got:?}, want {want:?}; {}",
+                broker.run_ok(&["connector", "describe", "ship"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_values(&ingest, &["e1", "e2"]);
+    let dead = broker.run_ok(&[
+        "consume",
+        "events-dlq",
+        "--from-beginning",
+        "-n",
+        "1",
+        "--timeout-ms",
+        "30000",
+    ]);
+    assert_eq!(dead, "poison-a\n");
+
+    // The server goes down for 10 s while records keep coming; all arrive once it is back.
+    ingest.down();
+    broker.run_ok_in(&["produce", "events"], b"e3\ne4\n");
+    std::thread::sleep(Duration::from_secs(10));
+    let describe = broker.run_ok(&["connector", "describe", "ship"]);
+    assert!(describe.contains("last error: "), "{describe}");
+    ingest.up();
+    let got = wait_values(&ingest, &["e1", "e2", "e3", "e4"]);
+    assert!(!got.iter().any(|v| v.contains("poison")), "{got:?}");
+
+    // A host not granted: the request is refused in the sandbox, and the connector says so.
+    let config = dir.path().join("elsewhere.toml");
+    write_config(
+        &config,
+        &format!(
+            "topics = [\"events\"]\n[settings]\nurl = \"http://{}/ingest\"\n[grants]\n\
+             http_hosts = [\"example.invalid\"]\n",
+            ingest.addr
+        ),
+    );
+    create_connector(&broker, "leak", "post", &config);
+    let started = Instant::now();
+    loop {
+        let d = broker.run_ok(&["connector", "describe", "leak"]);
+        if d.contains("HttpRequestDenied") {
+            break;
+        }
+        assert!(started.elapsed() < LIMIT, "not refused: {d}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ingest.down();
+}

@@ -226,6 +226,7 @@ async fn run(
             .iter()
             .map(|d| DirGrant::parse(d))
             .collect::<Result<_, _>>()?,
+        http_hosts: rec.spec.http_hosts.clone(),
     };
     let transforms = start_transforms(broker, &rec)?;
     match rec.spec.kind {
@@ -850,12 +851,10 @@ fn create(broker: &Arc<Broker>, req: CreateConnectorRequest) -> Result<(), WireE
             d.path.display()
         )));
     }
-    if !req.http_hosts.is_empty() {
-        return Err(invalid(
-            "grants.http_hosts: outgoing HTTP is not available to connectors yet".into(),
-        ));
-    }
-    let grants = Grants { dirs };
+    let grants = Grants {
+        dirs,
+        http_hosts: req.http_hosts.clone(),
+    };
     let opened = match kind {
         ConnectorKind::Source => plugin
             .source(req.settings.clone(), Limits::default(), &grants, None)

@@ -23,6 +23,90 @@ use crate::{Limits, PluginError};
 pub struct Grants {
     /// Host directories, each visible to the guest at the same path.
     pub dirs: Vec<DirGrant>,
+    /// Hosts it may send HTTP requests to (`host` or `host:port`, as in a URL's authority).
+    pub http_hosts: Vec<String>,
+}
+
+/// How long one outgoing HTTP request of a connector may take to connect and to answer: the
+/// guest waits for it in the host, where its own time limit cannot stop it.
+const HTTP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The `wasi:http` hook of a store: a request goes out only to a granted host (else the guest
+/// gets `HTTP-request-denied`), with connect and answer timeouts.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HttpGrant {
+    hosts: Vec<String>,
+}
+
+impl HttpGrant {
+    fn allows(&self, authority: &http::uri::Authority) -> bool {
+        let with_port = authority.as_str();
+        let host = authority.host();
+        self.hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(with_port) || h.eq_ignore_ascii_case(host))
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpHooks for HttpGrant {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn std::future::Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<
+                            dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
+                                + Send,
+                        >,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        drop(fut);
+        let allowed = request.uri().authority().is_some_and(|a| self.allows(a));
+        if !allowed {
+            tracing::warn!(uri = %request.uri(), "connector request to a host it was not granted refused");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let mut options = options.unwrap_or_default();
+        options.connect_timeout = Some(
+            options
+                .connect_timeout
+                .unwrap_or(HTTP_TIMEOUT)
+                .min(HTTP_TIMEOUT),
+        );
+        options.first_byte_timeout = Some(
+            options
+                .first_byte_timeout
+                .unwrap_or(HTTP_TIMEOUT)
+                .min(HTTP_TIMEOUT),
+        );
+        options.between_bytes_timeout = Some(
+            options
+                .between_bytes_timeout
+                .unwrap_or(HTTP_TIMEOUT)
+                .min(HTTP_TIMEOUT),
+        );
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io)
+                    as Box<
+                        dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
+                            + Send,
+                    >,
+            ))
+        })
+    }
 }
 
 /// One granted directory.
@@ -82,7 +166,10 @@ impl Connector {
     ) -> Result<(Connector, wasmtime::component::Instance), PluginError> {
         let wasi = wasi_ctx(&grants.dirs)?;
         let config: Arc<[(String, String)]> = sorted_config(config);
-        let mut store = new_store(plugin, &config, &limits, None, wasi);
+        let http = HttpGrant {
+            hosts: grants.http_hosts.clone(),
+        };
+        let mut store = new_store(plugin, &config, &limits, None, wasi, http);
         let instance = plugin
             .inner
             .pre

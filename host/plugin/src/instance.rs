@@ -100,6 +100,9 @@ impl ResourceLimiter for Sandbox {
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    /// `wasi:http`: its context, and the hook that lets only granted hosts be reached.
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    http_hosts: crate::connector::HttpGrant,
     sandbox: Sandbox,
     /// Sorted by key.
     config: Arc<[(String, String)]>,
@@ -107,6 +110,16 @@ pub(crate) struct HostState {
     pending: PendingWrites,
     plugin: Arc<str>,
     log_budget: u32,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hosts,
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -176,6 +189,11 @@ pub(crate) fn linker(engine: &Engine, with_state: bool) -> Result<Linker<HostSta
     let err = |e: wasmtime::Error| PluginError::Runtime(format!("building the linker: {e:#}"));
     let mut linker: Linker<HostState> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(err)?;
+    if !with_state {
+        // Connectors (and partitioners) may import wasi:http; a request reaches only the
+        // hosts the connector was granted (none for a partitioner).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker).map_err(err)?;
+    }
 
     // A blocking sleep in a host call cannot be interrupted by the epoch deadline, so the
     // sandbox refuses to sleep at all: the guest traps instead of holding a broker thread.
@@ -360,6 +378,7 @@ pub(crate) fn new_store(
     limits: &Limits,
     state: Option<Box<dyn StateStore>>,
     wasi: WasiCtx,
+    http_hosts: crate::connector::HttpGrant,
 ) -> Store<HostState> {
     let p = &plugin.inner;
     let mut store = Store::new(
@@ -367,6 +386,8 @@ pub(crate) fn new_store(
         HostState {
             wasi,
             table: ResourceTable::new(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hosts,
             sandbox: Sandbox {
                 max_memory: limits.max_memory_bytes,
                 memory: 0,
@@ -405,7 +426,14 @@ fn instantiate<F: Copy>(
 ) -> Result<Live<F>, InstantiateError> {
     let p = &plugin.inner;
     let wasi = wasi_ctx(&[]).map_err(|e| (e, None))?;
-    let mut store = new_store(plugin, config, limits, state, wasi);
+    let mut store = new_store(
+        plugin,
+        config,
+        limits,
+        state,
+        wasi,
+        crate::connector::HttpGrant::default(),
+    );
     let fail = |e: PluginError, mut store: Store<HostState>| (e, store.data_mut().state.take());
     let instance = match p.pre.instantiate(&mut store) {
         Ok(i) => i,

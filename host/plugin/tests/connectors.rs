@@ -22,6 +22,7 @@ fn grant(dir: &std::path::Path, writable: bool) -> Grants {
             path: dir.to_owned(),
             writable,
         }],
+        http_hosts: Vec::new(),
     }
 }
 

@@ -36,6 +36,7 @@ pub const BUILTINS: &[&str] = &[
     "file-sink",
     "generator",
     "crossover",
+    "http-sink",
 ];
 
 /// The built-in plugins' components, embedded at build time, by package name: what
@@ -52,6 +53,7 @@ pub const EMBEDDED: &[(&str, &[u8])] = &[
     embed!("file-sink", "file_sink"),
     embed!("generator", "generator"),
     embed!("crossover", "crossover"),
+    embed!("http-sink", "http_sink"),
 ];
 
 /// The embedded component of the built-in plugin `name`, if there is one.
