@@ -37,6 +37,7 @@ pub const BUILTINS: &[&str] = &[
     "generator",
     "crossover",
     "http-sink",
+    "http-source",
 ];
 
 /// The built-in plugins' components, embedded at build time, by package name: what
@@ -54,6 +55,7 @@ pub const EMBEDDED: &[(&str, &[u8])] = &[
     embed!("generator", "generator"),
     embed!("crossover", "crossover"),
     embed!("http-sink", "http_sink"),
+    embed!("http-source", "http_source"),
 ];
 
 /// The embedded component of the built-in plugin `name`, if there is one.
