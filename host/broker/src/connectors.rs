@@ -337,6 +337,19 @@ fn stamp(
     Ok((batches, parts))
 }
 
+/// Starts the source instance opened at `checkpoint`, on a blocking thread.
+async fn open_source(
+    plugin: &sluice_plugin_host::Plugin,
+    config: &[(String, String)],
+    grants: &Grants,
+    checkpoint: Option<Vec<u8>>,
+) -> Result<sluice_plugin_host::SourceInstance, String> {
+    let (p, c, g) = (plugin.clone(), config.to_vec(), grants.clone());
+    let ((), opened) =
+        blocking((), move |_| p.source(c, Limits::default(), &g, checkpoint)).await?;
+    opened.map_err(|e| format!("opening the source: {e}"))
+}
+
 async fn run_source(
     broker: &Arc<Broker>,
     rec: &ConnectorRecord,
@@ -358,12 +371,7 @@ async fn run_source(
     // Replay the last intent: the same records, the same sequences.
     let source = if let Some(intent) = rec.intent.clone() {
         set_state(status, "replaying");
-        let (p, c) = (plugin.clone(), config.clone());
-        let g = grants.clone();
-        let before = intent.before.clone();
-        let ((), started) =
-            blocking((), move |_| p.source(c, Limits::default(), &g, before)).await?;
-        let source = started.map_err(|e| format!("opening the source: {e}"))?;
+        let source = open_source(&plugin, &config, &grants, intent.before.clone()).await?;
         let count = intent.count;
         let (source, polled) = blocking(source, move |s| {
             let b = s.poll(count)?;
@@ -406,20 +414,10 @@ async fn run_source(
             // The same records, reached another way (a paged source whose page grew since):
             // go on from the position recorded after them, not from this one.
             drop(source);
-            let (p, c, g, at) = (
-                plugin.clone(),
-                config.clone(),
-                grants.clone(),
-                Some(intent.after.clone()),
-            );
-            let ((), reopened) =
-                blocking((), move |_| p.source(c, Limits::default(), &g, at)).await?;
-            reopened.map_err(|e| format!("opening the source after the replay: {e}"))?
+            open_source(&plugin, &config, &grants, Some(intent.after.clone())).await?
         }
     } else {
-        let (p, c, g) = (plugin.clone(), config.clone(), grants.clone());
-        let ((), started) = blocking((), move |_| p.source(c, Limits::default(), &g, None)).await?;
-        started.map_err(|e| format!("opening the source: {e}"))?
+        open_source(&plugin, &config, &grants, None).await?
     };
 
     set_state(status, "running");
