@@ -4,6 +4,16 @@
 use sluice_client::Client;
 use sluice_tests::{BrokerProcess, TEST_CONFIG};
 
+/// The global flags that point the `sluice` CLI at `broker`.
+fn cli_flags(broker: &BrokerProcess) -> Vec<String> {
+    vec![
+        "--broker".into(),
+        broker.addr.to_string(),
+        "--tls-ca".into(),
+        broker.ca_path().display().to_string(),
+    ]
+}
+
 /// The news feed: every reader group receives every article, single readers in each source's
 /// order, the shared group spreads the partitions over its members, and the late reader
 /// replays the whole history.
@@ -55,12 +65,7 @@ fn trading_signals_match_an_independent_computation_across_kill_9() {
     let mut broker = BrokerProcess::start(&dir.path().join("data"), TEST_CONFIG);
     let cli = Cli {
         sluice: sluice_tests::sluice_bin(),
-        flags: vec![
-            "--broker".into(),
-            broker.addr.to_string(),
-            "--tls-ca".into(),
-            broker.ca_path().display().to_string(),
-        ],
+        flags: cli_flags(&broker),
     };
     let all = ticks(6, 3_000);
     let expected = expected_signals(&all);
@@ -95,4 +100,98 @@ fn trading_signals_match_an_independent_computation_across_kill_9() {
         got == expected,
         "the signals differ from the independent computation"
     );
+}
+
+/// Log aggregation: services' log files (rotated half way) tailed by source connectors and
+/// SDK producers into `logs` keyed by service, the errors kept by a json-filter pipeline and
+/// posted by the HTTP sink to the example's indexer, which answers queries by service and
+/// time with exactly the errors the services logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_aggregation_indexes_every_error_by_service_and_time() {
+    use log_aggregation::{FILE_SERVICES, SDK_SERVICES, T0, expected_errors, indexer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), TEST_CONFIG);
+    let cli = log_aggregation::Cli {
+        sluice: sluice_tests::sluice_bin(),
+        flags: cli_flags(&broker),
+    };
+    let client = Client::connect(broker.client_config()).await.unwrap();
+    let indexer = indexer::Indexer::start("127.0.0.1:0").unwrap();
+    let work = dir.path().join("logs");
+    let lines = 400;
+    let problems = log_aggregation::run(&cli, &client, &work, indexer.addr, lines)
+        .await
+        .unwrap();
+    assert!(problems.is_empty(), "{problems:#?}");
+    // The test's own questions, over HTTP.
+    let addr = indexer.addr;
+    let ask =
+        move |path: String| tokio::task::spawn_blocking(move || indexer::get(addr, &path).unwrap());
+    for service in FILE_SERVICES.iter().chain(&SDK_SERVICES) {
+        let body = ask(format!("/search?service={service}")).await.unwrap();
+        let got: Vec<&str> = body.lines().collect();
+        let expected = expected_errors(service, 0..lines);
+        assert_eq!(got, expected, "{service}");
+        assert!(
+            expected.len() >= lines as usize / 20,
+            "{service}: {}",
+            expected.len()
+        );
+    }
+    // By time, across services: the errors of the first minute, oldest first.
+    let body = ask(format!("/search?from={T0}&to={}", T0 + 60_000))
+        .await
+        .unwrap();
+    let mut expected: Vec<String> = FILE_SERVICES
+        .iter()
+        .chain(&SDK_SERVICES)
+        .flat_map(|s| expected_errors(s, 0..60))
+        .collect();
+    expected.sort_by_key(|l| l.split(',').next().unwrap().to_owned());
+    let got: Vec<&str> = body.lines().collect();
+    assert_eq!(got.len(), expected.len());
+    for line in &got {
+        assert!(expected.contains(&line.to_string()), "{line}");
+        assert!(line.contains("\"level\":\"error\""), "{line}");
+    }
+    let times: Vec<&str> = got.iter().map(|l| l.split(',').next().unwrap()).collect();
+    assert!(times.is_sorted(), "oldest first");
+    // The files were rotated while being tailed, and nothing was refused.
+    assert!(work.join("api.log.1").exists());
+    let sluice = |args: &[&str]| {
+        let out = std::process::Command::new(sluice_tests::sluice_bin())
+            .args(&cli.flags)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Every line in `logs` once, keyed by its service (file sources and SDK alike).
+    let logs = sluice(&[
+        "consume",
+        "logs",
+        "--from-beginning",
+        "--format",
+        "%k %v\n",
+        "--timeout-ms",
+        "2000",
+    ]);
+    let mut keyed: std::collections::BTreeMap<String, usize> = Default::default();
+    for line in logs.lines() {
+        let (key, value) = line.split_once(' ').unwrap();
+        assert!(value.contains(&format!("\"service\":\"{key}\"")), "{line}");
+        *keyed.entry(key.to_owned()).or_default() += 1;
+    }
+    assert_eq!(keyed.len(), 5, "{keyed:?}");
+    assert!(keyed.values().all(|n| *n == lines as usize), "{keyed:?}");
+    let text = sluice(&["topic", "describe", "errors-refused"]);
+    assert!(text.contains("\n0\t1\t"), "{text}");
+    let row = text.lines().last().unwrap();
+    assert!(row.ends_with("\t0\t0\t0"), "dead letters: {row}");
 }

@@ -1,7 +1,9 @@
 //! Source connector: tails a text file, one record per complete line (the line without its
-//! `\n` or `\r\n` as the value, no key), and resumes by byte offset.
+//! `\n` or `\r\n` as the value), and resumes by byte offset.
 //!
-//! Settings: `path` (the file; its directory must be granted, read-only is enough),
+//! Settings: `path` (the file; its directory must be granted, read-only is enough), `key`
+//! (default none: the key of every record, e.g. the service whose log this is, so that a
+//! keyed topic keeps one file's lines in one partition, in order),
 //! `rotated_suffix` (default `.1`: where a rotated file is found, `PATH.1` after
 //! `mv PATH PATH.1` and a new `PATH`), `max_poll_bytes` (default 4 MiB read per poll).
 //!
@@ -24,6 +26,7 @@ const READ_CHUNK: usize = 64 << 10;
 
 struct FileSource {
     path: String,
+    key: Option<Vec<u8>>,
     rotated: String,
     max_poll_bytes: usize,
     /// Where the next line starts, in the file identified by `fingerprint`.
@@ -137,7 +140,7 @@ impl FileSource {
                 if line.last() == Some(&b'\r') {
                     line = &line[..line.len() - 1];
                 }
-                output.push_parts(None, Some(line), [], 0, PARTITION_UNSET, 0);
+                output.push_parts(self.key.as_deref(), Some(line), [], 0, PARTITION_UNSET, 0);
                 start = end + 1;
                 scanned = start;
                 count += 1;
@@ -178,6 +181,7 @@ impl Source for FileSource {
         let source = FileSource {
             rotated: format!("{path}{suffix}"),
             path,
+            key: config.get("key").map(String::into_bytes),
             max_poll_bytes: config.parse_or("max_poll_bytes", 4 << 20)?,
             offset,
             fingerprint,
