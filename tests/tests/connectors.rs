@@ -1,7 +1,8 @@
 //! Issue 10: connectors through real broker processes. The built-in file source and file sink
 //! copy a file through a topic exactly — also when the broker is killed with `kill -9` half
 //! way and restarted; a connector configured outside its grants is refused at create, saying
-//! why; one that keeps failing is restarted with backoff and `describe` says why and how often.
+//! why; a hostile one reaches nothing it was not granted; one that keeps failing (an error, a
+//! trap, an endless loop) is restarted with backoff and `describe` says why and how often.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,6 +29,16 @@ fn wait_lines(path: &Path, want: usize, broker: &BrokerProcess) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The restarts a connector's `describe` reports.
+fn restarts(describe: &str) -> u64 {
+    describe
+        .lines()
+        .find_map(|l| l.strip_prefix("restarts: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn write_config(path: &Path, text: &str) {
@@ -213,13 +224,7 @@ fn a_connector_outside_its_grants_is_refused_and_a_failing_one_is_restarted() {
     let started = Instant::now();
     loop {
         let d = broker.run_ok(&["connector", "describe", "snoop"]);
-        let restarts: u64 = d
-            .lines()
-            .find_map(|l| l.strip_prefix("restarts: "))
-            .and_then(|l| l.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if restarts >= 2 {
+        if restarts(&d) >= 2 {
             assert!(d.contains("longer than max_poll_bytes"), "{d}");
             break;
         }
@@ -233,6 +238,100 @@ fn a_connector_outside_its_grants_is_refused_and_a_failing_one_is_restarted() {
     assert!(d.contains("state: paused"), "{d}");
     broker.run_ok(&["connector", "delete", "snoop"]);
     broker.run_fails(&["connector", "describe", "snoop"], "does not exist");
+}
+
+/// Issue 10, acceptances 3 and 4, with a hostile fixture: a connector that tries to read a
+/// file outside its grant, list `/`, read `/etc/passwd`, see the environment, open a TCP
+/// connection and send an HTTP request to a host it was not granted gets an error for each
+/// (and nothing reaches the listeners), while its granted file reads; one that traps and one
+/// that never returns are stopped, restarted with backoff, and `describe` says why and how
+/// often; the broker serves on.
+#[test]
+fn a_hostile_connector_reaches_nothing_ungranted_and_traps_and_loops_are_restarted() {
+    use std::net::TcpListener;
+    let dir = tempfile::tempdir().unwrap();
+    let (granted, other) = (dir.path().join("granted"), dir.path().join("other"));
+    std::fs::create_dir_all(&granted).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(granted.join("inside.txt"), "twelve bytes").unwrap();
+    std::fs::write(other.join("secret.txt"), "secret").unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    http.set_nonblocking(true).unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), TEST_CONFIG);
+    broker.run_ok(&["topic", "create", "t"]);
+    let fixture = sluice_wasm_plugins::path("hostile-escape-source");
+    broker.run_ok(&["plugin", "deploy", "escape", fixture.to_str().unwrap()]);
+    let config = |name: &str, mode: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        write_config(
+            &path,
+            &format!(
+                "topic = \"t\"\n[settings]\nmode = \"{mode}\"\ninside = \"{}\"\n\
+                 outside = \"{}\"\ntcp = \"{}\"\nhttp = \"{}\"\n\
+                 [grants]\ndirs = [\"{}:ro\"]\nhttp_hosts = [\"granted.invalid\"]\n",
+                granted.join("inside.txt").display(),
+                other.join("secret.txt").display(),
+                tcp.local_addr().unwrap(),
+                http.local_addr().unwrap(),
+                granted.display()
+            ),
+        );
+        create_connector(&broker, name, "escape", &path);
+    };
+    config("probe", "probe");
+    let started = Instant::now();
+    let report = loop {
+        let out = broker.run_ok(&["consume", "t", "--from-beginning", "--timeout-ms", "500"]);
+        if let Some(line) = out.lines().next() {
+            break line.to_owned();
+        }
+        assert!(started.elapsed() < LIMIT, "no report from the probe");
+    };
+    let field = |k: &str| {
+        report
+            .split(' ')
+            .find_map(|f| f.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} missing: {report}"))
+            .to_owned()
+    };
+    assert_eq!(field("inside"), "read:12", "{report}");
+    for denied in ["outside", "root", "passwd", "tcp"] {
+        assert_eq!(field(denied), "denied", "{denied}: {report}");
+    }
+    assert_eq!(field("env"), "0", "{report}");
+    assert!(field("http").contains("HttpRequestDenied"), "{report}");
+    assert!(
+        tcp.accept().is_err() && http.accept().is_err(),
+        "a listener was reached"
+    );
+
+    // A trap and an endless loop: stopped, restarted with backoff, described.
+    config("trapper", "trap");
+    config("looper", "loop");
+    let started = Instant::now();
+    let (trapper, looper) = loop {
+        let t = broker.run_ok(&["connector", "describe", "trapper"]);
+        let l = broker.run_ok(&["connector", "describe", "looper"]);
+        if restarts(&t) >= 2 && restarts(&l) >= 2 {
+            break (t, l);
+        }
+        assert!(started.elapsed() < LIMIT, "not restarted twice:\n{t}\n{l}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(trapper.contains("trapped"), "{trapper}");
+    assert!(looper.contains("time limit"), "{looper}");
+    // Backoff: 1 s, then 2 s, 4 s ... between attempts, so a few restarts in this time, not
+    // one per poll.
+    let elapsed = started.elapsed().as_secs();
+    for d in [&trapper, &looper] {
+        assert!(restarts(d) <= 2 + elapsed / 2, "{elapsed} s: {d}");
+    }
+    // The broker serves on.
+    broker.run_ok_in(&["produce", "t"], b"still here\n");
+    let out = broker.run_ok(&["consume", "t", "--from-beginning", "--timeout-ms", "1000"]);
+    assert!(out.contains("still here"), "{out}");
 }
 
 /// Issue 10, acceptance 7: in a cluster of three, the broker running a connector is killed

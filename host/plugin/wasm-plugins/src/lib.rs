@@ -73,6 +73,7 @@ pub const HOSTILE: &[&str] = &[
     "hostile-bad-partition",
     "hostile-escape",
     "hostile-picky-sink",
+    "hostile-escape-source",
 ];
 
 /// Path of the component built from the package `name` (e.g. `"json-filter"`,
