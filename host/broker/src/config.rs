@@ -42,6 +42,8 @@ pub struct BrokerConfig {
     pub shutdown_timeout_ms: u64,
     /// Memory the store may use to cache pages.
     pub store_cache_bytes: usize,
+    /// Most bytes appended to `interval:MS` topics without fsync before a durable commit.
+    pub store_max_unsynced_bytes: usize,
     /// Most client connections open at once; more are refused at the handshake.
     pub max_connections: usize,
     /// Most request streams one connection may have open at once (QUIC stream credit).
@@ -215,6 +217,7 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 5_000,
             shutdown_timeout_ms: 10_000,
             store_cache_bytes: 256 * 1024 * 1024,
+            store_max_unsynced_bytes: 8 * 1024 * 1024,
             max_connections: 1024,
             max_streams_per_connection: 1024,
             connection_window_bytes: 1024 * 1024,

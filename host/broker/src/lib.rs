@@ -182,6 +182,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     let store_path = config.data_dir.join("sluice.redb");
     let options = StoreOptions {
         cache_bytes: config.store_cache_bytes,
+        max_unsynced_bytes: config.store_max_unsynced_bytes,
         ..StoreOptions::default()
     };
     let store = tokio::task::spawn_blocking(move || Store::open(&store_path, options))

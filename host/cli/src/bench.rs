@@ -1,6 +1,9 @@
 //! `sluice bench`: throughput and latency against a running broker.
 //!
 //! - `produce`: P producers send N records of S bytes; latency is send → acknowledgement.
+//!   Paced three ways: a window of unacknowledged records (default), a closed loop of whole
+//!   batches (`--in-flight N --batch-records M`, as iggy-bench and the OpenMessaging Benchmark
+//!   run), or an open loop at a fixed `--rate` (latency from each record's scheduled time).
 //! - `consume`: fills the topic (untimed), then one consumer reads every record back.
 //! - `e2e`: producers and a consumer run together; latency is send → received by the consumer.
 //! - `pipeline`: the cost of a pipeline (`--plugin`, default `identity-map`, deployed
@@ -75,6 +78,21 @@ pub struct BenchArgs {
     /// Most unacknowledged records per producer; bounds queueing, and so latency.
     #[arg(long, default_value_t = 20_000)]
     pub window: usize,
+    /// Open loop: send this many records per second in all (split across producers) on a
+    /// fixed schedule, whatever the answers; latency counts from each record's scheduled
+    /// time, so a stall shows in it (no coordinated omission). Unset: as fast as the window
+    /// lets (closed loop).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Batches in flight per partition (the SDK's `max_in_flight_per_partition`; at most 5
+    /// with idempotence). Unset: the SDK's default.
+    #[arg(long)]
+    pub in_flight: Option<usize>,
+    /// Closed loop of whole batches, as iggy-bench and the OpenMessaging Benchmark run: each
+    /// producer keeps `--in-flight` batches of this many records outstanding (sets the window
+    /// to their product and the linger to 0, so a batch goes as soon as a slot frees).
+    #[arg(long)]
+    pub batch_records: Option<usize>,
     /// Group members (rebalance).
     #[arg(long, default_value_t = 3)]
     pub members: usize,
@@ -117,8 +135,23 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<std::process::ExitCode> 
         Err(ClientError::Broker(e)) if e.code == ErrorCode::TopicAlreadyExists => {}
         Err(e) => return Err(e).context("creating the bench topic"),
     }
+    if args.rate == Some(0) || args.in_flight == Some(0) || args.batch_records == Some(0) {
+        bail!("--rate, --in-flight and --batch-records must be positive");
+    }
+    if args.rate.is_some() && args.batch_records.is_some() {
+        bail!("--rate (open loop) and --batch-records (closed loop) do not go together");
+    }
+    let pacing = match (args.rate, args.batch_records) {
+        (Some(r), _) => format!("open loop at {r} records/s"),
+        (None, Some(m)) => format!(
+            "closed loop: {} batch(es) of {m} records in flight",
+            args.in_flight
+                .unwrap_or(ProducerConfig::default().max_in_flight_per_partition)
+        ),
+        (None, None) => format!("window {} records", args.window),
+    };
     println!(
-        "bench {:?}: {} records of {} B, {} producer(s), {} partition(s) × {} replica(s), acks={:?}, compression={:?}, batch {} B, linger {} ms",
+        "bench {:?}: {} records of {} B, {} producer(s), {} partition(s) × {} replica(s), acks={:?}, compression={:?}, batch {} B, linger {} ms, {pacing}",
         args.mode,
         args.count,
         args.record_size,
@@ -243,14 +276,26 @@ async fn produce_with_epoch(
             args.keyed,
             done.clone(),
         );
+        let defaults = ProducerConfig::default();
+        let in_flight = args
+            .in_flight
+            .unwrap_or(defaults.max_in_flight_per_partition);
+        let (window, linger) = match args.batch_records {
+            Some(m) => (m.max(1) * in_flight, Duration::ZERO),
+            None => (args.window, Duration::from_millis(args.linger_ms)),
+        };
         let producer = client.producer(ProducerConfig {
             acks: args.acks,
             compression: args.compression,
             max_batch_bytes: args.batch_size,
-            linger: Duration::from_millis(args.linger_ms),
-            ..ProducerConfig::default()
+            linger,
+            max_in_flight_per_partition: in_flight,
+            ..defaults
         });
-        let window = args.window;
+        // Open loop: record `seq` of this producer is due at `start + seq / rate`.
+        let interval = args
+            .rate
+            .map(|r| Duration::from_secs_f64(f64::from(args.producers) / r.max(1) as f64));
         tasks.push(tokio::spawn(async move {
             let _client = client;
             let acks = AckCollector::new(window, move || {
@@ -260,16 +305,26 @@ async fn produce_with_epoch(
             let filler: Vec<u8> = (0..size)
                 .map(|j| (j as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
                 .collect();
+            let t0 = Instant::now();
             for seq in 0..n {
+                let due = match interval {
+                    Some(every) => {
+                        let due = t0 + every.mul_f64(seq as f64);
+                        if due > Instant::now() {
+                            tokio::time::sleep_until(due.into()).await;
+                        }
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let mut value = filler.clone();
-                let sent_us = epoch.elapsed().as_micros() as u64;
+                let sent_us = due.saturating_duration_since(epoch).as_micros() as u64;
                 value[..8].copy_from_slice(&sent_us.to_le_bytes());
                 let mut record = ProducerRecord::new(&topic, Bytes::from(value));
                 if keyed {
                     record = record.with_key(Bytes::from(format!("key-{i}-{}", seq % 10_000)));
                 }
-                let sent = Instant::now();
-                acks.push(producer.send(record).await?, sent).await;
+                acks.push(producer.send(record).await?, due).await;
             }
             producer.flush().await?;
             let tally = acks.finish().await;

@@ -96,6 +96,12 @@ pub struct StoreOptions {
     pub max_group_bytes: usize,
     /// Memory redb may use to cache pages. Default 256 MiB; small edge nodes set less.
     pub cache_bytes: usize,
+    /// Most batch bytes appended without fsync (topics with `interval:MS` durability) before a
+    /// durable commit, whatever the interval. Default 8 MiB. redb keeps the pages of commits
+    /// made without fsync in its write buffer and writes them all out in the next durable
+    /// commit, which holds up every append behind it for as long; this bounds that pause
+    /// (docs/performance.md).
+    pub max_unsynced_bytes: usize,
     /// After an I/O error (a full disk, ...) the writer tries this often to reopen the file and
     /// resume writes. Default 1 s.
     pub reopen_interval: Duration,
@@ -107,6 +113,7 @@ impl Default for StoreOptions {
             max_group_batches: 4096,
             max_group_bytes: 32 * 1024 * 1024,
             cache_bytes: 256 * 1024 * 1024,
+            max_unsynced_bytes: 8 * 1024 * 1024,
             reopen_interval: Duration::from_millis(1000),
         }
     }

@@ -928,6 +928,8 @@ struct Writer {
     producers: HashMap<PartitionId, ProducerState>,
     /// When the last non-durable commit must be made durable by.
     sync_deadline: Option<Instant>,
+    /// Batch bytes committed without fsync since the last durable commit.
+    unsynced_bytes: usize,
     /// While failed after an I/O error: when to try reopening the file next.
     reopen_at: Option<Instant>,
 }
@@ -974,6 +976,8 @@ struct Group {
     /// Shortest sync interval asked for by a non-durable append.
     interval: Option<Duration>,
     appends: usize,
+    /// Bytes of the batches appended.
+    bytes: usize,
     shutdown: bool,
 }
 
@@ -1013,6 +1017,7 @@ impl Writer {
             file,
             producers,
             sync_deadline: None,
+            unsynced_bytes: 0,
             reopen_at: None,
         }
     }
@@ -1127,6 +1132,7 @@ impl Writer {
                 // Whatever was committed without fsync and not yet synced is what the file
                 // says now; there is nothing left to sync.
                 self.sync_deadline = None;
+                self.unsynced_bytes = 0;
                 lock(&self.shared.failure).take();
                 info!(
                     location = self.shared.location,
@@ -1160,6 +1166,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
+                self.unsynced_bytes = 0;
                 trace!("interval sync committed");
             }
             Err(err) => {
@@ -1239,6 +1246,7 @@ impl Writer {
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
                 // A durable commit makes every earlier one durable.
                 self.sync_deadline = None;
+                self.unsynced_bytes = 0;
                 *memory = restored.log;
                 drop(memory);
                 if restored.producers.is_empty() {
@@ -1338,7 +1346,8 @@ impl Writer {
         let count = commands.len();
         let started = Instant::now();
         let mut group = Group {
-            durable: self.sync_deadline.is_some_and(|d| started >= d),
+            durable: self.sync_deadline.is_some_and(|d| started >= d)
+                || self.unsynced_bytes >= self.shared.options.max_unsynced_bytes,
             ..Group::default()
         };
         let mut pending = commands.into_iter();
@@ -1349,7 +1358,9 @@ impl Writer {
                 self.publish(&group);
                 if group.durable {
                     self.sync_deadline = None;
+                    self.unsynced_bytes = 0;
                 } else if let Some(interval) = group.interval {
+                    self.unsynced_bytes += group.bytes;
                     let due = started + interval.min(MAX_SYNC_INTERVAL);
                     self.sync_deadline = Some(self.sync_deadline.map_or(due, |d| d.min(due)));
                 }
@@ -1596,6 +1607,7 @@ impl Writer {
                 }
                 Self::note_durability(group, durability);
                 group.appends += 1;
+                group.bytes += batch.len();
                 group.waiters.push(Waiter::Appended(
                     reply,
                     Appended {

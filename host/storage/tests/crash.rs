@@ -67,6 +67,18 @@ fn child(path: &Path) {
     });
 }
 
+/// Runs this test binary's test `name` as a child process, with `env` naming the store's
+/// `path` (which makes the test play the child), its stdout piped.
+fn spawn_child(name: &str, env: &str, path: &Path) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(env, path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn kill_9_loses_no_acknowledged_append() {
     if let Some(path) = std::env::var_os(CHILD_ENV) {
@@ -75,18 +87,7 @@ fn kill_9_loses_no_acknowledged_append() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sluice.redb");
-    let mut proc = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "kill_9_loses_no_acknowledged_append",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut proc = spawn_child("kill_9_loses_no_acknowledged_append", CHILD_ENV, &path);
     let stdout = BufReader::new(proc.stdout.take().unwrap());
     let mut acked = BTreeMap::new();
     for line in stdout.lines() {
@@ -143,4 +144,71 @@ fn kill_9_loses_no_acknowledged_append() {
         got.base_offset, state.log_end,
         "offsets continue without reuse"
     );
+}
+
+const UNSYNCED_CHILD_ENV: &str = "SLUICE_STORAGE_UNSYNCED_CHILD";
+/// The child's bound on bytes appended without fsync, and what it appends in all.
+const UNSYNCED_BOUND: usize = 256 * 1024;
+const UNSYNCED_BATCHES: u64 = 64;
+
+/// Appends `UNSYNCED_BATCHES` batches of ~16 KiB to a topic that asks for an fsync once an
+/// hour, one after the other, then says DONE and waits to be killed.
+fn unsynced_child(path: &Path) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options = StoreOptions {
+            max_unsynced_bytes: UNSYNCED_BOUND,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(path, options).unwrap();
+        store.create_partition(ID).unwrap();
+        let value = "x".repeat(8 * 1024);
+        for _ in 0..UNSYNCED_BATCHES {
+            store
+                .append(ID, batch(&value), 1, Durability::IntervalMs(3_600_000))
+                .await
+                .unwrap();
+        }
+        println!("DONE");
+        // Bounded, in case the parent dies without killing us.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    });
+}
+
+/// Appends made without fsync (an `interval:MS` topic) are made durable once
+/// `max_unsynced_bytes` of them are waiting, not only when the interval ends: killed with
+/// `kill -9` after 1 MiB of appends on a topic that syncs hourly, the store keeps all but the
+/// last `max_unsynced_bytes` (and a batch) of them. Without the bound it would keep none
+/// (redb holds commits made without fsync in memory until a durable one).
+#[test]
+fn kill_9_keeps_appends_without_fsync_up_to_the_unsynced_bound() {
+    if let Some(path) = std::env::var_os(UNSYNCED_CHILD_ENV) {
+        unsynced_child(Path::new(&path));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.redb");
+    let mut proc = spawn_child(
+        "kill_9_keeps_appends_without_fsync_up_to_the_unsynced_bound",
+        UNSYNCED_CHILD_ENV,
+        &path,
+    );
+    let stdout = BufReader::new(proc.stdout.take().unwrap());
+    let done = stdout.lines().any(|l| l.is_ok_and(|l| l.ends_with("DONE")));
+    proc.kill().unwrap(); // SIGKILL
+    proc.wait().unwrap();
+    assert!(done, "the child stopped early");
+
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let kept_batches = store.partition_state(ID).map_or(0, |s| s.log_end / 2);
+    // Each batch is ~16 KiB: at most the bound's worth and one more batch are lost.
+    let lost_at_most = (UNSYNCED_BOUND / (16 * 1024)) as u64 + 1;
+    assert!(
+        kept_batches >= UNSYNCED_BATCHES - lost_at_most,
+        "kept {kept_batches} of {UNSYNCED_BATCHES} batches"
+    );
+    assert!(kept_batches <= UNSYNCED_BATCHES);
 }
