@@ -29,10 +29,11 @@ run() { # name topic-create-args -- bench-args
   for _ in $(seq 50); do [ -f $D/data/tls/ca.pem ] && cli topic list >/dev/null 2>&1 && break; sleep 0.2; done
   cli topic create t "${create[@]}" >/dev/null
   echo "== $name: $*"
-  cli bench "$@" --topic t 2>/dev/null | grep -E "^[a-z-]+: .*records/s|latency"
+  cli bench "$@" ${EXTRA:-} --topic t 2>/dev/null | grep -E "^[a-z-]+: .*records/s|latency"
   pkill -f "listen 127.0.0.1:$PORT"; sleep 1
 }
 NOFSYNC=(--durability interval:1000)
+# EXTRA="--in-flight 5" adds bench flags to every workload.
 for w in ${@:-p1k p1k-fs p100 p1k-4 c1k open closed}; do
   case $w in
     p1k) run p1k --partitions 1 "${NOFSYNC[@]}" -- produce --record-size 1024 --count 500000 --partitions 1 ;;

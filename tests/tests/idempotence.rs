@@ -56,15 +56,13 @@ async fn log_end(client: &Client, topic: &str) -> u64 {
         .log_end
 }
 
-/// Produces "a" normally, then "b" while the proxy discards the broker's answers long enough
-/// for the producer's request to time out, so it resends "b". Returns the offset the producer
-/// reported for "b", how long delivering it took, and the log.
-async fn lose_an_answer(
+/// Creates `topic` (one partition) and a proxy in front of `broker`; a client through the
+/// proxy that gives up on an answer after 1 s.
+async fn client_through(
     broker: &BrokerProcess,
     direct: &Client,
     topic: &str,
-    idempotence: bool,
-) -> (u64, Duration, Vec<(u64, String)>) {
+) -> (UdpProxy, Client) {
     direct
         .admin()
         .create_topic(topic, 1, TopicConfig::default())
@@ -76,7 +74,12 @@ async fn lose_an_answer(
         ..ClientConfig::new(proxy.addr.to_string(), TlsConfig::CaFile(broker.ca_path()))
     };
     let client = broker.client_with(config).await;
-    let producer = client.producer(ProducerConfig {
+    (proxy, client)
+}
+
+/// A producer that times out an attempt after 1 s and retries 100 ms later, for a minute.
+fn retrying(idempotence: bool) -> ProducerConfig {
+    ProducerConfig {
         idempotence,
         acks: Acks::All,
         request_timeout_ms: 1_000,
@@ -84,7 +87,20 @@ async fn lose_an_answer(
         linger: Duration::ZERO,
         delivery_timeout: LIMIT,
         ..ProducerConfig::default()
-    });
+    }
+}
+
+/// Produces "a" normally, then "b" while the proxy discards the broker's answers long enough
+/// for the producer's request to time out, so it resends "b". Returns the offset the producer
+/// reported for "b", how long delivering it took, and the log.
+async fn lose_an_answer(
+    broker: &BrokerProcess,
+    direct: &Client,
+    topic: &str,
+    idempotence: bool,
+) -> (u64, Duration, Vec<(u64, String)>) {
+    let (proxy, client) = client_through(broker, direct, topic).await;
+    let producer = client.producer(retrying(idempotence));
     let a = tokio::time::timeout(
         LIMIT,
         producer.send_and_wait(ProducerRecord::new(topic, "a").with_partition(0)),
@@ -264,4 +280,77 @@ async fn gaps_are_refused_and_old_batches_are_recognised_after_kill9() {
     let log = log_of(&client, "seq").await;
     let offsets: Vec<u64> = log.iter().map(|(o, _)| *o).collect();
     assert_eq!(offsets, (0..8).collect::<Vec<_>>());
+}
+
+/// Issue 11: five batches in flight per partition (the default) under lost answers. A producer
+/// sends 4,000 records to one partition in small batches, five of them outstanding at a
+/// time, through a proxy that twice discards every answer of the broker for 7.5 s: the broker
+/// stores the batches, the producer hears nothing, times out and resends all that were in
+/// flight. Every record is acknowledged at the offset it holds, and the log holds each record
+/// once, in the order sent. The control without idempotence shows the fault made the
+/// producer resend (the log then holds copies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_batches_in_flight_keep_order_and_are_stored_once_across_lost_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let direct = broker.client().await;
+    let sent = 4_000u32;
+    for (topic, idempotence) in [("five", true), ("five-plain", false)] {
+        let (proxy, client) = client_through(&broker, &direct, topic).await;
+        let producer = client.producer(ProducerConfig {
+            linger: Duration::from_millis(1),
+            // ~20 records a batch: many batches, five in flight.
+            max_batch_bytes: 512,
+            max_in_flight_per_partition: 5,
+            ..retrying(idempotence)
+        });
+        assert_eq!(ProducerConfig::default().max_in_flight_per_partition, 5);
+        let sender = {
+            let producer = producer.clone();
+            let topic = topic.to_owned();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                for i in 0..sent {
+                    let record = ProducerRecord::new(&topic, format!("r{i:05}")).with_partition(0);
+                    pending.push(producer.send(record).await.unwrap());
+                    if i % 50 == 49 {
+                        // Spread over the faults below.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                let mut offsets = Vec::new();
+                for p in pending {
+                    offsets.push(tokio::time::timeout(LIMIT, p).await.unwrap());
+                }
+                offsets
+            })
+        };
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            proxy.drop_to_clients(true);
+            tokio::time::sleep(Duration::from_millis(7_500)).await;
+            proxy.drop_to_clients(false);
+        }
+        let acks = tokio::time::timeout(LIMIT, sender).await.unwrap().unwrap();
+        assert!(proxy.dropped() > 0, "the proxy discarded nothing");
+        let log = log_of(&direct, topic).await;
+        let values: Vec<&str> = log.iter().map(|(_, v)| v.as_str()).collect();
+        if !idempotence {
+            assert!(
+                log.len() > sent as usize,
+                "control: no batch was stored twice ({} records), so nothing was resent",
+                log.len()
+            );
+            continue;
+        }
+        let expected: Vec<String> = (0..sent).map(|i| format!("r{i:05}")).collect();
+        assert_eq!(values, expected, "each record once, in the order sent");
+        for (i, ack) in acks.into_iter().enumerate() {
+            let ack = ack.unwrap_or_else(|e| panic!("record {i} failed: {e}"));
+            assert_eq!(
+                ack.offset, i as u64,
+                "record {i} acknowledged at another offset"
+            );
+        }
+    }
 }

@@ -58,12 +58,12 @@ pub struct ProducerConfig {
     /// A batch is sent once it reaches this many bytes, before compression (default 1 MiB).
     /// A single larger record still goes, alone in its batch.
     pub max_batch_bytes: usize,
-    /// Batches of one partition in flight at once (default 1, which keeps order across
-    /// retries). Without idempotence, more can reorder a partition's records when a retry
-    /// happens. With idempotence it is capped at 5 (the batches the broker remembers per
-    /// producer) and nothing is reordered or duplicated: when one batch fails in transit, the
-    /// ones sent behind it that the broker refuses as out of sequence wait for its retry and
-    /// go again after it.
+    /// Batches of one partition in flight at once (default 5, as Kafka's
+    /// `max.in.flight.requests.per.connection`). With idempotence it is capped at 5 (the
+    /// batches the broker remembers per producer) and nothing is reordered or duplicated:
+    /// when one batch fails in transit, the ones sent behind it that the broker refuses as out
+    /// of sequence wait for its retry and go again after it. Without idempotence, more than 1
+    /// can reorder a partition's records when a retry happens: set 1 to keep order then.
     pub max_in_flight_per_partition: usize,
     /// Stamp batches with a producer id and sequence numbers so that retries are never stored
     /// twice (default true). Ignored (off) under [`Acks::None`].
@@ -92,7 +92,7 @@ impl Default for ProducerConfig {
             compression: Compression::None,
             linger: Duration::from_millis(5),
             max_batch_bytes: 1024 * 1024,
-            max_in_flight_per_partition: 1,
+            max_in_flight_per_partition: 5,
             idempotence: true,
             retries: 10,
             retry_backoff: Duration::from_millis(100),
