@@ -29,7 +29,14 @@ run() { # name topic-create-args -- bench-args
   for _ in $(seq 50); do [ -f $D/data/tls/ca.pem ] && cli topic list >/dev/null 2>&1 && break; sleep 0.2; done
   cli topic create t "${create[@]}" >/dev/null
   echo "== $name: $*"
-  cli bench "$@" ${EXTRA:-} --topic t 2>/dev/null | grep -E "^[a-z-]+: .*records/s|latency"
+  local bp b0 b1
+  bp=$(pgrep -f "listen 127.0.0.1:$PORT" | head -1)
+  b0=$(awk '{print $14+$15}' /proc/$bp/stat)
+  /usr/bin/time -o $D/client.time -f "%U %S" $S --broker 127.0.0.1:$PORT --tls-ca $D/data/tls/ca.pem \
+    bench "$@" ${EXTRA:-} --topic t 2>/dev/null | grep -E "^[a-z-]+: .*records/s|latency"
+  b1=$(awk '{print $14+$15}' /proc/$bp/stat)
+  # CPU seconds (user + system) of the bench client and of the broker, for the whole run.
+  echo "cpu: client $(awk '{print $1+$2}' $D/client.time) s, broker $(echo "scale=2; ($b1-$b0)/100" | bc) s"
   pkill -f "listen 127.0.0.1:$PORT"; sleep 1
 }
 NOFSYNC=(--durability interval:1000)

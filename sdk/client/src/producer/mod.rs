@@ -331,7 +331,8 @@ impl Producer {
     /// blocks for metadata up to `max.block.ms`.
     async fn topic_info(&self, topic: &str) -> Result<(u32, bool), ClientError> {
         let shared = &self.shared;
-        let deadline = Instant::now() + shared.config.delivery_timeout;
+        // Set at the first failure: the lookup of a known topic reads no clock.
+        let mut deadline = None;
         let mut pause = shared.config.retry_backoff;
         let route = loop {
             match shared
@@ -340,7 +341,13 @@ impl Producer {
                 .await
             {
                 Ok(route) => break route,
-                Err(e) if e.is_retriable() && Instant::now() + pause < deadline => {
+                Err(e)
+                    if e.is_retriable()
+                        && Instant::now() + pause
+                            < *deadline.get_or_insert_with(|| {
+                                Instant::now() + shared.config.delivery_timeout
+                            }) =>
+                {
                     debug!(topic, cause = %e, "topic lookup failed; retrying");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(shared.config.retry_backoff * 10);
@@ -379,6 +386,9 @@ type Waiter = oneshot::Sender<Delivery>;
 /// Most batches per partition an idempotent producer has in flight: what the broker remembers
 /// per producer and partition to recognise retries.
 const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
+
+/// Most commands (records, mostly) or attempts the driver takes in one go.
+const MAX_DRAIN: usize = 256;
 
 /// The key of the bootstrap broker's lanes (no node has this id).
 const HOME: u32 = u32::MAX;
@@ -472,10 +482,34 @@ impl Driver {
             let wakeup = self.accumulator.next_wakeup(now, flushing);
             tokio::select! {
                 cmd = commands.recv(), if !closing => match cmd {
-                    Some(cmd) => self.handle_command(cmd),
+                    Some(cmd) => {
+                        let now = Instant::now();
+                        self.handle_command(cmd, now);
+                        // Take what else is queued before going round the loop again: its
+                        // bookkeeping (ready batches, timers) then runs once per burst of
+                        // records, not once per record.
+                        for _ in 1..MAX_DRAIN {
+                            match commands.try_recv() {
+                                Ok(cmd) => self.handle_command(cmd, now),
+                                Err(mpsc::error::TryRecvError::Empty) => break,
+                                Err(mpsc::error::TryRecvError::Disconnected) => {
+                                    closing = true;
+                                    break;
+                                }
+                            }
+                        }
+                    }
                     None => closing = true,
                 },
-                Some(attempt) = self.attempts_rx.recv() => self.handle_attempt(attempt),
+                Some(attempt) = self.attempts_rx.recv() => {
+                    self.handle_attempt(attempt);
+                    for _ in 1..MAX_DRAIN {
+                        match self.attempts_rx.try_recv() {
+                            Ok(attempt) => self.handle_attempt(attempt),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 init = async { self.init.as_mut().expect("guarded").await }, if self.init.is_some() => {
                     self.init = None;
                     self.handle_init(init.unwrap_or(Err(ClientError::Closed)));
@@ -540,7 +574,8 @@ impl Driver {
         }
     }
 
-    fn handle_command(&mut self, cmd: Command) {
+    /// Takes one command; `now` is when the burst it came in was received.
+    fn handle_command(&mut self, cmd: Command, now: Instant) {
         match cmd {
             Command::Append {
                 topic,
@@ -551,13 +586,7 @@ impl Driver {
                 waiter,
             } => {
                 self.accumulator.append(
-                    &topic,
-                    partition,
-                    partitions,
-                    &record,
-                    reserved,
-                    waiter,
-                    Instant::now(),
+                    &topic, partition, partitions, &record, reserved, waiter, now,
                 );
             }
             Command::Flush(reply) => self.flushes.push(FlushWaiter {
