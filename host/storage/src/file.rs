@@ -79,8 +79,9 @@ impl StoreFile for PathFile {
 pub(crate) trait Reopen: Send + Sync {
     fn location(&self) -> String;
     fn probe(&self) -> io::Result<()>;
-    /// Opens redb over a fresh backend.
-    fn open_database(&self, options: &StoreOptions) -> Result<Database, StorageError>;
+    /// Opens redb over a fresh backend; whether redb had to walk the whole file to repair it
+    /// (a crash with no allocator state saved: see `StoreOptions::quick_repair`).
+    fn open_database(&self, options: &StoreOptions) -> Result<(Database, bool), StorageError>;
 }
 
 impl<F: StoreFile> Reopen for F {
@@ -92,10 +93,22 @@ impl<F: StoreFile> Reopen for F {
         StoreFile::probe(self)
     }
 
-    fn open_database(&self, options: &StoreOptions) -> Result<Database, StorageError> {
+    fn open_database(&self, options: &StoreOptions) -> Result<(Database, bool), StorageError> {
         let backend = self.open().map_err(redb::Error::Io)?;
-        Ok(redb::Builder::new()
+        let repaired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, location) = (repaired.clone(), self.location());
+        let db = redb::Builder::new()
             .set_cache_size(options.cache_bytes)
-            .create_with_backend(backend)?)
+            .set_repair_callback(move |_| {
+                if !flag.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        location,
+                        "the store was not closed cleanly and its last commit saved no \
+                         allocator state: reading the whole file to repair it"
+                    );
+                }
+            })
+            .create_with_backend(backend)?;
+        Ok((db, repaired.load(std::sync::atomic::Ordering::Relaxed)))
     }
 }
