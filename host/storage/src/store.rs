@@ -652,9 +652,12 @@ impl Store {
         if offset < log_start || offset > log_end {
             return Err(StorageError::OffsetOutOfRange { log_start, log_end });
         }
-        let mut out = BytesMut::new();
+        // The batches' rows are gathered first and copied once into a buffer of the exact
+        // size: growing the buffer as they come copied most bytes again at each doubling.
+        let mut rows = Vec::new();
+        let mut total = 0usize;
+        let batches = txn.open_table(BATCHES)?;
         if offset < log_end {
-            let batches = txn.open_table(BATCHES)?;
             let key = |base| (id.topic_id, id.partition, base);
             let first = batches
                 .range(key(log_start)..=key(offset))?
@@ -673,7 +676,7 @@ impl Store {
                 let (k, v) = row?;
                 let base = k.value().2;
                 let bytes = v.value();
-                if !out.is_empty() && out.len() + bytes.len() > max_bytes as usize {
+                if total > 0 && total + bytes.len() > max_bytes as usize {
                     break;
                 }
                 let header = check_stored_batch(id, base, bytes)?;
@@ -694,8 +697,13 @@ impl Store {
                     });
                 }
                 expected = header.next_offset();
-                out.extend_from_slice(bytes);
+                total += bytes.len();
+                rows.push(v);
             }
+        }
+        let mut out = BytesMut::with_capacity(total);
+        for v in &rows {
+            out.extend_from_slice(v.value());
         }
         Ok(ReadBatches {
             bytes: out.freeze(),
