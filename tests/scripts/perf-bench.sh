@@ -13,6 +13,8 @@
 #   c1k     consume 500,000 x 1 KiB (filled untimed first), no fsync
 #   open    1 KiB, 1 producer, open loop at RATE records/s (default 100000), no fsync
 #   open-fs the same with fsync per group commit
+#   omb     the OpenMessaging Benchmark's shape: 1 KiB, 100 partitions, 4 producers and
+#           4 consumers at once (e2e: latency is send -> received), no fsync
 #   closed  1 KiB, 1 producer, closed loop of 1 batch of 1,000 records, no fsync
 set -u
 S=${SLUICE:-target/release/sluice}
@@ -51,6 +53,7 @@ for w in ${@:-p1k p1k-fs p100 p1k-4 c1k open closed}; do
     open) run open --partitions 1 "${NOFSYNC[@]}" -- produce --record-size 1024 --count $((RATE * 5)) --partitions 1 --rate $RATE ;;
     open-fs) run open-fs --partitions 1 -- produce --record-size 1024 --count $((RATE * 5)) --partitions 1 --rate $RATE ;;
     open5) run open5 --partitions 1 "${NOFSYNC[@]}" -- produce --record-size 1024 --count $((RATE * 5)) --partitions 1 --rate $RATE --in-flight 5 ;;
+    omb) run omb --partitions 100 "${NOFSYNC[@]}" -- e2e --record-size 1024 --count 800000 --partitions 100 --producers 4 --consumers 4 ;;
     closed) run closed --partitions 1 "${NOFSYNC[@]}" -- produce --record-size 1024 --count 500000 --partitions 1 --in-flight 1 --batch-records 1000 ;;
     *) echo "unknown workload $w"; exit 2 ;;
   esac

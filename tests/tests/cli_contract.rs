@@ -235,22 +235,17 @@ fn cli_contract_end_to_end() {
 fn bench_runs_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    const SMALL: [&str; 6] = [
+        "--count",
+        "3000",
+        "--record-size",
+        "100",
+        "--partitions",
+        "2",
+    ];
     for mode in ["produce", "consume", "e2e"] {
-        let out = broker.run_ok_in(
-            &[
-                "bench",
-                mode,
-                "--count",
-                "3000",
-                "--record-size",
-                "100",
-                "--partitions",
-                "2",
-                "--producers",
-                "2",
-            ],
-            b"",
-        );
+        let args = [&["bench", mode][..], &SMALL, &["--producers", "2"]].concat();
+        let out = broker.run_ok_in(&args, b"");
         assert!(
             out.contains("3000 records in") && out.contains("records/s") && out.contains("MB/s"),
             "{mode}: {out}"
@@ -262,6 +257,22 @@ fn bench_runs_and_reports() {
             );
         }
     }
+    // The other pacings, and consumers sharing the partitions: every record counted once.
+    for extra in [
+        &["produce", "--rate", "20000"][..],
+        &["produce", "--in-flight", "1", "--batch-records", "100"][..],
+        &["e2e", "--consumers", "2"][..],
+        &["consume", "--consumers", "3"][..],
+    ] {
+        let args = [&["bench"][..], extra, &SMALL].concat();
+        let out = broker.run_ok_in(&args, b"");
+        assert!(out.contains("3000 records in"), "{extra:?}: {out}");
+    }
+    broker.run_fails_in(
+        &["bench", "produce", "--rate", "100", "--batch-records", "10"],
+        b"",
+        "do not go together",
+    );
     let out = broker.run_ok(&["bench", "metadata", "--count", "40", "--producers", "4"]);
     assert!(
         out.contains("topic creates: 40 in") && out.contains("topic deletes: 40 in"),

@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// Concurrent producers, each with its own connection.
     #[arg(long, default_value_t = 1)]
     pub producers: u32,
+    /// Consumers (consume, e2e), each with its own connection and its share of the
+    /// partitions.
+    #[arg(long, default_value_t = 1)]
+    pub consumers: u32,
     #[arg(long, default_value = "all", value_parser = |s: &str| s.parse::<Acks>())]
     pub acks: Acks,
     #[arg(long, default_value = "none", value_parser = |s: &str| s.parse::<Compression>())]
@@ -171,25 +175,18 @@ pub async fn run(cli: &Cli, args: &BenchArgs) -> Result<std::process::ExitCode> 
         BenchMode::Consume => {
             let start = list_latest(&admin_client, &args.topic).await?;
             produce(cli, args, false).await?;
-            let report = consume(&admin_client, args, start, None).await?;
+            let report = consume(cli, args, start, None).await?;
             report.print("consume");
         }
         BenchMode::E2e => {
             let start = list_latest(&admin_client, &args.topic).await?;
             let epoch = Instant::now();
-            let consumer_client = crate::cli::connect(cli).await?;
-            let args_c = BenchArgs {
-                mode: args.mode,
-                topic: args.topic.clone(),
-                plugin: args.plugin.clone(),
-                ..*args
-            };
-            let consumer = tokio::spawn(async move {
-                consume(&consumer_client, &args_c, start, Some(epoch)).await
-            });
-            produce_with_epoch(cli, args, false, epoch).await?;
-            let report = consumer.await.context("consumer task")??;
-            report.print("end-to-end");
+            let (producing, consuming) = tokio::join!(
+                produce_with_epoch(cli, args, false, epoch),
+                consume(cli, args, start, Some(epoch))
+            );
+            producing?;
+            consuming?.print("end-to-end");
         }
         BenchMode::Rebalance => crate::bench_groups::rebalance(cli, args).await?,
         BenchMode::Commit => crate::bench_groups::commits(cli, args).await?,
@@ -349,59 +346,115 @@ async fn produce_with_epoch(
     })
 }
 
+/// Reads `args.count` records from `start_at` (a start offset per partition) with
+/// `args.consumers` consumers, each on its own connection and with its share of the
+/// partitions; with `epoch`, latency from the send time stamped in each record.
 async fn consume(
-    client: &Client,
+    cli: &Cli,
     args: &BenchArgs,
     start_at: Vec<u64>,
     epoch: Option<Instant>,
 ) -> Result<Report> {
-    let mut consumer = client.consumer(ConsumerConfig::default());
-    let partitions: Vec<u32> = (0..start_at.len() as u32).collect();
-    consumer.assign(&args.topic, &partitions).await?;
-    for (p, &o) in start_at.iter().enumerate() {
-        consumer
-            .seek(&args.topic, p as u32, SeekTo::Offset(o))
-            .await?;
-    }
     let done = Arc::new(AtomicU64::new(0));
     let ticker = progress("consume", done.clone(), args.count);
-    let mut hist = histogram();
-    let (mut n, mut bytes) = (0u64, 0u64);
-    let mut start = None;
+    let consumers = args.consumers.max(1) as usize;
+    let mut tasks = Vec::new();
+    for k in 0..consumers {
+        let mine: Vec<(u32, u64)> = start_at
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| p % consumers == k)
+            .map(|(p, &o)| (p as u32, o))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let client = crate::cli::connect(cli).await?;
+        let (topic, count, done) = (args.topic.clone(), args.count, done.clone());
+        tasks.push(tokio::spawn(async move {
+            consume_share(&client, &topic, mine, count, done, epoch).await
+        }));
+    }
+    let (mut hist, mut bytes, mut first) = (histogram(), 0u64, None::<Instant>);
+    for t in tasks {
+        let share = t.await.context("consumer task")??;
+        hist.add(share.latency_us).expect("same histogram bounds");
+        bytes += share.bytes;
+        first = match (first, share.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    ticker.abort();
+    Ok(Report {
+        records: done.load(Ordering::Relaxed),
+        bytes,
+        elapsed: first.map_or(Duration::ZERO, |s| s.elapsed()),
+        latency_us: epoch.map(|_| hist),
+    })
+}
+
+/// What one consumer of [`consume`] read.
+struct Share {
+    latency_us: Histogram<u64>,
+    bytes: u64,
+    /// When its first records arrived.
+    first: Option<Instant>,
+}
+
+/// One consumer's part: its partitions from their start offsets, until all consumers together
+/// (`done`) have read `count` records.
+async fn consume_share(
+    client: &Client,
+    topic: &str,
+    partitions: Vec<(u32, u64)>,
+    count: u64,
+    done: Arc<AtomicU64>,
+    epoch: Option<Instant>,
+) -> Result<Share> {
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    let ids: Vec<u32> = partitions.iter().map(|(p, _)| *p).collect();
+    consumer.assign(topic, &ids).await?;
+    for (p, o) in &partitions {
+        consumer.seek(topic, *p, SeekTo::Offset(*o)).await?;
+    }
+    let mut share = Share {
+        latency_us: histogram(),
+        bytes: 0,
+        first: None,
+    };
     let mut last_progress = Instant::now();
-    while n < args.count {
-        let records = consumer.poll().await?;
+    while done.load(Ordering::Relaxed) < count {
+        // Bounded, so a consumer whose partitions are drained notices the others finished.
+        let records = match tokio::time::timeout(Duration::from_millis(200), consumer.poll()).await
+        {
+            Ok(r) => r?,
+            Err(_) => Vec::new(),
+        };
         if records.is_empty() {
             if last_progress.elapsed() > Duration::from_secs(30) {
                 bail!(
-                    "consumer saw no records for 30 s after {n} of {}",
-                    args.count
+                    "consumer saw no records for 30 s after {} of {count}",
+                    done.load(Ordering::Relaxed)
                 );
             }
             continue;
         }
         last_progress = Instant::now();
-        start.get_or_insert_with(Instant::now);
+        share.first.get_or_insert_with(Instant::now);
         for r in &records {
             let v = r.value.as_deref().unwrap_or_default();
-            bytes += v.len() as u64;
+            share.bytes += v.len() as u64;
             if let (Some(epoch), Some(stamp)) = (epoch, v.get(..8)) {
                 let sent = u64::from_le_bytes(stamp.try_into().expect("8 bytes"));
-                hist.saturating_record(
+                share.latency_us.saturating_record(
                     (epoch.elapsed().as_micros() as u64)
                         .saturating_sub(sent)
                         .max(1),
                 );
             }
         }
-        n += records.len() as u64;
-        done.store(n, Ordering::Relaxed);
+        done.fetch_add(records.len() as u64, Ordering::Relaxed);
     }
-    ticker.abort();
-    Ok(Report {
-        records: n,
-        bytes,
-        elapsed: start.map_or(Duration::ZERO, |s| s.elapsed()),
-        latency_us: epoch.map(|_| hist),
-    })
+    Ok(share)
 }
