@@ -801,36 +801,7 @@ fn the_http_source_pages_through_a_feed_by_its_cursor() {
         ),
     );
     create_connector(&broker, "feed-in", "poll", &config);
-    let read = |n: usize| {
-        broker.run_ok(&[
-            "consume",
-            "feed",
-            "--from-beginning",
-            "-n",
-            &n.to_string(),
-            "--timeout-ms",
-            "30000",
-        ])
-    };
-    let expected: String = (0..10).map(|i| format!("item-{i}\n")).collect();
-    assert_eq!(read(10), expected);
-    items
-        .lock()
-        .unwrap()
-        .extend((10..13).map(|i| format!("item-{i}")));
-    let expected: String = (0..13).map(|i| format!("item-{i}\n")).collect();
-    assert_eq!(read(13), expected);
-    std::thread::sleep(Duration::from_secs(1));
-    // Killed with kill -9 and restarted: the source goes on from its checkpoint (the same page,
-    // the lines already taken skipped) — nothing twice, nothing missed.
-    let mut broker = broker;
-    broker.kill9();
-    items
-        .lock()
-        .unwrap()
-        .extend((13..20).map(|i| format!("item-{i}")));
-    broker.restart();
-    let expected: String = (0..20).map(|i| format!("item-{i}\n")).collect();
+    // The first `n` records of `feed`, waiting for them.
     let read = |broker: &BrokerProcess, n: usize| {
         broker.run_ok(&[
             "consume",
@@ -842,6 +813,25 @@ fn the_http_source_pages_through_a_feed_by_its_cursor() {
             "30000",
         ])
     };
+    let expected: String = (0..10).map(|i| format!("item-{i}\n")).collect();
+    assert_eq!(read(&broker, 10), expected);
+    items
+        .lock()
+        .unwrap()
+        .extend((10..13).map(|i| format!("item-{i}")));
+    let expected: String = (0..13).map(|i| format!("item-{i}\n")).collect();
+    assert_eq!(read(&broker, 13), expected);
+    std::thread::sleep(Duration::from_secs(1));
+    // Killed with kill -9 and restarted: the source goes on from its checkpoint (the same page,
+    // the lines already taken skipped) — nothing twice, nothing missed.
+    let mut broker = broker;
+    broker.kill9();
+    items
+        .lock()
+        .unwrap()
+        .extend((13..20).map(|i| format!("item-{i}")));
+    broker.restart();
+    let expected: String = (0..20).map(|i| format!("item-{i}\n")).collect();
     assert_eq!(read(&broker, 20), expected);
     std::thread::sleep(Duration::from_secs(1));
     let all = broker.run_ok(&[

@@ -1160,8 +1160,7 @@ impl Writer {
                 self.producers = producers;
                 // Whatever was committed without fsync and not yet synced is what the file
                 // says now; there is nothing left to sync.
-                self.sync_deadline = None;
-                self.unsynced_bytes = 0;
+                self.nothing_unsynced();
                 lock(&self.shared.failure).take();
                 info!(
                     location = self.shared.location,
@@ -1188,6 +1187,13 @@ impl Writer {
         Ok(())
     }
 
+    /// After a durable commit (or a reopen, which reads what the file holds): nothing committed
+    /// without fsync waits to be made durable.
+    fn nothing_unsynced(&mut self) {
+        self.sync_deadline = None;
+        self.unsynced_bytes = 0;
+    }
+
     /// Makes every earlier non-durable commit durable, with an empty durable commit.
     fn sync(&mut self) {
         self.sync_deadline = None;
@@ -1203,7 +1209,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
-                self.unsynced_bytes = 0;
+                self.nothing_unsynced();
                 trace!("interval sync committed");
             }
             Err(err) => {
@@ -1282,8 +1288,7 @@ impl Writer {
             Ok(Ok(restored)) => {
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
                 // A durable commit makes every earlier one durable.
-                self.sync_deadline = None;
-                self.unsynced_bytes = 0;
+                self.nothing_unsynced();
                 *memory = restored.log;
                 drop(memory);
                 if restored.producers.is_empty() {
@@ -1394,8 +1399,7 @@ impl Writer {
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
                 self.publish(&group);
                 if group.durable {
-                    self.sync_deadline = None;
-                    self.unsynced_bytes = 0;
+                    self.nothing_unsynced();
                 } else if let Some(interval) = group.interval {
                     self.unsynced_bytes += group.bytes;
                     let due = started + interval.min(MAX_SYNC_INTERVAL);
