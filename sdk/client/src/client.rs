@@ -112,6 +112,7 @@ struct Routes {
 /// A topic's partitions and their leaders, as one metadata answer gave them.
 #[derive(Debug)]
 pub(crate) struct TopicRoute {
+    pub(crate) name: Arc<str>,
     pub(crate) partitions: Vec<PartitionRoute>,
     /// Whether a partitioner plugin places records the producer did not place itself.
     pub(crate) partitioner: bool,
@@ -466,6 +467,7 @@ impl Client {
             }
             for t in &meta.topics {
                 let route = TopicRoute {
+                    name: Arc::from(t.name.as_str()),
                     partitions: t
                         .partitions
                         .iter()

@@ -367,7 +367,7 @@ async fn produces_on_few_streams_and_consumes_in_order() {
     let mut by_partition: HashMap<u32, Vec<(u64, u32)>> = HashMap::new();
     for (i, d) in deliveries {
         let meta = timeout(d).await.unwrap();
-        assert_eq!(meta.topic, TOPIC);
+        assert_eq!(&*meta.topic, TOPIC);
         if i % 2 == 0 {
             let key = format!("key-{}", i % 10);
             assert_eq!(

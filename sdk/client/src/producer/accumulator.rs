@@ -2,8 +2,9 @@
 //!
 //! No I/O and no clock of its own: the driver passes `now` in, takes ready batches out with
 //! [`Accumulator::poll_ready`], and reports back with [`Accumulator::handle_done`] or
-//! [`Accumulator::handle_retry`]. `W` is whatever the driver uses to tell a record's sender the
-//! outcome (a oneshot sender there, a plain number in the tests).
+//! [`Accumulator::handle_retry`]. `W` is what the driver keeps per batch to tell the records'
+//! senders the outcome ([`BatchWaiter`]: a completion shared by the batch's delivery futures
+//! there, nothing in the tests); each appended record gets a ticket from its batch's `W`.
 //!
 //! Rules:
 //! - A partition has at most one open batch. It is sealed when the next record would push it
@@ -14,7 +15,9 @@
 //!   of that partition until it is resent, which keeps per-partition order.
 //! - Keyless records without a partition stick to one partition per topic until its batch is
 //!   sealed, then move to the next (round robin): big batches, yet an even spread over time.
-//! - A batch is encoded when it is first sent, not when it is sealed. Under idempotence that is
+//! - A batch is encoded when it is first sent, not when it is sealed (stamped by
+//!   [`Accumulator::poll_ready`], encoded by [`SealedBatch::encode`], outside any lock the
+//!   driver holds around the accumulator). Under idempotence that is
 //!   when it gets its producer id, epoch and base sequence (the partition's next sequence, which
 //!   then moves on by its record count): sequences follow send order, and a batch that never
 //!   left can still take a new producer id. Retries resend the encoded bytes unchanged, which
@@ -65,28 +68,56 @@ pub(crate) struct TopicPartition {
     pub partition: u32,
 }
 
+/// What the driver keeps per batch to tell the senders of its records the outcome.
+pub(crate) trait BatchWaiter: Default {
+    /// What a record's sender gets back from [`Accumulator::append`].
+    type Ticket;
+    /// The ticket of the record at `index` in the batch.
+    fn ticket(&self, index: usize) -> Self::Ticket;
+}
+
+/// Where [`Accumulator::append`] put a record.
+#[derive(Debug)]
+pub(crate) struct Appended<T> {
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the driver does not need it; the tests check placement by it"
+        )
+    )]
+    pub partition: u32,
+    pub ticket: T,
+    /// A batch was opened or sealed: the driver's next wake-up or its ready batches changed.
+    pub changed: bool,
+}
+
 /// One record waiting for its batch's outcome.
 #[derive(Debug)]
-pub(crate) struct PendingRecord<W> {
+pub(crate) struct PendingRecord {
     /// Order of arrival across the whole producer; `flush` waits on it.
     pub seq: u64,
     pub timestamp: i64,
     /// Bytes of the producer's buffer this record holds until its outcome is known.
     pub reserved: usize,
-    pub waiter: W,
 }
 
 #[derive(Debug)]
 struct OpenBatch<W> {
     builder: BatchBuilder,
-    records: Vec<PendingRecord<W>>,
+    records: Vec<PendingRecord>,
+    waiter: W,
     opened: Instant,
 }
 
-/// A batch's bytes: still a builder until it is first sent, then encoded for good.
+/// A batch's bytes: a builder until it is first sent, then encoded for good.
 #[derive(Debug)]
 pub(crate) enum Payload {
+    /// Not yet given its producer id and sequence (it can still take a new producer id).
     Unencoded(BatchBuilder),
+    /// Given them (in [`SealedBatch::sequence`]) by [`Accumulator::poll_ready`]; to be encoded
+    /// with [`SealedBatch::encode`] before it is sent.
+    Stamped(BatchBuilder),
     /// Kept so a retry resends exactly the same bytes.
     Encoded(Result<Bytes, Arc<ProtoError>>),
 }
@@ -95,8 +126,10 @@ pub(crate) enum Payload {
 #[derive(Debug)]
 pub(crate) struct SealedBatch<W> {
     pub tp: TopicPartition,
-    pub records: Vec<PendingRecord<W>>,
-    /// Always [`Payload::Encoded`] in a batch that [`Accumulator::poll_ready`] handed out.
+    pub records: Vec<PendingRecord>,
+    pub waiter: W,
+    /// [`Payload::Stamped`] or [`Payload::Encoded`] in a batch that
+    /// [`Accumulator::poll_ready`] handed out.
     pub payload: Payload,
     /// The identity and base sequence stamped on it; `None` when not idempotent.
     pub sequence: Option<(ProducerIdentity, i32)>,
@@ -115,13 +148,32 @@ impl<W> SealedBatch<W> {
         self.records.first().map_or(u64::MAX, |r| r.seq)
     }
 
-    /// The encoded bytes (for a batch `poll_ready` handed out).
-    pub(crate) fn encoded(&self) -> Result<Bytes, Arc<ProtoError>> {
-        match &self.payload {
-            Payload::Encoded(p) => p.clone(),
-            Payload::Unencoded(_) => Err(Arc::new(ProtoError::Malformed(
-                "batch sent before it was encoded",
-            ))),
+    /// The encoded bytes of a batch `poll_ready` handed out: encoded now with the producer id
+    /// and sequence it was stamped with if this is its first send; a retry's bytes are those
+    /// of its first send.
+    pub(crate) fn encode(&mut self) -> Result<Bytes, Arc<ProtoError>> {
+        match std::mem::replace(&mut self.payload, Payload::Encoded(Ok(Bytes::new()))) {
+            Payload::Stamped(builder) => {
+                let (producer_id, epoch, sequence) = self
+                    .sequence
+                    .map_or((-1, -1, -1), |(id, seq)| (id.producer_id, id.epoch, seq));
+                let encoded = builder
+                    .finish(producer_id, epoch, sequence)
+                    .map(Bytes::from)
+                    .map_err(Arc::new);
+                self.payload = Payload::Encoded(encoded.clone());
+                encoded
+            }
+            Payload::Encoded(encoded) => {
+                self.payload = Payload::Encoded(encoded.clone());
+                encoded
+            }
+            Payload::Unencoded(builder) => {
+                self.payload = Payload::Unencoded(builder);
+                Err(Arc::new(ProtoError::Malformed(
+                    "batch sent before it was stamped",
+                )))
+            }
         }
     }
 }
@@ -176,7 +228,7 @@ pub(crate) struct Accumulator<W> {
     producer: Option<ProducerIdentity>,
 }
 
-impl<W> Accumulator<W> {
+impl<W: BatchWaiter> Accumulator<W> {
     pub(crate) fn new(config: AccumulatorConfig) -> Self {
         let seed = std::collections::hash_map::RandomState::new().hash_one(0u8);
         Self::with_seed(config, seed)
@@ -251,11 +303,7 @@ impl<W> Accumulator<W> {
     }
 
     /// Adds a record. `partition` is the explicit or key-hashed partition, `None` for sticky;
-    /// `partitions` is the topic's current partition count. Returns the partition chosen.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "each is one plain fact about the record; a struct for them would only be unpacked here"
-    )]
+    /// `partitions` is the topic's current partition count.
     pub(crate) fn append(
         &mut self,
         topic: &Arc<str>,
@@ -263,9 +311,8 @@ impl<W> Accumulator<W> {
         partitions: u32,
         record: &Record,
         reserved: usize,
-        waiter: W,
         now: Instant,
-    ) -> u32 {
+    ) -> Appended<W::Ticket> {
         let partitions = partitions.max(1);
         let size = BatchBuilder::record_size_estimate(record);
         let mut p = match partition {
@@ -288,22 +335,29 @@ impl<W> Accumulator<W> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let queue = self.queue(topic, p);
+        let opened = queue.open.is_none();
         let open = queue.open.get_or_insert_with(|| OpenBatch {
             builder: BatchBuilder::new(compression),
             records: Vec::new(),
+            waiter: W::default(),
             opened: now,
         });
         open.builder.push(record);
+        let ticket = open.waiter.ticket(open.records.len());
         open.records.push(PendingRecord {
             seq,
             timestamp: record.timestamp,
             reserved,
-            waiter,
         });
-        if open.builder.size_bytes() >= self.config.max_batch_bytes {
+        let sealed = open.builder.size_bytes() >= self.config.max_batch_bytes;
+        if sealed {
             self.seal_open(topic, p);
         }
-        p
+        Appended {
+            partition: p,
+            ticket,
+            changed: full || opened || sealed,
+        }
     }
 
     fn queue(&mut self, topic: &Arc<str>, partition: u32) -> &mut PartitionQueue<W> {
@@ -348,6 +402,7 @@ impl<W> Accumulator<W> {
         queue.sealed.push_back(SealedBatch {
             tp,
             records: open.records,
+            waiter: open.waiter,
             payload: Payload::Unencoded(open.builder),
             sequence: None,
             created: open.opened,
@@ -386,7 +441,8 @@ impl<W> Accumulator<W> {
                 match q.sealed.front() {
                     Some(b) if b.not_before.is_none_or(|t| t <= now) => {
                         let mut b = q.sealed.pop_front().expect("front exists");
-                        // Encoded on first send; a retry keeps its bytes.
+                        // Stamped on first send (and encoded by the driver); a retry keeps
+                        // its bytes.
                         let payload =
                             std::mem::replace(&mut b.payload, Payload::Encoded(Ok(Bytes::new())));
                         b.payload = match payload {
@@ -395,23 +451,14 @@ impl<W> Accumulator<W> {
                                 // they carry no producer sequence.
                                 let sequenced = self.config.idempotent
                                     && tp.partition != sluice_proto::ROUTE_BY_PARTITIONER;
-                                let stamp = match self.producer.filter(|_| sequenced) {
-                                    Some(id) => {
-                                        let seq = q.next_sequence;
-                                        q.next_sequence = advance_sequence(seq, builder.len());
-                                        b.sequence = Some((id, seq));
-                                        (id.producer_id, id.epoch, seq)
-                                    }
-                                    None => (-1, -1, -1),
-                                };
-                                Payload::Encoded(
-                                    builder
-                                        .finish(stamp.0, stamp.1, stamp.2)
-                                        .map(Bytes::from)
-                                        .map_err(Arc::new),
-                                )
+                                if let Some(id) = self.producer.filter(|_| sequenced) {
+                                    let seq = q.next_sequence;
+                                    q.next_sequence = advance_sequence(seq, builder.len());
+                                    b.sequence = Some((id, seq));
+                                }
+                                Payload::Stamped(builder)
                             }
-                            encoded => encoded,
+                            stamped_or_encoded => stamped_or_encoded,
                         };
                         q.in_flight.insert(b.first_seq());
                         *self.in_flight_seqs.entry(b.first_seq()).or_default() += 1;
@@ -513,6 +560,13 @@ impl<W> Accumulator<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl BatchWaiter for () {
+        type Ticket = usize;
+        fn ticket(&self, index: usize) -> usize {
+            index
+        }
+    }
     use sluice_proto::batch::{decode_records, split_batches};
 
     fn config(max_batch_bytes: usize, max_in_flight: usize) -> AccumulatorConfig {
@@ -548,9 +602,9 @@ mod tests {
 
     #[test]
     fn waits_for_linger_then_sends() {
-        let mut acc = Accumulator::with_seed(config(1 << 20, 1), 0);
+        let mut acc = Accumulator::<()>::with_seed(config(1 << 20, 1), 0);
         let t0 = Instant::now();
-        acc.append(&topic(), Some(0), 4, &record("a", 1), 1, 0u32, t0);
+        acc.append(&topic(), Some(0), 4, &record("a", 1), 1, t0);
         assert!(acc.poll_ready(t0, false).is_empty());
         assert_eq!(
             acc.next_wakeup(t0, false),
@@ -560,7 +614,7 @@ mod tests {
         assert_eq!(ready.len(), 1);
         assert_eq!(ready[0].records.len(), 1);
         // A flush ignores linger.
-        acc.append(&topic(), Some(1), 4, &record("b", 1), 1, 1, t0);
+        acc.append(&topic(), Some(1), 4, &record("b", 1), 1, t0);
         assert_eq!(acc.poll_ready(t0, true).len(), 1);
     }
 
@@ -568,12 +622,12 @@ mod tests {
     fn full_batch_is_ready_at_once_and_batches_grow_while_one_is_in_flight() {
         // A one-byte record encodes to 7 bytes and is estimated at 17; with the 57-byte header,
         // a limit of 85 fits exactly two.
-        let mut acc = Accumulator::with_seed(config(85, 1), 0);
+        let mut acc = Accumulator::<()>::with_seed(config(85, 1), 0);
         let t0 = Instant::now();
         for i in 0..2 {
-            acc.append(&topic(), Some(0), 1, &record("x", i), 1, i as u32, t0);
+            acc.append(&topic(), Some(0), 1, &record("x", i), 1, t0);
         }
-        acc.append(&topic(), Some(0), 1, &record("x", 2), 1, 2, t0);
+        acc.append(&topic(), Some(0), 1, &record("x", 2), 1, t0);
         let first = acc.poll_ready(t0, false);
         assert_eq!(
             first.len(),
@@ -583,7 +637,7 @@ mod tests {
         assert_eq!(first[0].records.len(), 2);
         // In flight: the open batch keeps growing and is not sent even after linger.
         let later = t0 + Duration::from_secs(1);
-        acc.append(&topic(), Some(0), 1, &record("x", 3), 1, 3, later);
+        acc.append(&topic(), Some(0), 1, &record("x", 3), 1, later);
         assert!(acc.poll_ready(later, false).is_empty());
         assert_eq!(acc.next_wakeup(later, false), None);
         acc.handle_done(&first[0].tp, first[0].first_seq());
@@ -595,11 +649,14 @@ mod tests {
 
     #[test]
     fn sticky_partitioning_moves_on_when_a_batch_is_sealed() {
-        let mut acc = Accumulator::with_seed(config(85, 5), 7);
+        let mut acc = Accumulator::<()>::with_seed(config(85, 5), 7);
         let t0 = Instant::now();
         let mut chosen = Vec::new();
         for i in 0..8 {
-            chosen.push(acc.append(&topic(), None, 3, &record("x", i), 1, i as u32, t0));
+            chosen.push(
+                acc.append(&topic(), None, 3, &record("x", i), 1, t0)
+                    .partition,
+            );
         }
         // Two records per batch, then the next partition, round robin.
         let first = chosen[0];
@@ -607,20 +664,24 @@ mod tests {
         assert_eq!(chosen, expect);
         // Linger-sealing also moves the sticky partition on.
         let later = t0 + Duration::from_secs(1);
-        let before = acc.append(&topic(), None, 3, &record("y", 9), 1, 9, later);
+        let before = acc
+            .append(&topic(), None, 3, &record("y", 9), 1, later)
+            .partition;
         acc.poll_ready(later + Duration::from_secs(1), false);
-        let after = acc.append(&topic(), None, 3, &record("y", 10), 1, 10, later);
+        let after = acc
+            .append(&topic(), None, 3, &record("y", 10), 1, later)
+            .partition;
         assert_eq!(after, (before + 1) % 3);
     }
 
     #[test]
     fn retry_goes_first_and_blocks_later_batches_until_backoff_ends() {
-        let mut acc = Accumulator::with_seed(config(1 << 20, 1), 0);
+        let mut acc = Accumulator::<()>::with_seed(config(1 << 20, 1), 0);
         let t0 = Instant::now();
-        acc.append(&topic(), Some(0), 1, &record("a", 0), 1, 0u32, t0);
+        acc.append(&topic(), Some(0), 1, &record("a", 0), 1, t0);
         let mut sent = acc.poll_ready(t0, true);
         let batch = sent.pop().unwrap();
-        acc.append(&topic(), Some(0), 1, &record("b", 0), 1, 1, t0);
+        acc.append(&topic(), Some(0), 1, &record("b", 0), 1, t0);
         let backoff = t0 + Duration::from_millis(100);
         acc.handle_retry(batch, backoff);
         assert!(acc.poll_ready(t0, true).is_empty(), "blocked by backoff");
@@ -638,10 +699,10 @@ mod tests {
 
     #[test]
     fn retries_reported_out_of_order_are_resent_in_order() {
-        let mut acc = Accumulator::with_seed(config(1, 3), 0);
+        let mut acc = Accumulator::<()>::with_seed(config(1, 3), 0);
         let t0 = Instant::now();
-        for i in 0..3u64 {
-            acc.append(&topic(), Some(0), 1, &record("x", 0), 1, i as u32, t0);
+        for _ in 0..3u64 {
+            acc.append(&topic(), Some(0), 1, &record("x", 0), 1, t0);
         }
         let mut sent = acc.poll_ready(t0, true);
         assert_eq!(sent.len(), 3, "three one-record batches in flight");
@@ -672,7 +733,7 @@ mod tests {
     #[test]
     fn sealed_batch_decodes_to_the_records_appended() {
         for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
-            let mut acc = Accumulator::with_seed(
+            let mut acc = Accumulator::<()>::with_seed(
                 AccumulatorConfig {
                     compression,
                     ..config(1 << 20, 1)
@@ -688,11 +749,11 @@ mod tests {
                     key: "h".into(),
                     value: Some(Bytes::from_static(b"v")),
                 });
-                acc.append(&topic(), Some(0), 1, &r, 1, i as u32, t0);
+                acc.append(&topic(), Some(0), 1, &r, 1, t0);
                 sent.push(r);
             }
-            let batch = acc.poll_ready(t0, true).pop().unwrap();
-            let payload = batch.encoded().unwrap();
+            let mut batch = acc.poll_ready(t0, true).pop().unwrap();
+            let payload = batch.encode().unwrap();
             let mut stored = payload.to_vec();
             sluice_proto::batch::assign_offset(&mut stored, 100, 0);
             let batches = split_batches(Bytes::from(stored)).unwrap();
@@ -710,11 +771,11 @@ mod tests {
 
     #[test]
     fn in_flight_limit_is_per_partition() {
-        let mut acc = Accumulator::with_seed(config(1 << 20, 2), 0);
+        let mut acc = Accumulator::<()>::with_seed(config(1 << 20, 2), 0);
         let t0 = Instant::now();
-        for i in 0..3 {
-            acc.append(&topic(), Some(0), 2, &record("a", 0), 1, i, t0);
-            acc.append(&topic(), Some(1), 2, &record("a", 0), 1, 10 + i, t0);
+        for _ in 0..3 {
+            acc.append(&topic(), Some(0), 2, &record("a", 0), 1, t0);
+            acc.append(&topic(), Some(1), 2, &record("a", 0), 1, t0);
             // One record per batch.
             acc.seal_open(&topic(), 0);
             acc.seal_open(&topic(), 1);

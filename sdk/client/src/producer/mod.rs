@@ -21,13 +21,11 @@
 //! requires `acks=all` for it.
 
 mod accumulator;
+mod delivery;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -36,13 +34,15 @@ use sluice_proto::{
     Acks, Compression, ErrorCode, Header, ProduceRequest, ProduceResponse, Request, ResponseBody,
     WireError,
 };
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 
 use self::accumulator::{
     Accumulator, AccumulatorConfig, ProducerIdentity, SealedBatch, TopicPartition,
 };
-use crate::client::unexpected;
+pub use self::delivery::DeliveryFuture;
+use self::delivery::{BatchDone, Placed};
+use crate::client::{TopicRoute, unexpected};
 use crate::lane::Lane;
 use crate::{Client, ClientError};
 
@@ -157,7 +157,7 @@ impl ProducerRecord {
 /// Where a record was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordMetadata {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: u32,
     /// The record's offset; [`RecordMetadata::UNKNOWN_OFFSET`] under [`Acks::None`], where the
     /// broker does not say.
@@ -171,67 +171,81 @@ impl RecordMetadata {
     pub const UNKNOWN_OFFSET: u64 = u64::MAX;
 }
 
-type Delivery = Result<RecordMetadata, ClientError>;
-
-/// Resolves when the record's batch is acknowledged (or, under [`Acks::None`], written), or
-/// fails for good.
-#[derive(Debug)]
-pub struct DeliveryFuture {
-    rx: oneshot::Receiver<Delivery>,
-}
-
-impl Future for DeliveryFuture {
-    type Output = Delivery;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Delivery> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
-    }
-}
-
 /// Sends records to topics. Cheap to clone; clones share one background task, which keeps
 /// running until every clone is dropped and everything queued has its outcome.
 #[derive(Debug, Clone)]
 pub struct Producer {
+    handle: Arc<Handle>,
+}
+
+/// What the clones of one `Producer` share; dropping the last one closes the producer.
+#[derive(Debug)]
+struct Handle {
     shared: Arc<Shared>,
 }
 
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.core().closing = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+/// What the producer's clones and its driver share.
 #[derive(Debug)]
 struct Shared {
     client: Client,
     config: ProducerConfig,
-    commands: mpsc::UnboundedSender<Command>,
     /// Permits are bytes of buffered records; `send` waits here when the buffer is full.
     memory: Arc<Semaphore>,
+    /// `send` appends to the accumulator itself (as Kafka's producer does), so a record costs
+    /// no message to the driver and no channel of its own: its delivery future is its batch's
+    /// outcome and its place in the batch. The lock is held for the append or for one round of
+    /// the driver's bookkeeping, never across an await.
+    core: Mutex<Core>,
+    /// Tells the driver that a batch opened or was sealed, a flush was asked for, or the
+    /// producer closed.
+    wake: Notify,
 }
 
-enum Command {
-    Append {
-        topic: Arc<str>,
-        partition: Option<u32>,
-        partitions: u32,
-        record: Record,
-        reserved: usize,
-        waiter: oneshot::Sender<Delivery>,
-    },
-    Flush(oneshot::Sender<Result<(), ClientError>>),
+#[derive(Debug)]
+struct Core {
+    accumulator: Accumulator<BatchDone>,
+    flushes: Vec<FlushWaiter>,
+    /// Every `Producer` clone is gone: deliver what is held, then stop.
+    closing: bool,
+}
+
+impl Shared {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        // A panic under the lock leaves plain data behind; carry on with it.
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn memory_capacity(&self) -> usize {
+        self.config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS)
+    }
 }
 
 impl Producer {
     pub(crate) fn new(client: Client, config: ProducerConfig) -> Producer {
-        let (commands, rx) = mpsc::unbounded_channel();
         let memory = Arc::new(Semaphore::new(
             config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS),
         ));
-        let driver = Driver::new(client.clone(), config.clone(), memory.clone());
-        tokio::spawn(driver.run(rx));
-        Producer {
-            shared: Arc::new(Shared {
-                client,
-                config,
-                commands,
-                memory,
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            core: Mutex::new(Core {
+                accumulator: Accumulator::new(accumulator_config(&config)),
+                flushes: Vec::new(),
+                closing: false,
             }),
+            config,
+            memory,
+            wake: Notify::new(),
+        });
+        tokio::spawn(Driver::new(shared.clone()).run());
+        Producer {
+            handle: Arc::new(Handle { shared }),
         }
     }
 
@@ -240,25 +254,26 @@ impl Producer {
     /// Waits only to look up the topic (first use) and for buffer room (backpressure). Fails
     /// here for an unknown topic, a partition the topic does not have, or an oversized record.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
-        let shared = &self.shared;
-        let (partitions, routed) = self.topic_info(&record.topic).await?;
+        let shared = &*self.handle.shared;
+        let mut route = self.topic_info(&record.topic).await?;
         if let Some(p) = record.partition
-            && p >= partitions
+            && p as usize >= route.partitions.len()
         {
             // The cached count may be stale (partitions added): look again before refusing.
             shared.client.invalidate(&record.topic);
-            let (fresh, _) = self.topic_info(&record.topic).await?;
-            if p >= fresh {
+            route = self.topic_info(&record.topic).await?;
+            if p as usize >= route.partitions.len() {
                 return Err(ClientError::UnknownPartition {
                     topic: record.topic,
                     partition: p,
-                    partitions: fresh,
+                    partitions: route.partitions.len() as u32,
                 });
             }
         }
+        let partitions = route.partitions.len() as u32;
         // A topic with a partitioner plugin places records the caller did not place itself:
         // they go to the broker in batches addressed to ROUTE_BY_PARTITIONER.
-        let partition = if routed && record.partition.is_none() {
+        let partition = if route.partitioner && record.partition.is_none() {
             Some(sluice_proto::ROUTE_BY_PARTITIONER)
         } else {
             accumulator::choose_partition(record.partition, record.key.as_deref(), partitions)
@@ -285,20 +300,18 @@ impl Producer {
             .await
             .map_err(|_| ClientError::Closed)?
             .forget();
-        let (waiter, rx) = oneshot::channel();
-        let cmd = Command::Append {
-            topic: Arc::from(record.topic.as_str()),
+        let appended = shared.core().accumulator.append(
+            &route.name,
             partition,
             partitions,
-            record: record_bytes,
+            &record_bytes,
             reserved,
-            waiter,
-        };
-        if shared.commands.send(cmd).is_err() {
-            shared.memory.add_permits(reserved);
-            return Err(ClientError::Closed);
+            Instant::now(),
+        );
+        if appended.changed {
+            shared.wake.notify_one();
         }
-        Ok(DeliveryFuture { rx })
+        Ok(appended.ticket)
     }
 
     /// Sends and waits for the outcome.
@@ -313,24 +326,31 @@ impl Producer {
     /// those records has its outcome. Returns the first delivery error among them, if any
     /// (each record's own [`DeliveryFuture`] reports its own outcome as well).
     pub async fn flush(&self) -> Result<(), ClientError> {
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .commands
-            .send(Command::Flush(tx))
-            .map_err(|_| ClientError::Closed)?;
+        let shared = &self.handle.shared;
+        let (reply, rx) = oneshot::channel();
+        {
+            let mut core = shared.core();
+            let upto = core.accumulator.next_seq();
+            core.flushes.push(FlushWaiter {
+                upto,
+                first_error: None,
+                reply,
+            });
+        }
+        shared.wake.notify_one();
         rx.await.map_err(|_| ClientError::Closed)?
     }
 
     pub fn config(&self) -> &ProducerConfig {
-        &self.shared.config
+        &self.handle.shared.config
     }
 
-    /// The topic's partition count and whether a partitioner plugin places its records. A
+    /// The topic's route (partitions, and whether a partitioner plugin places its records). A
     /// lookup that fails retriably — the broker asked was just lost, a leader is moving — is
     /// tried again (backing off as retries do) until `delivery_timeout`, as Kafka's `send`
     /// blocks for metadata up to `max.block.ms`.
-    async fn topic_info(&self, topic: &str) -> Result<(u32, bool), ClientError> {
-        let shared = &self.shared;
+    async fn topic_info(&self, topic: &str) -> Result<Arc<TopicRoute>, ClientError> {
+        let shared = &self.handle.shared;
         // Set at the first failure: the lookup of a known topic reads no clock.
         let mut deadline = None;
         let mut pause = shared.config.retry_backoff;
@@ -358,13 +378,25 @@ impl Producer {
         if route.partitions.is_empty() {
             return Err(unknown_topic(topic));
         }
-        Ok((route.partitions.len() as u32, route.partitioner))
+        Ok(route)
     }
 }
 
-impl Shared {
-    fn memory_capacity(&self) -> usize {
-        self.config.buffer_memory.clamp(1, Semaphore::MAX_PERMITS)
+fn accumulator_config(config: &ProducerConfig) -> AccumulatorConfig {
+    let idempotent = config.idempotence && config.acks != Acks::None;
+    let max_in_flight = if idempotent {
+        config
+            .max_in_flight_per_partition
+            .clamp(1, MAX_IN_FLIGHT_IDEMPOTENT)
+    } else {
+        config.max_in_flight_per_partition.max(1)
+    };
+    AccumulatorConfig {
+        linger: config.linger,
+        max_batch_bytes: config.max_batch_bytes.max(1),
+        max_in_flight,
+        compression: config.compression,
+        idempotent,
     }
 }
 
@@ -381,13 +413,11 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-type Waiter = oneshot::Sender<Delivery>;
-
 /// Most batches per partition an idempotent producer has in flight: what the broker remembers
 /// per producer and partition to recognise retries.
 const MAX_IN_FLIGHT_IDEMPOTENT: usize = 5;
 
-/// Most commands (records, mostly) or attempts the driver takes in one go.
+/// Most answers the driver takes in one go.
 const MAX_DRAIN: usize = 256;
 
 /// The key of the bootstrap broker's lanes (no node has this id).
@@ -402,13 +432,14 @@ enum Acked {
 }
 
 struct Attempt {
-    batch: SealedBatch<Waiter>,
+    batch: SealedBatch<BatchDone>,
     result: Result<Option<Acked>, ClientError>,
     /// Whether the batch went to a broker; one that did not (no leader was known) comes back
     /// after a metadata refresh, which must not be undone by treating it as a stale route.
     sent: bool,
 }
 
+#[derive(Debug)]
 struct FlushWaiter {
     /// Records with a seq below this must settle first.
     upto: u64,
@@ -418,94 +449,69 @@ struct FlushWaiter {
 
 /// The background task.
 struct Driver {
+    shared: Arc<Shared>,
     client: Client,
     config: ProducerConfig,
-    accumulator: Accumulator<Waiter>,
     /// Per broker (by node id; [`HOME`] for the bootstrap broker), `sender_lanes` lanes.
     lanes: HashMap<u32, Vec<Option<Lane>>>,
-    memory: Arc<Semaphore>,
     attempts_tx: mpsc::UnboundedSender<Attempt>,
     attempts_rx: mpsc::UnboundedReceiver<Attempt>,
-    flushes: Vec<FlushWaiter>,
     /// The answer of the running `InitProducerId` exchange, if one runs.
     init: Option<oneshot::Receiver<Result<ProducerIdentity, ClientError>>>,
 }
 
 impl Driver {
-    fn new(client: Client, config: ProducerConfig, memory: Arc<Semaphore>) -> Driver {
-        let idempotent = config.idempotence && config.acks != Acks::None;
-        let max_in_flight = if idempotent {
-            config
-                .max_in_flight_per_partition
-                .clamp(1, MAX_IN_FLIGHT_IDEMPOTENT)
-        } else {
-            config.max_in_flight_per_partition.max(1)
-        };
-        let accumulator = Accumulator::new(AccumulatorConfig {
-            linger: config.linger,
-            max_batch_bytes: config.max_batch_bytes.max(1),
-            max_in_flight,
-            compression: config.compression,
-            idempotent,
-        });
+    fn new(shared: Arc<Shared>) -> Driver {
         let (attempts_tx, attempts_rx) = mpsc::unbounded_channel();
         Driver {
+            client: shared.client.clone(),
+            config: shared.config.clone(),
+            shared,
             lanes: HashMap::new(),
-            client,
-            config,
-            accumulator,
-            memory,
             attempts_tx,
             attempts_rx,
-            flushes: Vec::new(),
             init: None,
         }
     }
 
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        // Set once every `Producer` clone is gone: deliver what is held, then stop.
-        let mut closing = false;
+    async fn run(mut self) {
+        let shared = self.shared.clone();
         loop {
             let now = Instant::now();
-            let flushing = closing || !self.flushes.is_empty();
-            for batch in self.accumulator.poll_ready(now, flushing) {
+            let ready = {
+                let mut core = shared.core();
+                let flushing = core.closing || !core.flushes.is_empty();
+                core.accumulator.poll_ready(now, flushing)
+            };
+            // Encoded here, outside the lock `send` appends under.
+            for batch in ready {
                 self.dispatch(batch);
             }
-            self.settle_flushes();
-            if closing && self.accumulator.is_idle() {
+            let (settled, closed, wakeup) = {
+                let mut core = shared.core();
+                let settled = settle_flushes(&mut core);
+                let closed = core.closing && core.accumulator.is_idle();
+                if !closed && self.init.is_none() && core.accumulator.needs_producer() {
+                    self.init = Some(self.start_init());
+                }
+                let flushing = core.closing || !core.flushes.is_empty();
+                (settled, closed, core.accumulator.next_wakeup(now, flushing))
+            };
+            self.reply_flushes(settled);
+            if closed {
                 debug!("producer closed and drained");
                 return;
             }
-            if self.init.is_none() && self.accumulator.needs_producer() {
-                self.init = Some(self.start_init());
-            }
-            let wakeup = self.accumulator.next_wakeup(now, flushing);
             tokio::select! {
-                cmd = commands.recv(), if !closing => match cmd {
-                    Some(cmd) => {
-                        let now = Instant::now();
-                        self.handle_command(cmd, now);
-                        // Take what else is queued before going round the loop again: its
-                        // bookkeeping (ready batches, timers) then runs once per burst of
-                        // records, not once per record.
-                        for _ in 1..MAX_DRAIN {
-                            match commands.try_recv() {
-                                Ok(cmd) => self.handle_command(cmd, now),
-                                Err(mpsc::error::TryRecvError::Empty) => break,
-                                Err(mpsc::error::TryRecvError::Disconnected) => {
-                                    closing = true;
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    None => closing = true,
-                },
+                () = shared.wake.notified() => {}
                 Some(attempt) = self.attempts_rx.recv() => {
-                    self.handle_attempt(attempt);
+                    let mut core = shared.core();
+                    self.handle_attempt(&mut core, attempt);
+                    // Take what else is queued before going round the loop again: its
+                    // bookkeeping (ready batches, timers) then runs once per burst of answers.
                     for _ in 1..MAX_DRAIN {
                         match self.attempts_rx.try_recv() {
-                            Ok(attempt) => self.handle_attempt(attempt),
+                            Ok(attempt) => self.handle_attempt(&mut core, attempt),
                             Err(_) => break,
                         }
                     }
@@ -556,7 +562,7 @@ impl Driver {
                     epoch = identity.epoch,
                     "idempotent producer id obtained"
                 );
-                self.accumulator.set_producer(identity);
+                self.shared.core().accumulator.set_producer(identity);
             }
             Err(e) => {
                 // Every batch that waits for an id fails; a later record tries again.
@@ -567,33 +573,12 @@ impl Driver {
                          broker, or set idempotence = false"
                     ),
                 ));
-                for batch in self.accumulator.take_unencoded() {
-                    self.finish_failed(batch, e.clone());
+                let mut core = self.shared.core();
+                for batch in core.accumulator.take_unencoded() {
+                    release(&self.shared, &batch);
+                    finish_failed(&mut core, batch, e.clone());
                 }
             }
-        }
-    }
-
-    /// Takes one command; `now` is when the burst it came in was received.
-    fn handle_command(&mut self, cmd: Command, now: Instant) {
-        match cmd {
-            Command::Append {
-                topic,
-                partition,
-                partitions,
-                record,
-                reserved,
-                waiter,
-            } => {
-                self.accumulator.append(
-                    &topic, partition, partitions, &record, reserved, waiter, now,
-                );
-            }
-            Command::Flush(reply) => self.flushes.push(FlushWaiter {
-                upto: self.accumulator.next_seq(),
-                first_error: None,
-                reply,
-            }),
         }
     }
 
@@ -630,7 +615,7 @@ impl Driver {
 
     /// No leader to send to: ask the cluster again in the background and let the batch come
     /// back through the retry path (without counting an attempt: nothing was sent).
-    fn no_route(&mut self, batch: SealedBatch<Waiter>) {
+    fn no_route(&mut self, batch: SealedBatch<BatchDone>) {
         let client = self.client.clone();
         let attempts = self.attempts_tx.clone();
         let topic = batch.tp.topic.to_string();
@@ -654,15 +639,15 @@ impl Driver {
     }
 
     /// Puts one attempt of a batch on its lane; a task waits for the answer and reports back.
-    fn dispatch(&mut self, mut batch: SealedBatch<Waiter>) {
-        let payload = match batch.encoded() {
+    fn dispatch(&mut self, mut batch: SealedBatch<BatchDone>) {
+        let payload = match batch.encode() {
             Ok(p) => p,
             Err(e) => {
                 let e = ClientError::Protocol(sluice_proto::ProtoError::Compression(format!(
                     "could not encode the batch: {e}"
                 )));
                 // Counted in flight by `poll_ready`; its sequence, if any, is now a hole.
-                self.give_up(batch, e);
+                give_up(&self.shared, &mut self.shared.core(), batch, e);
                 return;
             }
         };
@@ -727,6 +712,7 @@ impl Driver {
 
     fn handle_attempt(
         &mut self,
+        core: &mut Core,
         Attempt {
             mut batch,
             result,
@@ -735,26 +721,20 @@ impl Driver {
     ) {
         let e = match result {
             Ok(response) => {
-                self.accumulator.handle_done(&batch.tp, batch.first_seq());
-                self.release(&batch);
-                let topic = batch.tp.topic.to_string();
-                for (i, r) in batch.records.into_iter().enumerate() {
-                    let (partition, offset) = match &response {
-                        Some(Acked::Batch(p)) => (batch.tp.partition, p.base_offset + i as u64),
-                        Some(Acked::Routed(placed)) => placed
-                            .get(i)
-                            .map_or((batch.tp.partition, RecordMetadata::UNKNOWN_OFFSET), |p| {
-                                (p.partition, p.offset)
-                            }),
-                        None => (batch.tp.partition, RecordMetadata::UNKNOWN_OFFSET),
-                    };
-                    let _ = r.waiter.send(Ok(RecordMetadata {
-                        topic: topic.clone(),
-                        partition,
-                        offset,
-                        timestamp: r.timestamp,
-                    }));
-                }
+                core.accumulator.handle_done(&batch.tp, batch.first_seq());
+                release(&self.shared, &batch);
+                let placed = match response {
+                    Some(Acked::Batch(p)) => Placed::From(p.base_offset),
+                    Some(Acked::Routed(placed)) => Placed::Routed(placed),
+                    None => Placed::Unknown,
+                };
+                let timestamps = batch.records.iter().map(|r| r.timestamp).collect();
+                batch.waiter.stored(
+                    batch.tp.topic.clone(),
+                    batch.tp.partition,
+                    placed,
+                    timestamps,
+                );
                 return;
             }
             Err(e) => e,
@@ -766,7 +746,7 @@ impl Driver {
         // transit (in flight together, the earlier one's retry not yet through): not a hole in
         // the sequence. It goes back behind that one, without counting as an attempt.
         let overtook = matches!(&e, ClientError::Broker(w) if w.code == ErrorCode::OutOfOrderSequence)
-            && self
+            && core
                 .accumulator
                 .has_earlier_unsettled(&batch.tp, batch.first_seq());
         if overtook {
@@ -784,7 +764,7 @@ impl Driver {
                     "retrying batch"
                 );
                 batch.last_error = Some(e.to_string());
-                self.accumulator
+                core.accumulator
                     .handle_retry(batch, Instant::now() + backoff);
                 return;
             }
@@ -793,27 +773,10 @@ impl Driver {
                 attempts: batch.attempts,
                 last_error: e.to_string(),
             };
-            self.give_up(batch, e);
+            give_up(&self.shared, core, batch, e);
             return;
         }
-        self.give_up(batch, e);
-    }
-
-    /// A sent batch failed for good. If it carried a sequence, its partition's sequence now
-    /// has a hole the broker would refuse, so later batches wait for a new producer id.
-    fn give_up(&mut self, batch: SealedBatch<Waiter>, e: ClientError) {
-        self.accumulator.handle_done(&batch.tp, batch.first_seq());
-        if let Some((identity, sequence)) = batch.sequence {
-            warn!(
-                topic = %batch.tp.topic,
-                partition = batch.tp.partition,
-                producer_id = identity.producer_id,
-                sequence,
-                "sequenced batch failed; obtaining a new producer id for later batches"
-            );
-            self.accumulator.reset_producer(identity);
-        }
-        self.finish_failed(batch, e);
+        give_up(&self.shared, core, batch, e);
     }
 
     /// Backoff before retry `attempts` (1-based): doubling from `retry_backoff`, at most 10×.
@@ -823,48 +786,15 @@ impl Driver {
         (base * factor).min(base * 10)
     }
 
-    /// Fails every record of a batch that has given up (already counted out of flight).
-    fn finish_failed(&mut self, batch: SealedBatch<Waiter>, e: ClientError) {
-        warn!(
-            topic = %batch.tp.topic,
-            partition = batch.tp.partition,
-            records = batch.records.len(),
-            cause = %e,
-            "batch failed"
-        );
-        self.release(&batch);
-        let first = batch.first_seq();
-        for f in &mut self.flushes {
-            if first < f.upto && f.first_error.is_none() {
-                f.first_error = Some(e.clone());
-            }
-        }
-        for r in batch.records {
-            let _ = r.waiter.send(Err(e.clone()));
-        }
-    }
-
-    fn release(&self, batch: &SealedBatch<Waiter>) {
-        let bytes: usize = batch.records.iter().map(|r| r.reserved).sum();
-        self.memory.add_permits(bytes);
-    }
-
-    fn settle_flushes(&mut self) {
-        if self.flushes.is_empty() {
-            return;
-        }
-        let oldest = self.accumulator.oldest_seq();
-        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
-            .into_iter()
-            .partition(|f| oldest.is_none_or(|o| o >= f.upto));
-        self.flushes = waiting;
+    /// Answers the flushes whose records all have their outcome. Under acks=0 a batch is
+    /// "done" once written to its stream, which does not mean the broker has it (a process
+    /// that exits now may take unsent bytes with it). A request that is answered, sent after
+    /// them on the same stream, does: the broker handles a stream's requests in order. So the
+    /// flush then waits for one such answer per stream.
+    fn reply_flushes(&self, done: Vec<FlushWaiter>) {
         if done.is_empty() {
             return;
         }
-        // Under acks=0 a batch is "done" once written to its stream, which does not mean the
-        // broker has it (a process that exits now may take unsent bytes with it). A request
-        // that is answered, sent after them on the same stream, does: the broker handles a
-        // stream's requests in order. So the flush waits for one such answer per stream.
         let barriers: Vec<_> = if self.config.acks == Acks::None {
             self.lanes
                 .values()
@@ -893,6 +823,62 @@ impl Driver {
             }
         });
     }
+}
+
+/// Gives back the buffer room a batch's records held.
+fn release(shared: &Shared, batch: &SealedBatch<BatchDone>) {
+    let bytes: usize = batch.records.iter().map(|r| r.reserved).sum();
+    shared.memory.add_permits(bytes);
+}
+
+/// A sent batch failed for good. If it carried a sequence, its partition's sequence now has a
+/// hole the broker would refuse, so later batches wait for a new producer id.
+fn give_up(shared: &Shared, core: &mut Core, batch: SealedBatch<BatchDone>, e: ClientError) {
+    core.accumulator.handle_done(&batch.tp, batch.first_seq());
+    if let Some((identity, sequence)) = batch.sequence {
+        warn!(
+            topic = %batch.tp.topic,
+            partition = batch.tp.partition,
+            producer_id = identity.producer_id,
+            sequence,
+            "sequenced batch failed; obtaining a new producer id for later batches"
+        );
+        core.accumulator.reset_producer(identity);
+    }
+    release(shared, &batch);
+    finish_failed(core, batch, e);
+}
+
+/// Fails every record of a batch that has given up (already counted out of flight, its
+/// buffer room given back).
+fn finish_failed(core: &mut Core, batch: SealedBatch<BatchDone>, e: ClientError) {
+    warn!(
+        topic = %batch.tp.topic,
+        partition = batch.tp.partition,
+        records = batch.records.len(),
+        cause = %e,
+        "batch failed"
+    );
+    let first = batch.first_seq();
+    for f in &mut core.flushes {
+        if first < f.upto && f.first_error.is_none() {
+            f.first_error = Some(e.clone());
+        }
+    }
+    batch.waiter.failed(e);
+}
+
+/// Takes the flushes whose records all have their outcome.
+fn settle_flushes(core: &mut Core) -> Vec<FlushWaiter> {
+    if core.flushes.is_empty() {
+        return Vec::new();
+    }
+    let oldest = core.accumulator.oldest_seq();
+    let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut core.flushes)
+        .into_iter()
+        .partition(|f| oldest.is_none_or(|o| o >= f.upto));
+    core.flushes = waiting;
+    done
 }
 
 async fn sleep_until(at: Option<Instant>) {
