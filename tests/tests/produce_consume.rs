@@ -220,3 +220,75 @@ async fn lz4_and_zstd_batches_round_trip_and_are_stored_compressed() {
         assert_eq!(got, sent, "{topic}: records differ after the round trip");
     }
 }
+
+/// The consumer sends its next fetch as soon as a poll returns; a seek (or an assignment
+/// change) before the next poll must win over what that fetch brings back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seek_between_polls_wins_over_the_fetch_already_sent() {
+    const RECORDS: u64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("ahead", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let producer = client.producer(ProducerConfig {
+        max_batch_bytes: 4096,
+        ..ProducerConfig::default()
+    });
+    for i in 0..RECORDS {
+        producer
+            .send(ProducerRecord::new("ahead", format!("r{i:05}")).with_partition(0))
+            .await
+            .unwrap();
+    }
+    producer.flush().await.unwrap();
+
+    // Small fetches: each poll returns a few batches and leaves the next fetch in flight.
+    let mut consumer = client.consumer(ConsumerConfig {
+        max_partition_bytes: 8192,
+        max_bytes: 8192,
+        ..ConsumerConfig::default()
+    });
+    consumer.assign("ahead", &[0]).await.unwrap();
+    consumer.seek("ahead", 0, SeekTo::Offset(0)).await.unwrap();
+    let first = consumer.poll().await.unwrap();
+    assert_eq!(first.first().map(|r| r.offset), Some(0));
+    let after_first = first.last().unwrap().offset + 1;
+    assert!(
+        after_first < RECORDS / 2,
+        "a poll read {after_first} records"
+    );
+
+    // Back to an earlier offset, forward past the fetch in flight, then to where it was.
+    for target in [5, 2500, after_first + 100] {
+        consumer
+            .seek("ahead", 0, SeekTo::Offset(target))
+            .await
+            .unwrap();
+        let got = consumer.poll().await.unwrap();
+        assert_eq!(
+            got.first().map(|r| r.offset),
+            Some(target),
+            "first record after a seek to {target}"
+        );
+        assert_eq!(
+            got[0].value.as_deref(),
+            Some(format!("r{target:05}").as_bytes())
+        );
+    }
+
+    // And reading on from there, with fetches running ahead, misses and repeats nothing.
+    let mut next = consumer.position("ahead", 0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next < RECORDS {
+        assert!(Instant::now() < deadline, "stuck at {next}");
+        for r in consumer.poll().await.unwrap() {
+            assert_eq!(r.offset, next);
+            assert_eq!(r.value.as_deref(), Some(format!("r{next:05}").as_bytes()));
+            next += 1;
+        }
+    }
+}

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use sluice_proto::frame::{decode_body, read_frame_body, read_frame_len, write_frame};
+use sluice_proto::frame::{decode_body, read_frame_body, read_frame_len};
 use sluice_proto::{Acks, ErrorCode, ProtoError, Request, WireError};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -346,7 +346,7 @@ async fn serve_stream(
                 }
             };
             if let Reply::Frame(resp, raw) = reply
-                && let Err(e) = write_frame(&mut send, &resp, &raw).await
+                && let Err(e) = sluice_client::send_frame(&mut send, &resp, raw).await
             {
                 tracing::debug!(cause = %e, "client went away before its response");
                 return;

@@ -79,7 +79,7 @@ impl Conn {
     ) -> Result<(ResponseBody, Bytes), ClientError> {
         let connection = self.connection().await?;
         let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
-        frame::write_frame(&mut send, &request, &raw)
+        send_frame(&mut send, &request, raw)
             .await
             .map_err(ClientError::from_proto)?;
         // Telling the broker no more requests follow lets it close its side when done.
@@ -329,6 +329,22 @@ fn handshake_error(target: &str, addr: SocketAddr, e: quinn::ConnectionError) ->
 
 pub(crate) fn connection_error(e: quinn::ConnectionError) -> ClientError {
     ClientError::ConnectionLost(e.to_string())
+}
+
+/// Writes one frame on a QUIC stream, handing quinn the raw bytes as they are (a `Bytes`
+/// chunk it keeps until acknowledged) rather than a slice it would copy.
+pub async fn send_frame<T: serde::Serialize>(
+    send: &mut quinn::SendStream,
+    control: &T,
+    raw: Bytes,
+) -> Result<(), sluice_proto::ProtoError> {
+    let head = Bytes::from(frame::encode_head(control, raw.len())?);
+    let written = if raw.is_empty() {
+        send.write_all_chunks(&mut [head]).await
+    } else {
+        send.write_all_chunks(&mut [head, raw]).await
+    };
+    written.map_err(|e| sluice_proto::ProtoError::from(std::io::Error::from(e)))
 }
 
 #[cfg(test)]

@@ -115,6 +115,26 @@ pub struct Consumer {
     assigned: Vec<Assignment>,
     /// Set by [`Consumer::subscribe`]: the coordinator decides the assignment.
     group: Option<Membership>,
+    /// The next fetch, sent when a poll returned (as Kafka's consumer pipelines its fetches):
+    /// the broker reads and sends while the application handles the records. Used by the
+    /// next poll if it asks for the same partitions at the same positions, dropped otherwise.
+    prefetch: Option<Prefetch>,
+}
+
+type FetchResult = Result<(Vec<Fetched>, usize), ClientError>;
+
+/// A fetch running ahead of the next poll.
+#[derive(Debug)]
+struct Prefetch {
+    /// Topic, partition and offset of each partition asked for.
+    asked: Vec<(String, u32, u64)>,
+    task: tokio::task::JoinHandle<FetchResult>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Consumer {
@@ -124,6 +144,7 @@ impl Consumer {
             config,
             assigned: Vec::new(),
             group: None,
+            prefetch: None,
         }
     }
 
@@ -538,7 +559,16 @@ impl Consumer {
                 leader_epoch: None,
             })
             .collect();
-        let (fetched, mut retriable) = self.fetch_from_leaders(partitions).await?;
+        let asked: Vec<(String, u32, u64)> = partitions
+            .iter()
+            .map(|p| (p.topic.clone(), p.partition, p.offset))
+            .collect();
+        let (fetched, mut retriable) = match self.prefetch.take() {
+            Some(mut ahead) if ahead.asked == asked => (&mut ahead.task)
+                .await
+                .unwrap_or(Err(ClientError::Closed))?,
+            _ => fetch_from_leaders(&self.client, &self.config, partitions).await?,
+        };
         // First pass: find errors that fail the whole poll, before any position moves.
         let mut resets = Vec::new();
         for f in &fetched {
@@ -594,6 +624,7 @@ impl Consumer {
         for (index, next) in positions {
             self.assigned[index].position = Some(next);
         }
+        let resetting = !resets.is_empty();
         for (index, e) in resets {
             let position = self.reset_position(index, Some(&e)).await?;
             debug!(
@@ -607,8 +638,41 @@ impl Consumer {
         if records.is_empty() && retriable > 0 {
             // Every answer was "try again" (a leader moving): don't spin.
             tokio::time::sleep(Duration::from_millis(100)).await;
+        } else if !resetting {
+            self.fetch_ahead();
         }
         Ok(records)
+    }
+
+    /// Sends the fetch the next poll would send, from the positions just reached.
+    fn fetch_ahead(&mut self) {
+        let Some(partitions) = self
+            .assigned
+            .iter()
+            .map(|a| {
+                a.position.map(|offset| FetchPartition {
+                    topic: a.topic.clone(),
+                    partition: a.partition,
+                    offset,
+                    max_bytes: self.config.max_partition_bytes,
+                    leader_epoch: None,
+                })
+            })
+            .collect::<Option<Vec<_>>>()
+        else {
+            return;
+        };
+        let asked = partitions
+            .iter()
+            .map(|p| (p.topic.clone(), p.partition, p.offset))
+            .collect();
+        let (client, config) = (self.client.clone(), self.config.clone());
+        self.prefetch = Some(Prefetch {
+            asked,
+            task: tokio::spawn(
+                async move { fetch_from_leaders(&client, &config, partitions).await },
+            ),
+        });
     }
 
     /// Endless stream of records, polling as needed. Errors are yielded as they come; the
@@ -637,107 +701,6 @@ impl Consumer {
                 }
             },
         )
-    }
-
-    /// Sends the fetch for `partitions` to their leaders — one request per broker, all at
-    /// once — and returns each partition's answer with its bytes, and how many partitions got
-    /// no answer this round for a reason a retry can cure (no leader known, a broker down).
-    async fn fetch_from_leaders(
-        &self,
-        partitions: Vec<FetchPartition>,
-    ) -> Result<(Vec<Fetched>, usize), ClientError> {
-        let mut by_leader: BTreeMap<u32, Vec<FetchPartition>> = BTreeMap::new();
-        let mut unanswered = 0;
-        for mut p in partitions {
-            let mut leader = self.client.cached_leader(&p.topic, p.partition);
-            if leader.is_none() {
-                if let Err(e) = self.client.refresh_topic(&p.topic).await {
-                    debug!(topic = %p.topic, cause = %e, "metadata refresh failed");
-                }
-                leader = self.client.cached_leader(&p.topic, p.partition);
-            }
-            match leader {
-                Some((node, epoch)) => {
-                    p.leader_epoch = Some(epoch);
-                    by_leader.entry(node).or_default().push(p);
-                }
-                None => unanswered += 1,
-            }
-        }
-        let max_wait_ms = u32::try_from(self.config.max_wait.as_millis()).unwrap_or(u32::MAX);
-        let requests = by_leader.into_iter().map(|(node, partitions)| {
-            let topics: BTreeSet<String> = partitions.iter().map(|p| p.topic.clone()).collect();
-            let fetch = FetchRequest {
-                max_wait_ms,
-                min_bytes: self.config.min_bytes,
-                max_bytes: self.config.max_bytes,
-                partitions,
-            };
-            let request = match &self.config.transform {
-                Some(t) => Request::FetchTransformed(FetchTransformedRequest {
-                    fetch,
-                    plugin: t.plugin.clone(),
-                    config: t.config.clone(),
-                }),
-                None => Request::Fetch(fetch),
-            };
-            async move {
-                let answer = self.client.request_to(node, request, Bytes::new()).await;
-                (topics, answer)
-            }
-        });
-        let mut fetched = Vec::new();
-        let mut first_error = None;
-        let mut sent = 0;
-        for (topics, answer) in futures::future::join_all(requests).await {
-            sent += 1;
-            match answer {
-                Ok((ResponseBody::Fetched(f), raw)) => {
-                    fetched.extend(split_answer(f.partitions, raw, |_| None)?);
-                }
-                Ok((ResponseBody::FetchedTransformed(f), raw)) => {
-                    let next: Vec<u64> = f.partitions.iter().map(|p| p.next_offset).collect();
-                    let partitions = f
-                        .partitions
-                        .into_iter()
-                        .map(|p| FetchedPartition {
-                            topic: p.topic,
-                            partition: p.partition,
-                            error: p.error,
-                            high_watermark: p.high_watermark,
-                            log_start: p.log_start,
-                            bytes: p.bytes,
-                        })
-                        .collect();
-                    fetched.extend(split_answer(partitions, raw, |i| next.get(i).copied())?);
-                }
-                Ok((other, _)) => {
-                    let wanted = if self.config.transform.is_some() {
-                        "FetchedTransformed"
-                    } else {
-                        "Fetched"
-                    };
-                    return Err(unexpected(wanted, &other));
-                }
-                Err(e) if e.is_retriable() => {
-                    debug!(cause = %e, "fetch from a leader failed; retrying next round");
-                    for t in &topics {
-                        self.client.invalidate(t);
-                    }
-                    unanswered += 1;
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        // Every broker asked failed: say why rather than return nothing forever.
-        if let Some(e) = first_error
-            && fetched.is_empty()
-            && sent > 0
-        {
-            return Err(e);
-        }
-        Ok((fetched, unanswered))
     }
 
     fn index_of(&self, topic: &str, partition: u32) -> Result<usize, ClientError> {
@@ -813,11 +776,114 @@ impl Consumer {
 }
 
 /// One partition's part of a fetch answer.
+#[derive(Debug)]
 struct Fetched {
     partition: FetchedPartition,
     data: Bytes,
     /// Where to continue from, for transformed records (their offsets have gaps).
     next_offset: Option<u64>,
+}
+
+/// Sends the fetch for `partitions` to their leaders — one request per broker, all at
+/// once — and returns each partition's answer with its bytes, and how many partitions got
+/// no answer this round for a reason a retry can cure (no leader known, a broker down).
+async fn fetch_from_leaders(
+    client: &Client,
+    config: &ConsumerConfig,
+    partitions: Vec<FetchPartition>,
+) -> FetchResult {
+    let mut by_leader: BTreeMap<u32, Vec<FetchPartition>> = BTreeMap::new();
+    let mut unanswered = 0;
+    for mut p in partitions {
+        let mut leader = client.cached_leader(&p.topic, p.partition);
+        if leader.is_none() {
+            if let Err(e) = client.refresh_topic(&p.topic).await {
+                debug!(topic = %p.topic, cause = %e, "metadata refresh failed");
+            }
+            leader = client.cached_leader(&p.topic, p.partition);
+        }
+        match leader {
+            Some((node, epoch)) => {
+                p.leader_epoch = Some(epoch);
+                by_leader.entry(node).or_default().push(p);
+            }
+            None => unanswered += 1,
+        }
+    }
+    let max_wait_ms = u32::try_from(config.max_wait.as_millis()).unwrap_or(u32::MAX);
+    let requests = by_leader.into_iter().map(|(node, partitions)| {
+        let topics: BTreeSet<String> = partitions.iter().map(|p| p.topic.clone()).collect();
+        let fetch = FetchRequest {
+            max_wait_ms,
+            min_bytes: config.min_bytes,
+            max_bytes: config.max_bytes,
+            partitions,
+        };
+        let request = match &config.transform {
+            Some(t) => Request::FetchTransformed(FetchTransformedRequest {
+                fetch,
+                plugin: t.plugin.clone(),
+                config: t.config.clone(),
+            }),
+            None => Request::Fetch(fetch),
+        };
+        async move {
+            let answer = client.request_to(node, request, Bytes::new()).await;
+            (topics, answer)
+        }
+    });
+    let mut fetched = Vec::new();
+    let mut first_error = None;
+    let mut sent = 0;
+    for (topics, answer) in futures::future::join_all(requests).await {
+        sent += 1;
+        match answer {
+            Ok((ResponseBody::Fetched(f), raw)) => {
+                fetched.extend(split_answer(f.partitions, raw, |_| None)?);
+            }
+            Ok((ResponseBody::FetchedTransformed(f), raw)) => {
+                let next: Vec<u64> = f.partitions.iter().map(|p| p.next_offset).collect();
+                let partitions = f
+                    .partitions
+                    .into_iter()
+                    .map(|p| FetchedPartition {
+                        topic: p.topic,
+                        partition: p.partition,
+                        error: p.error,
+                        high_watermark: p.high_watermark,
+                        log_start: p.log_start,
+                        bytes: p.bytes,
+                    })
+                    .collect();
+                fetched.extend(split_answer(partitions, raw, |i| next.get(i).copied())?);
+            }
+            Ok((other, _)) => {
+                let wanted = if config.transform.is_some() {
+                    "FetchedTransformed"
+                } else {
+                    "Fetched"
+                };
+                return Err(unexpected(wanted, &other));
+            }
+            Err(e) if e.is_retriable() => {
+                debug!(cause = %e, "fetch from a leader failed; retrying next round");
+                for t in &topics {
+                    client.invalidate(t);
+                }
+                unanswered += 1;
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    // Every broker asked failed: say why rather than return nothing forever.
+    if let Some(e) = first_error
+        && fetched.is_empty()
+        && sent > 0
+    {
+        return Err(e);
+    }
+    Ok((fetched, unanswered))
 }
 
 /// Splits an answer's raw bytes among its partitions (each partition's `bytes`, in order).

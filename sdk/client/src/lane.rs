@@ -144,7 +144,7 @@ async fn run_writer(
             }
             Reply::Written(tx) => Some(tx),
         };
-        let result = frame::write_frame(&mut send, &cmd.request, &cmd.raw)
+        let result = crate::conn::send_frame(&mut send, &cmd.request, cmd.raw)
             .await
             .map_err(ClientError::from_proto);
         if let Err(e) = &result {

@@ -124,6 +124,18 @@ pub async fn read_frame_body<R: AsyncRead + Unpin>(
     Ok(Bytes::from(body))
 }
 
+/// The head of a frame — length prefix, control length and control message — for a body whose
+/// `raw_len` raw bytes follow it.
+pub fn encode_head<T: Serialize>(control: &T, raw_len: usize) -> Result<Vec<u8>, ProtoError> {
+    let mut head = postcard::to_extend(control, vec![0; 8])?;
+    let control_len = (head.len() - 8) as u32;
+    let len = u32::try_from(head.len() - 4 + raw_len)
+        .map_err(|_| ProtoError::Malformed("frame longer than 4 GiB"))?;
+    head[..4].copy_from_slice(&len.to_be_bytes());
+    head[4..8].copy_from_slice(&control_len.to_be_bytes());
+    Ok(head)
+}
+
 /// Writes one frame. The raw bytes are written as they are, without copying them into a
 /// second buffer.
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
@@ -131,14 +143,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     control: &T,
     raw: &[u8],
 ) -> Result<(), ProtoError> {
-    let mut head = vec![0; 8];
-    let mut head = postcard::to_extend(control, std::mem::take(&mut head))?;
-    let control_len = (head.len() - 8) as u32;
-    let len = u32::try_from(head.len() - 4 + raw.len())
-        .map_err(|_| ProtoError::Malformed("frame longer than 4 GiB"))?;
-    head[..4].copy_from_slice(&len.to_be_bytes());
-    head[4..8].copy_from_slice(&control_len.to_be_bytes());
-    w.write_all(&head).await?;
+    w.write_all(&encode_head(control, raw.len())?).await?;
     if !raw.is_empty() {
         w.write_all(raw).await?;
     }
