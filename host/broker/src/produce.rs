@@ -93,7 +93,7 @@ pub(crate) fn produce(
     // Enqueued now, in stream order; awaited below.
     let append = broker.store.append(
         led.id,
-        raw.to_vec(),
+        raw,
         led.leader_epoch,
         led.config.durability,
     );

@@ -609,7 +609,7 @@ async fn fetch_once(
             }
             for (header, batch) in batches {
                 if header.base_offset >= state.log_end {
-                    appends.push(broker.store.append_replica(id, batch.to_vec(), durability));
+                    appends.push(broker.store.append_replica(id, batch.clone(), durability));
                 }
             }
             for append in appends {

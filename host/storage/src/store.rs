@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, WriteTransaction,
 };
@@ -294,7 +294,8 @@ enum Placement {
 enum Command {
     Append {
         id: PartitionId,
-        batch: Vec<u8>,
+        /// As it came from the network: copied once, into its redb page.
+        batch: Bytes,
         placement: Placement,
         durability: sluice_proto::Durability,
         reply: Reply<Appended>,
@@ -502,15 +503,16 @@ impl Store {
     /// `durability` is `Fsync`; with `IntervalMs(ms)` a durable commit follows within `ms`.
     ///
     /// The append is queued when this is called; dropping the future does not cancel it.
-    pub fn append(
+    pub fn append<B: Into<Bytes>>(
         &self,
         id: PartitionId,
-        batch: Vec<u8>,
+        batch: B,
         leader_epoch: u32,
         durability: sluice_proto::Durability,
-    ) -> impl Future<Output = Result<Appended>> + Send + use<> {
+    ) -> impl Future<Output = Result<Appended>> + Send + use<B> {
         // Queued when called, not when first polled: the broker calls `append` in the order
         // requests arrive on a stream, and that order must be the order of offsets.
+        let batch = batch.into();
         Self::outcome(self.enqueue(|reply| Command::Append {
             id,
             batch,
@@ -533,12 +535,13 @@ impl Store {
     ///
     /// Shares group commits and durability with [`Store::append`]; the answer's `base_offset`
     /// is the batch's own. Queued when called; dropping the future does not cancel it.
-    pub fn append_replica(
+    pub fn append_replica<B: Into<Bytes>>(
         &self,
         id: PartitionId,
-        batch: Vec<u8>,
+        batch: B,
         durability: sluice_proto::Durability,
-    ) -> impl Future<Output = Result<Appended>> + Send + use<> {
+    ) -> impl Future<Output = Result<Appended>> + Send + use<B> {
+        let batch = batch.into();
         Self::outcome(self.enqueue(|reply| Command::Append {
             id,
             batch,
@@ -1500,7 +1503,7 @@ impl Writer {
         match command {
             Command::Append {
                 id,
-                mut batch,
+                batch,
                 placement,
                 durability,
                 reply,
@@ -1624,11 +1627,14 @@ impl Writer {
                 };
                 group.staged.push(log.clone());
                 group.touched.insert(id, log);
-                if let Placement::Leader { leader_epoch } = placement {
-                    batch::assign_offset(&mut batch, base, leader_epoch);
-                }
                 let key = (id.topic_id, id.partition, base);
-                tables.batches.insert(key, batch.as_slice())?;
+                // Written straight into its page: the one copy of the batch's bytes.
+                let mut stored = tables.batches.insert_reserve(key, batch.len())?;
+                stored.as_mut().copy_from_slice(&batch);
+                if let Placement::Leader { leader_epoch } = placement {
+                    batch::assign_offset(stored.as_mut(), base, leader_epoch);
+                }
+                drop(stored);
                 tables.index.insert(
                     key,
                     (
