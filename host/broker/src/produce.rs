@@ -91,12 +91,9 @@ pub(crate) fn produce(
     };
     let acks = req.acks;
     // Enqueued now, in stream order; awaited below.
-    let append = broker.store.append(
-        led.id,
-        raw,
-        led.leader_epoch,
-        led.config.durability,
-    );
+    let append = broker
+        .store
+        .append(led.id, raw, led.leader_epoch, led.config.durability);
     let timeout = Duration::from_millis(u64::from(req.timeout_ms.max(1)));
     Box::pin(async move {
         // The store commits or fails every queued append; it is never abandoned half-way,

@@ -3,7 +3,8 @@
 //! - `produce`: P producers send N records of S bytes; latency is send → acknowledgement.
 //!   Paced three ways: a window of unacknowledged records (default), a closed loop of whole
 //!   batches (`--in-flight N --batch-records M`, as iggy-bench and the OpenMessaging Benchmark
-//!   run), or an open loop at a fixed `--rate` (latency from each record's scheduled time).
+//!   run), or an open loop at a fixed `--rate` (latency from each record's scheduled time, or
+//!   from the timer tick that released it when the 1 ms timer woke late).
 //! - `consume`: fills the topic (untimed), then one consumer reads every record back.
 //! - `e2e`: producers and a consumer run together; latency is send → received by the consumer.
 //! - `pipeline`: the cost of a pipeline (`--plugin`, default `identity-map`, deployed
@@ -84,8 +85,8 @@ pub struct BenchArgs {
     pub window: usize,
     /// Open loop: send this many records per second in all (split across producers) on a
     /// fixed schedule, whatever the answers; latency counts from each record's scheduled
-    /// time, so a stall shows in it (no coordinated omission). Unset: as fast as the window
-    /// lets (closed loop).
+    /// time (or the later wake-up of the pacer's 1 ms timer that released it), so a stall
+    /// shows in it (no coordinated omission). Unset: as fast as the window lets (closed loop).
     #[arg(long)]
     pub rate: Option<u64>,
     /// Batches in flight per partition (the SDK's `max_in_flight_per_partition`; at most 5
@@ -303,14 +304,22 @@ async fn produce_with_epoch(
                 .map(|j| (j as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3])
                 .collect();
             let t0 = Instant::now();
+            // When the pacer's timer last released records. Tokio's timer has a resolution of
+            // 1 ms: a sleep until a record is due ends up to a millisecond late, and the
+            // records due meanwhile go with it. That lateness is the bench's, not the system's,
+            // so a record's latency counts from when it was due or from the tick that released
+            // it, whichever is later. A producer held back by the system (send waiting for
+            // buffer room) does not sleep, and its records count from when they were due.
+            let mut released = t0;
             for seq in 0..n {
                 let due = match interval {
                     Some(every) => {
                         let due = t0 + every.mul_f64(seq as f64);
                         if due > Instant::now() {
                             tokio::time::sleep_until(due.into()).await;
+                            released = Instant::now();
                         }
-                        due
+                        due.max(released)
                     }
                     None => Instant::now(),
                 };
