@@ -52,6 +52,9 @@ pub struct BrokerConfig {
     /// broker reads them (the QUIC receive window, per connection and per stream). With
     /// `max_connections` it bounds what QUIC buffers for clients.
     pub connection_window_bytes: u32,
+    /// Congestion controller of what this broker sends, to clients and to peers: `cubic`
+    /// (default), `newreno` or `bbr` (docs/performance.md, "Transport settings").
+    pub quic_congestion: sluice_client::QuicCongestion,
     /// Bytes of request frames (being read or being handled) all connections together may hold.
     /// A frame waits for its share before its body is read.
     pub request_memory_bytes: usize,
@@ -221,6 +224,7 @@ impl Default for BrokerConfig {
             max_connections: 1024,
             max_streams_per_connection: 1024,
             connection_window_bytes: 1024 * 1024,
+            quic_congestion: sluice_client::QuicCongestion::default(),
             request_memory_bytes: 256 * 1024 * 1024,
             connection_request_memory_bytes: 2 * sluice_proto::frame::DEFAULT_MAX_FRAME,
             request_memory_wait_ms: 1_000,
@@ -381,5 +385,16 @@ mod tests {
         assert!(c.validate().is_err());
         let c: BrokerConfig = toml::from_str("[tls]\ncert = \"a.pem\"").unwrap();
         assert!(c.validate().is_err());
+    }
+    #[test]
+    fn congestion_controller_is_named_in_lowercase() {
+        let c: BrokerConfig = toml::from_str("").unwrap();
+        assert_eq!(c.quic_congestion, sluice_client::QuicCongestion::Cubic);
+        let c: BrokerConfig = toml::from_str("quic_congestion = \"newreno\"").unwrap();
+        assert_eq!(c.quic_congestion, sluice_client::QuicCongestion::NewReno);
+        let c: BrokerConfig = toml::from_str("quic_congestion = \"bbr\"").unwrap();
+        assert_eq!(c.quic_congestion, sluice_client::QuicCongestion::Bbr);
+        let e = toml::from_str::<BrokerConfig>("quic_congestion = \"vegas\"").unwrap_err();
+        assert!(e.to_string().contains("vegas"), "{e}");
     }
 }

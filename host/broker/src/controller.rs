@@ -227,8 +227,14 @@ impl MetadataController {
             None => (start_node(node_id, data_dir).await?, None),
             Some(cluster) => {
                 let cluster_id = config.cluster_id.clone().unwrap_or_default();
-                let (raft, endpoint) =
-                    start_cluster_node(node_id, data_dir, &cluster_id, cluster).await?;
+                let (raft, endpoint) = start_cluster_node(
+                    node_id,
+                    data_dir,
+                    &cluster_id,
+                    cluster,
+                    config.quic_congestion,
+                )
+                .await?;
                 (raft, Some(endpoint))
             }
         };
@@ -330,6 +336,7 @@ async fn start_cluster_node(
     data_dir: &Path,
     cluster_id: &str,
     cluster: &ClusterSettings,
+    congestion: sluice_client::QuicCongestion,
 ) -> Result<(MetadataRaft, quinn::Endpoint), BrokerError> {
     let voters = cluster.voter_addrs()?;
     let mut identity = Identity {
@@ -340,7 +347,7 @@ async fn start_cluster_node(
             .collect(),
     };
     identity.voters.sort();
-    let (endpoint, client) = crate::peers::peer_endpoint(node_id, cluster)?;
+    let (endpoint, client) = crate::peers::peer_endpoint(node_id, cluster, congestion)?;
     let transport_config = QuicTransportConfig {
         routes: cluster
             .peer_route_addrs()?

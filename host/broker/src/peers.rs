@@ -31,9 +31,12 @@ struct PeerMaterial {
 pub(crate) fn peer_endpoint(
     node_id: u32,
     cluster: &ClusterSettings,
+    congestion: sluice_client::QuicCongestion,
 ) -> Result<(quinn::Endpoint, quinn::ClientConfig), BrokerError> {
     let material = material(node_id, cluster)?;
-    let transport = Arc::new(sluice_raft::peer_transport_config(PEER_STREAMS));
+    let mut transport = sluice_raft::peer_transport_config(PEER_STREAMS);
+    congestion.apply(&mut transport);
+    let transport = Arc::new(transport);
     let mut server = tls::peer_server_config(
         &material.ca,
         material.chain.clone(),

@@ -288,6 +288,7 @@ pub fn quic_server_config(
                 .expect("60s fits"),
         ))
         .keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+    config.quic_congestion.apply(&mut transport);
     server.transport_config(Arc::new(transport));
     Ok(server)
 }

@@ -14,7 +14,7 @@ use sluice_proto::{ErrorCode, MetadataResponse, Request, ResponseBody, WireError
 use tracing::{debug, info};
 
 pub(crate) use crate::conn::unexpected;
-use crate::conn::{Conn, split_host_port, transport_config};
+use crate::conn::{Conn, QuicCongestion, split_host_port, transport_config};
 use crate::lane::Lane;
 use crate::tls::rustls_client_config;
 use crate::{Admin, ClientError, Consumer, ConsumerConfig, Producer, ProducerConfig, TlsConfig};
@@ -36,6 +36,8 @@ pub struct ClientConfig {
     /// Longest wait for the QUIC and TLS handshake with the broker (default 10 s). UDP gives no
     /// "connection refused", so this is how long it takes to notice a broker that is not there.
     pub connect_timeout: Duration,
+    /// Congestion controller for what this client sends (default Cubic).
+    pub congestion: QuicCongestion,
 }
 
 impl ClientConfig {
@@ -47,6 +49,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(30),
             max_frame_bytes: DEFAULT_MAX_FRAME,
             connect_timeout: Duration::from_secs(10),
+            congestion: QuicCongestion::default(),
         }
     }
 }
@@ -149,7 +152,7 @@ impl Client {
         let crypto = QuicClientConfig::try_from(rustls)
             .map_err(|e| ClientError::InvalidConfig(format!("TLS for QUIC: {e}")))?;
         let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
-        quic.transport_config(Arc::new(transport_config()));
+        quic.transport_config(Arc::new(transport_config(config.congestion)));
         let shared = Arc::new(Shared {
             config,
             quic,

@@ -41,7 +41,7 @@ mod tls;
 
 pub use admin::Admin;
 pub use client::{Client, ClientConfig};
-pub use conn::send_frame;
+pub use conn::{QuicCongestion, send_frame};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchTransform, OffsetReset, SeekTo};
 pub use error::ClientError;
 pub use group::{GroupEvent, GroupOptions};
