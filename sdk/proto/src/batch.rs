@@ -138,25 +138,28 @@ pub struct StoredRecord {
 }
 
 /// Accumulates records and encodes them into one batch.
+///
+/// Each record is encoded once, straight into the batch's buffer, behind room left for the
+/// header; an uncompressed batch is that buffer with its header written in place (no copy of
+/// the records section), a compressed one the header and the compressed section.
 #[derive(Debug)]
 pub struct BatchBuilder {
     compression: Compression,
-    records: Vec<u8>,
+    /// `HEADER_LEN` bytes for the header, then the records section.
+    buf: Vec<u8>,
     count: u32,
     first_timestamp: i64,
     max_timestamp: i64,
-    scratch: Vec<u8>,
 }
 
 impl BatchBuilder {
     pub fn new(compression: Compression) -> Self {
         BatchBuilder {
             compression,
-            records: Vec::new(),
+            buf: vec![0; HEADER_LEN],
             count: 0,
             first_timestamp: 0,
             max_timestamp: i64::MIN,
-            scratch: Vec::new(),
         }
     }
 
@@ -170,7 +173,7 @@ impl BatchBuilder {
 
     /// Size of the batch so far, before compression.
     pub fn size_bytes(&self) -> usize {
-        HEADER_LEN + self.records.len()
+        self.buf.len()
     }
 
     /// Encoded size a record would add (before compression), for batching decisions.
@@ -190,20 +193,37 @@ impl BatchBuilder {
             self.first_timestamp = record.timestamp;
         }
         self.max_timestamp = self.max_timestamp.max(record.timestamp);
-        let body = &mut self.scratch;
-        body.clear();
-        varint::put_i64(body, record.timestamp.wrapping_sub(self.first_timestamp));
-        varint::put_u64(body, u64::from(self.count));
-        put_nullable(body, record.key.as_deref());
-        put_nullable(body, record.value.as_deref());
-        varint::put_u64(body, record.headers.len() as u64);
+        let delta = record.timestamp.wrapping_sub(self.first_timestamp);
+        let index = u64::from(self.count);
+        // The body's length comes first, so it is worked out before the body is written.
+        let headers: usize = record
+            .headers
+            .iter()
+            .map(|h| {
+                varint::len_u64(h.key.len() as u64) + h.key.len() + nullable_len(h.value.as_deref())
+            })
+            .sum();
+        let body_len = varint::len_i64(delta)
+            + varint::len_u64(index)
+            + nullable_len(record.key.as_deref())
+            + nullable_len(record.value.as_deref())
+            + varint::len_u64(record.headers.len() as u64)
+            + headers;
+        let out = &mut self.buf;
+        out.reserve(varint::len_u64(body_len as u64) + body_len);
+        varint::put_u64(out, body_len as u64);
+        let start = out.len();
+        varint::put_i64(out, delta);
+        varint::put_u64(out, index);
+        put_nullable(out, record.key.as_deref());
+        put_nullable(out, record.value.as_deref());
+        varint::put_u64(out, record.headers.len() as u64);
         for h in &record.headers {
-            varint::put_u64(body, h.key.len() as u64);
-            body.extend_from_slice(h.key.as_bytes());
-            put_nullable(body, h.value.as_deref());
+            varint::put_u64(out, h.key.len() as u64);
+            out.extend_from_slice(h.key.as_bytes());
+            put_nullable(out, h.value.as_deref());
         }
-        varint::put_u64(&mut self.records, body.len() as u64);
-        self.records.extend_from_slice(body);
+        debug_assert_eq!(out.len() - start, body_len, "record body length worked out");
         self.count += 1;
     }
 
@@ -217,28 +237,42 @@ impl BatchBuilder {
         if self.count == 0 {
             return Err(ProtoError::Malformed("a batch needs at least one record"));
         }
-        let payload = compress(self.compression, &self.records)?;
-        let len = HEADER_LEN + payload.len();
-        let batch_len =
-            u32::try_from(len).map_err(|_| ProtoError::Malformed("batch longer than 4 GiB"))?;
-        let mut out = Vec::with_capacity(len);
-        out.extend_from_slice(&0u64.to_be_bytes());
-        out.extend_from_slice(&batch_len.to_be_bytes());
-        out.extend_from_slice(&0u32.to_be_bytes());
-        out.push(MAGIC);
-        out.extend_from_slice(&0u32.to_be_bytes()); // crc, filled below
-        out.extend_from_slice(&self.compression.code().to_be_bytes());
-        out.extend_from_slice(&self.count.to_be_bytes());
-        out.extend_from_slice(&self.first_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
-        out.extend_from_slice(&producer_id.to_be_bytes());
-        out.extend_from_slice(&producer_epoch.to_be_bytes());
-        out.extend_from_slice(&base_sequence.to_be_bytes());
-        out.extend_from_slice(&payload);
+        let mut out = match self.compression {
+            Compression::None => self.buf,
+            compression => {
+                let payload = compress(compression, &self.buf[HEADER_LEN..])?;
+                let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+                out.resize(HEADER_LEN, 0);
+                out.extend_from_slice(&payload);
+                out
+            }
+        };
+        let batch_len = u32::try_from(out.len())
+            .map_err(|_| ProtoError::Malformed("batch longer than 4 GiB"))?;
+        let mut header = Vec::with_capacity(HEADER_LEN);
+        header.extend_from_slice(&0u64.to_be_bytes());
+        header.extend_from_slice(&batch_len.to_be_bytes());
+        header.extend_from_slice(&0u32.to_be_bytes());
+        header.push(MAGIC);
+        header.extend_from_slice(&0u32.to_be_bytes()); // crc, filled below
+        header.extend_from_slice(&self.compression.code().to_be_bytes());
+        header.extend_from_slice(&self.count.to_be_bytes());
+        header.extend_from_slice(&self.first_timestamp.to_be_bytes());
+        header.extend_from_slice(&self.max_timestamp.to_be_bytes());
+        header.extend_from_slice(&producer_id.to_be_bytes());
+        header.extend_from_slice(&producer_epoch.to_be_bytes());
+        header.extend_from_slice(&base_sequence.to_be_bytes());
+        debug_assert_eq!(header.len(), HEADER_LEN);
+        out[..HEADER_LEN].copy_from_slice(&header);
         let crc = crc32c::crc32c(&out[CRC_START..]);
         out[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_be_bytes());
         Ok(out)
     }
+}
+
+/// Bytes [`put_nullable`] writes for `v`.
+fn nullable_len(v: Option<&[u8]>) -> usize {
+    v.map_or(1, |b| varint::len_u64(b.len() as u64 + 1) + b.len())
 }
 
 fn put_nullable(out: &mut Vec<u8>, v: Option<&[u8]>) {
@@ -766,6 +800,72 @@ mod tests {
             let i = CRC_START + pos.index(bytes.len() - CRC_START);
             bytes[i] ^= 1 << bit;
             prop_assert!(validate(&bytes).is_err());
+        }
+    }
+
+    /// The bytes of a batch are what the broker stores and every client reads: the encoder
+    /// may change how it works, never what it writes (these were written by the encoder of
+    /// before records were encoded in place).
+    #[test]
+    fn encoding_is_stable() {
+        let records = [
+            Record {
+                key: Some(Bytes::from_static(b"k1")),
+                value: Some(Bytes::from_static(b"hello")),
+                headers: vec![
+                    Header {
+                        key: "h".into(),
+                        value: Some(Bytes::from_static(b"v")),
+                    },
+                    Header {
+                        key: "n".into(),
+                        value: None,
+                    },
+                ],
+                timestamp: 1_700_000_000_000,
+            },
+            Record {
+                key: None,
+                value: Some(Bytes::from(vec![7u8; 300])),
+                headers: vec![],
+                timestamp: 1_699_999_999_000,
+            },
+            Record {
+                key: None,
+                value: None,
+                headers: vec![],
+                timestamp: 1_700_000_000_500,
+            },
+        ];
+        let none = concat!(
+            "00000000000000000000018900000000017fbcdf8b0000000000030000018bcfe568000000018bcf",
+            "e569f4000000000000002a000300000011130000036b310668656c6c6f0201680276016e00b302cf",
+            "0f0100ad020707070707070707070707070707070707070707070707070707070707070707070707",
+            "07070707070707070707070707070707070707070707070707070707070707070707070707070707",
+            "07070707070707070707070707070707070707070707070707070707070707070707070707070707",
+            "07070707070707070707070707070707070707070707070707070707070707070707070707070707",
+            "07070707070707070707070707070707070707070707070707070707070707070707070707070707",
+            "07070707070707070707070707070707070707070707070707070707070707070707070707070707",
+            "07070707070707070707070707070707070707070707070707070707070707070707070707070707",
+            "070707070707070707070707070707070707070707070707070006e80702000000",
+        );
+        let lz4 = concat!(
+            "00000000000000000000006900000000010d23b9620001000000030000018bcfe568000000018bcf",
+            "e569f4000000000000002a00030000001150010000ff0e130000036b310668656c6c6f0201680276",
+            "016e00b302cf0f0100ad02070100ff19800006e80702000000",
+        );
+        for (compression, want) in [(Compression::None, none), (Compression::Lz4, lz4)] {
+            let mut b = BatchBuilder::new(compression);
+            for r in &records {
+                b.push(r);
+            }
+            let got: String = b
+                .finish(42, 3, 17)
+                .unwrap()
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect();
+            assert_eq!(got, want, "{compression:?}");
         }
     }
 

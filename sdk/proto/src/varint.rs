@@ -11,7 +11,21 @@ pub(crate) fn put_u64(out: &mut Vec<u8>, mut v: u64) {
 }
 
 pub(crate) fn put_i64(out: &mut Vec<u8>, v: i64) {
-    put_u64(out, ((v << 1) ^ (v >> 63)) as u64);
+    put_u64(out, zigzag(v));
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+/// Bytes [`put_u64`] writes for `v`.
+pub(crate) fn len_u64(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes [`put_i64`] writes for `v`.
+pub(crate) fn len_i64(v: i64) -> usize {
+    len_u64(zigzag(v))
 }
 
 /// Reads a varint from the front of `buf`, advancing it.
@@ -45,7 +59,9 @@ mod tests {
         fn roundtrip(u in any::<u64>(), i in any::<i64>()) {
             let mut out = Vec::new();
             put_u64(&mut out, u);
+            prop_assert_eq!(out.len(), len_u64(u));
             put_i64(&mut out, i);
+            prop_assert_eq!(out.len(), len_u64(u) + len_i64(i));
             let mut s = out.as_slice();
             prop_assert_eq!(get_u64(&mut s).unwrap(), u);
             prop_assert_eq!(get_i64(&mut s).unwrap(), i);
