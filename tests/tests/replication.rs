@@ -129,15 +129,25 @@ async fn followers_copy_their_leaders_logs_byte_for_byte() {
     }
 }
 
-/// The in-sync set of partition 0 of `topic`, from `topic describe` on `node`.
+/// The leader and in-sync set of partition 0 of `topic`, from `topic describe` on `node`.
 fn in_sync(node: &sluice_tests::BrokerProcess, topic: &str) -> (u32, Vec<u32>) {
+    let (leader, isr) = leader_and_in_sync(node, topic);
+    (leader.expect("partition 0 has a leader"), isr)
+}
+
+/// The same, where the partition may be between leaders (`none`: an election after nodes
+/// came back is still running).
+fn leader_and_in_sync(node: &sluice_tests::BrokerProcess, topic: &str) -> (Option<u32>, Vec<u32>) {
     let out = node.run_ok(&["topic", "describe", topic]);
     let row: Vec<String> = out
         .lines()
         .map(|l| l.split('\t').map(str::to_owned).collect::<Vec<_>>())
         .find(|f| f.len() == 8 && f[0] == "0")
         .unwrap_or_else(|| panic!("{out}"));
-    let leader = row[1].parse().unwrap_or_else(|_| panic!("{out}"));
+    let leader = match row[1].as_str() {
+        "none" => None,
+        id => Some(id.parse().unwrap_or_else(|_| panic!("{out}"))),
+    };
     (
         leader,
         row[4].split(',').map(|n| n.parse().unwrap()).collect(),
@@ -147,7 +157,7 @@ fn in_sync(node: &sluice_tests::BrokerProcess, topic: &str) -> (u32, Vec<u32>) {
 fn wait_in_sync(node: &sluice_tests::BrokerProcess, topic: &str, want: usize) -> Vec<u32> {
     let started = Instant::now();
     loop {
-        let (_, isr) = in_sync(node, topic);
+        let (_, isr) = leader_and_in_sync(node, topic);
         if isr.len() == want {
             return isr;
         }
