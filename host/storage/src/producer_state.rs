@@ -14,9 +14,15 @@
 //! - an epoch older than the producer's — [`SequenceCheck::Fenced`]. A newer epoch starts over
 //!   and must begin at sequence 0.
 //!
-//! A producer id the partition does not know is accepted at any sequence: its state may have
-//! gone with retention (the batches that recorded it were deleted), and refusing it would wedge
-//! the producer for good. Batches without a producer id (`producer_id < 0`) are never checked.
+//! A producer id the partition does not know must start at sequence 0 — unless the partition
+//! has lost batches from its start (retention, a truncation): the producer's state may have
+//! gone with them, and refusing it would wedge the producer for good, so there it is accepted
+//! at any sequence. (Accepting any sequence everywhere let a producer's later batch, sent to
+//! the partition's new leader while its first batch was still being refused by the old one,
+//! start the producer's state past that first batch, whose retry was then out of order for
+//! good; refused as out of order, the later batch instead waits for the first, as the SDK does
+//! with a batch that overtook an earlier one.) Batches without a producer id
+//! (`producer_id < 0`) are never checked.
 //!
 //! The store's writer thread runs the check where it assigns offsets, so check and append are
 //! one step. The state is rebuilt on startup from the `batch_index` table, which carries each
@@ -105,13 +111,18 @@ impl ProducerState {
         self.producers.is_empty()
     }
 
-    /// Classifies a batch of `record_count` records stamped `stamp`. Changes nothing.
-    pub fn check(&self, stamp: ProducerStamp, record_count: u32) -> SequenceCheck {
+    /// Classifies a batch of `record_count` records stamped `stamp`. `trimmed`: the partition
+    /// has lost batches from its start (its log start is past 0). Changes nothing.
+    pub fn check(&self, stamp: ProducerStamp, record_count: u32, trimmed: bool) -> SequenceCheck {
         if !stamp.is_idempotent() {
             return SequenceCheck::Accept;
         }
         let Some(entry) = self.producers.get(&stamp.producer_id) else {
-            return SequenceCheck::Accept;
+            return if trimmed || stamp.base_sequence == 0 {
+                SequenceCheck::Accept
+            } else {
+                SequenceCheck::OutOfOrder { expected: 0 }
+            };
         };
         if stamp.epoch < entry.epoch {
             return SequenceCheck::Fenced {
@@ -194,40 +205,50 @@ mod tests {
     #[test]
     fn next_sequence_is_accepted_and_retries_are_duplicates() {
         let mut s = ProducerState::new();
-        assert_eq!(s.check(stamp(7, 0, 0), 3), SequenceCheck::Accept);
+        assert_eq!(s.check(stamp(7, 0, 0), 3, false), SequenceCheck::Accept);
         s.record(stamp(7, 0, 0), 3, 100);
-        assert_eq!(s.check(stamp(7, 0, 3), 2), SequenceCheck::Accept);
+        assert_eq!(s.check(stamp(7, 0, 3), 2, false), SequenceCheck::Accept);
         s.record(stamp(7, 0, 3), 2, 103);
         assert_eq!(
-            s.check(stamp(7, 0, 0), 3),
+            s.check(stamp(7, 0, 0), 3, false),
             SequenceCheck::Duplicate { base_offset: 100 }
         );
         assert_eq!(
-            s.check(stamp(7, 0, 3), 2),
+            s.check(stamp(7, 0, 3), 2, false),
             SequenceCheck::Duplicate { base_offset: 103 }
         );
         assert_eq!(
-            s.check(stamp(7, 0, 6), 1),
+            s.check(stamp(7, 0, 6), 1, false),
             SequenceCheck::OutOfOrder { expected: 5 },
             "a gap is refused"
         );
         assert_eq!(
-            s.check(stamp(7, 0, 3), 1),
+            s.check(stamp(7, 0, 3), 1, false),
             SequenceCheck::OutOfOrder { expected: 5 },
             "same start, different length: not the batch stored"
         );
     }
 
     #[test]
-    fn unknown_producers_and_plain_batches_are_accepted_anywhere() {
+    fn unknown_producers_start_at_zero_unless_the_log_was_trimmed() {
         let mut s = ProducerState::new();
-        assert_eq!(s.check(stamp(1, 0, 42), 1), SequenceCheck::Accept);
+        assert_eq!(
+            s.check(stamp(1, 0, 42), 1, false),
+            SequenceCheck::OutOfOrder { expected: 0 },
+            "a new producer's first batch on an untrimmed partition starts at 0"
+        );
+        assert_eq!(s.check(stamp(1, 0, 0), 1, false), SequenceCheck::Accept);
+        // Its state may have gone with batches retention deleted: any sequence.
+        assert_eq!(s.check(stamp(1, 0, 42), 1, true), SequenceCheck::Accept);
         s.record(stamp(1, 0, 42), 1, 0);
-        assert_eq!(s.check(ProducerStamp::NONE, 5), SequenceCheck::Accept);
+        assert_eq!(
+            s.check(ProducerStamp::NONE, 5, false),
+            SequenceCheck::Accept
+        );
         s.record(ProducerStamp::NONE, 5, 1);
         assert_eq!(s.len(), 1, "plain batches leave no state");
         assert_eq!(
-            s.check(stamp(1, 0, 44), 1),
+            s.check(stamp(1, 0, 44), 1, false),
             SequenceCheck::OutOfOrder { expected: 43 }
         );
     }
@@ -237,17 +258,17 @@ mod tests {
         let mut s = ProducerState::new();
         s.record(stamp(3, 2, 0), 1, 0);
         assert_eq!(
-            s.check(stamp(3, 1, 1), 1),
+            s.check(stamp(3, 1, 1), 1, false),
             SequenceCheck::Fenced { current_epoch: 2 }
         );
         assert_eq!(
-            s.check(stamp(3, 3, 5), 1),
+            s.check(stamp(3, 3, 5), 1, false),
             SequenceCheck::OutOfOrder { expected: 0 }
         );
-        assert_eq!(s.check(stamp(3, 3, 0), 1), SequenceCheck::Accept);
+        assert_eq!(s.check(stamp(3, 3, 0), 1, false), SequenceCheck::Accept);
         s.record(stamp(3, 3, 0), 1, 1);
         assert_eq!(
-            s.check(stamp(3, 2, 0), 1),
+            s.check(stamp(3, 2, 0), 1, false),
             SequenceCheck::Fenced { current_epoch: 3 }
         );
     }
@@ -259,11 +280,11 @@ mod tests {
             s.record(stamp(1, 0, i), 1, i as u64);
         }
         assert_eq!(
-            s.check(stamp(1, 0, 0), 1),
+            s.check(stamp(1, 0, 0), 1, false),
             SequenceCheck::OutOfOrder { expected: 7 }
         );
         assert_eq!(
-            s.check(stamp(1, 0, 2), 1),
+            s.check(stamp(1, 0, 2), 1, false),
             SequenceCheck::Duplicate { base_offset: 2 }
         );
     }
@@ -274,9 +295,9 @@ mod tests {
         assert_eq!(advance_sequence(i32::MAX - 1, 3), 1);
         let mut s = ProducerState::new();
         s.record(stamp(1, 0, i32::MAX - 1), 2, 0);
-        assert_eq!(s.check(stamp(1, 0, 0), 1), SequenceCheck::Accept);
+        assert_eq!(s.check(stamp(1, 0, 0), 1, false), SequenceCheck::Accept);
         assert_eq!(
-            s.check(stamp(1, 0, i32::MAX - 1), 2),
+            s.check(stamp(1, 0, i32::MAX - 1), 2, false),
             SequenceCheck::Duplicate { base_offset: 0 }
         );
     }
@@ -290,17 +311,17 @@ mod tests {
         s.retain_from(3);
         assert_eq!(s.len(), 1);
         assert_eq!(
-            s.check(stamp(2, 0, 9), 1),
+            s.check(stamp(2, 0, 9), 1, true),
             SequenceCheck::Accept,
             "unknown again"
         );
         assert_eq!(
-            s.check(stamp(1, 0, 0), 2),
+            s.check(stamp(1, 0, 0), 2, false),
             SequenceCheck::OutOfOrder { expected: 4 },
             "its removed batch is no longer a duplicate"
         );
         assert_eq!(
-            s.check(stamp(1, 0, 2), 2),
+            s.check(stamp(1, 0, 2), 2, false),
             SequenceCheck::Duplicate { base_offset: 4 }
         );
     }
@@ -335,7 +356,7 @@ mod tests {
             let mut next_offset = 0u64;
             let mut next_seq = 0i32;
             let mut append = |s: &mut ProducerState, log: &mut Vec<(i32, u32, u64)>, seq: i32, n: u32| {
-                match s.check(stamp(9, 0, seq), n) {
+                match s.check(stamp(9, 0, seq), n, false) {
                     SequenceCheck::Accept => {
                         s.record(stamp(9, 0, seq), n, next_offset);
                         log.push((seq, n, next_offset));
@@ -364,15 +385,10 @@ mod tests {
                         }
                     }
                     Op::Skip(gap) => {
-                        let unknown = log.is_empty();
+                        // A gap is refused, a new producer's first batch included (the
+                        // partition was never trimmed): it must start at 0.
                         let got = append(&mut s, &mut log, next_seq + gap as i32, 1);
-                        if unknown {
-                            // Unknown producer: accepted anywhere; the sequence restarts there.
-                            prop_assert!(got.is_ok());
-                            next_seq += gap as i32 + 1;
-                        } else {
-                            prop_assert_eq!(got, Err(SequenceCheck::OutOfOrder { expected: next_seq }));
-                        }
+                        prop_assert_eq!(got, Err(SequenceCheck::OutOfOrder { expected: next_seq }));
                     }
                 }
             }

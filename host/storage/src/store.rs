@@ -958,6 +958,10 @@ struct Writer {
     /// are staged, not on commit: if a commit fails the store refuses all writes until the file
     /// is reopened, and reopening rebuilds this from what reached the file.
     producers: HashMap<PartitionId, ProducerState>,
+    /// Partitions that lost batches from their end since the store opened (a follower's
+    /// diverging suffix): producers' state may have gone with them, so, as on a partition whose
+    /// log start moved, an unknown producer is accepted at any sequence (`ProducerState::check`).
+    truncated: HashSet<PartitionId>,
     /// When the last non-durable commit must be made durable by.
     sync_deadline: Option<Instant>,
     /// Batch bytes committed without fsync since the last durable commit.
@@ -1048,6 +1052,7 @@ impl Writer {
             shared,
             file,
             producers,
+            truncated: HashSet::new(),
             sync_deadline: None,
             unsynced_bytes: 0,
             reopen_at: None,
@@ -1299,6 +1304,9 @@ impl Writer {
                 } else {
                     self.producers.insert(id, restored.producers);
                 }
+                if to < state.log_end {
+                    self.truncated.insert(id);
+                }
                 info!(partition = %id, offset, log_end = to, old_log_end = state.log_end,
                       "partition truncated");
                 reply.send(Ok(to));
@@ -1534,8 +1542,10 @@ impl Writer {
                 };
                 // A replica's batch was checked by its leader; it is only recorded below.
                 if matches!(placement, Placement::Leader { .. }) && stamp.is_idempotent() {
+                    let trimmed =
+                        lock(&log).staged_state().log_start > 0 || self.truncated.contains(&id);
                     let producers = self.producers.entry(id).or_default();
-                    match producers.check(stamp, header.record_count) {
+                    match producers.check(stamp, header.record_count, trimmed) {
                         SequenceCheck::Accept => {}
                         SequenceCheck::Duplicate { base_offset } => {
                             // Nothing is written, but the answer waits for this group's commit

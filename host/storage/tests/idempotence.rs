@@ -88,15 +88,27 @@ async fn retries_are_stored_once_gaps_and_stale_epochs_refused_plain_batches_unt
         }) => {}
         other => panic!("expected fencing, got {other:?}"),
     }
-    // An unknown producer id starts anywhere.
-    append(&store, batch(1, "other", 8, 0, 41)).await.unwrap();
+    // An unknown producer id starts at 0 on a partition that never lost batches from its
+    // start: a later batch of it is refused, as a gap would be.
+    match append(&store, batch(1, "later", 8, 0, 41)).await {
+        Err(StorageError::OutOfOrderSequence {
+            expected: 0,
+            got: 41,
+            ..
+        }) => {}
+        other => panic!("expected a new producer's later batch refused, got {other:?}"),
+    }
+    append(&store, batch(1, "other", 8, 0, 0)).await.unwrap();
 
     let log = values(&store);
     let offsets: Vec<u64> = log.iter().map(|(o, _)| *o).collect();
     assert_eq!(offsets, (0..10).collect::<Vec<_>>(), "dense, no duplicate");
     assert_eq!(log.iter().filter(|(_, v)| v == "a-0").count(), 1);
     assert_eq!(log.iter().filter(|(_, v)| v == "plain-0").count(), 2);
-    assert!(!log.iter().any(|(_, v)| v == "gap-0" || v == "old-0"));
+    assert!(
+        !log.iter()
+            .any(|(_, v)| v == "gap-0" || v == "old-0" || v == "later-0")
+    );
 }
 
 #[tokio::test]

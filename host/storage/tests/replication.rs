@@ -631,6 +631,10 @@ mod model {
         next_seq: i32,
         /// The next batch timestamp; grows by 10 a batch.
         clock: i64,
+        /// Batches were truncated from the end since the store opened: an unknown producer is
+        /// then accepted at any sequence, as on a log whose start moved; otherwise it must
+        /// start at 0.
+        truncated: bool,
     }
 
     impl Model {
@@ -741,6 +745,23 @@ mod model {
                         m.epoch += 1;
                     }
                     let seq = idempotent.then(|| m.sequence());
+                    let unknown = m.producer_batches().is_empty();
+                    if matches!(op, Op::Leader { .. })
+                        && unknown
+                        && seq.is_some_and(|s| s != 0)
+                        && m.start == 0
+                        && !m.truncated
+                    {
+                        let bytes = batch(records, m.clock, PID, seq.unwrap_or(-1));
+                        let got = rt.block_on(store.append(P, bytes, m.epoch, lazy));
+                        let refused = matches!(
+                            got,
+                            Err(StorageError::OutOfOrderSequence { expected: 0, got: s, .. })
+                                if Some(s) == seq
+                        );
+                        prop_assert!(refused, "a new producer not at 0: {:?}", got);
+                        continue;
+                    }
                     let bytes = batch(
                         records,
                         m.clock,
@@ -818,6 +839,7 @@ mod model {
                     };
                     prop_assert_eq!(store.truncate(P, offset).unwrap(), to);
                     if to < m.end {
+                        m.truncated = true;
                         m.batches.retain(|b| b.base < to);
                         m.start = m.start.min(to);
                         m.end = to;
@@ -867,6 +889,7 @@ mod model {
                 Op::Reopen => {
                     store.shutdown().unwrap();
                     store = open(&d.path);
+                    m.truncated = false;
                 }
             }
             check(&store, &m)?;
