@@ -45,7 +45,7 @@ pub enum RaftRequest {
     /// A message of the partition replication protocol, opaque here: handed to the handler the
     /// broker installed ([`crate::MetadataRaft::set_replica_handler`]). It rides the same
     /// mutually authenticated peer connections as Raft.
-    Replica(Vec<u8>),
+    Replica(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// The answer to a [`RaftRequest`], of the matching variant, or [`RaftReply::Refused`].
@@ -68,7 +68,7 @@ pub enum RaftReply {
     Identity(Option<crate::Identity>),
     /// The handler's answer to a [`RaftRequest::Replica`], or why there is none (no handler
     /// installed yet: the node is starting).
-    Replica(Result<Vec<u8>, String>),
+    Replica(Result<serde_bytes::ByteBuf, String>),
 }
 
 /// The outcome of a proposal a follower forwarded to the leader.

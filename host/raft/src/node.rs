@@ -279,7 +279,7 @@ impl MetadataRaft {
                 })?
         };
         match (self.forward)(target, peer, RaftRequest::Replica(message)).await? {
-            RaftReply::Replica(Ok(answer)) => Ok(answer),
+            RaftReply::Replica(Ok(answer)) => Ok(answer.into_vec()),
             RaftReply::Replica(Err(why)) => Err(TransportError::Failed(why)),
             other => Err(TransportError::Failed(format!(
                 "unexpected answer to a replication message: {other:?}"
@@ -662,7 +662,7 @@ impl MetadataRaft {
                     .expect("replica handler lock poisoned")
                     .clone();
                 RaftReply::Replica(match handler {
-                    Some(handle) => handle(message).await,
+                    Some(handle) => handle(message).await.map(serde_bytes::ByteBuf::from),
                     None => Err(format!("node {} does not serve replication yet", self.id)),
                 })
             }

@@ -29,7 +29,12 @@ pub const READER: u32 = u32::MAX;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplicaAnswer {
     /// Whole batches from the fetch offset (none when nothing new came within the long poll).
-    Batches { high_watermark: u64, bytes: Vec<u8> },
+    Batches {
+        high_watermark: u64,
+        /// Encoded as one byte string (the wire bytes of a sequence of u8, copied at once).
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
     /// The follower's log diverges: `epoch` ends at `end_offset` here.
     Diverging { epoch: u32, end_offset: u64 },
     /// The fetch offset is outside this log.
@@ -58,6 +63,22 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Batches go as one byte string, which postcard writes exactly as the sequence of u8 it
+    /// was before (length, then the bytes): brokers of either build understand each other.
+    #[test]
+    fn batch_bytes_keep_the_wire_form_of_a_sequence_of_bytes() {
+        let bytes: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
+        let answer = ReplicaAnswer::Batches {
+            high_watermark: 7,
+            bytes: bytes.clone(),
+        };
+        let encoded = encode(&answer).unwrap();
+        let mut want = vec![0u8, 7]; // variant 0, high watermark 7
+        want.extend(postcard::to_allocvec(&bytes).unwrap()); // as a plain Vec<u8>
+        assert_eq!(encoded, want);
+        assert_eq!(decode::<ReplicaAnswer>(&encoded).unwrap(), answer);
+    }
 
     #[test]
     fn messages_round_trip_and_trailing_bytes_are_refused() {
