@@ -303,7 +303,8 @@ impl<W: BatchWaiter> Accumulator<W> {
     }
 
     /// Adds a record. `partition` is the explicit or key-hashed partition, `None` for sticky;
-    /// `partitions` is the topic's current partition count.
+    /// `partitions` is the topic's current partition count; `now` is asked only when the
+    /// record opens a batch.
     pub(crate) fn append(
         &mut self,
         topic: &Arc<str>,
@@ -311,7 +312,7 @@ impl<W: BatchWaiter> Accumulator<W> {
         partitions: u32,
         record: &Record,
         reserved: usize,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> Appended<W::Ticket> {
         let partitions = partitions.max(1);
         let size = BatchBuilder::record_size_estimate(record);
@@ -336,11 +337,12 @@ impl<W: BatchWaiter> Accumulator<W> {
         self.next_seq += 1;
         let queue = self.queue(topic, p);
         let opened = queue.open.is_none();
+        // The clock is read only when a batch opens (its linger starts), not per record.
         let open = queue.open.get_or_insert_with(|| OpenBatch {
             builder: BatchBuilder::new(compression),
             records: Vec::new(),
             waiter: W::default(),
-            opened: now,
+            opened: now(),
         });
         open.builder.push(record);
         let ticket = open.waiter.ticket(open.records.len());
@@ -604,7 +606,7 @@ mod tests {
     fn waits_for_linger_then_sends() {
         let mut acc = Accumulator::<()>::with_seed(config(1 << 20, 1), 0);
         let t0 = Instant::now();
-        acc.append(&topic(), Some(0), 4, &record("a", 1), 1, t0);
+        acc.append(&topic(), Some(0), 4, &record("a", 1), 1, || t0);
         assert!(acc.poll_ready(t0, false).is_empty());
         assert_eq!(
             acc.next_wakeup(t0, false),
@@ -614,7 +616,7 @@ mod tests {
         assert_eq!(ready.len(), 1);
         assert_eq!(ready[0].records.len(), 1);
         // A flush ignores linger.
-        acc.append(&topic(), Some(1), 4, &record("b", 1), 1, t0);
+        acc.append(&topic(), Some(1), 4, &record("b", 1), 1, || t0);
         assert_eq!(acc.poll_ready(t0, true).len(), 1);
     }
 
@@ -625,9 +627,9 @@ mod tests {
         let mut acc = Accumulator::<()>::with_seed(config(85, 1), 0);
         let t0 = Instant::now();
         for i in 0..2 {
-            acc.append(&topic(), Some(0), 1, &record("x", i), 1, t0);
+            acc.append(&topic(), Some(0), 1, &record("x", i), 1, || t0);
         }
-        acc.append(&topic(), Some(0), 1, &record("x", 2), 1, t0);
+        acc.append(&topic(), Some(0), 1, &record("x", 2), 1, || t0);
         let first = acc.poll_ready(t0, false);
         assert_eq!(
             first.len(),
@@ -637,7 +639,7 @@ mod tests {
         assert_eq!(first[0].records.len(), 2);
         // In flight: the open batch keeps growing and is not sent even after linger.
         let later = t0 + Duration::from_secs(1);
-        acc.append(&topic(), Some(0), 1, &record("x", 3), 1, later);
+        acc.append(&topic(), Some(0), 1, &record("x", 3), 1, || later);
         assert!(acc.poll_ready(later, false).is_empty());
         assert_eq!(acc.next_wakeup(later, false), None);
         acc.handle_done(&first[0].tp, first[0].first_seq());
@@ -654,7 +656,7 @@ mod tests {
         let mut chosen = Vec::new();
         for i in 0..8 {
             chosen.push(
-                acc.append(&topic(), None, 3, &record("x", i), 1, t0)
+                acc.append(&topic(), None, 3, &record("x", i), 1, || t0)
                     .partition,
             );
         }
@@ -665,11 +667,11 @@ mod tests {
         // Linger-sealing also moves the sticky partition on.
         let later = t0 + Duration::from_secs(1);
         let before = acc
-            .append(&topic(), None, 3, &record("y", 9), 1, later)
+            .append(&topic(), None, 3, &record("y", 9), 1, || later)
             .partition;
         acc.poll_ready(later + Duration::from_secs(1), false);
         let after = acc
-            .append(&topic(), None, 3, &record("y", 10), 1, later)
+            .append(&topic(), None, 3, &record("y", 10), 1, || later)
             .partition;
         assert_eq!(after, (before + 1) % 3);
     }
@@ -678,10 +680,10 @@ mod tests {
     fn retry_goes_first_and_blocks_later_batches_until_backoff_ends() {
         let mut acc = Accumulator::<()>::with_seed(config(1 << 20, 1), 0);
         let t0 = Instant::now();
-        acc.append(&topic(), Some(0), 1, &record("a", 0), 1, t0);
+        acc.append(&topic(), Some(0), 1, &record("a", 0), 1, || t0);
         let mut sent = acc.poll_ready(t0, true);
         let batch = sent.pop().unwrap();
-        acc.append(&topic(), Some(0), 1, &record("b", 0), 1, t0);
+        acc.append(&topic(), Some(0), 1, &record("b", 0), 1, || t0);
         let backoff = t0 + Duration::from_millis(100);
         acc.handle_retry(batch, backoff);
         assert!(acc.poll_ready(t0, true).is_empty(), "blocked by backoff");
@@ -702,7 +704,7 @@ mod tests {
         let mut acc = Accumulator::<()>::with_seed(config(1, 3), 0);
         let t0 = Instant::now();
         for _ in 0..3u64 {
-            acc.append(&topic(), Some(0), 1, &record("x", 0), 1, t0);
+            acc.append(&topic(), Some(0), 1, &record("x", 0), 1, || t0);
         }
         let mut sent = acc.poll_ready(t0, true);
         assert_eq!(sent.len(), 3, "three one-record batches in flight");
@@ -749,7 +751,7 @@ mod tests {
                     key: "h".into(),
                     value: Some(Bytes::from_static(b"v")),
                 });
-                acc.append(&topic(), Some(0), 1, &r, 1, t0);
+                acc.append(&topic(), Some(0), 1, &r, 1, || t0);
                 sent.push(r);
             }
             let mut batch = acc.poll_ready(t0, true).pop().unwrap();
@@ -774,8 +776,8 @@ mod tests {
         let mut acc = Accumulator::<()>::with_seed(config(1 << 20, 2), 0);
         let t0 = Instant::now();
         for _ in 0..3 {
-            acc.append(&topic(), Some(0), 2, &record("a", 0), 1, t0);
-            acc.append(&topic(), Some(1), 2, &record("a", 0), 1, t0);
+            acc.append(&topic(), Some(0), 2, &record("a", 0), 1, || t0);
+            acc.append(&topic(), Some(1), 2, &record("a", 0), 1, || t0);
             // One record per batch.
             acc.seal_open(&topic(), 0);
             acc.seal_open(&topic(), 1);

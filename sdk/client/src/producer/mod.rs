@@ -306,7 +306,7 @@ impl Producer {
             partitions,
             &record_bytes,
             reserved,
-            Instant::now(),
+            Instant::now,
         );
         if appended.changed {
             shared.wake.notify_one();
