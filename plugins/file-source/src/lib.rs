@@ -53,6 +53,13 @@ fn fingerprint(path: &str) -> Result<Option<u64>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::msg(format!("cannot open {path}: {e}"))),
     };
+    fingerprint_of(&mut file, path)
+}
+
+/// The fingerprint of an open file, read from its start.
+fn fingerprint_of(file: &mut File, path: &str) -> Result<Option<u64>> {
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::msg(format!("cannot seek in {path}: {e}")))?;
     let mut head = vec![0u8; FINGERPRINT_BYTES];
     let mut got = 0;
     while got < head.len() {
@@ -113,6 +120,13 @@ impl FileSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(Error::msg(format!("cannot open {file}: {e}"))),
         };
+        // The file opened must be the one the position is in: `file` may have been rotated
+        // (and a new one created under its name) since `current_file` looked, and reading the
+        // new file at the old file's offset would cut a line in two. The next poll sees the
+        // rotation.
+        if self.fingerprint.is_some() && fingerprint_of(&mut f, file)? != self.fingerprint {
+            return Ok(0);
+        }
         let len = f
             .metadata()
             .map_err(|e| Error::msg(format!("cannot stat {file}: {e}")))?
