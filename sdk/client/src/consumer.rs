@@ -123,11 +123,14 @@ pub struct Consumer {
 
 type FetchResult = Result<(Vec<Fetched>, usize), ClientError>;
 
+/// A partition a fetch asks for: topic, partition, offset.
+type Asked = (String, u32, u64);
+
 /// A fetch running ahead of the next poll.
 #[derive(Debug)]
 struct Prefetch {
     /// Topic, partition and offset of each partition asked for.
-    asked: Vec<(String, u32, u64)>,
+    asked: Vec<Asked>,
     task: tokio::task::JoinHandle<FetchResult>,
 }
 
@@ -548,21 +551,9 @@ impl Consumer {
                 self.assigned[i].position = Some(position);
             }
         }
-        let partitions: Vec<FetchPartition> = self
-            .assigned
-            .iter()
-            .map(|a| FetchPartition {
-                topic: a.topic.clone(),
-                partition: a.partition,
-                offset: a.position.unwrap_or(0),
-                max_bytes: self.config.max_partition_bytes,
-                leader_epoch: None,
-            })
-            .collect();
-        let asked: Vec<(String, u32, u64)> = partitions
-            .iter()
-            .map(|p| (p.topic.clone(), p.partition, p.offset))
-            .collect();
+        let (partitions, asked) = self
+            .next_fetch()
+            .expect("every assigned partition got a position just above");
         let (fetched, mut retriable) = match self.prefetch.take() {
             Some(mut ahead) if ahead.asked == asked => (&mut ahead.task)
                 .await
@@ -644,9 +635,11 @@ impl Consumer {
         Ok(records)
     }
 
-    /// Sends the fetch the next poll would send, from the positions just reached.
-    fn fetch_ahead(&mut self) {
-        let Some(partitions) = self
+    /// The fetch of every assigned partition from its position, with what it asks for (topic,
+    /// partition, offset) to match a fetch sent ahead against; `None` while a partition has no
+    /// position.
+    fn next_fetch(&self) -> Option<(Vec<FetchPartition>, Vec<Asked>)> {
+        let partitions = self
             .assigned
             .iter()
             .map(|a| {
@@ -658,14 +651,19 @@ impl Consumer {
                     leader_epoch: None,
                 })
             })
-            .collect::<Option<Vec<_>>>()
-        else {
-            return;
-        };
+            .collect::<Option<Vec<_>>>()?;
         let asked = partitions
             .iter()
             .map(|p| (p.topic.clone(), p.partition, p.offset))
             .collect();
+        Some((partitions, asked))
+    }
+
+    /// Sends the fetch the next poll would send, from the positions just reached.
+    fn fetch_ahead(&mut self) {
+        let Some((partitions, asked)) = self.next_fetch() else {
+            return;
+        };
         let (client, config) = (self.client.clone(), self.config.clone());
         self.prefetch = Some(Prefetch {
             asked,
