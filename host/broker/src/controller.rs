@@ -578,7 +578,7 @@ impl MetadataController {
         &self,
         target: u32,
         message: Vec<u8>,
-    ) -> Result<Vec<u8>, TransportError> {
+    ) -> Result<sluice_raft::ReplicaPayload, TransportError> {
         self.node()
             .call_replica(NodeId::from(target), message)
             .await

@@ -16,9 +16,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use sluice_metadata::MetadataCommand;
 use sluice_proto::batch::split_batches;
 use sluice_proto::{ErrorCode, WireError};
+use sluice_raft::ReplicaPayload;
 use sluice_replication::wire::{self, ReplicaAnswer, ReplicaFetch};
 use sluice_replication::{
     EpochCache, FetchOutcome, FollowerAction, LeaderConfig, PartitionFollower, PartitionLeader,
@@ -287,22 +289,32 @@ pub(crate) fn serve(broker: &Arc<Broker>) {
             Box::pin(async move {
                 let broker = weak.upgrade().ok_or("the broker is stopping")?;
                 let fetch: ReplicaFetch = wire::decode(&message)?;
-                let answer = answer_fetch(&broker, fetch).await;
-                wire::encode(&answer)
+                let (answer, batches) = match answer_fetch(&broker, fetch).await {
+                    Ok((hw, batches)) => (ReplicaAnswer::Batches { high_watermark: hw }, batches),
+                    Err(answer) => (answer, Bytes::new()),
+                };
+                Ok(ReplicaPayload::new(wire::encode(&answer)?, batches))
             })
         }));
 }
 
-async fn answer_fetch(broker: &Arc<Broker>, fetch: ReplicaFetch) -> ReplicaAnswer {
+/// The high watermark and the batches to send (as [`ReplicaAnswer::Batches`] with the batches
+/// beside it), or the answer that says why there are none.
+type Served = Result<(u64, Bytes), ReplicaAnswer>;
+
+async fn answer_fetch(broker: &Arc<Broker>, fetch: ReplicaFetch) -> Served {
     let name = broker
         .controller
         .read(|s| s.topic_by_id(fetch.topic_id).map(|t| t.name.clone()));
     let Some(name) = name else {
-        return ReplicaAnswer::Refused(format!("no topic has id {}", fetch.topic_id));
+        return Err(ReplicaAnswer::Refused(format!(
+            "no topic has id {}",
+            fetch.topic_id
+        )));
     };
     let led = match broker.led_partition_in(&name, fetch.partition, Some(fetch.leader_epoch)) {
         Ok(led) => led,
-        Err(e) => return ReplicaAnswer::Refused(e.message),
+        Err(e) => return Err(ReplicaAnswer::Refused(e.message)),
     };
     let id = led.id;
     let position = |broker: &Broker| -> Result<(u64, u64, EpochCache), StorageError> {
@@ -321,7 +333,7 @@ async fn answer_fetch(broker: &Arc<Broker>, fetch: ReplicaFetch) -> ReplicaAnswe
     }
     let (log_start, log_end, epochs) = match position(broker) {
         Ok(p) => p,
-        Err(e) => return ReplicaAnswer::Refused(e.to_string()),
+        Err(e) => return Err(ReplicaAnswer::Refused(e.to_string())),
     };
     // The leader's bookkeeping decides (and learns the follower's log end from a consistent
     // fetch); a partition of one replica has no followers to ask.
@@ -340,16 +352,16 @@ async fn answer_fetch(broker: &Arc<Broker>, fetch: ReplicaFetch) -> ReplicaAnswe
     match outcome {
         (FetchOutcome::Read { .. }, hw) => broker.advance_high_watermark(id, hw),
         (FetchOutcome::Diverging { epoch, end_offset }, _) => {
-            return ReplicaAnswer::Diverging { epoch, end_offset };
+            return Err(ReplicaAnswer::Diverging { epoch, end_offset });
         }
         (FetchOutcome::OutOfRange { log_start, log_end }, _) => {
-            return ReplicaAnswer::OutOfRange { log_start, log_end };
+            return Err(ReplicaAnswer::OutOfRange { log_start, log_end });
         }
         (FetchOutcome::NotReplica, _) => {
-            return ReplicaAnswer::Refused(format!(
+            return Err(ReplicaAnswer::Refused(format!(
                 "node {} is not a follower of this partition",
                 fetch.follower
-            ));
+            )));
         }
     }
     let _ = log_start;
@@ -380,21 +392,14 @@ async fn answer_fetch(broker: &Arc<Broker>, fetch: ReplicaFetch) -> ReplicaAnswe
     })
     .await;
     match read {
-        Ok(Ok(read)) => ReplicaAnswer::Batches {
-            high_watermark: broker.high_watermark(id),
-            bytes: read.bytes.to_vec(),
-        },
-        Ok(Err(e)) => ReplicaAnswer::Refused(e.to_string()),
-        Err(e) => ReplicaAnswer::Refused(format!("read task failed: {e}")),
+        Ok(Ok(read)) => Ok((broker.high_watermark(id), read.bytes)),
+        Ok(Err(e)) => Err(ReplicaAnswer::Refused(e.to_string())),
+        Err(e) => Err(ReplicaAnswer::Refused(format!("read task failed: {e}"))),
     }
 }
 
 /// A reader's fetch ([`wire::READER`]): committed batches from its offset, nothing else.
-async fn answer_reader(
-    broker: &Arc<Broker>,
-    id: PartitionId,
-    fetch: &ReplicaFetch,
-) -> ReplicaAnswer {
+async fn answer_reader(broker: &Arc<Broker>, id: PartitionId, fetch: &ReplicaFetch) -> Served {
     let hw = broker.high_watermark(id);
     let (b, offset, max) = (
         broker.clone(),
@@ -403,15 +408,12 @@ async fn answer_reader(
     );
     let read = tokio::task::spawn_blocking(move || b.store.read(id, offset, max)).await;
     match read {
-        Ok(Ok(read)) => ReplicaAnswer::Batches {
-            high_watermark: hw,
-            bytes: crate::fetch::below_high_watermark(read.bytes, hw).to_vec(),
-        },
+        Ok(Ok(read)) => Ok((hw, crate::fetch::below_high_watermark(read.bytes, hw))),
         Ok(Err(StorageError::OffsetOutOfRange { log_start, log_end })) => {
-            ReplicaAnswer::OutOfRange { log_start, log_end }
+            Err(ReplicaAnswer::OutOfRange { log_start, log_end })
         }
-        Ok(Err(e)) => ReplicaAnswer::Refused(e.to_string()),
-        Err(e) => ReplicaAnswer::Refused(format!("read task failed: {e}")),
+        Ok(Err(e)) => Err(ReplicaAnswer::Refused(e.to_string())),
+        Err(e) => Err(ReplicaAnswer::Refused(format!("read task failed: {e}"))),
     }
 }
 
@@ -443,8 +445,8 @@ pub(crate) async fn read_at_leader(
     .await
     .map_err(|_| format!("no answer from node {leader} within {FETCH_TIMEOUT:?}"))?
     .map_err(|e| e.to_string())?;
-    match wire::decode::<ReplicaAnswer>(&answer)? {
-        ReplicaAnswer::Batches { bytes, .. } => Ok(bytes.into()),
+    match wire::decode::<ReplicaAnswer>(&answer.message)? {
+        ReplicaAnswer::Batches { .. } => Ok(answer.raw),
         ReplicaAnswer::OutOfRange { log_start, log_end } => Err(format!(
             "offset {from} out of range: node {leader} holds {log_start}..{log_end}"
         )),
@@ -569,7 +571,8 @@ async fn fetch_once(
     .await
     .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
     .map_err(|e| e.to_string())?;
-    let answer: ReplicaAnswer = wire::decode(&answer)?;
+    let bytes = answer.raw;
+    let answer: ReplicaAnswer = wire::decode(&answer.message)?;
     // Leadership may have moved while the fetch was out — to this node, even. An answer from
     // a leader that no longer is one is dropped: applying it could put the old leader's
     // batches after this node started its own epoch, or cut what a new leader wrote.
@@ -584,19 +587,13 @@ async fn fetch_once(
     let mut follower =
         PartitionFollower::new(leader_epoch, state.log_start, state.log_end, 0, cache);
     match answer {
-        ReplicaAnswer::Batches {
-            bytes,
-            high_watermark,
-        } if bytes.is_empty() => {
+        ReplicaAnswer::Batches { high_watermark } if bytes.is_empty() => {
             // A follower's high watermark: what the leader has committed, of what it holds.
             broker.advance_high_watermark(id, high_watermark.min(state.log_end));
             Ok(false)
         }
-        ReplicaAnswer::Batches {
-            bytes,
-            high_watermark,
-        } => {
-            let batches = split_batches(bytes.into()).map_err(|e| e.to_string())?;
+        ReplicaAnswer::Batches { high_watermark } => {
+            let batches = split_batches(bytes).map_err(|e| e.to_string())?;
             let max = broker.config.max_batch_bytes as usize;
             // Every batch is checked, then all are queued at once: the store's writer takes
             // them in one group commit (one fsync), not one each.

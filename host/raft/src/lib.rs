@@ -48,7 +48,7 @@ pub use sluice_metadata::{MetadataCommand, MetadataError, MetadataState};
 pub use log_store::{LogStore, StorageOpenError};
 pub use network::{
     Forwarded, InProcessRouter, InProcessTransport, RaftReply, RaftRequest, RaftTransport,
-    TransportError,
+    ReplicaPayload, TransportError,
 };
 pub use node::{
     MembershipError, MetadataRaft, MetadataRaftConfig, ProposeError, RAFT_FILE, RaftStatus,

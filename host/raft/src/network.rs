@@ -68,7 +68,54 @@ pub enum RaftReply {
     Identity(Option<crate::Identity>),
     /// The handler's answer to a [`RaftRequest::Replica`], or why there is none (no handler
     /// installed yet: the node is starting).
-    Replica(Result<serde_bytes::ByteBuf, String>),
+    Replica(Result<ReplicaPayload, String>),
+}
+
+/// A replication handler's answer: a message, opaque here, and bytes that travel beside it
+/// rather than inside it — the frame's raw part on a network transport, so batches read for a
+/// follower go to the connection as they are, with no serialisation and no copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaPayload {
+    #[serde(with = "serde_bytes")]
+    pub message: Vec<u8>,
+    /// Not part of the encoded reply: the transport carries it ([`RaftReply::take_raw`],
+    /// [`RaftReply::attach_raw`]).
+    #[serde(skip)]
+    pub raw: bytes::Bytes,
+}
+
+impl ReplicaPayload {
+    pub fn new(message: Vec<u8>, raw: bytes::Bytes) -> Self {
+        ReplicaPayload { message, raw }
+    }
+}
+
+impl RaftReply {
+    /// Takes out the bytes that travel beside the encoded reply (empty for every reply but a
+    /// replication answer that has some).
+    pub fn take_raw(&mut self) -> bytes::Bytes {
+        match self {
+            RaftReply::Replica(Ok(payload)) => std::mem::take(&mut payload.raw),
+            _ => bytes::Bytes::new(),
+        }
+    }
+
+    /// Puts back the bytes that arrived beside the encoded reply. Only a replication answer
+    /// carries any: raw bytes after any other reply are a malformed frame.
+    pub fn attach_raw(&mut self, raw: bytes::Bytes) -> Result<(), TransportError> {
+        if raw.is_empty() {
+            return Ok(());
+        }
+        match self {
+            RaftReply::Replica(Ok(payload)) => {
+                payload.raw = raw;
+                Ok(())
+            }
+            _ => Err(TransportError::Failed(
+                "a raft reply other than a replication answer carries raw bytes".into(),
+            )),
+        }
+    }
 }
 
 /// The outcome of a proposal a follower forwarded to the leader.
@@ -290,8 +337,11 @@ impl RaftTransport for InProcessTransport {
             })?
         };
         let request = round_trip(&request)?;
-        let reply = raft.handle_rpc(request).await;
-        round_trip(&reply)
+        let mut reply = raft.handle_rpc(request).await;
+        let raw = reply.take_raw();
+        let mut reply = round_trip(&reply)?;
+        reply.attach_raw(raw)?;
+        Ok(reply)
     }
 }
 

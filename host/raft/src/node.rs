@@ -15,7 +15,8 @@ use sluice_metadata::{MetadataCommand, MetadataError, MetadataState};
 
 use crate::log_store::{LogStore, StorageOpenError, open_database};
 use crate::network::{
-    Forwarded, NetworkFactory, RaftReply, RaftRequest, RaftTransport, TransportError,
+    Forwarded, NetworkFactory, RaftReply, RaftRequest, RaftTransport, ReplicaPayload,
+    TransportError,
 };
 use crate::state_machine::StateMachineStore;
 use crate::{CommandResponse, Identity, NodeId, PeerNode, TypeConfig};
@@ -165,7 +166,10 @@ pub struct MetadataRaft {
 
 /// Answers one replication message from a peer (see [`MetadataRaft::set_replica_handler`]).
 pub type ReplicaHandler = Arc<
-    dyn Fn(Vec<u8>) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>
+    dyn Fn(
+            Vec<u8>,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = Result<ReplicaPayload, String>> + Send>>
         + Send
         + Sync,
 >;
@@ -264,7 +268,7 @@ impl MetadataRaft {
         &self,
         target: NodeId,
         message: Vec<u8>,
-    ) -> Result<Vec<u8>, TransportError> {
+    ) -> Result<ReplicaPayload, TransportError> {
         let peer = {
             let metrics = self.raft.metrics().borrow().clone();
             metrics
@@ -279,7 +283,7 @@ impl MetadataRaft {
                 })?
         };
         match (self.forward)(target, peer, RaftRequest::Replica(message)).await? {
-            RaftReply::Replica(Ok(answer)) => Ok(answer.into_vec()),
+            RaftReply::Replica(Ok(answer)) => Ok(answer),
             RaftReply::Replica(Err(why)) => Err(TransportError::Failed(why)),
             other => Err(TransportError::Failed(format!(
                 "unexpected answer to a replication message: {other:?}"
@@ -662,7 +666,7 @@ impl MetadataRaft {
                     .expect("replica handler lock poisoned")
                     .clone();
                 RaftReply::Replica(match handler {
-                    Some(handle) => handle(message).await.map(serde_bytes::ByteBuf::from),
+                    Some(handle) => handle(message).await,
                     None => Err(format!("node {} does not serve replication yet", self.id)),
                 })
             }

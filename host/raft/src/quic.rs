@@ -11,7 +11,8 @@
 //! and finishes. The frames are the wire protocol's ([`sluice_proto::frame`]): a `u32`
 //! big-endian length, checked against the reader's maximum before anything is allocated for
 //! the body, then the body: a `u32` control length, the postcard-encoded [`RaftRequest`] or
-//! [`RaftReply`], and no raw bytes.
+//! [`RaftReply`], and no raw bytes — except after a replication answer, whose bytes (batches
+//! read for a follower) are the frame's raw part, handed to quinn as they are.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -329,9 +330,11 @@ async fn exchange(
     write_message(&mut send, request).await.map_err(failed)?;
     send.finish()
         .map_err(|e| TransportError::Failed(e.to_string()))?;
-    read_message(&mut recv, max_frame_bytes)
+    let (mut reply, raw) = read_frame_message::<RaftReply, _>(&mut recv, max_frame_bytes)
         .await
-        .map_err(failed)
+        .map_err(failed)?;
+    reply.attach_raw(raw)?;
+    Ok(reply)
 }
 
 /// Settings of the answering side.
@@ -420,8 +423,10 @@ async fn serve_stream(
             return;
         }
     };
-    let reply = raft.handle_rpc(request).await;
-    match tokio::time::timeout(config.frame_timeout, write_message(&mut send, &reply)).await {
+    let mut reply = raft.handle_rpc(request).await;
+    let raw = reply.take_raw();
+    let write = sluice_client::send_frame(&mut send, &reply, raw);
+    match tokio::time::timeout(config.frame_timeout, write).await {
         Ok(Ok(())) => {
             let _ = send.finish();
         }
@@ -446,14 +451,22 @@ async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(
     write_frame(w, message, &[]).await
 }
 
-/// Reads one frame of at most `max` bytes and decodes its message. The stream ending before
-/// the frame is an error: every stream carries exactly one.
+/// Reads one frame of at most `max` bytes and decodes its message, with the raw bytes after
+/// it. The stream ending before the frame is an error: every stream carries exactly one.
+async fn read_frame_message<T: DeserializeOwned, R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<(T, bytes::Bytes), ProtoError> {
+    let body = read_frame(r, max).await?.ok_or(ProtoError::Truncated)?;
+    decode_body(body)
+}
+
+/// [`read_frame_message`] for a frame that must carry no raw bytes.
 async fn read_message<T: DeserializeOwned, R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<T, ProtoError> {
-    let body = read_frame(r, max).await?.ok_or(ProtoError::Truncated)?;
-    let (message, raw) = decode_body(body)?;
+    let (message, raw) = read_frame_message(r, max).await?;
     if !raw.is_empty() {
         return Err(ProtoError::Malformed(
             "raft frame carries bytes after its message",
@@ -483,6 +496,41 @@ mod tests {
         write_message(&mut a, &reply).await.unwrap();
         let read: RaftReply = read_message(&mut b, 1024).await.unwrap();
         assert!(matches!(read, RaftReply::Vote(Ok(r)) if r.vote_granted));
+    }
+
+    /// A replication answer's bytes travel as the frame's raw part and come back beside it;
+    /// raw bytes after any other reply make the exchange fail.
+    #[tokio::test]
+    async fn only_a_replication_answer_carries_raw_bytes() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let mut reply = RaftReply::Replica(Ok(crate::ReplicaPayload::new(
+            b"control".to_vec(),
+            bytes::Bytes::from_static(b"batches"),
+        )));
+        let raw = reply.take_raw();
+        assert_eq!(raw, &b"batches"[..]);
+        write_frame(&mut a, &reply, &raw).await.unwrap();
+        let (mut read, raw) = read_frame_message::<RaftReply, _>(&mut b, 1024)
+            .await
+            .unwrap();
+        read.attach_raw(raw).unwrap();
+        let RaftReply::Replica(Ok(payload)) = read else {
+            panic!("not a replication answer: {read:?}");
+        };
+        assert_eq!(payload.message, b"control");
+        assert_eq!(payload.raw, &b"batches"[..]);
+
+        for mut other in [
+            RaftReply::HeartbeatTaken(true),
+            RaftReply::Replica(Err("no handler".into())),
+        ] {
+            assert!(other.take_raw().is_empty());
+            write_frame(&mut a, &other, b"extra").await.unwrap();
+            let (mut read, raw) = read_frame_message::<RaftReply, _>(&mut b, 1024)
+                .await
+                .unwrap();
+            assert!(read.attach_raw(raw).is_err());
+        }
     }
 
     #[tokio::test]

@@ -16,8 +16,8 @@ use sluice_metadata::MetadataCommand;
 use sluice_proto::TopicConfig;
 use sluice_raft::{
     MetadataRaft, MetadataRaftConfig, NodeId, PeerNode, PeerServerConfig, QuicTransport,
-    QuicTransportConfig, RaftReply, RaftRequest, RaftTransport, Role, TransportError,
-    peer_server_name, peer_transport_config, serve_peers,
+    QuicTransportConfig, RaftReply, RaftRequest, RaftTransport, ReplicaPayload, Role,
+    TransportError, peer_server_name, peer_transport_config, serve_peers,
 };
 use tempfile::TempDir;
 const PEER_ALPN: &[u8] = b"sluice-peer/1";
@@ -475,7 +475,13 @@ async fn replication_messages_ride_the_peer_connections() {
             if message.is_empty() {
                 return Err("empty message".to_string());
             }
-            Ok(message.into_iter().rev().collect())
+            // The message reversed, and beside it (the frame's raw part) the message repeated:
+            // both must arrive as they were sent.
+            let raw = bytes::Bytes::from(message.repeat(1000));
+            Ok(ReplicaPayload::new(
+                message.into_iter().rev().collect(),
+                raw,
+            ))
         })
     });
     cluster.node(other).set_replica_handler(handler);
@@ -484,7 +490,8 @@ async fn replication_messages_ride_the_peer_connections() {
         .call_replica(other, b"abc".to_vec())
         .await
         .unwrap();
-    assert_eq!(answer, b"cba");
+    assert_eq!(answer.message, b"cba");
+    assert_eq!(answer.raw, b"abc".repeat(1000));
     let e = cluster
         .node(leader)
         .call_replica(other, Vec::new())

@@ -29,12 +29,9 @@ pub const READER: u32 = u32::MAX;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReplicaAnswer {
     /// Whole batches from the fetch offset (none when nothing new came within the long poll).
-    Batches {
-        high_watermark: u64,
-        /// Encoded as one byte string (the wire bytes of a sequence of u8, copied at once).
-        #[serde(with = "serde_bytes")]
-        bytes: Vec<u8>,
-    },
+    /// The batches are not in the message: they follow it as the peer frame's raw part, as read
+    /// from the store, so the leader neither encodes nor copies them.
+    Batches { high_watermark: u64 },
     /// The follower's log diverges: `epoch` ends at `end_offset` here.
     Diverging { epoch: u32, end_offset: u64 },
     /// The fetch offset is outside this log.
@@ -64,22 +61,6 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
 mod tests {
     use super::*;
 
-    /// Batches go as one byte string, which postcard writes exactly as the sequence of u8 it
-    /// was before (length, then the bytes): brokers of either build understand each other.
-    #[test]
-    fn batch_bytes_keep_the_wire_form_of_a_sequence_of_bytes() {
-        let bytes: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
-        let answer = ReplicaAnswer::Batches {
-            high_watermark: 7,
-            bytes: bytes.clone(),
-        };
-        let encoded = encode(&answer).unwrap();
-        let mut want = vec![0u8, 7]; // variant 0, high watermark 7
-        want.extend(postcard::to_allocvec(&bytes).unwrap()); // as a plain Vec<u8>
-        assert_eq!(encoded, want);
-        assert_eq!(decode::<ReplicaAnswer>(&encoded).unwrap(), answer);
-    }
-
     #[test]
     fn messages_round_trip_and_trailing_bytes_are_refused() {
         let fetch = ReplicaFetch {
@@ -101,10 +82,7 @@ mod tests {
                 .contains("after its end")
         );
         for answer in [
-            ReplicaAnswer::Batches {
-                high_watermark: 5,
-                bytes: vec![1, 2, 3],
-            },
+            ReplicaAnswer::Batches { high_watermark: 5 },
             ReplicaAnswer::Diverging {
                 epoch: 4,
                 end_offset: 10,

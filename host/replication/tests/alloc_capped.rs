@@ -35,11 +35,7 @@ fn hostile_replication_messages_are_refused_without_allocating_for_them() {
             max_bytes: 7,
         })
         .unwrap(),
-        encode(&ReplicaAnswer::Batches {
-            high_watermark: 9,
-            bytes: vec![7; 300],
-        })
-        .unwrap(),
+        encode(&ReplicaAnswer::Batches { high_watermark: 9 }).unwrap(),
         encode(&ReplicaAnswer::Refused("not the leader".into())).unwrap(),
         encode(&ReplicaAnswer::Diverging {
             epoch: 3,
