@@ -72,6 +72,13 @@ pub struct BrokerConfig {
     /// Threads that validate and decompress large or compressed batches, off the network
     /// tasks. 0 means one per core.
     pub validation_threads: usize,
+    /// TCP address of the metrics and health listener (plain HTTP: `/metrics` in the
+    /// Prometheus text format, `/health/live`, `/health/ready`). Off unless set.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Whether metrics carry per-partition series (log offsets, size, high watermark, group
+    /// lag by partition). On by default; turn off where partitions number in the tens of
+    /// thousands.
+    pub metrics_per_partition: bool,
     /// Testing only (fault injection): abort the process, as `kill -9` would, when the n-th
     /// pipeline step that wrote output has had that output acknowledged and before its
     /// checkpoint is written — the window that the pipelines' exactly-once replay covers.
@@ -231,6 +238,8 @@ impl Default for BrokerConfig {
             frame_timeout_ms: 30_000,
             idle_timeout_ms: 600_000,
             validation_threads: 0,
+            metrics_listen: None,
+            metrics_per_partition: true,
             pipeline_fault_abort_before_checkpoint: None,
             topic_delete_fault_abort_after_metadata: false,
         }

@@ -145,6 +145,7 @@ fn fetch_once(broker: &Broker, req: &FetchRequest) -> (FetchResponse, Bytes) {
                     // This partition's first batch would overflow the response; it gets its
                     // turn in the next fetch.
                 } else {
+                    crate::metrics::records_out(&p.topic, &bytes);
                     entry.bytes = bytes.len() as u32;
                     len += bytes.len();
                     parts.push(bytes);

@@ -204,6 +204,16 @@ fn offsets_replication_factor(broker: &Broker) -> usize {
 }
 
 impl GroupCoordinator {
+    /// Every group coordinated here, as its summary (members, committed offsets).
+    pub(crate) fn summaries(&self) -> Vec<sluice_groups::GroupSummary> {
+        let groups = self.groups.lock().expect("groups lock poisoned");
+        groups
+            .names()
+            .iter()
+            .filter_map(|g| groups.describe(g))
+            .collect()
+    }
+
     /// Creates the offsets topic when missing, then rebuilds group state from it. Blocking.
     pub(crate) fn load(broker: &Broker) -> Result<(), BrokerError> {
         // In a cluster starting together, give the other voters a moment (bounded) to register,

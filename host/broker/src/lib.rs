@@ -17,6 +17,7 @@ pub mod controller;
 mod fetch;
 mod groups;
 mod leadership;
+mod metrics;
 mod peers;
 mod pipelines;
 mod plugins;
@@ -112,6 +113,8 @@ pub struct BrokerHandle {
     accept_task: tokio::task::JoinHandle<()>,
     retention_task: tokio::task::JoinHandle<()>,
     expiry_task: tokio::task::JoinHandle<()>,
+    /// The metrics and health listener, when `metrics_listen` is set.
+    observe: Option<sluice_observe::Endpoint>,
 }
 
 impl BrokerHandle {
@@ -120,11 +123,19 @@ impl BrokerHandle {
         self.local_addr
     }
 
+    /// The address the metrics and health listener is bound to, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.observe.as_ref().map(|o| o.local_addr())
+    }
+
     /// Stops accepting connections, lets in-flight requests finish (up to the configured
     /// timeout), stops the metadata log, closes the store cleanly and closes the endpoint.
     pub async fn shutdown(self) -> Result<(), BrokerError> {
         tracing::info!("shutting down: no new requests, finishing in-flight ones");
         self.broker.shutdown.send_replace(true);
+        if let Some(endpoint) = &self.observe {
+            endpoint.set_not_ready("shutting down");
+        }
         self.endpoint.set_server_config(None);
         self.accept_task.abort();
         self.retention_task.abort();
@@ -176,6 +187,18 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         other => disk(what, &other),
     };
     std::fs::create_dir_all(&config.data_dir).map_err(|e| disk("cannot create it", &e))?;
+    // Up first, so that an operator sees the node live (and not yet ready) while it opens.
+    let observe = match config.metrics_listen {
+        Some(addr) => {
+            let endpoint = sluice_observe::Endpoint::start(addr)
+                .await
+                .map_err(BrokerError::Metadata)?;
+            endpoint.set_not_ready("opening the store");
+            write_addr_file(&config.data_dir, "metrics.addr", endpoint.local_addr())?;
+            Some(endpoint)
+        }
+        None => None,
+    };
     let (certs, key) = tls::server_identity(&config)?;
     let server_config = tls::quic_server_config(certs, key, &config)?;
 
@@ -276,16 +299,10 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     // Tools and tests that start a broker on port 0 learn its address from this file, written
     // once the broker serves.
     let data_dir = &broker.config.data_dir;
-    let addr_file = data_dir.join("broker.addr");
-    let tmp = data_dir.join("broker.addr.tmp");
-    std::fs::write(&tmp, local_addr.to_string())
-        .and_then(|_| std::fs::rename(&tmp, &addr_file))
-        .map_err(|e| {
-            BrokerError::Disk(format!(
-                "data dir {}: writing broker.addr: {e}",
-                data_dir.display()
-            ))
-        })?;
+    write_addr_file(data_dir, "broker.addr", local_addr)?;
+    if let Some(endpoint) = &observe {
+        endpoint.set_not_ready("loading consumer group state");
+    }
     let b = broker.clone();
     tokio::task::spawn_blocking(move || groups::GroupCoordinator::load(&b))
         .await
@@ -304,6 +321,15 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         tokio::spawn(sessions::run(broker.clone()));
         tokio::spawn(leadership::balance(broker.clone()));
     }
+    if let Some(endpoint) = &observe {
+        let weak = Arc::downgrade(&broker);
+        endpoint.set_collector(move || {
+            if let Some(broker) = weak.upgrade() {
+                metrics::collect(&broker);
+            }
+        });
+        endpoint.set_ready();
+    }
     let retention_task = tokio::spawn(retention::run(broker.clone()));
     let expiry_task = tokio::spawn(groups::GroupCoordinator::run_expiry(
         broker.clone(),
@@ -316,7 +342,26 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         accept_task,
         retention_task,
         expiry_task,
+        observe,
     })
+}
+
+/// Writes `name` in the data dir with the address a listener is bound to: tools and tests that
+/// start a broker on port 0 learn it from there. Written whole (a rename), once it serves.
+fn write_addr_file(
+    data_dir: &std::path::Path,
+    name: &str,
+    addr: SocketAddr,
+) -> Result<(), BrokerError> {
+    let tmp = data_dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, addr.to_string())
+        .and_then(|_| std::fs::rename(&tmp, data_dir.join(name)))
+        .map_err(|e| {
+            BrokerError::Disk(format!(
+                "data dir {}: writing {name}: {e}",
+                data_dir.display()
+            ))
+        })
 }
 
 impl Broker {

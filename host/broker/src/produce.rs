@@ -90,6 +90,7 @@ pub(crate) fn produce(
         Err(e) => return Box::pin(async move { Reply::error(e) }),
     };
     let acks = req.acks;
+    let len = raw.len();
     // Enqueued now, in stream order; awaited below.
     let append = broker
         .store
@@ -108,6 +109,9 @@ pub(crate) fn produce(
                 };
             }
         };
+        if !appended.duplicate {
+            crate::metrics::records_in(&req.topic, appended.log_end - appended.base_offset, len);
+        }
         // With one replica the committed log end is the high watermark; with more, the
         // leader moves it when the in-sync followers have fetched the batch.
         if led.replicated {

@@ -242,7 +242,11 @@ pub(crate) async fn accept_loop(broker: Arc<Broker>, endpoint: quinn::Endpoint) 
             async move {
                 let _slot = slot;
                 match incoming.await {
-                    Ok(conn) => serve_connection(broker, conn).await,
+                    Ok(conn) => {
+                        crate::metrics::connections(1.0);
+                        serve_connection(broker, conn).await;
+                        crate::metrics::connections(-1.0);
+                    }
                     Err(e) => tracing::debug!(cause = %e, "handshake failed"),
                 }
             }
@@ -613,6 +617,8 @@ async fn dispatch(
         .silenced(broker);
     }
     let guard = crate::InFlight::new(broker);
+    let kind = crate::metrics::RequestKind::of(&request);
+    let started = Instant::now();
     let fut: BoxFuture<'static, Reply> = match request {
         Request::Produce(p) if p.partition == sluice_proto::ROUTE_BY_PARTITIONER => {
             let acks = p.acks;
@@ -636,6 +642,7 @@ async fn dispatch(
             let mut reply = fut.await;
             drop(guard);
             drop(busy);
+            kind.done(&reply, started.elapsed());
             // The answer's bytes wait for the writer (and the client) under the same budgets
             // as requests; without room for them now, a retriable error goes instead.
             if let Reply::Frame(_, raw) = &reply

@@ -82,6 +82,10 @@ pub struct BrokerArgs {
     /// This node's id.
     #[arg(long)]
     pub node_id: Option<u32>,
+    /// Serve Prometheus metrics (`/metrics`) and health (`/health/live`, `/health/ready`)
+    /// over plain HTTP on this TCP address, HOST:PORT. Off unless set.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -323,6 +327,9 @@ async fn run_broker(args: &BrokerArgs) -> Result<ExitCode> {
     }
     if let Some(n) = args.node_id {
         config.node_id = n;
+    }
+    if let Some(m) = args.metrics_listen {
+        config.metrics_listen = Some(m);
     }
     // Listening for signals from before the start: one that arrives while the broker starts
     // (a test that stops it as soon as it serves) shuts it down cleanly once it has started.

@@ -1416,11 +1416,17 @@ impl Writer {
                     let due = started + interval.min(MAX_SYNC_INTERVAL);
                     self.sync_deadline = Some(self.sync_deadline.map_or(due, |d| d.min(due)));
                 }
+                let took = started.elapsed();
+                let durable = if group.durable { "true" } else { "false" };
+                metrics::histogram!("sluice_store_commit_duration_seconds", "durable" => durable)
+                    .record(took.as_secs_f64());
+                metrics::histogram!("sluice_store_commit_batches", "durable" => durable)
+                    .record(group.appends as f64);
                 trace!(
                     commands = count,
                     appends = group.appends,
                     durable = group.durable,
-                    micros = started.elapsed().as_micros() as u64,
+                    micros = took.as_micros() as u64,
                     "group committed"
                 );
                 for waiter in group.waiters {
