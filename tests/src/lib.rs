@@ -13,6 +13,7 @@ use sluice_client::{Client, ClientConfig, TlsConfig};
 
 pub mod checker;
 pub mod jepsen;
+pub mod scrape;
 
 /// Path of the `sluice` binary built by this workspace. `cargo test --workspace` builds it
 /// before any test runs (the `sluice-cli` package has integration tests). `SLUICE_BIN`

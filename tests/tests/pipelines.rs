@@ -517,8 +517,19 @@ async fn round_trip(client: &Client, topic: &str, i: u64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_plugins_are_stopped_with_clear_errors_while_the_broker_serves() {
+    use sluice_tests::scrape::{METRICS, metrics_addr, scrape, sum};
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let broker = BrokerProcess::start(dir.path(), &format!("{TEST_CONFIG}{METRICS}"));
+    let metrics = metrics_addr(dir.path());
+    let stops = |reason: &'static str| {
+        move |s: &prometheus_parse::Scrape| {
+            sum(s, "sluice_plugin_stops_total", &[("reason", reason)])
+        }
+    };
+    let before = scrape(metrics).await;
+    for reason in ["time_limit", "memory_limit", "trap"] {
+        assert_eq!(stops(reason)(&before), 0.0);
+    }
     let client = broker.client().await;
     let admin = client.admin();
     for t in ["h-in", "h-out", "other"] {
@@ -581,6 +592,11 @@ async fn hostile_plugins_are_stopped_with_clear_errors_while_the_broker_serves()
             text.contains("status: failed") && text.contains(expected),
             "{text}"
         );
+    }
+    // Each stop by the sandbox is counted, by its reason.
+    let after = scrape(metrics).await;
+    for reason in ["time_limit", "memory_limit", "trap"] {
+        assert!(stops(reason)(&after) >= 1.0, "no {reason} stop counted");
     }
     println!(
         "{round_trips} produce+fetch round trips on another topic meanwhile, slowest {slowest:?}"

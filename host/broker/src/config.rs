@@ -79,6 +79,9 @@ pub struct BrokerConfig {
     /// lag by partition). On by default; turn off where partitions number in the tens of
     /// thousands.
     pub metrics_per_partition: bool,
+    /// Testing only: wait this many milliseconds before loading consumer group state at start
+    /// (a start that takes long enough to watch `/health/ready` say no, then yes).
+    pub group_load_delay_ms: u64,
     /// Testing only (fault injection): abort the process, as `kill -9` would, when the n-th
     /// pipeline step that wrote output has had that output acknowledged and before its
     /// checkpoint is written — the window that the pipelines' exactly-once replay covers.
@@ -240,6 +243,7 @@ impl Default for BrokerConfig {
             validation_threads: 0,
             metrics_listen: None,
             metrics_per_partition: true,
+            group_load_delay_ms: 0,
             pipeline_fault_abort_before_checkpoint: None,
             topic_delete_fault_abort_after_metadata: false,
         }

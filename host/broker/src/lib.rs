@@ -194,6 +194,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
                 .await
                 .map_err(BrokerError::Metadata)?;
             endpoint.set_not_ready("opening the store");
+            metrics::describe();
             write_addr_file(&config.data_dir, "metrics.addr", endpoint.local_addr())?;
             Some(endpoint)
         }
@@ -302,6 +303,9 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     write_addr_file(data_dir, "broker.addr", local_addr)?;
     if let Some(endpoint) = &observe {
         endpoint.set_not_ready("loading consumer group state");
+    }
+    if broker.config.group_load_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(broker.config.group_load_delay_ms)).await;
     }
     let b = broker.clone();
     tokio::task::spawn_blocking(move || groups::GroupCoordinator::load(&b))

@@ -11,6 +11,121 @@ use sluice_proto::{Acks, Request};
 use crate::Broker;
 use crate::router::Reply;
 
+/// Gives every metric its `# HELP` text and unit (once per process; the recorder keeps them).
+pub(crate) fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "sluice_requests_total",
+        Unit::Count,
+        "Client requests handled, by type and outcome (ok or the error code)"
+    );
+    describe_histogram!(
+        "sluice_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a request's arrival to its answer, by type"
+    );
+    describe_histogram!(
+        "sluice_produce_duration_seconds",
+        Unit::Seconds,
+        "Time from a produce request's arrival to its answer, by acks"
+    );
+    describe_counter!(
+        "sluice_records_in_total",
+        Unit::Count,
+        "Records stored for producers, by topic (an idempotent retry's duplicate not counted)"
+    );
+    describe_counter!(
+        "sluice_bytes_in_total",
+        Unit::Bytes,
+        "Batch bytes stored for producers, by topic"
+    );
+    describe_counter!(
+        "sluice_records_out_total",
+        Unit::Count,
+        "Records sent to consumers, by topic"
+    );
+    describe_counter!(
+        "sluice_bytes_out_total",
+        Unit::Bytes,
+        "Batch bytes sent to consumers, by topic"
+    );
+    describe_counter!(
+        "sluice_connections_total",
+        Unit::Count,
+        "Client connections accepted (handshake done)"
+    );
+    describe_gauge!(
+        "sluice_connections_open",
+        Unit::Count,
+        "Client connections open"
+    );
+    describe_histogram!(
+        "sluice_store_commit_duration_seconds",
+        Unit::Seconds,
+        "Time of one group commit of the store's writer, by whether it was durable (fsync)"
+    );
+    describe_histogram!(
+        "sluice_store_commit_batches",
+        Unit::Count,
+        "Appends in one group commit (batches per commit, so per fsync when durable)"
+    );
+    describe_gauge!(
+        "sluice_store_partition_bytes",
+        Unit::Bytes,
+        "Batch bytes stored, over all partitions on this node"
+    );
+    describe_gauge!(
+        "sluice_partitions_led",
+        Unit::Count,
+        "Partitions this node leads"
+    );
+    describe_gauge!(
+        "sluice_partition_log_start_offset",
+        Unit::Count,
+        "First offset stored, by topic and partition (metrics_per_partition)"
+    );
+    describe_gauge!(
+        "sluice_partition_log_end_offset",
+        Unit::Count,
+        "Offset the next record will get, by topic and partition (metrics_per_partition)"
+    );
+    describe_gauge!(
+        "sluice_partition_size_bytes",
+        Unit::Bytes,
+        "Batch bytes stored, by topic and partition (metrics_per_partition)"
+    );
+    describe_gauge!(
+        "sluice_partition_high_watermark",
+        Unit::Count,
+        "Offset below which records are committed and readable, by topic and partition, on the leader (metrics_per_partition)"
+    );
+    describe_gauge!(
+        "sluice_consumer_groups",
+        Unit::Count,
+        "Consumer groups coordinated by this node"
+    );
+    describe_gauge!(
+        "sluice_consumer_group_members",
+        Unit::Count,
+        "Members of a consumer group, by group"
+    );
+    describe_gauge!(
+        "sluice_consumer_group_lag",
+        Unit::Count,
+        "Records between a group's committed offset and the high watermark, by group, topic and partition, where this node coordinates the group and leads the partition"
+    );
+    describe_gauge!(
+        "sluice_consumer_group_committed_offset",
+        Unit::Count,
+        "A group's committed offset, by group, topic and partition (same scope as the lag)"
+    );
+    describe_counter!(
+        "sluice_plugin_stops_total",
+        Unit::Count,
+        "Plugin calls stopped by the sandbox, by plugin (content hash) and reason: time_limit, memory_limit, trap"
+    );
+}
+
 /// What a request is, for its counters: its kind, and for a produce its acks.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RequestKind {

@@ -353,22 +353,30 @@ pub(crate) fn classify(
     store: &Store<HostState>,
     limits: &Limits,
 ) -> PluginError {
-    if store.data().sandbox.memory_limit_hit {
-        return PluginError::MemoryLimit {
-            limit_bytes: limits.max_memory_bytes,
-        };
-    }
-    match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => PluginError::Timeout {
-            limit_ms: limits.max_call_ms,
-        },
-        Some(trap) => {
-            tracing::debug!(plugin = %store.data().plugin, cause = ?err, "plugin trapped");
-            PluginError::Trap(trap.to_string())
+    let (error, reason) = if store.data().sandbox.memory_limit_hit {
+        let limit_bytes = limits.max_memory_bytes;
+        (PluginError::MemoryLimit { limit_bytes }, "memory_limit")
+    } else {
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => {
+                let limit_ms = limits.max_call_ms;
+                (PluginError::Timeout { limit_ms }, "time_limit")
+            }
+            Some(trap) => {
+                tracing::debug!(plugin = %store.data().plugin, cause = ?err, "plugin trapped");
+                (PluginError::Trap(trap.to_string()), "trap")
+            }
+            // A host function's own error (e.g. the guest tried to sleep) also stops the guest.
+            None => (PluginError::Trap(format!("{err:#}")), "trap"),
         }
-        // A host function's own error (e.g. the guest tried to sleep) also stops the guest.
-        None => PluginError::Trap(format!("{err:#}")),
-    }
+    };
+    metrics::counter!(
+        "sluice_plugin_stops_total",
+        "plugin_hash" => store.data().plugin.to_string(),
+        "reason" => reason
+    )
+    .increment(1);
+    error
 }
 
 /// A store for one instance of `plugin`, with its limits and epoch deadline set.

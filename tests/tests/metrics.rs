@@ -1,0 +1,191 @@
+//! Observability (issue 12): a real broker's `/metrics` read as Prometheus reads it, during
+//! produce and consume, and its `/health/ready` across a restart.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sluice_client::{ConsumerConfig, GroupOptions, OffsetReset, ProducerConfig, ProducerRecord};
+use sluice_proto::TopicConfig;
+use sluice_tests::scrape::{METRICS, get, metrics_addr, scrape, sum};
+use sluice_tests::{BrokerProcess, TEST_CONFIG};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_produce_consume_and_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &format!("{TEST_CONFIG}{METRICS}"));
+    let addr = metrics_addr(dir.path());
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("m", 2, TopicConfig::default())
+        .await
+        .unwrap();
+
+    // Nothing produced yet.
+    let before = scrape(addr).await;
+    assert_eq!(
+        sum(&before, "sluice_records_in_total", &[("topic", "m")]),
+        0.0
+    );
+
+    const N: usize = 600;
+    let producer = client.producer(ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..N {
+        let record = ProducerRecord::new("m", format!("value-{i}")).with_key(format!("k{i}"));
+        deliveries.push(producer.send(record).await.unwrap());
+        if i % 50 == 49 {
+            // Many small batches, so a small fetch reads part of a partition.
+            producer.flush().await.unwrap();
+        }
+    }
+    producer.flush().await.unwrap();
+    let mut per_partition: HashMap<u32, u64> = HashMap::new();
+    for d in deliveries {
+        *per_partition.entry(d.await.unwrap().partition).or_default() += 1;
+    }
+
+    let after = scrape(addr).await;
+    // Every metric has its HELP and TYPE.
+    for name in [
+        "sluice_requests_total",
+        "sluice_records_in_total",
+        "sluice_request_duration_seconds",
+        "sluice_partition_log_end_offset",
+    ] {
+        assert!(after.docs.contains_key(name), "no HELP for {name}");
+    }
+    assert_eq!(
+        sum(&after, "sluice_records_in_total", &[("topic", "m")]),
+        N as f64,
+        "records in = records produced"
+    );
+    assert!(sum(&after, "sluice_bytes_in_total", &[("topic", "m")]) > (N * 7) as f64);
+    assert!(
+        sum(
+            &after,
+            "sluice_requests_total",
+            &[("type", "produce"), ("outcome", "ok")]
+        ) >= 1.0
+    );
+    assert!(
+        sum(
+            &after,
+            "sluice_request_duration_seconds",
+            &[("type", "produce")]
+        ) >= 1.0,
+        "the produce latency histogram has observations"
+    );
+    for (partition, count) in &per_partition {
+        let p = partition.to_string();
+        assert_eq!(
+            sum(
+                &after,
+                "sluice_partition_log_end_offset",
+                &[("topic", "m"), ("partition", &p)]
+            ),
+            *count as f64
+        );
+    }
+    assert!(sum(&after, "sluice_store_commit_batches", &[]) >= 1.0);
+    assert!(sum(&after, "sluice_connections_open", &[]) >= 1.0);
+
+    // A group reads some records and commits: its lag is what it has not committed. Then it
+    // reads the rest and commits again: the lag falls to 0.
+    let mut consumer = client.consumer(ConsumerConfig {
+        reset: OffsetReset::Earliest,
+        max_partition_bytes: 2048,
+        max_wait: Duration::from_millis(100),
+        ..ConsumerConfig::default()
+    });
+    consumer
+        .subscribe(
+            "mg",
+            &["m"],
+            GroupOptions {
+                auto_commit_interval: None,
+                ..GroupOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut read = 0usize;
+    while read == 0 {
+        read += consumer.poll().await.unwrap().len();
+        assert!(Instant::now() < deadline, "the group never read a record");
+    }
+    assert!(read < N, "a small fetch reads part of the topic first");
+    consumer.commit().await.unwrap();
+    let partway = scrape(addr).await;
+    assert_eq!(
+        sum(&partway, "sluice_consumer_group_lag", &[("group", "mg")]),
+        (N - read) as f64,
+        "lag = produced - committed"
+    );
+    while read < N {
+        read += consumer.poll().await.unwrap().len();
+        assert!(Instant::now() < deadline, "read {read} of {N} within 60 s");
+    }
+    consumer.commit().await.unwrap();
+    let caught_up = scrape(addr).await;
+    assert_eq!(
+        sum(&caught_up, "sluice_consumer_group_lag", &[("group", "mg")]),
+        0.0
+    );
+    assert_eq!(
+        sum(&caught_up, "sluice_records_out_total", &[("topic", "m")]),
+        N as f64,
+        "records out = records consumed"
+    );
+    consumer.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_once_group_state_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{TEST_CONFIG}{METRICS}group_load_delay_ms = 3000\n");
+    let mut broker = BrokerProcess::spawn_at(dir.path(), &config, "127.0.0.1:0".parse().unwrap());
+    let addr = metrics_addr(dir.path());
+    // Live at once; not ready while the start waits to load group state.
+    assert_eq!(get(addr, "/health/live").await.0, 200);
+    let (status, body) = get(addr, "/health/ready").await;
+    assert_eq!(status, 503, "{body}");
+    let started = Instant::now();
+    let mut said_why = body.contains("not ready");
+    loop {
+        let (status, body) = get(addr, "/health/ready").await;
+        if status == 200 {
+            break;
+        }
+        said_why |= body.contains("loading consumer group state");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not ready within 60 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(said_why, "the 503 says what the node waits for");
+    broker.wait_ready();
+    // Ready means serving: a client gets its answer at once.
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("r", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(dir.path().join("metrics.addr"));
+    drop(client);
+
+    // A restart: not ready again until it has loaded the groups.
+    assert!(broker.terminate(), "clean stop");
+    broker.restart();
+    let addr = metrics_addr(dir.path());
+    let (status, body) = get(addr, "/health/ready").await;
+    assert_eq!(status, 503, "right after a restart: {body}");
+    let restarted = Instant::now();
+    while get(addr, "/health/ready").await.0 != 200 {
+        assert!(restarted.elapsed() < Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
