@@ -189,3 +189,96 @@ async fn ready_only_once_group_state_is_loaded() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits (bounded) until the scrape of one of `addrs` satisfies `done`.
+async fn scrape_until(
+    addrs: &[std::net::SocketAddr],
+    what: &str,
+    done: impl Fn(&[prometheus_parse::Scrape]) -> bool,
+) -> Vec<prometheus_parse::Scrape> {
+    let started = Instant::now();
+    loop {
+        let mut scrapes = Vec::new();
+        for a in addrs {
+            scrapes.push(scrape(*a).await);
+        }
+        if done(&scrapes) {
+            return scrapes;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{what}: not within 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_figures_follow_replication_and_a_lost_follower() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes =
+        sluice_tests::start_cluster_with(dir.path(), 3, METRICS, "replica_lag_max_ms = 2000\n");
+    let addrs: Vec<_> = (1..=3)
+        .map(|i| metrics_addr(&dir.path().join(format!("node-{i}"))))
+        .collect();
+    let client = sluice_tests::cluster_client(&nodes).await;
+    client
+        .admin()
+        .create_topic_replicated("rm", 1, 3, TopicConfig::default())
+        .await
+        .unwrap();
+    let producer = client.producer(ProducerConfig::default());
+    for i in 0..200 {
+        producer
+            .send(ProducerRecord::new("rm", format!("v{i}")))
+            .await
+            .unwrap();
+    }
+    producer.flush().await.unwrap();
+
+    // One metadata leader; the partition's leader sees three in sync, none behind.
+    let total = |s: &[prometheus_parse::Scrape], name: &str, labels: &[(&str, &str)]| {
+        s.iter().map(|x| sum(x, name, labels)).sum::<f64>()
+    };
+    let rm = [("topic", "rm")];
+    let scrapes = scrape_until(&addrs, "replicated and in sync", |s| {
+        total(s, "sluice_partition_in_sync_replicas", &rm) == 3.0
+            && total(s, "sluice_replica_follower_lag", &rm) == 0.0
+            && s.iter()
+                .filter(|x| sum(x, "sluice_replica_follower_lag", &rm) == 0.0)
+                .count()
+                == 3
+    })
+    .await;
+    assert_eq!(total(&scrapes, "sluice_raft_is_leader", &[]), 1.0);
+    assert!(total(&scrapes, "sluice_raft_term", &[]) >= 3.0);
+    assert_eq!(
+        total(&scrapes, "sluice_partitions_under_replicated", &[]),
+        0.0
+    );
+    assert!(total(&scrapes, "sluice_partition_leader_elections_total", &[]) >= 1.0);
+    assert_eq!(total(&scrapes, "sluice_records_in_total", &rm), 200.0);
+    let leader_index = scrapes
+        .iter()
+        .position(|s| sum(s, "sluice_partition_in_sync_replicas", &rm) == 3.0)
+        .expect("the partition's leader exports its in-sync set");
+
+    // A follower is killed: the leader reports the partition under-replicated once the
+    // follower has lagged past replica_lag_max_ms and left the in-sync set.
+    let victim = (0..3).find(|i| *i != leader_index).unwrap();
+    nodes[victim].kill9();
+    let alive: Vec<_> = (0..3).filter(|i| *i != victim).map(|i| addrs[i]).collect();
+    scrape_until(&alive, "under-replicated after a follower died", |s| {
+        total(s, "sluice_partitions_under_replicated", &[]) >= 1.0
+            && total(s, "sluice_partition_in_sync_replicas", &rm) == 2.0
+    })
+    .await;
+    // Back: in sync again, nothing under-replicated.
+    let _ = std::fs::remove_file(dir.path().join(format!("node-{}/metrics.addr", victim + 1)));
+    nodes[victim].restart();
+    scrape_until(&alive, "in sync again after the restart", |s| {
+        total(s, "sluice_partitions_under_replicated", &[]) == 0.0
+            && total(s, "sluice_partition_in_sync_replicas", &rm) == 3.0
+    })
+    .await;
+}

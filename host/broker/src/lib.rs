@@ -328,8 +328,11 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     if let Some(endpoint) = &observe {
         let weak = Arc::downgrade(&broker);
         endpoint.set_collector(move || {
-            if let Some(broker) = weak.upgrade() {
-                metrics::collect(&broker);
+            let weak = weak.clone();
+            async move {
+                if let Some(broker) = weak.upgrade() {
+                    metrics::collect(&broker).await;
+                }
             }
         });
         endpoint.set_ready();

@@ -120,6 +120,81 @@ pub(crate) fn describe() {
         "A group's committed offset, by group, topic and partition (same scope as the lag)"
     );
     describe_counter!(
+        "sluice_partition_leader_elections_total",
+        Unit::Count,
+        "Times this node became the leader of a replicated partition"
+    );
+    describe_gauge!(
+        "sluice_partitions_under_replicated",
+        Unit::Count,
+        "Partitions led here whose in-sync set is smaller than their replica set"
+    );
+    describe_gauge!(
+        "sluice_partitions_under_min_insync",
+        Unit::Count,
+        "Partitions led here whose in-sync set is below min.insync.replicas (acks=all produce is refused)"
+    );
+    describe_gauge!(
+        "sluice_partition_in_sync_replicas",
+        Unit::Count,
+        "In-sync set size of a replicated partition led here, by topic and partition (metrics_per_partition)"
+    );
+    describe_gauge!(
+        "sluice_partition_replicas",
+        Unit::Count,
+        "Replica count of a replicated partition led here, by topic and partition (metrics_per_partition)"
+    );
+    describe_gauge!(
+        "sluice_replica_follower_lag",
+        Unit::Count,
+        "Records a follower is behind the leader's log end, as the leader last learnt, by topic, partition and follower (metrics_per_partition)"
+    );
+    describe_gauge!(
+        "sluice_raft_term",
+        Unit::Count,
+        "The metadata quorum's current Raft term as this node knows it (each election raises it)"
+    );
+    describe_gauge!(
+        "sluice_raft_commit_index",
+        Unit::Count,
+        "Index of the last metadata log entry known committed"
+    );
+    describe_gauge!(
+        "sluice_raft_applied_index",
+        Unit::Count,
+        "Index of the last metadata log entry applied on this node"
+    );
+    describe_gauge!(
+        "sluice_raft_last_log_index",
+        Unit::Count,
+        "Index of the last entry in this node's metadata log"
+    );
+    describe_gauge!(
+        "sluice_raft_is_leader",
+        Unit::Count,
+        "1 when this node leads the metadata quorum"
+    );
+    describe_gauge!(
+        "sluice_raft_leader_id",
+        Unit::Count,
+        "Node id of the metadata leader, -1 when none is known"
+    );
+    describe_gauge!(
+        "sluice_raft_voters",
+        Unit::Count,
+        "Voters of the metadata quorum"
+    );
+    describe_gauge!(
+        "sluice_request_memory_bytes",
+        Unit::Bytes,
+        "Bytes of the request memory budget (request_memory_bytes) held by requests being read or handled and answers being written"
+    );
+    describe_counter!(
+        "sluice_acks0_refused_total",
+        Unit::Count,
+        "acks=0 produce requests refused (they get no answer, so they are counted here)"
+    );
+    describe_counter!(
         "sluice_plugin_stops_total",
         Unit::Count,
         "Plugin calls stopped by the sandbox, by plugin (content hash) and reason: time_limit, memory_limit, trap"
@@ -215,16 +290,81 @@ fn count_records(mut batches: &[u8]) -> u64 {
     records
 }
 
-/// A client connection opened (`+1`) or closed (`-1`).
-pub(crate) fn connections(delta: f64) {
-    if delta > 0.0 {
-        counter!("sluice_connections_total").increment(1);
-    }
-    gauge!("sluice_connections_open").increment(delta);
+/// A client connection was accepted (its handshake done).
+pub(crate) fn connection_accepted() {
+    counter!("sluice_connections_total").increment(1);
+}
+
+/// This node became the leader of a replicated partition (an election it won).
+pub(crate) fn leadership_started() {
+    counter!("sluice_partition_leader_elections_total").increment(1);
 }
 
 /// Sets the gauges that describe state, just before a scrape renders them.
-pub(crate) fn collect(broker: &Broker) {
+pub(crate) async fn collect(broker: &Broker) {
+    collect_local(broker);
+    collect_groups(broker);
+    collect_replication(broker);
+    if let Ok(status) = broker.controller.status().await {
+        gauge!("sluice_raft_term").set(status.term as f64);
+        gauge!("sluice_raft_commit_index").set(status.committed.unwrap_or(0) as f64);
+        gauge!("sluice_raft_applied_index").set(status.last_applied.unwrap_or(0) as f64);
+        gauge!("sluice_raft_last_log_index").set(status.last_log_index.unwrap_or(0) as f64);
+        let leads = status.leader == Some(status.id);
+        gauge!("sluice_raft_is_leader").set(if leads { 1.0 } else { 0.0 });
+        gauge!("sluice_raft_leader_id").set(status.leader.map_or(-1.0, |l| l as f64));
+        gauge!("sluice_raft_voters").set(status.voters.len() as f64);
+    }
+}
+
+/// Replicated partitions this node leads: how many lack in-sync replicas, each one's in-sync
+/// set size, and each follower's lag.
+fn collect_replication(broker: &Broker) {
+    let per_partition = broker.config.metrics_per_partition;
+    let node = broker.node_id;
+    let (under, under_min) = broker.controller.read(|s| {
+        let (mut under, mut under_min) = (0u64, 0u64);
+        for t in s.topics() {
+            for (i, p) in t.partitions.iter().enumerate() {
+                if p.leader != Some(node) {
+                    continue;
+                }
+                let min = s.replication_settings(&t.name).min_insync(p.replicas.len());
+                under += u64::from(p.in_sync.len() < p.replicas.len());
+                under_min += u64::from(p.in_sync.len() < min);
+                if per_partition && p.replicas.len() > 1 {
+                    let labels = [("topic", t.name.clone()), ("partition", i.to_string())];
+                    gauge!("sluice_partition_in_sync_replicas", &labels)
+                        .set(p.in_sync.len() as f64);
+                    gauge!("sluice_partition_replicas", &labels).set(p.replicas.len() as f64);
+                }
+            }
+        }
+        (under, under_min)
+    });
+    gauge!("sluice_partitions_under_replicated").set(under as f64);
+    gauge!("sluice_partitions_under_min_insync").set(under_min as f64);
+    if !per_partition {
+        return;
+    }
+    for (id, follower, lag) in broker.leaders.follower_lags() {
+        let Some(topic) = broker
+            .controller
+            .read(|s| s.topic_by_id(id.topic_id).map(|t| t.name.clone()))
+        else {
+            continue;
+        };
+        let labels = [
+            ("topic", topic),
+            ("partition", id.partition.to_string()),
+            ("follower", follower.to_string()),
+        ];
+        gauge!("sluice_replica_follower_lag", &labels).set(lag as f64);
+    }
+}
+
+/// Partitions stored here: offsets, sizes, high watermarks.
+fn collect_local(broker: &Broker) {
     let per_partition = broker.config.metrics_per_partition;
     let mut stored_bytes = 0u64;
     let mut led = 0u64;
@@ -255,9 +395,16 @@ pub(crate) fn collect(broker: &Broker) {
             }
         }
     }
+    let limits = &broker.limits;
+    gauge!("sluice_connections_open").set(limits.open_connections() as f64);
+    gauge!("sluice_request_memory_bytes").set(limits.request_memory_in_use(&broker.config) as f64);
+    counter!("sluice_acks0_refused_total").absolute(
+        limits
+            .acks0_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     gauge!("sluice_store_partition_bytes").set(stored_bytes as f64);
     gauge!("sluice_partitions_led").set(led as f64);
-    collect_groups(broker);
 }
 
 /// Consumer lag per group and partition, where this broker coordinates the group and leads

@@ -41,6 +41,24 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 pub(crate) struct Leaders(Mutex<HashMap<PartitionId, LeaderEntry>>);
 
+impl Leaders {
+    /// How far each follower of each replicated partition led here is behind the leader's
+    /// log end (in records), as the leader last learnt from its fetches (followers that have
+    /// not fetched in this leader's epoch are left out).
+    pub(crate) fn follower_lags(&self) -> Vec<(PartitionId, u32, u64)> {
+        let leaders = self.0.lock().expect("leaders lock poisoned");
+        let mut lags = Vec::new();
+        for (id, (_, leader, lives)) in leaders.iter() {
+            for follower in lives.keys() {
+                if let Some(end) = leader.follower_log_end(*follower) {
+                    lags.push((*id, *follower, leader.log_end().saturating_sub(end)));
+                }
+            }
+        }
+        lags
+    }
+}
+
 /// One led partition: the leader epoch its state was made for, the state, and the broker
 /// epoch (life) of each replica when last seen.
 type LeaderEntry = (u32, PartitionLeader, HashMap<u32, u64>);
@@ -114,6 +132,7 @@ impl Broker {
                 partition = %id, epoch, log_end = state.log_end, high_watermark = hw,
                 in_sync = ?leader.isr(), "leading the partition"
             );
+            crate::metrics::leadership_started();
             leaders.insert(id, (epoch, leader, lives.clone()));
         }
         let (_, leader, seen) = leaders.get_mut(&id).expect("just made");

@@ -88,6 +88,19 @@ impl ClientLimits {
             acks0_refused: AtomicU64::new(0),
         }
     }
+
+    /// Client connections open (their handshakes included).
+    pub(crate) fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the request memory budget (`request_memory_bytes`) held now by frames being
+    /// read or handled and answers waiting to be written.
+    pub(crate) fn request_memory_in_use(&self, config: &BrokerConfig) -> usize {
+        let free =
+            self.request_memory.available_permits() + self.small_request_memory.available_permits();
+        config.request_memory_bytes.saturating_sub(free)
+    }
 }
 
 /// One connection's share of the broker, and what tells whether it is idle.
@@ -243,9 +256,8 @@ pub(crate) async fn accept_loop(broker: Arc<Broker>, endpoint: quinn::Endpoint) 
                 let _slot = slot;
                 match incoming.await {
                     Ok(conn) => {
-                        crate::metrics::connections(1.0);
+                        crate::metrics::connection_accepted();
                         serve_connection(broker, conn).await;
-                        crate::metrics::connections(-1.0);
                     }
                     Err(e) => tracing::debug!(cause = %e, "handshake failed"),
                 }

@@ -28,6 +28,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -40,6 +41,11 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most bytes of request head the server buffers.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Longest a scrape waits for the collector; past it, the scrape renders what is there.
+pub const COLLECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A gauge not set for this long is left out of scrapes (see [`recorder`]): every gauge must
+/// be set by the collector, which runs before each scrape.
+pub const GAUGE_IDLE: Duration = Duration::from_secs(5);
 /// How often the recorder's histograms are drained into their buckets between scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -61,7 +67,11 @@ static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 pub fn recorder() -> Result<PrometheusHandle, String> {
     RECORDER
         .get_or_init(|| {
+            // Gauges are state, set by the collector just before each scrape renders; one not
+            // set for a while describes something gone (a partition led elsewhere now, a
+            // deleted topic, a group emptied) and is dropped rather than shown stale.
             let builder = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Suffix("_batches".into()), COUNT_BUCKETS)
@@ -113,7 +123,8 @@ pub fn route(method: &Method, path: &str) -> Route {
     }
 }
 
-type Collector = Box<dyn Fn() + Send + Sync>;
+type Collector =
+    Box<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
 
 struct State {
     handle: PrometheusHandle,
@@ -176,8 +187,15 @@ impl Endpoint {
     }
 
     /// Installs what sets the state gauges before each scrape (only the first call counts).
-    pub fn set_collector(&self, collector: impl Fn() + Send + Sync + 'static) {
-        let _ = self.state.collector.set(Box::new(collector));
+    /// It may wait (for the Raft node's figures), bounded by [`COLLECT_TIMEOUT`].
+    pub fn set_collector<F>(&self, collector: impl Fn() -> F + Send + Sync + 'static)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let _ = self
+            .state
+            .collector
+            .set(Box::new(move || Box::pin(collector())));
     }
 }
 
@@ -213,9 +231,15 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, request)) }
+                async move {
+                    let scrape = route(request.method(), request.uri().path()) == Route::Metrics;
+                    if scrape && let Some(collect) = state.collector.get() {
+                        let _ = tokio::time::timeout(COLLECT_TIMEOUT, collect()).await;
+                    }
+                    Ok::<_, Infallible>(answer(&state, request))
+                }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -234,9 +258,6 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
 fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     match route(request.method(), request.uri().path()) {
         Route::Metrics => {
-            if let Some(collect) = state.collector.get() {
-                collect();
-            }
             let mut response = text(StatusCode::OK, state.handle.render());
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -308,7 +329,7 @@ mod tests {
             .unwrap();
         let addr = endpoint.local_addr();
         metrics::counter!("sluice_observe_test_total", "kind" => "a").increment(3);
-        endpoint.set_collector(|| metrics::gauge!("sluice_observe_test_gauge").set(7.0));
+        endpoint.set_collector(|| async { metrics::gauge!("sluice_observe_test_gauge").set(7.0) });
 
         assert!(get(addr, "/health/live").await.starts_with("HTTP/1.1 200"));
         let ready = get(addr, "/health/ready").await;
