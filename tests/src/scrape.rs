@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use prometheus_parse::{Scrape, Value};
+use sluice_observe::scrape::Scrape;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Config lines that turn the metrics listener on, on a free port.
@@ -51,20 +51,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub async fn scrape(addr: SocketAddr) -> Scrape {
     let (status, body) = get(addr, "/metrics").await;
     assert_eq!(status, 200, "{body}");
-    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format")
+    sluice_observe::scrape::parse(&body).expect("Prometheus text format")
 }
 
-/// The value of every sample of `name` whose labels include `labels`, summed.
-pub fn sum(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match &s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-            Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
-            Value::Summary(_) => 0.0,
-        })
-        .sum()
-}
+pub use sluice_observe::scrape::sum;

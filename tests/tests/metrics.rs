@@ -282,3 +282,101 @@ async fn cluster_figures_follow_replication_and_a_lost_follower() {
     })
     .await;
 }
+
+/// A pseudo-terminal: (controller, the terminal end a child writes to).
+fn pty() -> (std::fs::File, std::fs::File) {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let controller = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("posix_openpt");
+    grantpt(&controller).expect("grantpt");
+    unlockpt(&controller).expect("unlockpt");
+    let name = ptsname(&controller, Vec::new()).expect("ptsname");
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().expect("a UTF-8 path"))
+        .expect("open the terminal end");
+    (std::fs::File::from(controller), terminal)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_the_topic_being_written_on_a_terminal() {
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), &format!("{TEST_CONFIG}{METRICS}"));
+    let addr = metrics_addr(dir.path());
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic("topwatch", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    // Records keep arriving while `sluice top` watches.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, producer) = (stop.clone(), client.producer(ProducerConfig::default()));
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                producer
+                    .send_and_wait(ProducerRecord::new("topwatch", format!("v{i}")))
+                    .await
+                    .unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+
+    let (mut controller, terminal) = pty();
+    let mut top = std::process::Command::new(sluice_tests::sluice_bin())
+        .args(["top", "--metrics", &addr.to_string()])
+        .args(["--interval-ms", "300", "--iterations", "8"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(terminal.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(terminal))
+        .spawn()
+        .expect("spawn sluice top");
+    // Read what it draws until the terminal closes (the read fails once top has exited).
+    let screen = tokio::task::spawn_blocking(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = controller.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    let status = tokio::task::spawn_blocking(move || top.wait().unwrap())
+        .await
+        .unwrap();
+    let screen = tokio::time::timeout(Duration::from_secs(30), screen)
+        .await
+        .expect("the terminal closes when top exits")
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    assert!(status.success(), "{status}: {screen}");
+
+    // On a terminal it redraws in place, frame after frame.
+    let frames: Vec<&str> = screen
+        .split("\x1b[H\x1b[2J")
+        .filter(|f| !f.is_empty())
+        .collect();
+    assert_eq!(frames.len(), 8, "{screen}");
+    assert!(frames[0].contains("IN rec/s"), "{}", frames[0]);
+    // The topic being written shows, with records coming in.
+    let rates: Vec<f64> = frames
+        .iter()
+        .filter_map(|f| f.lines().find(|l| l.starts_with("topwatch")))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    assert!(
+        rates.iter().any(|r| *r > 0.0),
+        "no frame shows topwatch being written ({written} records sent): {screen}"
+    );
+}

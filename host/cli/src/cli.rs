@@ -66,6 +66,9 @@ pub enum Command {
     /// Development helpers: a local cluster in one command.
     #[command(subcommand)]
     Dev(crate::dev_cluster::DevCommand),
+    /// A live view of brokers read from their metrics endpoints: per-topic rates, group lag,
+    /// plugin stops, cluster health.
+    Top(crate::top::TopArgs),
 }
 
 #[derive(Debug, Args)]
@@ -287,6 +290,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => bench::run(&cli, args).await,
         Command::Cluster(cmd) => crate::cluster_cmds::run(&connect(&cli).await?, cmd).await,
         Command::Dev(cmd) => crate::dev_cluster::run(cmd).await,
+        Command::Top(args) => crate::top::run(args).await,
     }
 }
 

@@ -15,6 +15,8 @@
 //! a bound on the header bytes and the time to send them, at most [`MAX_CONNECTIONS`] are
 //! served at once, and no request body is ever read.
 
+pub mod scrape;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
