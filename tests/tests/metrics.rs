@@ -380,3 +380,64 @@ async fn top_shows_the_topic_being_written_on_a_terminal() {
         "no frame shows topwatch being written ({written} records sent): {screen}"
     );
 }
+
+#[test]
+fn json_log_lines_carry_the_spans_of_connection_stream_and_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
+    let mut broker = std::process::Command::new(sluice_tests::sluice_bin())
+        .args(["broker", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "info,sluice_broker=debug")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn broker");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        if let Ok(a) = std::fs::read_to_string(data.join("broker.addr")) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = std::process::Command::new(sluice_tests::sluice_bin())
+        .args(["--broker", &addr, "--tls-ca"])
+        .arg(data.join("tls/ca.pem"))
+        .args(["topic", "create", "logged"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let _ = std::process::Command::new("kill")
+        .arg(broker.id().to_string())
+        .status();
+    let _ = broker.wait();
+
+    let text = std::fs::read_to_string(dir.path().join("broker.log")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["fields"].is_object())
+    );
+    let handled = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "request handled" && l["span"]["type"] == "create_topic"
+        })
+        .unwrap_or_else(|| panic!("no create_topic request line: {text}"));
+    let spans: Vec<&str> = handled["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(spans, ["conn", "stream", "request"], "{handled}");
+    assert!(handled["spans"][0]["id"].is_number(), "{handled}");
+}

@@ -489,6 +489,11 @@ async fn compact_if_due(broker: &Arc<Broker>, partition: u32) -> Result<(), Wire
 
 /// Handles a consumer group request.
 pub(crate) async fn handle(broker: Arc<Broker>, request: Request) -> Reply {
+    let span = tracing::debug_span!("group", group = request.group().unwrap_or(""));
+    tracing::Instrument::instrument(handle_in_span(broker, request), span).await
+}
+
+async fn handle_in_span(broker: Arc<Broker>, request: Request) -> Reply {
     if let Some(group) = request.group()
         && let Err(e) = broker.check_coordinator(group)
     {

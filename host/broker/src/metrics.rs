@@ -209,6 +209,10 @@ pub(crate) struct RequestKind {
 }
 
 impl RequestKind {
+    pub(crate) fn name(self) -> &'static str {
+        self.kind
+    }
+
     pub(crate) fn of(request: &Request) -> Self {
         RequestKind {
             kind: request.kind(),

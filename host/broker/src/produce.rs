@@ -96,43 +96,51 @@ pub(crate) fn produce(
         .store
         .append(led.id, raw, led.leader_epoch, led.config.durability);
     let timeout = Duration::from_millis(u64::from(req.timeout_ms.max(1)));
-    Box::pin(async move {
-        // The store commits or fails every queued append; it is never abandoned half-way,
-        // because the high watermark must move past a committed batch either way.
-        let appended = match append.await {
-            Ok(appended) => appended,
-            Err(e) => {
-                tracing::warn!(topic = %req.topic, partition = req.partition, cause = %e, "append failed");
-                return match acks {
-                    Acks::None => Reply::None,
-                    Acks::Leader | Acks::All => Reply::error(storage_error(e)),
-                };
+    let span = tracing::debug_span!("append", topic = %req.topic, partition = req.partition);
+    Box::pin(tracing::Instrument::instrument(
+        async move {
+            // The store commits or fails every queued append; it is never abandoned half-way,
+            // because the high watermark must move past a committed batch either way.
+            let appended = match append.await {
+                Ok(appended) => appended,
+                Err(e) => {
+                    tracing::warn!(topic = %req.topic, partition = req.partition, cause = %e, "append failed");
+                    return match acks {
+                        Acks::None => Reply::None,
+                        Acks::Leader | Acks::All => Reply::error(storage_error(e)),
+                    };
+                }
+            };
+            if !appended.duplicate {
+                crate::metrics::records_in(
+                    &req.topic,
+                    appended.log_end - appended.base_offset,
+                    len,
+                );
             }
-        };
-        if !appended.duplicate {
-            crate::metrics::records_in(&req.topic, appended.log_end - appended.base_offset, len);
-        }
-        // With one replica the committed log end is the high watermark; with more, the
-        // leader moves it when the in-sync followers have fetched the batch.
-        if led.replicated {
-            broker.leader_appended(led.id, appended.log_end);
-        } else {
-            broker.advance_high_watermark(led.id, appended.log_end);
-        }
-        let produced = ResponseBody::Produced(ProduceResponse {
-            base_offset: appended.base_offset,
-            log_start: appended.log_start,
-            append_time: now_ms(),
-        });
-        match acks {
-            Acks::None => Reply::None,
-            Acks::Leader => Reply::ok(produced),
-            Acks::All => match broker.committed(led.id, &appended, timeout).await {
-                Ok(()) => Reply::ok(produced),
-                Err(e) => Reply::error(e),
-            },
-        }
-    })
+            // With one replica the committed log end is the high watermark; with more, the
+            // leader moves it when the in-sync followers have fetched the batch.
+            if led.replicated {
+                broker.leader_appended(led.id, appended.log_end);
+            } else {
+                broker.advance_high_watermark(led.id, appended.log_end);
+            }
+            let produced = ResponseBody::Produced(ProduceResponse {
+                base_offset: appended.base_offset,
+                log_start: appended.log_start,
+                append_time: now_ms(),
+            });
+            match acks {
+                Acks::None => Reply::None,
+                Acks::Leader => Reply::ok(produced),
+                Acks::All => match broker.committed(led.id, &appended, timeout).await {
+                    Ok(()) => Reply::ok(produced),
+                    Err(e) => Reply::error(e),
+                },
+            }
+        },
+        span,
+    ))
 }
 
 /// How long [`produce_at_leader`] keeps trying to hand a batch to a partition's leader.

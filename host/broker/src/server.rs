@@ -648,31 +648,38 @@ async fn dispatch(
         request => crate::router::handle(broker.clone(), request, raw),
     };
     let (b, state) = (broker.clone(), state.clone());
+    // Inside the connection's and the stream's spans: their ids are this request's fields.
+    let span = tracing::debug_span!("request", r#type = kind.name());
     Queued {
-        pending: tokio::spawn(async move {
-            let mut grant = grant;
-            let mut reply = fut.await;
-            drop(guard);
-            drop(busy);
-            kind.done(&reply, started.elapsed());
-            // The answer's bytes wait for the writer (and the client) under the same budgets
-            // as requests; without room for them now, a retriable error goes instead.
-            if let Reply::Frame(_, raw) = &reply
-                && !raw.is_empty()
-                && !grant.try_add(&b, &state, raw.len())
-            {
-                tracing::debug!(len = raw.len(), "no memory free for an answer; refused");
-                reply = Reply::error(WireError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "the broker had no memory free for a {}-byte answer \
+        pending: tokio::spawn(
+            async move {
+                let mut grant = grant;
+                let mut reply = fut.await;
+                drop(guard);
+                drop(busy);
+                let took = started.elapsed();
+                kind.done(&reply, took);
+                tracing::debug!(micros = took.as_micros() as u64, "request handled");
+                // The answer's bytes wait for the writer (and the client) under the same budgets
+                // as requests; without room for them now, a retriable error goes instead.
+                if let Reply::Frame(_, raw) = &reply
+                    && !raw.is_empty()
+                    && !grant.try_add(&b, &state, raw.len())
+                {
+                    tracing::debug!(len = raw.len(), "no memory free for an answer; refused");
+                    reply = Reply::error(WireError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the broker had no memory free for a {}-byte answer \
                          (request_memory_bytes); retry shortly",
-                        raw.len()
-                    ),
-                ));
+                            raw.len()
+                        ),
+                    ));
+                }
+                (reply, grant)
             }
-            (reply, grant)
-        }),
+            .instrument(span),
+        ),
         silent,
     }
     .silenced(broker)

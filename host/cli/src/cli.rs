@@ -89,6 +89,16 @@ pub struct BrokerArgs {
     /// over plain HTTP on this TCP address, HOST:PORT. Off unless set.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Log line format on stderr: `text` (default) or `json` (one object per line, with the
+    /// span fields: connection, stream, request type, topic, partition, group, plugin).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

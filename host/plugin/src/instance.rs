@@ -347,6 +347,27 @@ fn epoch_ticks(limits: &Limits) -> u64 {
     limits.max_call_ms.div_ceil(EPOCH_TICK.as_millis() as u64) + 1
 }
 
+/// Runs one call of `plugin` (its label, [`Plugin::label`]) in a `plugin_call` span, and
+/// counts it by outcome with its duration (docs/metrics.md).
+pub(crate) fn observed_call<T>(
+    plugin: &str,
+    call: impl FnOnce() -> Result<T, PluginError>,
+) -> Result<T, PluginError> {
+    let _span = tracing::debug_span!("plugin_call", plugin = plugin).entered();
+    let started = std::time::Instant::now();
+    let result = call();
+    metrics::histogram!("sluice_plugin_call_duration_seconds", "plugin_hash" => plugin.to_owned())
+        .record(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!(
+        "sluice_plugin_calls_total",
+        "plugin_hash" => plugin.to_owned(),
+        "outcome" => outcome
+    )
+    .increment(1);
+    result
+}
+
 /// Maps a failed call to the error users see.
 pub(crate) fn classify(
     err: wasmtime::Error,
@@ -404,7 +425,7 @@ pub(crate) fn new_store(
             config: config.clone(),
             state,
             pending: PendingWrites::default(),
-            plugin: Arc::from(&p.hash[..12]),
+            plugin: Arc::from(plugin.label()),
             log_budget: LOG_LINES_PER_CALL,
         },
     );
@@ -586,6 +607,11 @@ impl TransformInstance {
     /// callers that build or consume the packed form directly. The output has been checked
     /// to be a well-formed packed batch within `max_output_bytes`.
     pub fn process_packed(&mut self, batch: Vec<u8>) -> Result<Vec<u8>, PluginError> {
+        let plugin = self.plugin.label();
+        observed_call(&plugin, || self.process_packed_unobserved(batch))
+    }
+
+    fn process_packed_unobserved(&mut self, batch: Vec<u8>) -> Result<Vec<u8>, PluginError> {
         let limits = self.limits;
         let live = self.ensure_live()?;
         arm(&mut live.store, &limits);
@@ -726,6 +752,18 @@ impl PartitionerInstance {
 
     /// Like [`PartitionerInstance::partition`] on a packed batch of `count` records.
     pub fn partition_packed(
+        &mut self,
+        batch: Vec<u8>,
+        count: usize,
+        partitions: u32,
+    ) -> Result<Vec<u32>, PluginError> {
+        let plugin = self.plugin.label();
+        observed_call(&plugin, || {
+            self.partition_packed_unobserved(batch, count, partitions)
+        })
+    }
+
+    fn partition_packed_unobserved(
         &mut self,
         batch: Vec<u8>,
         count: usize,

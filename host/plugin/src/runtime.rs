@@ -315,6 +315,11 @@ impl fmt::Debug for Plugin {
 }
 
 impl Plugin {
+    /// How logs and metrics name the plugin: the first 12 hex digits of its content hash.
+    pub fn label(&self) -> String {
+        self.inner.hash.chars().take(12).collect()
+    }
+
     /// The world the component implements.
     pub fn kind(&self) -> PluginKind {
         self.inner.kind
