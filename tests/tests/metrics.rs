@@ -133,6 +133,22 @@ async fn metrics_follow_produce_consume_and_lag() {
         sum(&caught_up, "sluice_consumer_group_lag", &[("group", "mg")]),
         0.0
     );
+    assert!(
+        sum(
+            &caught_up,
+            "sluice_group_rebalances_total",
+            &[("group", "mg")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        sum(
+            &caught_up,
+            "sluice_consumer_group_members",
+            &[("group", "mg")]
+        ),
+        1.0
+    );
+    assert!(sum(&caught_up, "sluice_streams_open", &[]) >= 1.0);
     assert_eq!(
         sum(&caught_up, "sluice_records_out_total", &[("topic", "m")]),
         N as f64,

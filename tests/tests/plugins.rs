@@ -484,8 +484,10 @@ fn plugin_new_creates_a_buildable_plugin() {
 /// split-lines as a fetch-time flat-map.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regex_mask_pipeline_and_split_lines_fetch() {
+    use sluice_tests::scrape::{METRICS, metrics_addr, scrape, sum};
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let broker = BrokerProcess::start(dir.path(), &format!("{TEST_CONFIG}{METRICS}"));
+    let metrics = metrics_addr(dir.path());
     let client = broker.client().await;
     for (name, component) in [("mask", "regex-mask"), ("lines", "split-lines")] {
         let path = sluice_wasm_plugins::path(component);
@@ -530,6 +532,21 @@ async fn regex_mask_pipeline_and_split_lines_fetch() {
         "20000",
     ]);
     assert_eq!(out, "card **** **** **** 1234 paid\nno card here\n");
+    // The pipeline's figures: its runner runs, it has caught up, and its plugin was called.
+    let pipeline = [("pipeline", "hide-cards")];
+    let seen = scrape(metrics).await;
+    assert_eq!(
+        sum(
+            &seen,
+            "sluice_pipeline_partitions",
+            &[("pipeline", "hide-cards"), ("state", "running")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&seen, "sluice_pipeline_lag", &pipeline), 0.0);
+    assert!(sum(&seen, "sluice_plugin_calls_total", &[("outcome", "ok")]) >= 1.0);
+    assert!(sum(&seen, "sluice_plugin_call_duration_seconds", &[]) >= 1.0);
+    assert!(sum(&seen, "sluice_plugin_instance_memory_bytes", &[]) >= 1.0);
 
     // split-lines at fetch time: one stored record, three delivered, all at its offset.
     broker.run_ok(&["topic", "create", "blobs"]);

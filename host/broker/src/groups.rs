@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_groups::records::{self, OFFSETS_TOPIC};
+use sluice_groups::records::{self, OFFSETS_TOPIC, RecordKey};
 use sluice_groups::{Change, GroupError, Groups, HeartbeatRequest};
 use sluice_metadata::{MetadataCommand, MetadataError};
 use sluice_proto::batch::{BatchHeader, decode_records, split_batches};
@@ -136,6 +136,12 @@ impl Broker {
         group: &str,
         changes: Vec<Change>,
     ) -> impl Future<Output = Result<Option<u64>, WireError>> + Send + use<> {
+        // A group record is written when the group starts a new epoch: a rebalance.
+        for (key, value) in &changes {
+            if let (RecordKey::Group { group }, Some(_)) = (key, value) {
+                crate::metrics::group_rebalanced(group);
+            }
+        }
         self.persist_to(
             records::partition_for_group(group, OFFSETS_PARTITIONS),
             changes,

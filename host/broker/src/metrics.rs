@@ -194,6 +194,41 @@ pub(crate) fn describe() {
         Unit::Count,
         "acks=0 produce requests refused (they get no answer, so they are counted here)"
     );
+    describe_gauge!(
+        "sluice_pipeline_lag",
+        Unit::Count,
+        "Records of a pipeline's input partition not yet processed (high watermark - checkpoint), by pipeline and partition, on the node running it (metrics_per_partition)"
+    );
+    describe_gauge!(
+        "sluice_pipeline_partitions",
+        Unit::Count,
+        "Pipeline runners on this node, by pipeline and state (running, failed)"
+    );
+    describe_counter!(
+        "sluice_group_rebalances_total",
+        Unit::Count,
+        "Consumer group epochs started (a member joined or left, or the subscriptions changed), by group"
+    );
+    describe_gauge!(
+        "sluice_streams_open",
+        Unit::Count,
+        "Client request streams open"
+    );
+    describe_counter!(
+        "sluice_plugin_calls_total",
+        Unit::Count,
+        "Calls of transform and partitioner plugins, by plugin (content hash) and outcome"
+    );
+    describe_histogram!(
+        "sluice_plugin_call_duration_seconds",
+        Unit::Seconds,
+        "Duration of one plugin call, by plugin (content hash)"
+    );
+    describe_histogram!(
+        "sluice_plugin_instance_memory_bytes",
+        Unit::Bytes,
+        "A plugin instance's linear memory after a call, by plugin (content hash)"
+    );
     describe_counter!(
         "sluice_plugin_stops_total",
         Unit::Count,
@@ -299,6 +334,11 @@ pub(crate) fn connection_accepted() {
     counter!("sluice_connections_total").increment(1);
 }
 
+/// A consumer group started a new epoch.
+pub(crate) fn group_rebalanced(group: &str) {
+    counter!("sluice_group_rebalances_total", "group" => group.to_owned()).increment(1);
+}
+
 /// This node became the leader of a replicated partition (an election it won).
 pub(crate) fn leadership_started() {
     counter!("sluice_partition_leader_elections_total").increment(1);
@@ -309,6 +349,7 @@ pub(crate) async fn collect(broker: &Broker) {
     collect_local(broker);
     collect_groups(broker);
     collect_replication(broker);
+    collect_pipelines(broker);
     if let Ok(status) = broker.controller.status().await {
         gauge!("sluice_raft_term").set(status.term as f64);
         gauge!("sluice_raft_commit_index").set(status.committed.unwrap_or(0) as f64);
@@ -318,6 +359,22 @@ pub(crate) async fn collect(broker: &Broker) {
         gauge!("sluice_raft_is_leader").set(if leads { 1.0 } else { 0.0 });
         gauge!("sluice_raft_leader_id").set(status.leader.map_or(-1.0, |l| l as f64));
         gauge!("sluice_raft_voters").set(status.voters.len() as f64);
+    }
+}
+
+/// Pipeline runners on this node: how many run or failed per pipeline, and each one's lag.
+fn collect_pipelines(broker: &Broker) {
+    let mut states: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
+    for (pipeline, partition, state, lag) in crate::pipelines::local_runners(broker) {
+        *states.entry((pipeline.clone(), state)).or_default() += 1;
+        if broker.config.metrics_per_partition {
+            let labels = [("pipeline", pipeline), ("partition", partition.to_string())];
+            gauge!("sluice_pipeline_lag", &labels).set(lag as f64);
+        }
+    }
+    for ((pipeline, state), n) in states {
+        gauge!("sluice_pipeline_partitions", "pipeline" => pipeline, "state" => state)
+            .set(n as f64);
     }
 }
 
@@ -401,6 +458,8 @@ fn collect_local(broker: &Broker) {
     }
     let limits = &broker.limits;
     gauge!("sluice_connections_open").set(limits.open_connections() as f64);
+    gauge!("sluice_streams_open")
+        .set(limits.streams.load(std::sync::atomic::Ordering::Relaxed) as f64);
     gauge!("sluice_request_memory_bytes").set(limits.request_memory_in_use(&broker.config) as f64);
     counter!("sluice_acks0_refused_total").absolute(
         limits

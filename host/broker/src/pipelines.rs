@@ -854,6 +854,40 @@ fn create(broker: &Arc<Broker>, req: CreatePipelineRequest) -> Result<ResponseBo
 }
 
 /// Blocking: partitions led by other brokers get their high watermarks from them.
+/// The runners on this node, for metrics: (pipeline, input partition, `running` or `failed`,
+/// lag in records behind the input partition's high watermark).
+pub(crate) fn local_runners(broker: &Broker) -> Vec<(String, u32, &'static str, u64)> {
+    let topics: HashMap<String, String> = broker.controller.read(|s| {
+        s.pipelines()
+            .map(|p| (p.spec.name.clone(), p.spec.from.clone()))
+            .collect()
+    });
+    let running = broker.pipelines.running.lock().expect("pipelines lock");
+    let mut out = Vec::new();
+    for (name, r) in running.iter() {
+        let Some(from) = topics.get(name) else {
+            continue;
+        };
+        for (partition, runner) in &r.partitions {
+            let status = runner.status.lock().expect("pipeline status lock");
+            let state = match status.state {
+                RunnerState::Running => "running",
+                RunnerState::Failed(_) => "failed",
+            };
+            let hw = broker
+                .led_partition(from, *partition)
+                .map_or(status.checkpoint, |led| broker.high_watermark(led.id));
+            out.push((
+                name.clone(),
+                *partition,
+                state,
+                hw.saturating_sub(status.checkpoint),
+            ));
+        }
+    }
+    out
+}
+
 fn describe(broker: &Arc<Broker>, rec: &PipelineRecord) -> PipelineDescription {
     let statuses: BTreeMap<u32, RunnerStatus> = broker
         .pipelines

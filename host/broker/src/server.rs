@@ -66,6 +66,8 @@ pub(crate) struct ClientLimits {
     /// is charged to the budgets, so their number is bounded too.
     pub(crate) fetch_reads: Semaphore,
     connections: AtomicUsize,
+    /// Request streams open, all connections.
+    pub(crate) streams: AtomicUsize,
     /// `acks=0` produce requests refused; they get no answer, so they are counted here and
     /// logged.
     pub(crate) acks0_refused: AtomicU64,
@@ -85,6 +87,7 @@ impl ClientLimits {
             validation: Arc::new(Semaphore::new(threads)),
             fetch_reads: Semaphore::new(4 * threads),
             connections: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
             acks0_refused: AtomicU64::new(0),
         }
     }
@@ -347,6 +350,8 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    broker.limits.streams.fetch_add(1, Ordering::Relaxed);
+    let _open = StreamOpen(broker.clone());
     let (tx, mut rx) = mpsc::channel::<Queued>(MAX_PIPELINED);
     let writer = tokio::spawn(async move {
         while let Some(Queued { pending, silent }) = rx.recv().await {
@@ -408,6 +413,15 @@ async fn serve_stream(
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// Counts a request stream open until dropped.
+struct StreamOpen(Arc<Broker>);
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        self.0.limits.streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Reads one request frame: its length, then a grant of memory for it, then its body, each

@@ -61,6 +61,19 @@ pub const COUNT_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
 ];
 
+/// Buckets of sizes (`*_bytes` histograms): 64 KiB to 4 GiB, by fours.
+pub const BYTES_BUCKETS: &[f64] = &[
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+    4294967296.0,
+];
+
 static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
 /// The process's Prometheus recorder, installed on the first call (every later call returns
@@ -80,6 +93,9 @@ pub fn recorder() -> Result<PrometheusHandle, String> {
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Suffix("_records".into()), COUNT_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS)
                 })
                 .map_err(|e| format!("metrics buckets: {e}"))?;
             let handle = builder

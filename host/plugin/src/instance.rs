@@ -368,6 +368,15 @@ pub(crate) fn observed_call<T>(
     result
 }
 
+/// Records the linear memory of a live instance after a call (none once a failed call
+/// dropped it).
+fn record_memory(plugin: &str, store: Option<&Store<HostState>>) {
+    if let Some(store) = store {
+        metrics::histogram!("sluice_plugin_instance_memory_bytes", "plugin_hash" => plugin.to_owned())
+            .record(store.data().sandbox.memory as f64);
+    }
+}
+
 /// Maps a failed call to the error users see.
 pub(crate) fn classify(
     err: wasmtime::Error,
@@ -608,7 +617,9 @@ impl TransformInstance {
     /// to be a well-formed packed batch within `max_output_bytes`.
     pub fn process_packed(&mut self, batch: Vec<u8>) -> Result<Vec<u8>, PluginError> {
         let plugin = self.plugin.label();
-        observed_call(&plugin, || self.process_packed_unobserved(batch))
+        let result = observed_call(&plugin, || self.process_packed_unobserved(batch));
+        record_memory(&plugin, self.live.as_ref().map(|l| &l.store));
+        result
     }
 
     fn process_packed_unobserved(&mut self, batch: Vec<u8>) -> Result<Vec<u8>, PluginError> {
@@ -758,9 +769,11 @@ impl PartitionerInstance {
         partitions: u32,
     ) -> Result<Vec<u32>, PluginError> {
         let plugin = self.plugin.label();
-        observed_call(&plugin, || {
+        let result = observed_call(&plugin, || {
             self.partition_packed_unobserved(batch, count, partitions)
-        })
+        });
+        record_memory(&plugin, self.live.as_ref().map(|l| &l.store));
+        result
     }
 
     fn partition_packed_unobserved(
