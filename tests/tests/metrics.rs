@@ -457,3 +457,41 @@ fn json_log_lines_carry_the_spans_of_connection_stream_and_request() {
     assert_eq!(spans, ["conn", "stream", "request"], "{handled}");
     assert!(handled["spans"][0]["id"].is_number(), "{handled}");
 }
+
+/// The Grafana dashboard reads only metrics that exist: every `sluice_*` name in its queries
+/// is one docs/metrics.md lists (histograms by their `_bucket`, `_sum` or `_count` series).
+#[test]
+fn the_dashboard_queries_documented_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("docs/grafana/sluice-dashboard.json")).unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let docs = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("sluice_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                names.push(name);
+            }
+        }
+    }
+    assert!(names.len() > 20, "{names:?}");
+    for name in names {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        assert!(
+            docs.contains(&format!("`{base}`")),
+            "the dashboard queries {name}, which docs/metrics.md does not list"
+        );
+    }
+}
