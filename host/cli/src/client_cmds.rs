@@ -1,6 +1,7 @@
 //! Client subcommands: topic administration, produce from stdin, consume to stdout.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -44,13 +45,20 @@ pub async fn topic(client: &Client, cmd: &TopicCommand) -> Result<ExitCode> {
                 partitioner: partitioner.clone(),
                 partitioner_config: partitioner_config.clone(),
             };
+            // Thousands of partitions take a while to place and create: say so meanwhile.
+            let waiting = crate::progress::spinner(
+                &format!("creating {name} with {partitions} partitions"),
+                *partitions >= 1000,
+            );
             let t = if *replication_factor == 1 {
-                admin.create_topic(name, *partitions, config).await?
+                admin.create_topic(name, *partitions, config).await
             } else {
                 admin
                     .create_topic_replicated(name, *partitions, *replication_factor, config)
-                    .await?
+                    .await
             };
+            waiting.finish_and_clear();
+            let t = t?;
             println!(
                 "created topic {} with {} partition(s)",
                 t.name,
@@ -243,6 +251,16 @@ pub async fn produce(client: &Client, args: &ProduceArgs) -> Result<ExitCode> {
         compression: args.compression,
         ..ProducerConfig::default()
     });
+    // A file on stdin has a size to show progress against; a pipe has not.
+    let stdin_size = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| std::fs::File::from(fd).metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    let progress =
+        crate::progress::bytes_or_count(stdin_size, &format!("producing to {}", args.topic));
     // stdin is read on a blocking thread and handed over line by line.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1024);
     std::thread::spawn(move || {
@@ -275,6 +293,11 @@ pub async fn produce(client: &Client, args: &ProduceArgs) -> Result<ExitCode> {
     let mut sent = 0u64;
     while let Some(line) = rx.recv().await {
         let line = line.context("reading standard input")?;
+        progress.inc(if stdin_size.is_some() {
+            line.len() as u64 + 1
+        } else {
+            1
+        });
         let mut record = match sep.and_then(|s| find(&line, s).map(|i| (i, s.len()))) {
             Some((i, n)) => {
                 ProducerRecord::new(&args.topic, Bytes::copy_from_slice(&line[i + n..]))
@@ -290,6 +313,7 @@ pub async fn produce(client: &Client, args: &ProduceArgs) -> Result<ExitCode> {
         sent += 1;
     }
     producer.flush().await?;
+    progress.finish_and_clear();
     let tally = acks.finish().await;
     if let Some(e) = tally.first_error {
         bail!(
@@ -401,6 +425,11 @@ async fn print_records(
     let mut last_record = Instant::now();
     let mut printed = 0u64;
     let stdout = std::io::stdout();
+    // Consuming into a file or a pipe: a count of records on the terminal meanwhile.
+    let progress = crate::progress::spinner(
+        &format!("records of {} written", args.topic),
+        !stdout.is_terminal(),
+    );
     let mut out = Vec::with_capacity(64 * 1024);
     loop {
         if args.max_messages.is_some_and(|n| printed >= n) {
@@ -444,12 +473,14 @@ async fn print_records(
             }
         }
         out.clear();
+        progress.set_position(printed);
         if commit && !next.is_empty() {
             let offsets: Vec<(String, u32, u64)> =
                 next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
             consumer.commit_offsets(&offsets).await?;
         }
     }
+    progress.finish_and_clear();
     Ok(ExitCode::SUCCESS)
 }
 

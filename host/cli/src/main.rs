@@ -15,6 +15,7 @@ mod dev_cluster;
 mod format;
 mod pipeline_cmds;
 mod plugin_cmds;
+mod progress;
 mod top;
 
 use std::process::ExitCode;
