@@ -9,17 +9,27 @@ use sluice_proto::TopicConfig;
 use sluice_tests::scrape::{METRICS, get, metrics_addr, scrape, sum};
 use sluice_tests::{BrokerProcess, TEST_CONFIG};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_follow_produce_consume_and_lag() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(dir.path(), &format!("{TEST_CONFIG}{METRICS}"));
-    let addr = metrics_addr(dir.path());
+/// A broker with its metrics listener on, its listener's address, a client, and `topic`.
+async fn broker_with_metrics(
+    dir: &std::path::Path,
+    topic: &str,
+    partitions: u32,
+) -> (BrokerProcess, std::net::SocketAddr, sluice_client::Client) {
+    let broker = BrokerProcess::start(dir, &format!("{TEST_CONFIG}{METRICS}"));
+    let addr = metrics_addr(dir);
     let client = broker.client().await;
     client
         .admin()
-        .create_topic("m", 2, TopicConfig::default())
+        .create_topic(topic, partitions, TopicConfig::default())
         .await
         .unwrap();
+    (broker, addr, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_produce_consume_and_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, addr, client) = broker_with_metrics(dir.path(), "m", 2).await;
 
     // Nothing produced yet.
     let before = scrape(addr).await;
@@ -321,14 +331,7 @@ async fn top_shows_the_topic_being_written_on_a_terminal() {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(dir.path(), &format!("{TEST_CONFIG}{METRICS}"));
-    let addr = metrics_addr(dir.path());
-    let client = broker.client().await;
-    client
-        .admin()
-        .create_topic("topwatch", 1, TopicConfig::default())
-        .await
-        .unwrap();
+    let (_broker, addr, client) = broker_with_metrics(dir.path(), "topwatch", 1).await;
     // Records keep arriving while `sluice top` watches.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
