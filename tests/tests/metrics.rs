@@ -98,6 +98,10 @@ async fn metrics_follow_produce_consume_and_lag() {
         );
     }
     assert!(sum(&after, "sluice_store_commit_batches", &[]) >= 1.0);
+    assert!(
+        sum(&after, "sluice_store_file_bytes", &[])
+            >= sum(&after, "sluice_store_partition_bytes", &[])
+    );
     assert!(sum(&after, "sluice_connections_open", &[]) >= 1.0);
 
     // A group reads some records and commits: its lag is what it has not committed. Then it

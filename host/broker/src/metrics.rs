@@ -75,6 +75,11 @@ pub(crate) fn describe() {
         "Batch bytes stored, over all partitions on this node"
     );
     describe_gauge!(
+        "sluice_store_file_bytes",
+        Unit::Bytes,
+        "Size of the store's file (sluice.redb) on disk: batches, indexes, free pages"
+    );
+    describe_gauge!(
         "sluice_partitions_led",
         Unit::Count,
         "Partitions this node leads"
@@ -467,6 +472,9 @@ fn collect_local(broker: &Broker) {
             .load(std::sync::atomic::Ordering::Relaxed),
     );
     gauge!("sluice_store_partition_bytes").set(stored_bytes as f64);
+    if let Ok(file) = std::fs::metadata(broker.config.data_dir.join("sluice.redb")) {
+        gauge!("sluice_store_file_bytes").set(file.len() as f64);
+    }
     gauge!("sluice_partitions_led").set(led as f64);
 }
 
