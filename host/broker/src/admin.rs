@@ -107,6 +107,7 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
             })
         }
         Request::Hello(_)
+        | Request::WhoAmI
         | Request::DeleteTopic { .. }
         | Request::DeleteTopicForced { .. }
         | Request::Produce(_)

@@ -72,6 +72,11 @@ pub struct BrokerConfig {
     /// Threads that validate and decompress large or compressed batches, off the network
     /// tasks. 0 means one per core.
     pub validation_threads: usize,
+    /// How clients of the client listener are authenticated: `none` (the default: every
+    /// client is `ANONYMOUS`; the broker says so loudly at start) or `mtls` (a client
+    /// certificate signed by `tls.client_ca` is required at the handshake; its subject's common
+    /// name, else its first DNS name, is the principal). docs/security.md.
+    pub client_auth: ClientAuth,
     /// TCP address of the metrics and health listener (plain HTTP: `/metrics` in the
     /// Prometheus text format, `/health/live`, `/health/ready`). Off unless set.
     pub metrics_listen: Option<SocketAddr>,
@@ -212,6 +217,29 @@ pub struct TlsSettings {
     /// trusts when it is a client of theirs (a pipeline writing to a partition another broker
     /// leads). Default: this node's dev CA (`DATA_DIR/tls/ca.pem`, shared by a dev cluster).
     pub ca: Option<PathBuf>,
+    /// With `client_auth = "mtls"`: the CA(s) whose client certificates are accepted (PEM).
+    /// Default: the dev CA (`DATA_DIR/tls/ca.pem`), which `sluice auth issue-cert` signs with.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How the client listener authenticates clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Nobody is authenticated: every client is `ANONYMOUS`.
+    #[default]
+    None,
+    /// Mutual TLS: a client certificate from `tls.client_ca` is required.
+    Mtls,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::None => "none",
+            ClientAuth::Mtls => "mtls",
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -241,6 +269,7 @@ impl Default for BrokerConfig {
             frame_timeout_ms: 30_000,
             idle_timeout_ms: 600_000,
             validation_threads: 0,
+            client_auth: ClientAuth::None,
             metrics_listen: None,
             metrics_per_partition: true,
             group_load_delay_ms: 0,
@@ -399,6 +428,19 @@ mod tests {
         let c: BrokerConfig = toml::from_str("[tls]\ncert = \"a.pem\"").unwrap();
         assert!(c.validate().is_err());
     }
+    #[test]
+    fn client_auth_is_none_unless_set_to_mtls() {
+        assert_eq!(BrokerConfig::default().client_auth, ClientAuth::None);
+        let c: BrokerConfig =
+            toml::from_str("client_auth = \"mtls\"\n[tls]\nclient_ca = \"/ca.pem\"").unwrap();
+        assert_eq!(c.client_auth, ClientAuth::Mtls);
+        assert_eq!(
+            c.tls.client_ca.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        assert!(toml::from_str::<BrokerConfig>("client_auth = \"password\"").is_err());
+    }
+
     #[test]
     fn congestion_controller_is_named_in_lowercase() {
         let c: BrokerConfig = toml::from_str("").unwrap();

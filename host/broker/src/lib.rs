@@ -295,7 +295,13 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         followers: replication::Followers::default(),
         leaders: replication::Leaders::default(),
     });
-    tracing::info!(node_id, addr = %local_addr, cluster_id = %broker.cluster_id, "broker listening (QUIC, ALPN sluice/1)");
+    tracing::info!(node_id, addr = %local_addr, cluster_id = %broker.cluster_id, client_auth = broker.config.client_auth.as_str(), "broker listening (QUIC, ALPN sluice/1)");
+    if broker.config.client_auth == config::ClientAuth::None {
+        tracing::warn!(
+            addr = %local_addr,
+            "CLIENT AUTHENTICATION IS OFF (client_auth = \"none\"): anyone who can reach this UDP port can create and delete topics, read and write every topic and deploy plugins. Set client_auth = \"mtls\" for anything but a dev laptop (docs/security.md)"
+        );
+    }
     let accept_task = tokio::spawn(server::accept_loop(broker.clone(), endpoint.clone()));
     // Tools and tests that start a broker on port 0 learn its address from this file, written
     // once the broker serves.
@@ -390,6 +396,25 @@ impl Broker {
                     sluice_client::TlsConfig::CaFile(ca),
                 );
                 config.client_id = format!("sluice-broker-{}", self.node_id);
+                // Brokers that require client certificates take this one's server certificate
+                // (the dev one is issued for client authentication too).
+                if self.config.client_auth == config::ClientAuth::Mtls {
+                    let tls_dir = self.config.data_dir.join("tls");
+                    config.identity = Some(sluice_client::ClientIdentity {
+                        cert: self
+                            .config
+                            .tls
+                            .cert
+                            .clone()
+                            .unwrap_or_else(|| tls_dir.join("server.pem")),
+                        key: self
+                            .config
+                            .tls
+                            .key
+                            .clone()
+                            .unwrap_or_else(|| tls_dir.join("server.key")),
+                    });
+                }
                 sluice_client::Client::connect(config).await.map_err(|e| {
                     sluice_proto::WireError::new(
                         sluice_proto::ErrorCode::LeaderNotAvailable,

@@ -50,6 +50,8 @@ pub(crate) const CONNECTION_SMALL_BYTES: usize = 16 * SMALL_FRAME;
 pub const IDLE_CLOSE_CODE: u32 = 2;
 /// QUIC stop code for a stream the broker stops reading (a frame too large or too slow).
 pub const STREAM_REFUSED_CODE: u32 = 3;
+/// QUIC application close code for a connection whose verified certificate names no principal.
+pub const AUTH_CLOSE_CODE: u32 = 4;
 
 /// Limits shared by every connection of a broker.
 #[derive(Debug)]
@@ -252,7 +254,12 @@ pub(crate) async fn accept_loop(broker: Arc<Broker>, endpoint: quinn::Endpoint) 
             continue;
         }
         next_conn += 1;
-        let span = tracing::info_span!("conn", id = next_conn, peer = %incoming.remote_address());
+        let span = tracing::info_span!(
+            "conn",
+            id = next_conn,
+            peer = %incoming.remote_address(),
+            principal = tracing::field::Empty
+        );
         let broker = broker.clone();
         tokio::spawn(
             async move {
@@ -270,15 +277,48 @@ pub(crate) async fn accept_loop(broker: Arc<Broker>, endpoint: quinn::Endpoint) 
     }
 }
 
-/// What one connection has agreed: the protocol version, once `Hello` has been answered.
-#[derive(Debug, Default)]
+/// What one connection has agreed: the protocol version, once `Hello` has been answered, and
+/// who its client is.
+#[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) version: OnceCell<u16>,
+    /// The client's principal: from its certificate under mTLS, else `ANONYMOUS`.
+    pub(crate) principal: String,
+    /// How the principal was established (`none`, `mtls`).
+    pub(crate) mechanism: &'static str,
+}
+
+/// The principal of an unauthenticated client.
+pub(crate) const ANONYMOUS: &str = "ANONYMOUS";
+
+/// Who the client of `conn` is, by the listener's `client_auth`; an error closes the
+/// connection (a certificate the handshake verified but that names nobody).
+fn authenticate(broker: &Broker, conn: &quinn::Connection) -> Result<Session, String> {
+    let mechanism = broker.config.client_auth;
+    let principal = match mechanism {
+        crate::config::ClientAuth::None => ANONYMOUS.to_owned(),
+        crate::config::ClientAuth::Mtls => {
+            crate::tls::client_principal(conn).map_err(|e| e.to_string())?
+        }
+    };
+    Ok(Session {
+        version: OnceCell::new(),
+        principal,
+        mechanism: mechanism.as_str(),
+    })
 }
 
 async fn serve_connection(broker: Arc<Broker>, conn: quinn::Connection) {
-    tracing::debug!("connection open");
-    let session = Arc::new(Session::default());
+    let session = match authenticate(&broker, &conn) {
+        Ok(session) => Arc::new(session),
+        Err(why) => {
+            tracing::warn!(cause = %why, "connection refused: no principal");
+            conn.close(AUTH_CLOSE_CODE.into(), why.as_bytes());
+            return;
+        }
+    };
+    tracing::Span::current().record("principal", session.principal.as_str());
+    tracing::debug!(mechanism = session.mechanism, "connection open");
     let state = Arc::new(ConnectionState::new(&broker.config));
     let idle = Duration::from_millis(broker.config.idle_timeout_ms);
     loop {
@@ -627,6 +667,11 @@ async fn dispatch(
         )))
     } else if let Request::Hello(hello) = &request {
         Some(crate::router::hello(broker, session, hello))
+    } else if let Request::WhoAmI = &request {
+        Some(Reply::ok(sluice_proto::ResponseBody::WhoAmI {
+            principal: session.principal.clone(),
+            mechanism: session.mechanism.to_owned(),
+        }))
     } else if session.version.get().is_none() {
         Some(Reply::error(WireError::new(
             ErrorCode::UnsupportedVersion,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::BrokerError;
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, ClientAuth};
 
 /// Paths of the dev TLS material inside a data directory.
 pub fn dev_ca_path(data_dir: &Path) -> PathBuf {
@@ -217,7 +217,12 @@ fn ensure_dev_certificates(config: &BrokerConfig) -> Result<(PathBuf, PathBuf), 
         &ca,
         "Sluice broker",
         names,
-        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+        // Client auth too: with `client_auth = "mtls"` a broker presents it when it is a
+        // client of the other brokers (pipelines, partitioners, connectors).
+        vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ],
     )?;
     write_private(&server_key, keypair.serialize_pem().as_bytes())?;
     std::fs::write(&server_pem, cert.pem())
@@ -241,6 +246,86 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), BrokerError> {
         .map_err(|e| tls_err(&format!("cannot write {}", path.display()), e))
 }
 
+/// A client certificate with its key, issued by the dev CA of `data_dir` (`DATA_DIR/tls/ca.pem`
+/// and `ca.key`, as a single broker creates them) or by the shared client CA of a dev cluster's
+/// `ca_dir`: PEM certificate and PEM key. `name` becomes the subject's common name, the
+/// principal the broker takes the client for under `client_auth = "mtls"`.
+pub fn issue_client_certificate(
+    ca_pem: &Path,
+    ca_key: &Path,
+    name: &str,
+) -> Result<(String, String), BrokerError> {
+    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+        return Err(BrokerError::Tls(format!(
+            "{name:?} is not a usable principal name (1 to 64 characters, no control characters)"
+        )));
+    }
+    if !ca_key.exists() {
+        return Err(BrokerError::Tls(format!(
+            "no CA key at {}: issue-cert signs with a dev CA's key (a broker's DATA_DIR/tls, or a dev cluster's ca_dir)",
+            ca_key.display()
+        )));
+    }
+    let ca = load_or_create_ca(ca_pem, ca_key, "Sluice dev CA")?;
+    let (cert, keypair) = issue_certificate(
+        &ca,
+        name,
+        Vec::new(),
+        vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+    )?;
+    Ok((cert.pem(), keypair.serialize_pem()))
+}
+
+/// Why a client's certificate names no principal.
+#[derive(Debug, thiserror::Error)]
+pub enum PrincipalError {
+    #[error("the client presented no certificate")]
+    NoCertificate,
+    #[error("the client certificate cannot be parsed: {0}")]
+    Unparsable(String),
+    #[error("the client certificate has no common name and no DNS name to take as its principal")]
+    Unnamed,
+}
+
+/// The principal of a client whose certificate the handshake verified: its subject's common
+/// name, else its first DNS subject alternative name (docs/security.md, "Principals").
+pub fn client_principal(connection: &quinn::Connection) -> Result<String, PrincipalError> {
+    let chain = connection
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or(PrincipalError::NoCertificate)?;
+    let end_entity = chain.first().ok_or(PrincipalError::NoCertificate)?;
+    principal_of(end_entity)
+}
+
+/// [`client_principal`] of one DER certificate.
+pub fn principal_of(der: &[u8]) -> Result<String, PrincipalError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PrincipalError::Unparsable(e.to_string()))?;
+    if let Some(cn) = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .filter(|cn| !cn.is_empty())
+    {
+        return Ok(cn.to_owned());
+    }
+    let names = cert
+        .subject_alternative_name()
+        .map_err(|e| PrincipalError::Unparsable(e.to_string()))?;
+    names
+        .iter()
+        .flat_map(|ext| ext.value.general_names.iter())
+        .find_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) if !d.is_empty() => {
+                Some((*d).to_owned())
+            }
+            _ => None,
+        })
+        .ok_or(PrincipalError::Unnamed)
+}
+
 /// The crypto provider of every TLS endpoint the broker runs or dials: ring, as quinn uses.
 fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -257,10 +342,35 @@ pub fn quic_server_config(
     key: PrivateKeyDer<'static>,
     config: &BrokerConfig,
 ) -> Result<quinn::ServerConfig, BrokerError> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
+    let provider = crypto_provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| tls_err("TLS versions", e))?
-        .with_no_client_auth()
+        .map_err(|e| tls_err("TLS versions", e))?;
+    let builder = match config.client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Mtls => {
+            let path = config
+                .tls
+                .client_ca
+                .clone()
+                .unwrap_or_else(|| dev_ca_path(&config.data_dir));
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in load_certificates(&path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err(&format!("client CA {}", path.display()), e))?;
+            }
+            // `build` without `allow_unauthenticated`: no certificate, no connection.
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| tls_err("client certificate verifier", e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut tls = builder
         .with_single_cert(certs, key)
         .map_err(|e| tls_err("server certificate and key do not match", e))?;
     tls.alpn_protocols = vec![sluice_proto::ALPN.to_vec()];
@@ -503,4 +613,59 @@ pub fn peer_node_id(
         }
     }
     found.ok_or(PeerIdentityError::NotAMember)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(common_name: Option<&str>, dns: &[&str]) -> Vec<u8> {
+        let mut params =
+            rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = common_name {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_principal_is_the_common_name_else_the_first_dns_name() {
+        let both = certificate(Some("alice"), &["alice.example.com"]);
+        assert_eq!(principal_of(&both).unwrap(), "alice");
+        let dns = certificate(None, &["svc.example.com", "other.example.com"]);
+        assert_eq!(principal_of(&dns).unwrap(), "svc.example.com");
+        let neither = certificate(None, &[]);
+        assert!(matches!(
+            principal_of(&neither),
+            Err(PrincipalError::Unnamed)
+        ));
+        assert!(matches!(
+            principal_of(b"not a certificate"),
+            Err(PrincipalError::Unparsable(_))
+        ));
+    }
+
+    #[test]
+    fn issued_client_certificates_carry_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+        assert!(
+            issue_client_certificate(&pem, &key, "bob").is_err(),
+            "no CA key yet"
+        );
+        load_or_create_ca(&pem, &key, "Sluice dev CA").unwrap();
+        let (cert, _key) = issue_client_certificate(&pem, &key, "bob").unwrap();
+        let der = rustls_pemfile::certs(&mut cert.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(principal_of(&der).unwrap(), "bob");
+        assert!(issue_client_certificate(&pem, &key, "").is_err());
+        assert!(issue_client_certificate(&pem, &key, "a\nb").is_err());
+    }
 }

@@ -30,6 +30,12 @@ pub struct Cli {
     /// Skip verifying the broker's certificate. Insecure: for debugging only.
     #[arg(long, global = true)]
     pub insecure: bool,
+    /// Client certificate (PEM) to present to brokers that require mutual TLS; with --tls-key.
+    #[arg(long, global = true, env = "SLUICE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -66,6 +72,10 @@ pub enum Command {
     /// Development helpers: a local cluster in one command.
     #[command(subcommand)]
     Dev(crate::dev_cluster::DevCommand),
+    /// Client identities: issue a development client certificate, ask who the broker takes
+    /// you for.
+    #[command(subcommand)]
+    Auth(crate::auth_cmds::AuthCommand),
     /// A live view of brokers read from their metrics endpoints: per-topic rates, group lag,
     /// plugin stops, cluster health.
     Top(crate::top::TopArgs),
@@ -301,6 +311,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cluster(cmd) => crate::cluster_cmds::run(&connect(&cli).await?, cmd).await,
         Command::Dev(cmd) => crate::dev_cluster::run(cmd).await,
         Command::Top(args) => crate::top::run(args).await,
+        Command::Auth(cmd) => crate::auth_cmds::run(&cli, cmd).await,
     }
 }
 
@@ -324,7 +335,13 @@ pub fn tls_config(cli: &Cli) -> TlsConfig {
 }
 
 pub async fn connect(cli: &Cli) -> Result<Client> {
-    let config = ClientConfig::new(cli.broker.clone(), tls_config(cli));
+    let mut config = ClientConfig::new(cli.broker.clone(), tls_config(cli));
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        config.identity = Some(sluice_client::ClientIdentity {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
     Client::connect(config).await.map_err(anyhow::Error::from)
 }
 

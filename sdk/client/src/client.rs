@@ -38,6 +38,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Congestion controller for what this client sends (default Cubic).
     pub congestion: QuicCongestion,
+    /// The client certificate to present, for brokers that require mutual TLS (default none).
+    pub identity: Option<crate::tls::ClientIdentity>,
 }
 
 impl ClientConfig {
@@ -50,6 +52,7 @@ impl ClientConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME,
             connect_timeout: Duration::from_secs(10),
             congestion: QuicCongestion::default(),
+            identity: None,
         }
     }
 }
@@ -148,7 +151,7 @@ impl Client {
         for addr in &bootstrap {
             split_host_port(addr)?;
         }
-        let rustls = rustls_client_config(&config.tls)?;
+        let rustls = rustls_client_config(&config.tls, config.identity.as_ref())?;
         let crypto = QuicClientConfig::try_from(rustls)
             .map_err(|e| ClientError::InvalidConfig(format!("TLS for QUIC: {e}")))?;
         let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
@@ -225,6 +228,23 @@ impl Client {
             return self.list_groups_everywhere().await;
         }
         self.to_home(request, raw).await
+    }
+
+    /// The principal the (bootstrap) broker takes this client for, and the mechanism that
+    /// established it (`none`: `ANONYMOUS`; `mtls`: the certificate's name).
+    pub async fn who_am_i(&self) -> Result<(String, String), ClientError> {
+        match self.request(Request::WhoAmI, Bytes::new()).await? {
+            (
+                ResponseBody::WhoAmI {
+                    principal,
+                    mechanism,
+                },
+                _,
+            ) => Ok((principal, mechanism)),
+            (other, _) => Err(ClientError::UnexpectedResponse(format!(
+                "expected WhoAmI, got {other:?}"
+            ))),
+        }
     }
 
     async fn to_home(

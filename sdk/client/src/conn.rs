@@ -276,19 +276,26 @@ async fn connect_one(
     let connection = connecting
         .await
         .map_err(|e| handshake_error(target, addr, e))?;
-    let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
-    let hello = Request::Hello(HelloRequest {
-        min_version: MIN_PROTOCOL_VERSION,
-        max_version: PROTOCOL_VERSION,
-        client_id: config.client_id.clone(),
-    });
-    frame::write_frame(&mut send, &hello, &[])
-        .await
-        .map_err(ClientError::from_proto)?;
-    let _ = send.finish();
-    let hello = match read_response(&mut recv, config.max_frame_bytes).await? {
-        (ResponseBody::Hello(h), _) => h,
-        (other, _) => return Err(unexpected("Hello", &other)),
+    let exchange = async {
+        let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
+        let hello = Request::Hello(HelloRequest {
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            client_id: config.client_id.clone(),
+        });
+        frame::write_frame(&mut send, &hello, &[])
+            .await
+            .map_err(ClientError::from_proto)?;
+        let _ = send.finish();
+        read_response(&mut recv, config.max_frame_bytes).await
+    };
+    let hello = match exchange.await {
+        Ok((ResponseBody::Hello(h), _)) => h,
+        Ok((other, _)) => return Err(unexpected("Hello", &other)),
+        // TLS 1.3 checks the client's certificate after the client has finished its side of
+        // the handshake: a refusal closes the connection under the first request. Its reason
+        // says more than the stream's error.
+        Err(e) => return Err(connection.close_reason().map_or(e, connection_error)),
     };
     if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) {
         return Err(ClientError::UnexpectedResponse(format!(
@@ -351,15 +358,42 @@ fn handshake_error(target: &str, addr: SocketAddr, e: quinn::ConnectionError) ->
         ),
         quinn::ConnectionError::ConnectionClosed(c) if is_tls_code(c.error_code) => {
             ClientError::Tls(format!(
-                "TLS handshake with broker at {target} ({addr}) failed: the broker refused it: {c}"
+                "TLS handshake with broker at {target} ({addr}) failed: the broker refused it: {c}{}",
+                client_certificate_hint(c.error_code)
             ))
         }
         _ => ClientError::Connect(format!("could not reach broker at {target} ({addr}): {e}")),
     }
 }
 
+/// What to do about a TLS alert the broker closed the connection with, when it is about the
+/// client's own certificate (TLS 1.3 checks it after the client thinks the handshake is done,
+/// so the refusal can arrive with the first request).
+fn client_certificate_hint(code: quinn::TransportErrorCode) -> &'static str {
+    // 0x100 + the TLS alert: certificate_required (116), bad_certificate (42),
+    // unsupported_certificate (43), certificate_expired (45), certificate_unknown (46),
+    // unknown_ca (48), access_denied (49), decrypt_error (51: signed by another key).
+    match u64::from(code) {
+        0x174 => {
+            " — the broker requires a client certificate (mTLS): pass one with --tls-cert and --tls-key (sluice auth issue-cert makes one for development)"
+        }
+        0x12a | 0x12b | 0x12d | 0x12e | 0x130 | 0x131 | 0x133 => {
+            " — the broker did not accept this client certificate: it must be signed by the broker's client CA, current, and for client authentication"
+        }
+        _ => "",
+    }
+}
+
 pub(crate) fn connection_error(e: quinn::ConnectionError) -> ClientError {
-    ClientError::ConnectionLost(e.to_string())
+    match &e {
+        quinn::ConnectionError::ConnectionClosed(c) if is_tls_code(c.error_code) => {
+            ClientError::Tls(format!(
+                "the broker closed the connection: {c}{}",
+                client_certificate_hint(c.error_code)
+            ))
+        }
+        _ => ClientError::ConnectionLost(e.to_string()),
+    }
 }
 
 /// Writes one frame on a QUIC stream, handing quinn the raw bytes as they are (a `Bytes`

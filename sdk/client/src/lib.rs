@@ -46,7 +46,7 @@ pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchTransform, Off
 pub use error::ClientError;
 pub use group::{GroupEvent, GroupOptions};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
-pub use tls::TlsConfig;
+pub use tls::{ClientIdentity, TlsConfig};
 
 /// The protocol types callers need alongside this crate.
 pub use sluice_proto::{

@@ -30,9 +30,9 @@ pub const ALPN: &[u8] = b"sluice/1";
 /// fetch requests; version 3 added `FindCoordinator`, `ClusterStatus`, `AddNode`, `RemoveNode`
 /// and the `CoordinatorLoadInProgress` error; version 4 `CreateTopicReplicated`; version 5
 /// `ElectLeaders`, `AlterTopicReplication` and `DescribeTopicReplication`; version 6 the
-/// connector requests and the `UnknownConnector` and `ConnectorExists` errors — all appended,
-/// so older messages decode unchanged.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// connector requests and the `UnknownConnector` and `ConnectorExists` errors; version 7
+/// `WhoAmI` — all appended, so older messages decode unchanged.
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Oldest protocol version this build still speaks. Version 1 clients are told at `Hello` to
 /// upgrade: their produce and fetch requests would not decode.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;

@@ -176,6 +176,9 @@ pub enum Request {
     DeleteConnector {
         name: String,
     },
+    /// Who the broker takes this connection's client for: its principal and how it was
+    /// authenticated (docs/security.md).
+    WhoAmI,
 }
 
 impl Request {
@@ -242,6 +245,7 @@ impl Request {
             Request::ElectLeaders { .. } => "elect_leaders",
             Request::AlterTopicReplication { .. } => "alter_topic_replication",
             Request::DescribeTopicReplication { .. } => "describe_topic_replication",
+            Request::WhoAmI => "who_am_i",
         }
     }
 }
@@ -294,6 +298,12 @@ pub enum ResponseBody {
     /// as it was).
     Connector(Box<ConnectorDescription>),
     Connectors(Vec<ConnectorDescription>),
+    /// The answer to [`Request::WhoAmI`]: the principal (`ANONYMOUS` without
+    /// authentication) and the mechanism that established it (`none`, `mtls`).
+    WhoAmI {
+        principal: String,
+        mechanism: String,
+    },
 }
 
 /// A connector to create (`sluice connector create`, from its config file).
