@@ -10,6 +10,7 @@
 //! Data enters as commands (from the broker's controller) and leaves as read-only views of
 //! topics, partitions and brokers.
 
+pub mod acl;
 pub mod connectors;
 pub mod liveness;
 pub mod placement;
@@ -279,6 +280,11 @@ pub enum MetadataCommand {
         at_ms: i64,
         error: String,
     },
+    /// Adds an access control binding (docs/security.md); adding one already there changes
+    /// nothing.
+    AddAcl(acl::AclBinding),
+    /// Removes an access control binding; removing one that is not there changes nothing.
+    RemoveAcl(acl::AclBinding),
 }
 
 /// A topic's replication settings (Kafka's `min.insync.replicas` and
@@ -484,6 +490,46 @@ pub struct MetadataState {
     /// Topics whose replication settings were set, by name.
     replication: BTreeMap<String, ReplicationSettings>,
     connectors: BTreeMap<String, ConnectorRecord>,
+    /// Access control bindings.
+    acls: acl::Acls,
+}
+
+/// [`MetadataState`] as snapshots written before access control bindings joined it: decoded
+/// when the current layout does not fit.
+#[derive(Debug, Deserialize)]
+pub struct MetadataStateV4 {
+    brokers: BTreeMap<u32, BrokerRecord>,
+    topics: BTreeMap<String, TopicRecord>,
+    next_topic_id: u64,
+    next_producer_id: i64,
+    recent_allocations: BTreeMap<u64, i64>,
+    applied_index: u64,
+    plugins: BTreeMap<String, PluginRecord>,
+    pipelines: BTreeMap<String, PipelineRecord>,
+    components: BTreeMap<String, Vec<u8>>,
+    checkpoints: BTreeMap<(String, u32), Vec<u8>>,
+    replication: BTreeMap<String, ReplicationSettings>,
+    connectors: BTreeMap<String, ConnectorRecord>,
+}
+
+impl From<MetadataStateV4> for MetadataState {
+    fn from(v4: MetadataStateV4) -> Self {
+        MetadataState {
+            brokers: v4.brokers,
+            topics: v4.topics,
+            next_topic_id: v4.next_topic_id,
+            next_producer_id: v4.next_producer_id,
+            recent_allocations: v4.recent_allocations,
+            applied_index: v4.applied_index,
+            plugins: v4.plugins,
+            pipelines: v4.pipelines,
+            components: v4.components,
+            checkpoints: v4.checkpoints,
+            replication: v4.replication,
+            connectors: v4.connectors,
+            acls: acl::Acls::default(),
+        }
+    }
 }
 
 /// [`MetadataState`] as snapshots written before connectors joined it: decoded when the
@@ -518,6 +564,7 @@ impl From<MetadataStateV3> for MetadataState {
             checkpoints: v3.checkpoints,
             replication: v3.replication,
             connectors: BTreeMap::new(),
+            acls: acl::Acls::default(),
         }
     }
 }
@@ -553,6 +600,7 @@ impl From<MetadataStateV2> for MetadataState {
             checkpoints: v2.checkpoints,
             replication: BTreeMap::new(),
             connectors: BTreeMap::new(),
+            acls: acl::Acls::default(),
         }
     }
 }
@@ -586,6 +634,7 @@ impl From<MetadataStateV1> for MetadataState {
             checkpoints: BTreeMap::new(),
             replication: BTreeMap::new(),
             connectors: BTreeMap::new(),
+            acls: acl::Acls::default(),
         }
     }
 }
@@ -675,6 +724,11 @@ impl MetadataState {
 
     pub fn connector(&self, name: &str) -> Option<&ConnectorRecord> {
         self.connectors.get(name)
+    }
+
+    /// The access control bindings.
+    pub fn acls(&self) -> &acl::Acls {
+        &self.acls
     }
 
     pub fn connectors(&self) -> impl Iterator<Item = &ConnectorRecord> {
@@ -976,6 +1030,17 @@ impl MetadataState {
                 _ => Err(MetadataError::UnknownPipeline(name.clone())),
             },
             MetadataCommand::CreateConnector(spec) => self.validate_connector(spec),
+            MetadataCommand::AddAcl(binding) => {
+                binding.validate().map_err(MetadataError::InvalidConfig)?;
+                if !self.acls.iter().any(|b| b == binding) && self.acls.len() >= acl::MAX_ACLS {
+                    return Err(MetadataError::InvalidConfig(format!(
+                        "the cluster holds {} ACL bindings, the most it takes",
+                        acl::MAX_ACLS
+                    )));
+                }
+                Ok(())
+            }
+            MetadataCommand::RemoveAcl(_) => Ok(()),
             MetadataCommand::SetConnectorPaused { name, .. }
             | MetadataCommand::DeleteConnector { name } => {
                 if self.connectors.contains_key(name) {
@@ -1543,6 +1608,14 @@ impl MetadataState {
                 let c = self.connectors.get_mut(name).expect("validated");
                 c.failures += 1;
                 c.last_error = Some((*at_ms, error.clone()));
+            }
+            MetadataCommand::AddAcl(binding) => {
+                self.acls
+                    .add(binding.clone())
+                    .map_err(MetadataError::InvalidConfig)?;
+            }
+            MetadataCommand::RemoveAcl(binding) => {
+                self.acls.remove(binding);
             }
             MetadataCommand::SetPipelinePaused { name, paused } => {
                 self.pipelines.get_mut(name).expect("validated").paused = *paused;
@@ -2539,5 +2612,44 @@ mod tests {
             let _ = replayed.apply(i as u64 + 10, &decode_command(&encode_command(c)).unwrap());
         }
         assert_eq!(replayed, s);
+    }
+
+    #[test]
+    fn acl_bindings_are_added_and_removed_through_the_log() {
+        use acl::{AclBinding, Operation, PatternKind, Permission, ResourceType};
+        let mut s = MetadataState::new();
+        let b = AclBinding {
+            principal: "alice".into(),
+            resource: ResourceType::Topic,
+            pattern: "orders".into(),
+            kind: PatternKind::Literal,
+            operation: Operation::Write,
+            permission: Permission::Allow,
+        };
+        s.apply(1, &MetadataCommand::AddAcl(b.clone())).unwrap();
+        s.apply(2, &MetadataCommand::AddAcl(b.clone())).unwrap();
+        assert_eq!(s.acls().iter().collect::<Vec<_>>(), vec![&b]);
+        assert!(
+            s.acls()
+                .authorize(
+                    "alice",
+                    &[],
+                    Operation::Write,
+                    ResourceType::Topic,
+                    "orders"
+                )
+                .is_allowed()
+        );
+        let bad = AclBinding {
+            principal: String::new(),
+            ..b.clone()
+        };
+        assert!(matches!(
+            s.validate(&MetadataCommand::AddAcl(bad)),
+            Err(MetadataError::InvalidConfig(_))
+        ));
+        s.apply(3, &MetadataCommand::RemoveAcl(b.clone())).unwrap();
+        s.apply(4, &MetadataCommand::RemoveAcl(b)).unwrap();
+        assert!(s.acls().is_empty());
     }
 }

@@ -36,6 +36,14 @@ struct SnapshotPayload {
     state: MetadataState,
 }
 
+/// A snapshot as written before the state held access control bindings.
+#[derive(Deserialize)]
+struct SnapshotPayloadV4 {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: Membership,
+    state: sluice_metadata::MetadataStateV4,
+}
+
 /// A snapshot as written before the state held connectors.
 #[derive(Deserialize)]
 struct SnapshotPayloadV3 {
@@ -64,7 +72,23 @@ impl SnapshotPayload {
     /// Decodes the current layout, or the older one (postcard is not self-describing: the
     /// older layout fails the current decode where the new fields would start).
     fn decode(data: &[u8]) -> Result<Self, postcard::Error> {
+        let v4 = |data: &[u8]| {
+            postcard::from_bytes::<SnapshotPayloadV4>(data).map(|v4| SnapshotPayload {
+                last_applied: v4.last_applied,
+                last_membership: v4.last_membership,
+                state: v4.state.into(),
+            })
+        };
         postcard::from_bytes::<SnapshotPayload>(data).or_else(|e| {
+            v4(data)
+                .or_else(|_| Self::decode_before_connectors(data))
+                .map_err(|_| e)
+        })
+    }
+
+    /// The layouts from before connectors joined the state.
+    fn decode_before_connectors(data: &[u8]) -> Result<Self, postcard::Error> {
+        {
             postcard::from_bytes::<SnapshotPayloadV3>(data)
                 .map(|v3| SnapshotPayload {
                     last_applied: v3.last_applied,
@@ -88,8 +112,7 @@ impl SnapshotPayload {
                             })
                         })
                 })
-                .map_err(|_| e)
-        })
+        }
     }
 }
 
@@ -362,8 +385,9 @@ mod tests {
         assert_eq!(back, state);
 
         // Written by a build whose state lacked components and checkpoints: the same fields
-        // without the state's last four (components, checkpoints, replication settings,
-        // connectors), all empty in `without`, each encoded as one byte (length 0).
+        // without the state's last five (components, checkpoints, replication settings,
+        // connectors, access control bindings), all empty in `without`, each encoded as one
+        // byte (length 0).
         let full = postcard::to_allocvec(&state).unwrap();
         let mut without = state.clone();
         without
@@ -377,17 +401,18 @@ mod tests {
             old.extend_from_slice(&bytes);
             old
         };
-        let v1 = old_layout(&without, 4);
+        let v1 = old_layout(&without, 5);
         assert!(full.len() > v1.len());
         let back = SnapshotPayload::decode(&v1).unwrap().state;
         assert!(back.plugin("p").is_none());
         assert_eq!(back.applied_index(), without.applied_index());
         assert!(back.component("h").is_none());
 
-        // Written by a build whose state lacked topics' replication settings (and
-        // connectors), then by one whose state lacked connectors: the current layout without
-        // its last two, or its last (empty) map.
-        for dropped in [2, 1] {
+        // Written by a build whose state lacked topics' replication settings (and what came
+        // after), then by one whose state lacked connectors (and ACLs), then by one whose
+        // state lacked ACLs: the current layout without its last three, two or one (empty)
+        // collections.
+        for dropped in [3, 2, 1] {
             let back = SnapshotPayload::decode(&old_layout(&state, dropped))
                 .unwrap()
                 .state;
