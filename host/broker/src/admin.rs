@@ -73,6 +73,9 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
             Ok(ResponseBody::Topic(describe(broker, &t)))
         }
         Request::ListOffsets(req) => list_offsets(broker, req),
+        request @ (Request::CreateAcls { .. } | Request::DeleteAcls { .. } | Request::ListAcls) => {
+            crate::acls::admin(broker, request)
+        }
         Request::SetPartitioner {
             topic,
             plugin,

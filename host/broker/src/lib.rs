@@ -9,6 +9,7 @@
 //! `leadership`; every error a client sees is mapped in `wire_error`. Responses leave the way
 //! requests came, in request order per stream.
 
+mod acls;
 mod admin;
 mod cluster;
 pub mod config;

@@ -72,6 +72,9 @@ pub enum Command {
     /// Development helpers: a local cluster in one command.
     #[command(subcommand)]
     Dev(crate::dev_cluster::DevCommand),
+    /// Access control bindings: add, remove, list (docs/security.md).
+    #[command(subcommand)]
+    Acl(crate::acl_cmds::AclCommand),
     /// Client identities: issue a development client certificate, ask who the broker takes
     /// you for.
     #[command(subcommand)]
@@ -312,6 +315,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dev(cmd) => crate::dev_cluster::run(cmd).await,
         Command::Top(args) => crate::top::run(args).await,
         Command::Auth(cmd) => crate::auth_cmds::run(&cli, cmd).await,
+        Command::Acl(cmd) => crate::acl_cmds::run(&connect(&cli).await?, cmd).await,
     }
 }
 

@@ -3,6 +3,7 @@
 //! Rust SDK; `sluice dev cluster` starts a local cluster of broker processes.
 
 mod acks;
+mod acl_cmds;
 mod auth_cmds;
 mod bench;
 mod bench_groups;

@@ -81,6 +81,37 @@ impl Admin {
         .await
     }
 
+    /// Adds access control bindings (docs/security.md); the bindings now in force.
+    pub async fn create_acls(
+        &self,
+        bindings: Vec<sluice_proto::acl::AclBinding>,
+    ) -> Result<Vec<sluice_proto::acl::AclBinding>, ClientError> {
+        self.acls(Request::CreateAcls { bindings }).await
+    }
+
+    /// Removes access control bindings; the bindings now in force.
+    pub async fn delete_acls(
+        &self,
+        bindings: Vec<sluice_proto::acl::AclBinding>,
+    ) -> Result<Vec<sluice_proto::acl::AclBinding>, ClientError> {
+        self.acls(Request::DeleteAcls { bindings }).await
+    }
+
+    /// Every access control binding.
+    pub async fn list_acls(&self) -> Result<Vec<sluice_proto::acl::AclBinding>, ClientError> {
+        self.acls(Request::ListAcls).await
+    }
+
+    async fn acls(
+        &self,
+        request: Request,
+    ) -> Result<Vec<sluice_proto::acl::AclBinding>, ClientError> {
+        match self.client.request(request, Bytes::new()).await? {
+            (ResponseBody::Acls(a), _) => Ok(a),
+            (other, _) => Err(unexpected("Acls", &other)),
+        }
+    }
+
     pub async fn list_topics(&self) -> Result<Vec<TopicDescription>, ClientError> {
         match self
             .client

@@ -12,6 +12,7 @@
 //!
 //! The format is documented in `docs/protocol.md`.
 
+pub mod acl;
 pub mod batch;
 pub mod error;
 pub mod frame;

@@ -179,7 +179,22 @@ pub enum Request {
     /// Who the broker takes this connection's client for: its principal and how it was
     /// authenticated (docs/security.md).
     WhoAmI,
+    /// Adds access control bindings (at most [`MAX_ACLS_PER_REQUEST`]); each is a metadata
+    /// log entry. Answered with the bindings now in force.
+    CreateAcls {
+        bindings: Vec<crate::acl::AclBinding>,
+    },
+    /// Removes access control bindings (at most [`MAX_ACLS_PER_REQUEST`]). Answered with the
+    /// bindings now in force.
+    DeleteAcls {
+        bindings: Vec<crate::acl::AclBinding>,
+    },
+    /// Every access control binding.
+    ListAcls,
 }
+
+/// Most bindings one `CreateAcls` or `DeleteAcls` request carries.
+pub const MAX_ACLS_PER_REQUEST: usize = 1000;
 
 impl Request {
     /// The consumer group a request is about, if it is about one: such requests are answered
@@ -246,6 +261,9 @@ impl Request {
             Request::AlterTopicReplication { .. } => "alter_topic_replication",
             Request::DescribeTopicReplication { .. } => "describe_topic_replication",
             Request::WhoAmI => "who_am_i",
+            Request::CreateAcls { .. } => "create_acls",
+            Request::DeleteAcls { .. } => "delete_acls",
+            Request::ListAcls => "list_acls",
         }
     }
 }
@@ -304,6 +322,8 @@ pub enum ResponseBody {
         principal: String,
         mechanism: String,
     },
+    /// The answer to `CreateAcls`, `DeleteAcls` and `ListAcls`.
+    Acls(Vec<crate::acl::AclBinding>),
 }
 
 /// A connector to create (`sluice connector create`, from its config file).
