@@ -157,3 +157,171 @@ fn acl_bindings_are_added_listed_removed_and_survive_a_restart() {
     assert!(!list.contains("billing"), "{list}");
     assert!(list.contains("A\tallow\ttopic orders\twrite"), "{list}");
 }
+
+fn is_not_authorized<T: std::fmt::Debug>(result: Result<T, ClientError>) -> bool {
+    matches!(
+        result,
+        Err(ClientError::Broker(ref e)) if e.code == sluice_proto::ErrorCode::NotAuthorized
+    )
+}
+
+/// Acceptance 3 of issue 13: A may write `orders` and read `reports`; B may read `orders` with
+/// group `billing` only; every other combination is refused with `NotAuthorized`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acls_allow_exactly_what_they_grant() {
+    use sluice_client::{ConsumerConfig, GroupOptions, ProducerConfig, ProducerRecord, SeekTo};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let broker = BrokerProcess::start(
+        &dir.path().join("b"),
+        &format!(
+            "{TEST_CONFIG}client_auth = \"mtls\"\nauthorization = true\nsuper_users = [\"admin\"]\n"
+        ),
+    );
+    for name in ["admin", "A", "B"] {
+        broker.run_ok(&[
+            "auth",
+            "issue-cert",
+            name,
+            "--data-dir",
+            broker.data_dir.to_str().unwrap(),
+            "--out-dir",
+            certs.to_str().unwrap(),
+        ]);
+    }
+    let connect = |name: &'static str| {
+        let config = client_config(&broker, Some((&certs, name)));
+        async move { Client::connect(config).await.unwrap() }
+    };
+    let admin = connect("admin").await;
+    for t in ["orders", "reports"] {
+        admin
+            .admin()
+            .create_topic(t, 1, Default::default())
+            .await
+            .unwrap();
+    }
+    use sluice_proto::acl::{AclBinding, Operation, PatternKind, Permission, ResourceType};
+    let allow = |p: &str, r, n: &str, o| AclBinding {
+        principal: p.into(),
+        resource: r,
+        pattern: n.into(),
+        kind: PatternKind::Literal,
+        operation: o,
+        permission: Permission::Allow,
+    };
+    admin
+        .admin()
+        .create_acls(vec![
+            allow("A", ResourceType::Topic, "orders", Operation::Write),
+            allow("A", ResourceType::Topic, "reports", Operation::Read),
+            allow("B", ResourceType::Topic, "orders", Operation::Read),
+            allow("B", ResourceType::Group, "billing", Operation::Read),
+        ])
+        .await
+        .unwrap();
+    let a = connect("A").await;
+    let b = connect("B").await;
+
+    // Produce: A to orders only.
+    let produce = |c: &Client, topic: &'static str| {
+        let producer = c.producer(ProducerConfig::default());
+        async move {
+            producer
+                .send_and_wait(ProducerRecord::new(topic, "v"))
+                .await
+        }
+    };
+    produce(&a, "orders").await.unwrap();
+    assert!(is_not_authorized(produce(&a, "reports").await));
+    assert!(is_not_authorized(produce(&b, "orders").await));
+    assert!(is_not_authorized(produce(&b, "reports").await));
+
+    // Fetch (without a group): A reads reports, B reads orders; nothing else.
+    let fetch = |c: &Client, topic: &'static str| {
+        let mut consumer = c.consumer(ConsumerConfig {
+            max_wait: Duration::from_millis(50),
+            ..ConsumerConfig::default()
+        });
+        async move {
+            consumer.assign(topic, &[0]).await?;
+            consumer.seek(topic, 0, SeekTo::Earliest).await?;
+            consumer.poll().await
+        }
+    };
+    fetch(&a, "reports").await.unwrap();
+    assert_eq!(fetch(&b, "orders").await.unwrap().len(), 1);
+    assert!(is_not_authorized(fetch(&a, "orders").await));
+    assert!(is_not_authorized(fetch(&b, "reports").await));
+
+    // Groups: B joins billing on orders and commits; any other group or member is refused.
+    let join = |c: &Client, group: &'static str| {
+        let mut consumer = c.consumer(ConsumerConfig::default());
+        async move {
+            consumer
+                .subscribe(group, &["orders"], GroupOptions::default())
+                .await?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while consumer.assignment().is_empty() {
+                consumer.poll().await?;
+                assert!(std::time::Instant::now() < deadline, "no assignment");
+            }
+            consumer.commit().await?;
+            consumer.close().await
+        }
+    };
+    join(&b, "billing").await.unwrap();
+    assert!(is_not_authorized(join(&b, "other").await));
+    assert!(is_not_authorized(join(&a, "billing").await));
+
+    // Administration: neither may create or delete topics, deploy plugins, create pipelines,
+    // or change ACLs; the super-user may.
+    for c in [&a, &b] {
+        assert!(is_not_authorized(
+            c.admin().create_topic("x", 1, Default::default()).await
+        ));
+        assert!(is_not_authorized(c.admin().delete_topic("orders").await));
+        assert!(is_not_authorized(c.admin().list_acls().await));
+        assert!(is_not_authorized(
+            c.admin()
+                .create_acls(vec![allow("A", ResourceType::Topic, "x", Operation::All)])
+                .await
+        ));
+    }
+    let wasm = bytes::Bytes::from(sluice_wasm_plugins::read("identity-map"));
+    let deploy = |c: &Client| {
+        let (c, wasm) = (c.clone(), wasm.clone());
+        async move {
+            c.request(
+                sluice_proto::Request::DeployPlugin { name: "idm".into() },
+                wasm,
+            )
+            .await
+        }
+    };
+    assert!(is_not_authorized(deploy(&a).await));
+    deploy(&admin).await.unwrap();
+    let pipeline = |c: &Client| {
+        let c = c.clone();
+        async move {
+            let request =
+                sluice_proto::Request::CreatePipeline(sluice_proto::CreatePipelineRequest {
+                    name: "p".into(),
+                    plugins: vec!["idm".into()],
+                    from: "orders".into(),
+                    to: "reports".into(),
+                    config: vec![],
+                    start: sluice_proto::PipelineStart::Earliest,
+                    max_call_ms: None,
+                    max_memory_bytes: None,
+                });
+            c.request(request, bytes::Bytes::new()).await
+        }
+    };
+    assert!(is_not_authorized(pipeline(&a).await));
+    assert!(is_not_authorized(pipeline(&b).await));
+    assert!(
+        broker.log().contains("not authorized"),
+        "refusals are logged"
+    );
+}

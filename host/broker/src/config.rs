@@ -77,6 +77,13 @@ pub struct BrokerConfig {
     /// certificate signed by `tls.client_ca` is required at the handshake; its subject's common
     /// name, else its first DNS name, is the principal). docs/security.md.
     pub client_auth: ClientAuth,
+    /// Whether requests are checked against the ACLs (docs/security.md). Off by default:
+    /// with it on, nothing is allowed that no binding allows, except to `super_users`.
+    pub authorization: bool,
+    /// Principals allowed everything when `authorization` is on (operators, and the brokers'
+    /// own certificate names: brokers are clients of each other). With the dev certificates,
+    /// their name `Sluice broker` is one implicitly.
+    pub super_users: Vec<String>,
     /// TCP address of the metrics and health listener (plain HTTP: `/metrics` in the
     /// Prometheus text format, `/health/live`, `/health/ready`). Off unless set.
     pub metrics_listen: Option<SocketAddr>,
@@ -270,6 +277,8 @@ impl Default for BrokerConfig {
             idle_timeout_ms: 600_000,
             validation_threads: 0,
             client_auth: ClientAuth::None,
+            authorization: false,
+            super_users: Vec::new(),
             metrics_listen: None,
             metrics_per_partition: true,
             group_load_delay_ms: 0,

@@ -11,6 +11,7 @@
 
 mod acls;
 mod admin;
+mod authz;
 mod cluster;
 pub mod config;
 mod connectors;

@@ -677,6 +677,8 @@ async fn dispatch(
             ErrorCode::UnsupportedVersion,
             "the first request on a connection must be Hello (protocol version negotiation)",
         )))
+    } else if let Err(refused) = crate::authz::check(broker, session, &request) {
+        Some(Reply::error(refused))
     } else {
         None
     };

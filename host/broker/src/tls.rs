@@ -15,6 +15,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use crate::BrokerError;
 use crate::config::{BrokerConfig, ClientAuth};
 
+/// The common name of a broker's dev server certificate: under mTLS, the principal of a broker
+/// that is a client of another (a super-user when authorisation is on and the dev certificates
+/// are in use).
+pub const DEV_BROKER_NAME: &str = "Sluice broker";
+
 /// Paths of the dev TLS material inside a data directory.
 pub fn dev_ca_path(data_dir: &Path) -> PathBuf {
     data_dir.join("tls").join("ca.pem")
@@ -215,7 +220,7 @@ fn ensure_dev_certificates(config: &BrokerConfig) -> Result<(PathBuf, PathBuf), 
     names.dedup();
     let (cert, keypair) = issue_certificate(
         &ca,
-        "Sluice broker",
+        DEV_BROKER_NAME,
         names,
         // Client auth too: with `client_auth = "mtls"` a broker presents it when it is a
         // client of the other brokers (pipelines, partitioners, connectors).

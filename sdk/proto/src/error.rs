@@ -85,6 +85,9 @@ pub enum ErrorCode {
     UnknownConnector,
     /// A connector of that name already exists.
     ConnectorExists,
+    /// The client's principal may not do this; the message names the operation and the
+    /// resource (docs/security.md).
+    NotAuthorized,
 }
 
 impl ErrorCode {

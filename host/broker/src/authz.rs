@@ -1,0 +1,210 @@
+//! Authorisation: what each request needs of the ACLs (docs/security.md), checked before the
+//! request does anything, with `authorization = true`. A refusal is `NotAuthorized` naming the
+//! operation and the resource, and is logged with the principal.
+
+use sluice_proto::acl::{Decision, Operation, ResourceType};
+use sluice_proto::{ErrorCode, Request, WireError};
+
+use crate::Broker;
+use crate::server::Session;
+
+/// One permission a request needs: an operation on a named resource.
+type Need = (Operation, ResourceType, String);
+
+/// The permissions `request` needs, all of which must be granted. Requests that need none:
+/// `Hello`, `WhoAmI`, `InitProducerId`; the listings (`Metadata`, `ListTopics`, `ListGroups`,
+/// `ListPlugins`, `ListPipelines`, `ListConnectors`) are allowed and filtered by what the
+/// principal may describe (not yet: docs/security.md).
+pub(crate) fn needs(request: &Request) -> Vec<Need> {
+    use Operation::*;
+    use ResourceType::*;
+    let one = |op, r, name: &str| vec![(op, r, name.to_owned())];
+    let cluster = |op| vec![(op, Cluster, "*".to_owned())];
+    match request {
+        Request::Hello(_)
+        | Request::WhoAmI
+        | Request::InitProducerId
+        | Request::Metadata { .. }
+        | Request::ListTopics
+        | Request::ListGroups
+        | Request::ListPlugins
+        | Request::ListPipelines
+        | Request::ListConnectors => Vec::new(),
+        Request::CreateTopic(t) => one(Create, Topic, &t.name),
+        Request::CreateTopicReplicated { topic, .. } => one(Create, Topic, &topic.name),
+        Request::DeleteTopic { name } | Request::DeleteTopicForced { name } => {
+            one(Delete, Topic, name)
+        }
+        Request::DescribeTopic { name } => one(Describe, Topic, name),
+        Request::DescribeTopicReplication { topic } => one(Describe, Topic, topic),
+        Request::AddPartitions { name, .. } => one(Alter, Topic, name),
+        Request::SetPartitioner { topic, .. } => one(Alter, Topic, topic),
+        Request::AlterTopicReplication { topic, .. } => one(Alter, Topic, topic),
+        Request::Produce(p) => one(Write, Topic, &p.topic),
+        Request::Fetch(f) => reads(f.partitions.iter().map(|p| p.topic.as_str())),
+        Request::FetchTransformed(f) => {
+            let mut n = reads(f.fetch.partitions.iter().map(|p| p.topic.as_str()));
+            n.push((Read, Plugin, f.plugin.clone()));
+            n
+        }
+        Request::ListOffsets(l) => one(Describe, Topic, &l.topic),
+        Request::GroupHeartbeat(h) => {
+            let mut n = one(Read, Group, &h.group);
+            for t in h.topics.iter().flatten() {
+                n.push((Read, Topic, t.clone()));
+            }
+            n
+        }
+        Request::OffsetCommit(c) => {
+            let mut n = one(Read, Group, &c.group);
+            n.extend(reads(c.offsets.iter().map(|o| o.topic.as_str())));
+            n
+        }
+        Request::OffsetFetch { group }
+        | Request::DescribeGroup { group }
+        | Request::FindCoordinator { group } => one(Describe, Group, group),
+        Request::ResetOffsets(r) => {
+            let mut n = one(Alter, Group, &r.group);
+            n.push((Describe, Topic, r.topic.clone()));
+            n
+        }
+        Request::DeleteGroup { group } => one(Delete, Group, group),
+        Request::DeployPlugin { name } => one(Deploy, Plugin, name),
+        Request::DescribePlugin { name } => one(Describe, Plugin, name),
+        Request::DeletePlugin { name } => one(Delete, Plugin, name),
+        Request::CreatePipeline(p) => {
+            let mut n = one(Create, Pipeline, &p.name);
+            n.push((Read, Topic, p.from.clone()));
+            n.push((Write, Topic, p.to.clone()));
+            for plugin in &p.plugins {
+                n.push((Read, Plugin, plugin.clone()));
+            }
+            n
+        }
+        Request::DescribePipeline { name } => one(Describe, Pipeline, name),
+        Request::PausePipeline { name } | Request::ResumePipeline { name } => {
+            one(Alter, Pipeline, name)
+        }
+        Request::DeletePipeline { name } => one(Delete, Pipeline, name),
+        Request::CreateConnector(c) => {
+            let mut n = one(Create, Connector, &c.name);
+            n.push((Read, Plugin, c.plugin.clone()));
+            // A source writes its topics, a sink reads them: either way the creator must be
+            // able to do both to them, or a connector would launder access.
+            for t in &c.topics {
+                n.push((Read, Topic, t.clone()));
+                n.push((Write, Topic, t.clone()));
+            }
+            n
+        }
+        Request::DescribeConnector { name } => one(Describe, Connector, name),
+        Request::PauseConnector { name }
+        | Request::ResumeConnector { name }
+        | Request::RestartConnector { name } => one(Alter, Connector, name),
+        Request::DeleteConnector { name } => one(Delete, Connector, name),
+        Request::ClusterStatus | Request::ListAcls => cluster(Describe),
+        Request::AddNode { .. }
+        | Request::RemoveNode { .. }
+        | Request::ElectLeaders { .. }
+        | Request::CreateAcls { .. }
+        | Request::DeleteAcls { .. } => cluster(Alter),
+    }
+}
+
+fn reads<'a>(topics: impl Iterator<Item = &'a str>) -> Vec<Need> {
+    let mut topics: Vec<&str> = topics.collect();
+    topics.sort_unstable();
+    topics.dedup();
+    topics
+        .into_iter()
+        .map(|t| (Operation::Read, ResourceType::Topic, t.to_owned()))
+        .collect()
+}
+
+/// Checks `request` against the ACLs for the session's principal, when authorisation is on.
+pub(crate) fn check(
+    broker: &Broker,
+    session: &Session,
+    request: &Request,
+) -> Result<(), WireError> {
+    if !broker.config.authorization {
+        return Ok(());
+    }
+    let needs = needs(request);
+    if needs.is_empty() {
+        return Ok(());
+    }
+    // Brokers with the dev certificates reach each other as this name.
+    if broker.config.tls.cert.is_none() && session.principal == crate::tls::DEV_BROKER_NAME {
+        return Ok(());
+    }
+    let super_users = &broker.config.super_users;
+    broker.controller.read(|s| {
+        for (operation, resource, name) in &needs {
+            let decision =
+                s.acls()
+                    .authorize(&session.principal, super_users, *operation, *resource, name);
+            if !decision.is_allowed() {
+                let why = match decision {
+                    Decision::Denied(b) => format!(" (denied by {b})"),
+                    _ => String::new(),
+                };
+                tracing::warn!(
+                    principal = %session.principal,
+                    %operation, %resource, name = %name, request = request.kind(),
+                    "not authorized"
+                );
+                return Err(WireError::new(
+                    ErrorCode::NotAuthorized,
+                    format!(
+                        "{} may not {operation} {resource} {name:?}{why}",
+                        session.principal
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_proto::{CreatePipelineRequest, PipelineStart, ProduceRequest};
+
+    use super::*;
+
+    #[test]
+    fn each_request_needs_what_it_touches() {
+        let produce = Request::Produce(ProduceRequest {
+            topic: "orders".into(),
+            partition: 0,
+            acks: sluice_proto::Acks::All,
+            timeout_ms: 1,
+            leader_epoch: None,
+        });
+        assert_eq!(
+            needs(&produce),
+            vec![(Operation::Write, ResourceType::Topic, "orders".into())]
+        );
+        let pipeline = Request::CreatePipeline(CreatePipelineRequest {
+            name: "p".into(),
+            plugins: vec!["mask".into()],
+            from: "in".into(),
+            to: "out".into(),
+            config: vec![],
+            start: PipelineStart::Earliest,
+            max_call_ms: None,
+            max_memory_bytes: None,
+        });
+        let n = needs(&pipeline);
+        assert!(n.contains(&(Operation::Create, ResourceType::Pipeline, "p".into())));
+        assert!(n.contains(&(Operation::Read, ResourceType::Topic, "in".into())));
+        assert!(n.contains(&(Operation::Write, ResourceType::Topic, "out".into())));
+        assert!(n.contains(&(Operation::Read, ResourceType::Plugin, "mask".into())));
+        assert!(needs(&Request::WhoAmI).is_empty());
+        assert_eq!(
+            needs(&Request::ListAcls),
+            vec![(Operation::Describe, ResourceType::Cluster, "*".into())]
+        );
+    }
+}
