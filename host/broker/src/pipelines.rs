@@ -124,6 +124,8 @@ const CHECKPOINT_VERSION: u8 = 1;
 impl Checkpoint {
     /// `version:u8 next_offset:u64 n:u32 (partition:u32 seq:i32)*n m:u32 (len:u32 bytes)*m`,
     /// little-endian.
+    /// Its head (version, next offset) is what the metadata state reads to keep checkpoints
+    /// moving forward ([`sluice_metadata::checkpoint_offset`]).
     fn encode(&self) -> Vec<u8> {
         let mut b = vec![CHECKPOINT_VERSION];
         b.extend_from_slice(&self.next_offset.to_le_bytes());
@@ -1016,6 +1018,8 @@ mod tests {
         };
         let bytes = cp.encode();
         assert_eq!(Checkpoint::decode(&bytes).unwrap(), cp);
+        // The metadata state reads the offset from the head to keep checkpoints moving forward.
+        assert_eq!(sluice_metadata::checkpoint_offset(&bytes), Some(1234));
         for cut in 0..bytes.len() {
             assert!(Checkpoint::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }

@@ -460,6 +460,18 @@ fn in_use_message(topic: &str, users: &[TopicUser]) -> String {
 /// How many of the latest producer id allocations the state remembers by log index.
 pub const RECENT_ALLOCATIONS: usize = 4096;
 
+/// The next input offset a pipeline checkpoint records: the broker writes a checkpoint as a
+/// version byte (1) and that offset as a little-endian u64 first, then the rest (opaque here).
+/// `None` for bytes of another layout (the checkpoint is then taken as it comes).
+pub fn checkpoint_offset(checkpoint: &[u8]) -> Option<u64> {
+    match checkpoint {
+        [1, offset @ ..] if offset.len() >= 8 => {
+            Some(u64::from_le_bytes(offset[..8].try_into().ok()?))
+        }
+        _ => None,
+    }
+}
+
 /// Most partitions one topic may have; a guard against typos such as `--partitions 1000000`.
 pub const MAX_PARTITIONS: usize = 10_000;
 
@@ -1630,8 +1642,25 @@ impl MetadataState {
                 checkpoint,
                 ..
             } => {
-                self.checkpoints
-                    .insert((name.clone(), *partition), checkpoint.clone());
+                // Checkpoints only move forward. A runner that lost its input partition to
+                // another broker may still commit the checkpoint of a step it had under way,
+                // after the new runner's later ones: taken, it would send the next runner back
+                // to input whose output is already past the 5 batches a partition remembers
+                // per producer, and every replay would be refused as out of order (found by
+                // the fault harness).
+                let key = (name.clone(), *partition);
+                let behind = match (
+                    self.checkpoints
+                        .get(&key)
+                        .and_then(|c| checkpoint_offset(c)),
+                    checkpoint_offset(checkpoint),
+                ) {
+                    (Some(stored), Some(new)) => new < stored,
+                    _ => false,
+                };
+                if !behind {
+                    self.checkpoints.insert(key, checkpoint.clone());
+                }
             }
             MetadataCommand::UnregisterBroker { node_id } => {
                 self.brokers.remove(node_id);
@@ -2651,5 +2680,58 @@ mod tests {
         s.apply(3, &MetadataCommand::RemoveAcl(b.clone())).unwrap();
         s.apply(4, &MetadataCommand::RemoveAcl(b)).unwrap();
         assert!(s.acls().is_empty());
+    }
+    #[test]
+    fn pipeline_checkpoints_only_move_forward() {
+        let log = [
+            MetadataCommand::RegisterBroker {
+                node_id: 1,
+                addr: "a:1".into(),
+            },
+            create("in", 1),
+            create("out", 1),
+            MetadataCommand::DeployPlugin {
+                name: "f".into(),
+                kind: "transform".into(),
+                hash: "00".into(),
+                size_bytes: 1,
+                deployed_at_ms: 0,
+            },
+            pipeline("p", "in", "out", 1),
+        ];
+        let mut s = MetadataState::new();
+        for (i, c) in log.iter().enumerate() {
+            s.apply(i as u64 + 1, c).unwrap();
+        }
+        let created_index = s.pipeline("p").unwrap().created_index;
+        let at = |offset: u64, tail: u8| {
+            let mut b = vec![1u8];
+            b.extend_from_slice(&offset.to_le_bytes());
+            b.push(tail);
+            b
+        };
+        assert_eq!(checkpoint_offset(&at(1444, 0)), Some(1444));
+        assert_eq!(checkpoint_offset(&[2, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+        assert_eq!(checkpoint_offset(&[1, 0]), None);
+        let mut index = 10;
+        let mut checkpoint = |s: &mut MetadataState, bytes: Vec<u8>| {
+            index += 1;
+            s.apply(
+                index,
+                &MetadataCommand::PipelineCheckpoint {
+                    name: "p".into(),
+                    created_index,
+                    partition: 0,
+                    checkpoint: bytes,
+                },
+            )
+            .unwrap();
+            s.pipeline_checkpoint("p", 0).unwrap().to_vec()
+        };
+        assert_eq!(checkpoint(&mut s, at(1899, 1)), at(1899, 1));
+        // A late checkpoint of a runner that lost the input partition meanwhile: ignored.
+        assert_eq!(checkpoint(&mut s, at(1444, 2)), at(1899, 1));
+        assert_eq!(checkpoint(&mut s, at(1899, 3)), at(1899, 3));
+        assert_eq!(checkpoint(&mut s, at(2000, 4)), at(2000, 4));
     }
 }
