@@ -351,9 +351,13 @@ pub(crate) fn leadership_started() {
 
 /// Sets the gauges that describe state, just before a scrape renders them.
 pub(crate) async fn collect(broker: &Broker) {
-    collect_local(broker);
+    // Topic names by id, read once: the per-partition series are labelled by name.
+    let names: std::collections::HashMap<u64, String> = broker
+        .controller
+        .read(|s| s.topics().map(|t| (t.topic_id, t.name.clone())).collect());
+    collect_local(broker, &names);
     collect_groups(broker);
-    collect_replication(broker);
+    collect_replication(broker, &names);
     collect_pipelines(broker);
     if let Ok(status) = broker.controller.status().await {
         gauge!("sluice_raft_term").set(status.term as f64);
@@ -385,7 +389,7 @@ fn collect_pipelines(broker: &Broker) {
 
 /// Replicated partitions this node leads: how many lack in-sync replicas, each one's in-sync
 /// set size, and each follower's lag.
-fn collect_replication(broker: &Broker) {
+fn collect_replication(broker: &Broker, names: &std::collections::HashMap<u64, String>) {
     let per_partition = broker.config.metrics_per_partition;
     let node = broker.node_id;
     let (under, under_min) = broker.controller.read(|s| {
@@ -414,14 +418,11 @@ fn collect_replication(broker: &Broker) {
         return;
     }
     for (id, follower, lag) in broker.leaders.follower_lags() {
-        let Some(topic) = broker
-            .controller
-            .read(|s| s.topic_by_id(id.topic_id).map(|t| t.name.clone()))
-        else {
+        let Some(topic) = names.get(&id.topic_id) else {
             continue;
         };
         let labels = [
-            ("topic", topic),
+            ("topic", topic.clone()),
             ("partition", id.partition.to_string()),
             ("follower", follower.to_string()),
         ];
@@ -430,7 +431,7 @@ fn collect_replication(broker: &Broker) {
 }
 
 /// Partitions stored here: offsets, sizes, high watermarks.
-fn collect_local(broker: &Broker) {
+fn collect_local(broker: &Broker, names: &std::collections::HashMap<u64, String>) {
     let per_partition = broker.config.metrics_per_partition;
     let mut stored_bytes = 0u64;
     let mut led = 0u64;
@@ -439,13 +440,10 @@ fn collect_local(broker: &Broker) {
             continue;
         };
         stored_bytes += state.size_bytes;
-        let Some(topic) = broker
-            .controller
-            .read(|s| s.topic_by_id(id.topic_id).map(|t| t.name.clone()))
-        else {
+        let Some(topic) = names.get(&id.topic_id) else {
             continue;
         };
-        let leads = broker.led_partition(&topic, id.partition).is_ok();
+        let leads = broker.led_partition(topic, id.partition).is_ok();
         led += u64::from(leads);
         if per_partition {
             let labels = [
