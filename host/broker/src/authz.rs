@@ -134,10 +134,6 @@ pub(crate) fn check(
     if needs.is_empty() {
         return Ok(());
     }
-    // Brokers with the dev certificates reach each other as this name.
-    if broker.config.tls.cert.is_none() && session.principal == crate::tls::DEV_BROKER_NAME {
-        return Ok(());
-    }
     let super_users = &broker.config.super_users;
     broker.controller.read(|s| {
         for (operation, resource, name) in &needs {
