@@ -151,43 +151,52 @@ impl AclBinding {
     }
 }
 
+impl ResourceType {
+    pub const ALL: [ResourceType; 6] = [
+        ResourceType::Topic,
+        ResourceType::Group,
+        ResourceType::Plugin,
+        ResourceType::Pipeline,
+        ResourceType::Connector,
+        ResourceType::Cluster,
+    ];
+}
+
+impl Operation {
+    pub const ALL: [Operation; 8] = [
+        Operation::Read,
+        Operation::Write,
+        Operation::Create,
+        Operation::Delete,
+        Operation::Alter,
+        Operation::Describe,
+        Operation::Deploy,
+        Operation::All,
+    ];
+}
+
+/// Parses a name as `Display` writes it, among `all`; the error lists the names.
+fn parse_named<T: Copy + fmt::Display>(s: &str, all: &[T], what: &str) -> Result<T, String> {
+    all.iter()
+        .copied()
+        .find(|v| v.to_string() == s)
+        .ok_or_else(|| {
+            let names: Vec<String> = all.iter().map(ToString::to_string).collect();
+            format!("{s:?} is not {what}: {}", names.join(", "))
+        })
+}
+
 impl std::str::FromStr for ResourceType {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "topic" => ResourceType::Topic,
-            "group" => ResourceType::Group,
-            "plugin" => ResourceType::Plugin,
-            "pipeline" => ResourceType::Pipeline,
-            "connector" => ResourceType::Connector,
-            "cluster" => ResourceType::Cluster,
-            _ => {
-                return Err(format!(
-                    "{s:?} is not a resource type: topic, group, plugin, pipeline, connector or cluster"
-                ));
-            }
-        })
+        parse_named(s, &ResourceType::ALL, "a resource type")
     }
 }
 
 impl std::str::FromStr for Operation {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "read" => Operation::Read,
-            "write" => Operation::Write,
-            "create" => Operation::Create,
-            "delete" => Operation::Delete,
-            "alter" => Operation::Alter,
-            "describe" => Operation::Describe,
-            "deploy" => Operation::Deploy,
-            "all" => Operation::All,
-            _ => {
-                return Err(format!(
-                    "{s:?} is not an operation: read, write, create, delete, alter, describe, deploy or all"
-                ));
-            }
-        })
+        parse_named(s, &Operation::ALL, "an operation")
     }
 }
 
