@@ -174,7 +174,9 @@ async fn metrics_follow_produce_consume_and_lag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_only_once_group_state_is_loaded() {
     let dir = tempfile::tempdir().unwrap();
-    let config = format!("{TEST_CONFIG}{METRICS}group_load_delay_ms = 3000\n");
+    // Long enough that the checks right after a start land inside the delay however busy the
+    // machine is; the waits below end as soon as the broker is ready.
+    let config = format!("{TEST_CONFIG}{METRICS}group_load_delay_ms = 8000\n");
     let mut broker = BrokerProcess::spawn_at(dir.path(), &config, "127.0.0.1:0".parse().unwrap());
     let addr = metrics_addr(dir.path());
     // Live at once; not ready while the start waits to load group state.

@@ -346,7 +346,19 @@ fn decode_frames(control: &[u8]) {
 }
 
 fn sample_controls() -> Vec<Vec<u8>> {
+    let binding = sluice_proto::acl::AclBinding {
+        principal: "alice".into(),
+        resource: sluice_proto::acl::ResourceType::Topic,
+        pattern: "orders".into(),
+        kind: sluice_proto::acl::PatternKind::Prefix,
+        operation: sluice_proto::acl::Operation::Write,
+        permission: sluice_proto::acl::Permission::Deny,
+    };
     let requests = [
+        Request::CreateAcls {
+            bindings: vec![binding.clone(), binding.clone()],
+        },
+        Request::WhoAmI,
         Request::Metadata {
             topics: Some(vec!["orders".into(), "payments".into()]),
         },
@@ -361,7 +373,12 @@ fn sample_controls() -> Vec<Vec<u8>> {
             }],
         }),
     ];
-    let responses: [Response; 2] = [
+    let responses: [Response; 4] = [
+        Ok(ResponseBody::Acls(vec![binding])),
+        Ok(ResponseBody::WhoAmI {
+            principal: "alice".into(),
+            mechanism: "mtls".into(),
+        }),
         Ok(ResponseBody::Metadata(MetadataResponse {
             cluster_id: "c".into(),
             controller: Some(1),
