@@ -73,6 +73,9 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
             Ok(ResponseBody::Topic(describe(broker, &t)))
         }
         Request::ListOffsets(req) => list_offsets(broker, req),
+        request @ (Request::SetQuota { .. } | Request::ListQuotas) => {
+            crate::quotas::admin(broker, request)
+        }
         request @ (Request::CreateAcls { .. } | Request::DeleteAcls { .. } | Request::ListAcls) => {
             crate::acls::admin(broker, request)
         }
@@ -111,6 +114,13 @@ pub(crate) fn admin(broker: &Broker, request: Request) -> Result<ResponseBody, W
         }
         Request::Hello(_)
         | Request::WhoAmI
+        | Request::Authenticate(_)
+        | Request::UpsertUser { .. }
+        | Request::DeleteUser { .. }
+        | Request::ListUsers
+        | Request::CreateToken { .. }
+        | Request::RevokeToken { .. }
+        | Request::ListTokens
         | Request::DeleteTopic { .. }
         | Request::DeleteTopicForced { .. }
         | Request::Produce(_)

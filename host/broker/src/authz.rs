@@ -3,18 +3,19 @@
 //! operation and the resource, and is logged with the principal.
 
 use sluice_proto::acl::{Decision, Operation, ResourceType};
-use sluice_proto::{ErrorCode, Request, WireError};
+use sluice_proto::{ErrorCode, Request, ResponseBody, WireError};
 
 use crate::Broker;
-use crate::server::Session;
+use crate::router::Reply;
 
 /// One permission a request needs: an operation on a named resource.
 type Need = (Operation, ResourceType, String);
 
 /// The permissions `request` needs, all of which must be granted. Requests that need none:
-/// `Hello`, `WhoAmI`, `InitProducerId`; the listings (`Metadata`, `ListTopics`, `ListGroups`,
-/// `ListPlugins`, `ListPipelines`, `ListConnectors`) are allowed and filtered by what the
-/// principal may describe (not yet: docs/security.md).
+/// `Hello`, `WhoAmI`, `Authenticate`, `InitProducerId`; the listings (`Metadata` of every
+/// topic, `ListTopics`, `ListGroups`, `ListPlugins`, `ListPipelines`, `ListConnectors`) are
+/// allowed and show what the principal may describe ([`filter`]); the token requests check
+/// for themselves (a principal's own tokens need nothing, another's `alter cluster`).
 pub(crate) fn needs(request: &Request) -> Vec<Need> {
     use Operation::*;
     use ResourceType::*;
@@ -23,13 +24,22 @@ pub(crate) fn needs(request: &Request) -> Vec<Need> {
     match request {
         Request::Hello(_)
         | Request::WhoAmI
+        | Request::Authenticate(_)
+        | Request::CreateToken { .. }
+        | Request::RevokeToken { .. }
+        | Request::ListTokens
         | Request::InitProducerId
-        | Request::Metadata { .. }
+        | Request::Metadata { topics: None }
         | Request::ListTopics
         | Request::ListGroups
         | Request::ListPlugins
         | Request::ListPipelines
         | Request::ListConnectors => Vec::new(),
+        // Naming topics: each must be describable, so a client told "not authorized" is not
+        // told "unknown topic" instead (the full listing leaves refused ones out).
+        Request::Metadata { topics: Some(t) } => {
+            t.iter().map(|t| (Describe, Topic, t.clone())).collect()
+        }
         Request::CreateTopic(t) => one(Create, Topic, &t.name),
         Request::CreateTopicReplicated { topic, .. } => one(Create, Topic, &topic.name),
         Request::DeleteTopic { name } | Request::DeleteTopicForced { name } => {
@@ -102,7 +112,12 @@ pub(crate) fn needs(request: &Request) -> Vec<Need> {
         | Request::ResumeConnector { name }
         | Request::RestartConnector { name } => one(Alter, Connector, name),
         Request::DeleteConnector { name } => one(Delete, Connector, name),
-        Request::ClusterStatus | Request::ListAcls => cluster(Describe),
+        Request::ClusterStatus | Request::ListAcls | Request::ListUsers | Request::ListQuotas => {
+            cluster(Describe)
+        }
+        Request::UpsertUser { .. } | Request::DeleteUser { .. } | Request::SetQuota { .. } => {
+            cluster(Alter)
+        }
         Request::AddNode { .. }
         | Request::RemoveNode { .. }
         | Request::ElectLeaders { .. }
@@ -121,46 +136,120 @@ fn reads<'a>(topics: impl Iterator<Item = &'a str>) -> Vec<Need> {
         .collect()
 }
 
-/// Checks `request` against the ACLs for the session's principal, when authorisation is on.
-pub(crate) fn check(
+/// Checks `request` against the ACLs for `principal`, when authorisation is on.
+pub(crate) fn check(broker: &Broker, principal: &str, request: &Request) -> Result<(), WireError> {
+    if !broker.config.authorization {
+        return Ok(());
+    }
+    for (operation, resource, name) in needs(request) {
+        require(broker, principal, operation, resource, &name).inspect_err(|_| {
+            tracing::warn!(
+                principal, %operation, %resource, name = %name, request = request.kind(),
+                "not authorized"
+            );
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether `principal` may do `operation` to a resource (always, with authorisation off);
+/// the refusal names them, and the deny binding that decided, if one did.
+pub(crate) fn require(
     broker: &Broker,
-    session: &Session,
-    request: &Request,
+    principal: &str,
+    operation: Operation,
+    resource: ResourceType,
+    name: &str,
 ) -> Result<(), WireError> {
     if !broker.config.authorization {
         return Ok(());
     }
-    let needs = needs(request);
-    if needs.is_empty() {
+    let decision = broker.controller.read(|s| {
+        s.acls().authorize(
+            principal,
+            &broker.config.super_users,
+            operation,
+            resource,
+            name,
+        )
+    });
+    if decision.is_allowed() {
         return Ok(());
     }
+    let why = match decision {
+        Decision::Denied(b) => format!(" (denied by {b})"),
+        _ => String::new(),
+    };
+    Err(WireError::new(
+        ErrorCode::NotAuthorized,
+        format!("{principal} may not {operation} {resource} {name:?}{why}"),
+    ))
+}
+
+/// Leaves out of a listing what `principal` may not describe: nothing about a resource the
+/// principal has no rights on leaks through `Metadata`, `ListTopics`, `ListGroups`,
+/// `ListPlugins`, `ListPipelines` or `ListConnectors`.
+pub(crate) fn filter(broker: &Broker, principal: &str, reply: &mut Reply) {
+    if !broker.config.authorization {
+        return;
+    }
+    let Reply::Frame(Ok(body), _) = reply else {
+        return;
+    };
     let super_users = &broker.config.super_users;
     broker.controller.read(|s| {
-        for (operation, resource, name) in &needs {
-            let decision =
-                s.acls()
-                    .authorize(&session.principal, super_users, *operation, *resource, name);
-            if !decision.is_allowed() {
-                let why = match decision {
-                    Decision::Denied(b) => format!(" (denied by {b})"),
-                    _ => String::new(),
-                };
-                tracing::warn!(
-                    principal = %session.principal,
-                    %operation, %resource, name = %name, request = request.kind(),
-                    "not authorized"
-                );
-                return Err(WireError::new(
-                    ErrorCode::NotAuthorized,
-                    format!(
-                        "{} may not {operation} {resource} {name:?}{why}",
-                        session.principal
-                    ),
-                ));
-            }
+        let may = |resource, name: &str| {
+            s.acls()
+                .authorize(principal, super_users, Operation::Describe, resource, name)
+                .is_allowed()
+        };
+        match body {
+            ResponseBody::Metadata(m) => m.topics.retain(|t| may(ResourceType::Topic, &t.name)),
+            ResponseBody::Topics(t) => t.retain(|t| may(ResourceType::Topic, &t.name)),
+            ResponseBody::Groups(g) => g.retain(|g| may(ResourceType::Group, &g.group)),
+            ResponseBody::Plugins(p) => p.retain(|p| may(ResourceType::Plugin, &p.name)),
+            ResponseBody::Pipelines(p) => p.retain(|p| may(ResourceType::Pipeline, &p.name)),
+            ResponseBody::Connectors(c) => c.retain(|c| may(ResourceType::Connector, &c.name)),
+            _ => {}
         }
-        Ok(())
-    })
+    });
+}
+
+/// Whether the principal pipeline `name` acts as (its creator) may still do what it does:
+/// read its input and its plugins, write its output. Checked when a runner starts and before
+/// each step, so a creator who loses a right stops the pipeline with this error.
+pub(crate) fn pipeline_rights(
+    broker: &Broker,
+    spec: &sluice_metadata::PipelineSpec,
+) -> Result<(), String> {
+    if !broker.config.authorization {
+        return Ok(());
+    }
+    let Some(owner) = broker
+        .controller
+        .read(|s| s.pipeline_principal(&spec.name).map(str::to_owned))
+    else {
+        return Ok(());
+    };
+    let mut needs = vec![
+        (Operation::Read, ResourceType::Topic, spec.from.as_str()),
+        (Operation::Write, ResourceType::Topic, spec.to.as_str()),
+    ];
+    needs.extend(
+        spec.plugins
+            .iter()
+            .map(|p| (Operation::Read, ResourceType::Plugin, p.as_str())),
+    );
+    for (operation, resource, name) in needs {
+        require(broker, &owner, operation, resource, name).map_err(|e| {
+            format!(
+                "the pipeline acts as its creator, who is no longer authorized: {}; \
+                 resume it once the rights are back",
+                e.message
+            )
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

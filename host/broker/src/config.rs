@@ -75,7 +75,8 @@ pub struct BrokerConfig {
     /// How clients of the client listener are authenticated: `none` (the default: every
     /// client is `ANONYMOUS`; the broker says so loudly at start) or `mtls` (a client
     /// certificate signed by `tls.client_ca` is required at the handshake; its subject's common
-    /// name, else its first DNS name, is the principal). docs/security.md.
+    /// name, else its first DNS name, is the principal) or `credentials` (a SCRAM password or
+    /// an API token, or such a certificate). docs/security.md.
     pub client_auth: ClientAuth,
     /// Whether requests are checked against the ACLs (docs/security.md). Off by default:
     /// with it on, nothing is allowed that no binding allows, except to `super_users`.
@@ -238,6 +239,10 @@ pub enum ClientAuth {
     None,
     /// Mutual TLS: a client certificate from `tls.client_ca` is required.
     Mtls,
+    /// A client authenticates with a SCRAM-SHA-256 password or an API token on its connection
+    /// before anything else, unless it presented a certificate from `tls.client_ca` (as
+    /// brokers do, being clients of each other): passwords, tokens and certificates alike.
+    Credentials,
 }
 
 impl ClientAuth {
@@ -245,6 +250,7 @@ impl ClientAuth {
         match self {
             ClientAuth::None => "none",
             ClientAuth::Mtls => "mtls",
+            ClientAuth::Credentials => "credentials",
         }
     }
 }
@@ -448,6 +454,8 @@ mod tests {
             Some(std::path::Path::new("/ca.pem"))
         );
         assert!(toml::from_str::<BrokerConfig>("client_auth = \"password\"").is_err());
+        let c: BrokerConfig = toml::from_str("client_auth = \"credentials\"").unwrap();
+        assert_eq!(c.client_auth, ClientAuth::Credentials);
     }
 
     #[test]

@@ -732,8 +732,8 @@ async fn run_sink(
 }
 
 /// Handles a connector request (on a blocking thread: it proposes and waits).
-pub(crate) async fn handle(broker: Arc<Broker>, request: Request) -> Reply {
-    let result = tokio::task::spawn_blocking(move || admin(&broker, request)).await;
+pub(crate) async fn handle(broker: Arc<Broker>, request: Request, caller: String) -> Reply {
+    let result = tokio::task::spawn_blocking(move || admin(&broker, request, &caller)).await;
     match result {
         Ok(r) => Reply::Frame(r, bytes::Bytes::new()),
         Err(e) => Reply::Frame(
@@ -760,7 +760,7 @@ fn record(broker: &Broker, name: &str) -> Result<ConnectorRecord, WireError> {
         .ok_or_else(|| unknown_connector(name))
 }
 
-fn admin(broker: &Arc<Broker>, request: Request) -> Result<ResponseBody, WireError> {
+fn admin(broker: &Arc<Broker>, request: Request, caller: &str) -> Result<ResponseBody, WireError> {
     let one = |broker: &Arc<Broker>, name: &str| -> Result<ResponseBody, WireError> {
         Ok(ResponseBody::Connector(Box::new(describe(
             broker,
@@ -770,7 +770,7 @@ fn admin(broker: &Arc<Broker>, request: Request) -> Result<ResponseBody, WireErr
     match request {
         Request::CreateConnector(req) => {
             let name = req.name.clone();
-            create(broker, req)?;
+            create(broker, req, caller)?;
             one(broker, &name)
         }
         Request::ListConnectors => {
@@ -830,7 +830,11 @@ fn set_paused(broker: &Arc<Broker>, name: &str, paused: bool) -> Result<(), Wire
 
 /// Checks the request (the plugin's kind, the grants, the settings — by opening the connector
 /// once, so a missing or bad setting is refused now, naming it) and creates the connector.
-fn create(broker: &Arc<Broker>, req: CreateConnectorRequest) -> Result<(), WireError> {
+fn create(
+    broker: &Arc<Broker>,
+    req: CreateConnectorRequest,
+    caller: &str,
+) -> Result<(), WireError> {
     let invalid = |m: String| WireError::new(ErrorCode::InvalidConfig, m);
     let plugin = broker.plugin(&req.plugin)?;
     let kind = match plugin.kind() {
@@ -893,7 +897,10 @@ fn create(broker: &Arc<Broker>, req: CreateConnectorRequest) -> Result<(), WireE
     };
     broker
         .controller
-        .propose(MetadataCommand::CreateConnector(spec))
+        .propose(MetadataCommand::CreateConnectorAs {
+            spec,
+            owner: caller.to_owned(),
+        })
         .map_err(propose_error)?;
     ConnectorTasks::follow(broker);
     tracing::info!(connector = %req.name, kind = kind.as_str(), "connector created");

@@ -11,6 +11,7 @@
 
 mod acls;
 mod admin;
+mod auth;
 mod authz;
 mod cluster;
 pub mod config;
@@ -25,6 +26,7 @@ mod pipelines;
 mod plugins;
 mod produce;
 mod producer_ids;
+mod quotas;
 mod replicas;
 mod replication;
 mod retention;
@@ -104,6 +106,11 @@ pub(crate) struct Broker {
     followers: replication::Followers,
     /// Leader state of the replicated partitions this node leads.
     leaders: replication::Leaders,
+    /// Each principal's quota clocks on this broker.
+    quota_clocks: quotas::QuotaClocks,
+    /// A random secret of this process: the decoy SCRAM credentials of unknown users derive
+    /// from it.
+    auth_secret: Vec<u8>,
 }
 
 /// A running broker. Dropping it does not stop it; call [`BrokerHandle::shutdown`].
@@ -301,6 +308,8 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, BrokerError
         producer_ids: producer_ids::ProducerIdBlock::default(),
         followers: replication::Followers::default(),
         leaders: replication::Leaders::default(),
+        quota_clocks: quotas::QuotaClocks::default(),
+        auth_secret: sluice_client::scram::random_bytes(32),
     });
     tracing::info!(node_id, addr = %local_addr, cluster_id = %broker.cluster_id, client_auth = broker.config.client_auth.as_str(), "broker listening (QUIC, ALPN sluice/1)");
     if broker.config.client_auth == config::ClientAuth::None {
@@ -405,7 +414,7 @@ impl Broker {
                 config.client_id = format!("sluice-broker-{}", self.node_id);
                 // Brokers that require client certificates take this one's server certificate
                 // (the dev one is issued for client authentication too).
-                if self.config.client_auth == config::ClientAuth::Mtls {
+                if self.config.client_auth != config::ClientAuth::None {
                     let tls_dir = self.config.data_dir.join("tls");
                     config.identity = Some(sluice_client::ClientIdentity {
                         cert: self

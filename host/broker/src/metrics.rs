@@ -14,6 +14,16 @@ use crate::router::Reply;
 /// Gives every metric its `# HELP` text and unit (once per process; the recorder keeps them).
 pub(crate) fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        "sluice_quota_throttle_seconds",
+        Unit::Seconds,
+        "How long answers were held back by their principal's quota (throttled answers only)"
+    );
+    describe_counter!(
+        "sluice_authentication_failures_total",
+        Unit::Count,
+        "Failed authentication steps (wrong password, unknown or revoked token)"
+    );
     describe_counter!(
         "sluice_requests_total",
         Unit::Count,
@@ -335,6 +345,14 @@ fn count_records(mut batches: &[u8]) -> u64 {
 }
 
 /// A client connection was accepted (its handshake done).
+pub(crate) fn throttled(wait: std::time::Duration) {
+    histogram!("sluice_quota_throttle_seconds").record(wait.as_secs_f64());
+}
+
+pub(crate) fn authentication_failed() {
+    counter!("sluice_authentication_failures_total").increment(1);
+}
+
 pub(crate) fn connection_accepted() {
     counter!("sluice_connections_total").increment(1);
 }

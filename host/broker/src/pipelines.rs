@@ -55,6 +55,9 @@ use crate::wire_error::{propose_error, storage_error};
 /// everything since the checkpoint is always recognised.
 const BATCHES_PER_CHECKPOINT: usize = 4;
 
+/// How often an idle runner looks again at its creator's rights.
+const RIGHTS_RECHECK: Duration = Duration::from_secs(2);
+
 /// Bytes read from the input per step (at least one whole batch is always read).
 const READ_BYTES: u32 = 1 << 20;
 
@@ -446,6 +449,9 @@ async fn run(
     status.lock().expect("pipeline status lock").checkpoint = cp.next_offset;
     let mut shutdown = broker.shutdown.subscribe();
     loop {
+        // The pipeline acts as its creator: each step needs the creator's rights as they are
+        // (looked at again at least every RIGHTS_RECHECK while the input is quiet).
+        crate::authz::pipeline_rights(&broker, &rec.spec).map_err(Stop::Failed)?;
         let input = match broker.led_partition(&rec.spec.from, partition) {
             Ok(led) => led.id,
             // Leadership moved: the new leader's runner carries on from the checkpoint.
@@ -460,7 +466,9 @@ async fn run(
         tokio::select! {
             r = hw.wait_for(|hw| *hw > from) => { r.map_err(|e| e.to_string())?; }
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            _ = tokio::time::sleep(RIGHTS_RECHECK) => continue,
         }
+        crate::authz::pipeline_rights(&broker, &rec.spec).map_err(Stop::Failed)?;
         let output = Output::of(&broker, &rec.spec.to).ok_or_else(|| {
             Stop::Failed(format!("output topic {:?} no longer exists", rec.spec.to))
         })?;
@@ -657,8 +665,8 @@ fn spawn_runner(broker: &Arc<Broker>, rec: Arc<PipelineRecord>, partition: u32) 
     Runner { status, task }
 }
 
-pub(crate) async fn handle(broker: Arc<Broker>, request: Request) -> Reply {
-    let result = tokio::task::spawn_blocking(move || admin(&broker, request)).await;
+pub(crate) async fn handle(broker: Arc<Broker>, request: Request, caller: String) -> Reply {
+    let result = tokio::task::spawn_blocking(move || admin(&broker, request, &caller)).await;
     match result {
         Ok(r) => Reply::Frame(r, Bytes::new()),
         Err(e) => Reply::Frame(
@@ -686,9 +694,9 @@ fn record(broker: &Broker, name: &str) -> Result<PipelineRecord, WireError> {
 }
 
 /// Pipeline requests. Blocking: runs on a blocking thread (tokio's, so runners can be spawned).
-fn admin(broker: &Arc<Broker>, request: Request) -> Result<ResponseBody, WireError> {
+fn admin(broker: &Arc<Broker>, request: Request, caller: &str) -> Result<ResponseBody, WireError> {
     match request {
-        Request::CreatePipeline(req) => create(broker, req),
+        Request::CreatePipeline(req) => create(broker, req, caller),
         Request::ListPipelines => {
             let records: Vec<PipelineRecord> =
                 broker.controller.read(|s| s.pipelines().cloned().collect());
@@ -737,7 +745,11 @@ fn set_paused(broker: &Arc<Broker>, name: &str, paused: bool) -> Result<Response
     Ok(ResponseBody::Pipeline(Box::new(describe(broker, &rec))))
 }
 
-fn create(broker: &Arc<Broker>, req: CreatePipelineRequest) -> Result<ResponseBody, WireError> {
+fn create(
+    broker: &Arc<Broker>,
+    req: CreatePipelineRequest,
+    caller: &str,
+) -> Result<ResponseBody, WireError> {
     if req.plugins.is_empty() {
         return Err(WireError::new(
             ErrorCode::InvalidConfig,
@@ -845,9 +857,13 @@ fn create(broker: &Arc<Broker>, req: CreatePipelineRequest) -> Result<ResponseBo
     };
     let rec = broker
         .controller
-        .propose_then(MetadataCommand::CreatePipeline(spec), |s, _| {
-            s.pipeline(&req.name).cloned()
-        })
+        .propose_then(
+            MetadataCommand::CreatePipelineAs {
+                spec,
+                owner: caller.to_owned(),
+            },
+            |s, _| s.pipeline(&req.name).cloned(),
+        )
         .map_err(propose_error)?
         .ok_or_else(|| unknown_pipeline(&req.name))?;
     PipelineRunners::follow(broker);

@@ -14,7 +14,7 @@ use sluice_proto::{
 };
 
 use crate::Broker;
-use crate::server::Session;
+use crate::auth::Session;
 
 /// What goes back on the stream for one request.
 #[derive(Debug)]
@@ -65,10 +65,29 @@ pub(crate) fn hello(broker: &Broker, session: &Session, hello: &HelloRequest) ->
 
 /// Starts handling a request. Called in stream order: anything that must keep that order
 /// (enqueueing a produce) happens before this returns; the rest runs in the returned future.
+/// Runs a blocking handler (one that proposes to the metadata log and waits) on a blocking
+/// thread.
+pub(crate) fn blocking(
+    broker: Arc<Broker>,
+    f: impl FnOnce(&Broker) -> Result<ResponseBody, WireError> + Send + 'static,
+) -> BoxFuture<'static, Reply> {
+    Box::pin(async move {
+        match tokio::task::spawn_blocking(move || f(&broker)).await {
+            Ok(r) => Reply::from(r),
+            Err(e) => Reply::error(WireError::new(
+                ErrorCode::Internal,
+                format!("handler failed: {e}"),
+            )),
+        }
+    })
+}
+
+/// `principal`: who sent the request (pipelines and connectors act as their creator).
 pub(crate) fn handle(
     broker: Arc<Broker>,
     request: Request,
     raw: Bytes,
+    principal: String,
 ) -> BoxFuture<'static, Reply> {
     match request {
         // Produce requests are validated (and routed) in the stream's order by the server,
@@ -103,13 +122,17 @@ pub(crate) fn handle(
         | Request::PauseConnector { .. }
         | Request::ResumeConnector { .. }
         | Request::RestartConnector { .. }
-        | Request::DeleteConnector { .. } => Box::pin(crate::connectors::handle(broker, request)),
+        | Request::DeleteConnector { .. } => {
+            Box::pin(crate::connectors::handle(broker, request, principal))
+        }
         Request::CreatePipeline(_)
         | Request::ListPipelines
         | Request::DescribePipeline { .. }
         | Request::PausePipeline { .. }
         | Request::ResumePipeline { .. }
-        | Request::DeletePipeline { .. } => Box::pin(crate::pipelines::handle(broker, request)),
+        | Request::DeletePipeline { .. } => {
+            Box::pin(crate::pipelines::handle(broker, request, principal))
+        }
         Request::DeleteTopic { name } => Box::pin(crate::topic_delete::handle(broker, name, false)),
         Request::DeleteTopicForced { name } => {
             Box::pin(crate::topic_delete::handle(broker, name, true))
@@ -118,26 +141,9 @@ pub(crate) fn handle(
         Request::DeployPlugin { .. }
         | Request::ListPlugins
         | Request::DescribePlugin { .. }
-        | Request::DeletePlugin { .. } => Box::pin(async move {
-            let b = broker.clone();
-            match tokio::task::spawn_blocking(move || crate::plugins::admin(&b, request, raw)).await
-            {
-                Ok(r) => Reply::from(r),
-                Err(e) => Reply::error(WireError::new(
-                    ErrorCode::Internal,
-                    format!("handler failed: {e}"),
-                )),
-            }
-        }),
-        other => Box::pin(async move {
-            let b = broker.clone();
-            match tokio::task::spawn_blocking(move || crate::admin::admin(&b, other)).await {
-                Ok(r) => Reply::from(r),
-                Err(e) => Reply::error(WireError::new(
-                    ErrorCode::Internal,
-                    format!("handler failed: {e}"),
-                )),
-            }
-        }),
+        | Request::DeletePlugin { .. } => {
+            blocking(broker, move |b| crate::plugins::admin(b, request, raw))
+        }
+        other => blocking(broker, move |b| crate::admin::admin(b, other)),
     }
 }

@@ -28,11 +28,12 @@ use futures::future::BoxFuture;
 use sluice_proto::frame::{decode_body, read_frame_body, read_frame_len};
 use sluice_proto::{Acks, ErrorCode, ProtoError, Request, WireError};
 use tokio::io::AsyncReadExt;
-use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::Broker;
+use crate::auth::Session;
 use crate::config::BrokerConfig;
 use crate::router::Reply;
 
@@ -122,11 +123,14 @@ struct ConnectionState {
     busy: AtomicUsize,
     /// When the last request arrived or finished.
     last_active: Mutex<Instant>,
+    /// The connection itself (closed after repeated authentication failures).
+    connection: quinn::Connection,
 }
 
 impl ConnectionState {
-    fn new(config: &BrokerConfig) -> Self {
+    fn new(config: &BrokerConfig, connection: quinn::Connection) -> Self {
         ConnectionState {
+            connection,
             request_memory: Arc::new(Semaphore::new(config.connection_request_memory_bytes)),
             small_request_memory: Arc::new(Semaphore::new(CONNECTION_SMALL_BYTES)),
             validation: Arc::new(Semaphore::new(1)),
@@ -277,39 +281,8 @@ pub(crate) async fn accept_loop(broker: Arc<Broker>, endpoint: quinn::Endpoint) 
     }
 }
 
-/// What one connection has agreed: the protocol version, once `Hello` has been answered, and
-/// who its client is.
-#[derive(Debug)]
-pub(crate) struct Session {
-    pub(crate) version: OnceCell<u16>,
-    /// The client's principal: from its certificate under mTLS, else `ANONYMOUS`.
-    pub(crate) principal: String,
-    /// How the principal was established (`none`, `mtls`).
-    pub(crate) mechanism: &'static str,
-}
-
-/// The principal of an unauthenticated client.
-pub(crate) const ANONYMOUS: &str = "ANONYMOUS";
-
-/// Who the client of `conn` is, by the listener's `client_auth`; an error closes the
-/// connection (a certificate the handshake verified but that names nobody).
-fn authenticate(broker: &Broker, conn: &quinn::Connection) -> Result<Session, String> {
-    let mechanism = broker.config.client_auth;
-    let principal = match mechanism {
-        crate::config::ClientAuth::None => ANONYMOUS.to_owned(),
-        crate::config::ClientAuth::Mtls => {
-            crate::tls::client_principal(conn).map_err(|e| e.to_string())?
-        }
-    };
-    Ok(Session {
-        version: OnceCell::new(),
-        principal,
-        mechanism: mechanism.as_str(),
-    })
-}
-
 async fn serve_connection(broker: Arc<Broker>, conn: quinn::Connection) {
-    let session = match authenticate(&broker, &conn) {
+    let session = match crate::auth::open_session(&broker, &conn) {
         Ok(session) => Arc::new(session),
         Err(why) => {
             tracing::warn!(cause = %why, "connection refused: no principal");
@@ -317,9 +290,12 @@ async fn serve_connection(broker: Arc<Broker>, conn: quinn::Connection) {
             return;
         }
     };
-    tracing::Span::current().record("principal", session.principal.as_str());
-    tracing::debug!(mechanism = session.mechanism, "connection open");
-    let state = Arc::new(ConnectionState::new(&broker.config));
+    tracing::Span::current().record("principal", session.principal());
+    tracing::debug!(
+        mechanism = session.identity().map_or("pending", |i| i.mechanism),
+        "connection open"
+    );
+    let state = Arc::new(ConnectionState::new(&broker.config, conn.clone()));
     let idle = Duration::from_millis(broker.config.idle_timeout_ms);
     loop {
         // While requests are in flight the connection is not idle; look again after `idle`.
@@ -661,36 +637,80 @@ async fn dispatch(
 ) -> Queued {
     let silent = is_silent(&request);
     let early = if *broker.shutdown.borrow() {
-        Some(Reply::error(WireError::new(
+        Err(Reply::error(WireError::new(
             ErrorCode::ShuttingDown,
             "the broker is shutting down; retry shortly",
         )))
     } else if let Request::Hello(hello) = &request {
-        Some(crate::router::hello(broker, session, hello))
-    } else if let Request::WhoAmI = &request {
-        Some(Reply::ok(sluice_proto::ResponseBody::WhoAmI {
-            principal: session.principal.clone(),
-            mechanism: session.mechanism.to_owned(),
-        }))
+        Err(crate::router::hello(broker, session, hello))
     } else if session.version.get().is_none() {
-        Some(Reply::error(WireError::new(
+        Err(Reply::error(WireError::new(
             ErrorCode::UnsupportedVersion,
             "the first request on a connection must be Hello (protocol version negotiation)",
         )))
-    } else if let Err(refused) = crate::authz::check(broker, session, &request) {
-        Some(Reply::error(refused))
-    } else {
-        None
-    };
-    if let Some(reply) = early {
-        return Queued {
-            pending: tokio::spawn(async move { (reply, grant) }),
-            silent,
+    } else if let Request::Authenticate(step) = request {
+        let reply = crate::auth::step(broker, session, step);
+        if let Ok(sluice_proto::auth::AuthReply::Done { principal, .. }) = &reply {
+            tracing::Span::current().record("principal", principal.as_str());
         }
-        .silenced(broker);
-    }
+        if session.failures() >= crate::auth::MAX_AUTH_FAILURES {
+            tracing::warn!("closing the connection after repeated authentication failures");
+            let conn = state.connection.clone();
+            tokio::spawn(async move {
+                // After the answer has had a moment to leave.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                conn.close(
+                    AUTH_CLOSE_CODE.into(),
+                    b"too many failed authentication attempts",
+                );
+            });
+        }
+        Err(Reply::from(
+            reply.map(sluice_proto::ResponseBody::Authenticated),
+        ))
+    } else {
+        match crate::auth::current(broker, session) {
+            Err(e) => Err(Reply::error(e)),
+            Ok(identity) => {
+                if let Request::WhoAmI = &request {
+                    Err(Reply::ok(sluice_proto::ResponseBody::WhoAmI {
+                        principal: identity.principal.clone(),
+                        mechanism: identity.mechanism.to_owned(),
+                    }))
+                } else if let Err(refused) =
+                    crate::authz::check(broker, &identity.principal, &request)
+                {
+                    Err(Reply::error(refused))
+                } else {
+                    Ok((identity.principal.clone(), request))
+                }
+            }
+        }
+    };
+    let (principal, request) = match early {
+        Ok(go) => go,
+        Err(reply) => {
+            return Queued {
+                pending: tokio::spawn(async move { (reply, grant) }),
+                silent,
+            }
+            .silenced(broker);
+        }
+    };
     let guard = crate::InFlight::new(broker);
     let kind = crate::metrics::RequestKind::of(&request);
+    // Super-users (operators, the brokers themselves) are never throttled.
+    let quota = if broker.config.super_users.contains(&principal) {
+        None
+    } else {
+        broker
+            .controller
+            .read(|s| s.security().quota_for(&principal))
+    };
+    let produce_bytes = match &request {
+        Request::Produce(_) => raw.len() as u64,
+        _ => 0,
+    };
     let started = Instant::now();
     let fut: BoxFuture<'static, Reply> = match request {
         Request::Produce(p) if p.partition == sluice_proto::ROUTE_BY_PARTITIONER => {
@@ -706,9 +726,16 @@ async fn dispatch(
             let validated = validate_batch(broker, state, &raw).await;
             crate::produce::produce(broker.clone(), p, raw, validated)
         }
-        request => crate::router::handle(broker.clone(), request, raw),
+        request if crate::auth::is_admin(&request) => {
+            let caller = principal.clone();
+            crate::router::blocking(broker.clone(), move |b| {
+                crate::auth::admin(b, &caller, request)
+            })
+        }
+        request => crate::router::handle(broker.clone(), request, raw, principal.clone()),
     };
     let (b, state) = (broker.clone(), state.clone());
+    let version = session.version.get().copied().unwrap_or(0);
     // Inside the connection's and the stream's spans: their ids are this request's fields.
     let span = tracing::debug_span!("request", r#type = kind.name());
     Queued {
@@ -718,6 +745,10 @@ async fn dispatch(
                 let mut reply = fut.await;
                 drop(guard);
                 drop(busy);
+                crate::authz::filter(&b, &principal, &mut reply);
+                if let Some(quota) = quota {
+                    reply = throttle(&b, &principal, &quota, produce_bytes, version, reply).await;
+                }
                 let took = started.elapsed();
                 kind.done(&reply, took);
                 tracing::debug!(micros = took.as_micros() as u64, "request handled");
@@ -744,6 +775,45 @@ async fn dispatch(
         silent,
     }
     .silenced(broker)
+}
+
+/// Holds `reply` back as long as `principal`'s quota asks (its clocks charged with the
+/// request's bytes and the answer's), and tells a v8 client how long it was held.
+async fn throttle(
+    broker: &Broker,
+    principal: &str,
+    quota: &sluice_proto::auth::Quota,
+    produce_bytes: u64,
+    version: u16,
+    reply: Reply,
+) -> Reply {
+    let fetch_bytes = match &reply {
+        Reply::Frame(Ok(sluice_proto::ResponseBody::Fetched(_)), raw)
+        | Reply::Frame(Ok(sluice_proto::ResponseBody::FetchedTransformed(_)), raw) => {
+            raw.len() as u64
+        }
+        _ => 0,
+    };
+    let usage = crate::quotas::Usage {
+        produce_bytes,
+        fetch_bytes,
+    };
+    let wait = broker.quota_clocks.charge(principal, quota, usage);
+    if wait.is_zero() {
+        return reply;
+    }
+    crate::metrics::throttled(wait);
+    tokio::time::sleep(wait).await;
+    match reply {
+        Reply::Frame(Ok(body), raw) if version >= 8 => Reply::Frame(
+            Ok(sluice_proto::ResponseBody::Throttled {
+                throttle_ms: wait.as_millis().min(u128::from(u32::MAX)) as u32,
+                body: Box::new(body),
+            }),
+            raw,
+        ),
+        other => other,
+    }
 }
 
 /// An `acks=0` request never gets a frame back, whatever happened to it (the client pairs

@@ -353,7 +353,7 @@ pub fn quic_server_config(
         .map_err(|e| tls_err("TLS versions", e))?;
     let builder = match config.client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
-        ClientAuth::Mtls => {
+        ClientAuth::Mtls | ClientAuth::Credentials => {
             let path = config
                 .tls
                 .client_ca
@@ -365,11 +365,18 @@ pub fn quic_server_config(
                     .add(cert)
                     .map_err(|e| tls_err(&format!("client CA {}", path.display()), e))?;
             }
-            // `build` without `allow_unauthenticated`: no certificate, no connection.
+            // Under mTLS `build` without `allow_unauthenticated`: no certificate, no
+            // connection. Under credentials a certificate is optional (one presented must
+            // still verify); without one the client authenticates on the connection.
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
-            )
+            );
+            let verifier = if config.client_auth == ClientAuth::Credentials {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            }
             .build()
             .map_err(|e| tls_err("client certificate verifier", e))?;
             builder.with_client_cert_verifier(verifier)

@@ -34,6 +34,7 @@ pub(crate) fn metadata_error(e: MetadataError) -> WireError {
         MetadataError::UnknownConnector(_) => ErrorCode::UnknownConnector,
         MetadataError::ConnectorExists(_) => ErrorCode::ConnectorExists,
         MetadataError::ConnectorTaskReplaced { .. } => ErrorCode::InvalidRequest,
+        MetadataError::UnknownCredential(_) => ErrorCode::InvalidConfig,
     };
     WireError::new(code, e.to_string())
 }

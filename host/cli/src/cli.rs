@@ -36,6 +36,28 @@ pub struct Cli {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, global = true, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// User to authenticate as with a password (SCRAM-SHA-256), for brokers with
+    /// client_auth = "credentials". The password comes from SLUICE_PASSWORD or the profile.
+    #[arg(long, global = true, env = "SLUICE_USER")]
+    pub user: Option<String>,
+    /// The password of --user. Prefer the environment variable or a profile: a command line
+    /// is visible to every user of the machine (`ps`).
+    #[arg(long, global = true, env = "SLUICE_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// An API token (`sluice token create`) to authenticate with. Prefer the environment
+    /// variable or a profile.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "user"
+    )]
+    pub token: Option<String>,
+    /// A profile file (TOML) with any of: broker, tls_ca, tls_cert, tls_key, user,
+    /// password, token. Flags and environment variables win over it.
+    #[arg(long, global = true, env = "SLUICE_PROFILE")]
+    pub profile: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -79,6 +101,17 @@ pub enum Command {
     /// you for.
     #[command(subcommand)]
     Auth(crate::auth_cmds::AuthCommand),
+    /// Users who authenticate with a password (SCRAM-SHA-256): create (or change the
+    /// password), delete, list.
+    #[command(subcommand)]
+    User(crate::credential_cmds::UserCommand),
+    /// API tokens: create, revoke, list.
+    #[command(subcommand)]
+    Token(crate::credential_cmds::TokenCommand),
+    /// Per-principal quotas (produce and fetch bytes/s, requests/s, per broker): set,
+    /// remove, list.
+    #[command(subcommand)]
+    Quota(crate::quota_cmds::QuotaCommand),
     /// A live view of brokers read from their metrics endpoints: per-topic rates, group lag,
     /// plugin stops, cluster health.
     Top(crate::top::TopArgs),
@@ -316,6 +349,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Top(args) => crate::top::run(args).await,
         Command::Auth(cmd) => crate::auth_cmds::run(&cli, cmd).await,
         Command::Acl(cmd) => crate::acl_cmds::run(&connect(&cli).await?, cmd).await,
+        Command::User(cmd) => crate::credential_cmds::user(&connect(&cli).await?, cmd).await,
+        Command::Token(cmd) => crate::credential_cmds::token(&connect(&cli).await?, cmd).await,
+        Command::Quota(cmd) => crate::quota_cmds::run(&connect(&cli).await?, cmd).await,
     }
 }
 
@@ -338,15 +374,69 @@ pub fn tls_config(cli: &Cli) -> TlsConfig {
     TlsConfig::SystemRoots
 }
 
-pub async fn connect(cli: &Cli) -> Result<Client> {
-    let mut config = ClientConfig::new(cli.broker.clone(), tls_config(cli));
-    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
-        config.identity = Some(sluice_client::ClientIdentity {
-            cert: cert.clone(),
-            key: key.clone(),
-        });
+/// What a profile file may hold (`--profile`); flags and environment variables win.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    broker: Option<String>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+}
+
+fn load_profile(path: &std::path::Path) -> Result<Profile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the profile {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing the profile {}", path.display()))
+}
+
+/// The client configuration from flags, environment variables and the profile, in that
+/// order of precedence.
+pub fn client_config(cli: &Cli) -> Result<ClientConfig> {
+    let profile = match &cli.profile {
+        Some(path) => load_profile(path)?,
+        None => Profile::default(),
+    };
+    // `--broker` always has a value (its default); the profile's counts when it was not given.
+    let broker_given = cli.broker != DEFAULT_BROKER;
+    let broker = match (&profile.broker, broker_given) {
+        (Some(b), false) => b.clone(),
+        _ => cli.broker.clone(),
+    };
+    let tls = match (&cli.tls_ca, &profile.tls_ca) {
+        (None, Some(ca)) if !cli.insecure => TlsConfig::CaFile(ca.clone()),
+        _ => tls_config(cli),
+    };
+    let mut config = ClientConfig::new(broker, tls);
+    let cert = cli.tls_cert.clone().or(profile.tls_cert);
+    let key = cli.tls_key.clone().or(profile.tls_key);
+    if let (Some(cert), Some(key)) = (cert, key) {
+        config.identity = Some(sluice_client::ClientIdentity { cert, key });
     }
-    Client::connect(config).await.map_err(anyhow::Error::from)
+    let user = cli.user.clone().or(profile.user);
+    let token = cli.token.clone().or(profile.token);
+    config.credentials = match (user, token) {
+        (Some(user), _) => {
+            let Some(password) = cli.password.clone().or(profile.password) else {
+                anyhow::bail!(
+                    "--user {user} needs a password: set SLUICE_PASSWORD, or put it in a profile (--profile)"
+                );
+            };
+            Some(sluice_client::Credentials::Password { user, password })
+        }
+        (None, Some(token)) => Some(sluice_client::Credentials::Token(token)),
+        (None, None) => None,
+    };
+    Ok(config)
+}
+
+pub async fn connect(cli: &Cli) -> Result<Client> {
+    Client::connect(client_config(cli)?)
+        .await
+        .map_err(anyhow::Error::from)
 }
 
 async fn run_broker(args: &BrokerArgs) -> Result<ExitCode> {

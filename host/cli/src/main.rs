@@ -13,11 +13,13 @@ mod cli;
 mod client_cmds;
 mod cluster_cmds;
 mod connector_cmds;
+mod credential_cmds;
 mod dev_cluster;
 mod format;
 mod pipeline_cmds;
 mod plugin_cmds;
 mod progress;
+mod quota_cmds;
 mod top;
 
 use std::process::ExitCode;

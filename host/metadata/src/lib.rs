@@ -14,6 +14,7 @@ pub mod acl;
 pub mod connectors;
 pub mod liveness;
 pub mod placement;
+pub mod security;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -285,6 +286,37 @@ pub enum MetadataCommand {
     AddAcl(acl::AclBinding),
     /// Removes an access control binding; removing one that is not there changes nothing.
     RemoveAcl(acl::AclBinding),
+    /// Creates a SCRAM user or replaces its credential.
+    UpsertUser {
+        name: String,
+        credential: sluice_proto::auth::ScramCredential,
+    },
+    DeleteUser {
+        name: String,
+    },
+    /// Records an API token (its hash) under `id`.
+    CreateToken {
+        id: String,
+        token: security::TokenRecord,
+    },
+    RevokeToken {
+        id: String,
+    },
+    /// Sets a principal's quota (`*`: the default); `None` or an unlimited one removes it.
+    SetQuota {
+        principal: String,
+        quota: Option<sluice_proto::auth::Quota>,
+    },
+    /// [`MetadataCommand::CreatePipeline`] recording the principal the pipeline acts as.
+    CreatePipelineAs {
+        spec: PipelineSpec,
+        owner: String,
+    },
+    /// [`MetadataCommand::CreateConnector`] recording the principal the connector acts as.
+    CreateConnectorAs {
+        spec: ConnectorSpec,
+        owner: String,
+    },
 }
 
 /// A topic's replication settings (Kafka's `min.insync.replicas` and
@@ -405,6 +437,9 @@ pub enum MetadataError {
     UnknownConnector(String),
     #[error("connector {0:?} already exists")]
     ConnectorExists(String),
+    /// No such user or token.
+    #[error("{0} does not exist")]
+    UnknownCredential(String),
     /// Progress from a connector task that another task has replaced since.
     #[error("connector {name:?}: this task (generation {generation}) was replaced by a newer one")]
     ConnectorTaskReplaced { name: String, generation: u64 },
@@ -504,6 +539,10 @@ pub struct MetadataState {
     connectors: BTreeMap<String, ConnectorRecord>,
     /// Access control bindings.
     acls: acl::Acls,
+    /// Users, tokens, quotas and owners: carried by snapshots as a section after this
+    /// layout ([`MetadataState::snapshot_sections`]), not in it.
+    #[serde(skip)]
+    security: security::Security,
 }
 
 /// [`MetadataState`] as snapshots written before access control bindings joined it: decoded
@@ -540,6 +579,7 @@ impl From<MetadataStateV4> for MetadataState {
             replication: v4.replication,
             connectors: v4.connectors,
             acls: acl::Acls::default(),
+            security: security::Security::default(),
         }
     }
 }
@@ -577,6 +617,7 @@ impl From<MetadataStateV3> for MetadataState {
             replication: v3.replication,
             connectors: BTreeMap::new(),
             acls: acl::Acls::default(),
+            security: security::Security::default(),
         }
     }
 }
@@ -613,6 +654,7 @@ impl From<MetadataStateV2> for MetadataState {
             replication: BTreeMap::new(),
             connectors: BTreeMap::new(),
             acls: acl::Acls::default(),
+            security: security::Security::default(),
         }
     }
 }
@@ -647,6 +689,7 @@ impl From<MetadataStateV1> for MetadataState {
             replication: BTreeMap::new(),
             connectors: BTreeMap::new(),
             acls: acl::Acls::default(),
+            security: security::Security::default(),
         }
     }
 }
@@ -739,6 +782,49 @@ impl MetadataState {
     }
 
     /// The access control bindings.
+    /// Users, tokens, quotas and the principals pipelines and connectors act as.
+    pub fn security(&self) -> &security::Security {
+        &self.security
+    }
+
+    /// The principal pipeline `name` acts as (`None`: created before owners were recorded).
+    pub fn pipeline_principal(&self, name: &str) -> Option<&str> {
+        let p = self.pipelines.get(name)?;
+        self.security
+            .owner(acl::ResourceType::Pipeline, name, p.created_index)
+    }
+
+    /// The principal connector `name` acts as (`None`: created before owners were recorded).
+    pub fn connector_principal(&self, name: &str) -> Option<&str> {
+        let c = self.connectors.get(name)?;
+        self.security
+            .owner(acl::ResourceType::Connector, name, c.created_index)
+    }
+
+    /// The snapshot sections that follow this state's fixed layout in a snapshot.
+    pub fn snapshot_sections(&self) -> Vec<u8> {
+        security::encode_sections(&self.security)
+    }
+
+    /// Restores what [`MetadataState::snapshot_sections`] wrote (nothing, for a snapshot from
+    /// before sections).
+    pub fn restore_sections(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.security = security::decode_sections(bytes)?;
+        Ok(())
+    }
+
+    fn validate_owner(&self, owner: &str) -> Result<(), MetadataError> {
+        if owner.is_empty()
+            || owner.len() > acl::MAX_ACL_TEXT
+            || owner.chars().any(char::is_control)
+        {
+            return Err(MetadataError::InvalidConfig(
+                "an owner is a principal of 1 to 256 bytes, no control characters".into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn acls(&self) -> &acl::Acls {
         &self.acls
     }
@@ -1042,6 +1128,40 @@ impl MetadataState {
                 _ => Err(MetadataError::UnknownPipeline(name.clone())),
             },
             MetadataCommand::CreateConnector(spec) => self.validate_connector(spec),
+            MetadataCommand::CreatePipelineAs { spec, owner } => {
+                self.validate_owner(owner)?;
+                self.validate(&MetadataCommand::CreatePipeline(spec.clone()))
+            }
+            MetadataCommand::CreateConnectorAs { spec, owner } => {
+                self.validate_owner(owner)?;
+                self.validate_connector(spec)
+            }
+            MetadataCommand::UpsertUser { name, credential } => self
+                .security
+                .validate_user(name, credential)
+                .map_err(MetadataError::InvalidConfig),
+            MetadataCommand::DeleteUser { name } => {
+                if self.security.has_user(name) {
+                    Ok(())
+                } else {
+                    Err(MetadataError::UnknownCredential(format!("user {name:?}")))
+                }
+            }
+            MetadataCommand::CreateToken { id, token } => self
+                .security
+                .validate_token(id, token)
+                .map_err(MetadataError::InvalidConfig),
+            MetadataCommand::RevokeToken { id } => {
+                if self.security.has_token(id) {
+                    Ok(())
+                } else {
+                    Err(MetadataError::UnknownCredential(format!("token {id}")))
+                }
+            }
+            MetadataCommand::SetQuota { principal, quota } => self
+                .security
+                .validate_quota(principal, &quota.unwrap_or_default())
+                .map_err(MetadataError::InvalidConfig),
             MetadataCommand::AddAcl(binding) => {
                 binding.validate().map_err(MetadataError::InvalidConfig)?;
                 if !self.acls.iter().any(|b| b == binding) && self.acls.len() >= acl::MAX_ACLS {
@@ -1626,6 +1746,25 @@ impl MetadataState {
                     .add(binding.clone())
                     .map_err(MetadataError::InvalidConfig)?;
             }
+            MetadataCommand::CreatePipelineAs { spec, owner } => {
+                self.apply(index, &MetadataCommand::CreatePipeline(spec.clone()))?;
+                self.security
+                    .set_owner(acl::ResourceType::Pipeline, &spec.name, index, owner);
+            }
+            MetadataCommand::CreateConnectorAs { spec, owner } => {
+                self.apply(index, &MetadataCommand::CreateConnector(spec.clone()))?;
+                self.security
+                    .set_owner(acl::ResourceType::Connector, &spec.name, index, owner);
+            }
+            MetadataCommand::UpsertUser { name, credential } => {
+                self.security.upsert_user(name, credential);
+            }
+            MetadataCommand::DeleteUser { name } => self.security.delete_user(name),
+            MetadataCommand::CreateToken { id, token } => self.security.add_token(id, token),
+            MetadataCommand::RevokeToken { id } => self.security.revoke_token(id),
+            MetadataCommand::SetQuota { principal, quota } => {
+                self.security.set_quota(principal, quota.as_ref());
+            }
             MetadataCommand::RemoveAcl(binding) => {
                 self.acls.remove(binding);
             }
@@ -1679,6 +1818,23 @@ impl MetadataState {
                 }
                 self.next_producer_id += 1;
             }
+        }
+        if matches!(
+            cmd,
+            MetadataCommand::DeletePipeline { .. }
+                | MetadataCommand::DeleteConnector { .. }
+                | MetadataCommand::DeleteTopicForced { .. }
+        ) {
+            let (pipelines, connectors) = (&self.pipelines, &self.connectors);
+            self.security
+                .retain_owners(|kind, name, created_index| match kind {
+                    acl::ResourceType::Pipeline => pipelines
+                        .get(name)
+                        .is_some_and(|p| p.created_index == created_index),
+                    _ => connectors
+                        .get(name)
+                        .is_some_and(|c| c.created_index == created_index),
+                });
         }
         Ok(())
     }

@@ -51,6 +51,7 @@ enum MetadataErrorDef {
         name: String,
         generation: u64,
     },
+    UnknownCredential(String),
 }
 
 #[derive(Serialize, Deserialize)]

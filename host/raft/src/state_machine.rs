@@ -69,9 +69,30 @@ struct SnapshotPayloadV1 {
 }
 
 impl SnapshotPayload {
-    /// Decodes the current layout, or the older one (postcard is not self-describing: the
-    /// older layout fails the current decode where the new fields would start).
+    /// The snapshot's bytes: the payload's fixed layout, then the state's named sections
+    /// (`MetadataState::snapshot_sections`), which later additions join without a new layout.
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = encode(self);
+        bytes.extend_from_slice(&self.state.snapshot_sections());
+        bytes
+    }
+
+    /// Decodes the current layout and its sections, or an older layout (postcard is not
+    /// self-describing: an older layout fails the current decode where the new fields would
+    /// start; layouts from before sections have none).
     fn decode(data: &[u8]) -> Result<Self, postcard::Error> {
+        if let Ok((mut payload, sections)) = postcard::take_from_bytes::<SnapshotPayload>(data) {
+            payload.state.restore_sections(sections).map_err(|e| {
+                tracing::error!(cause = %e, "metadata snapshot sections do not decode");
+                postcard::Error::DeserializeBadEncoding
+            })?;
+            return Ok(payload);
+        }
+        Self::decode_older(data)
+    }
+
+    /// The layouts from before sections.
+    fn decode_older(data: &[u8]) -> Result<Self, postcard::Error> {
         let v4 = |data: &[u8]| {
             postcard::from_bytes::<SnapshotPayloadV4>(data).map(|v4| SnapshotPayload {
                 last_applied: v4.last_applied,
@@ -226,7 +247,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.last_membership.clone(),
             state: std::mem::take(&mut self.state),
         };
-        let data = encode(&payload);
+        let data = payload.encode();
         // Unique per build: the index, and the build time to tell two builds at one index
         // apart (a leader may build again after an install at the same point).
         let nanos = SystemTime::now()
@@ -358,6 +379,67 @@ mod tests {
     use sluice_metadata::MetadataCommand;
 
     use super::*;
+
+    #[test]
+    fn users_tokens_and_quotas_travel_as_a_snapshot_section() {
+        let mut state = MetadataState::new();
+        let credential = sluice_proto::auth::ScramCredential {
+            salt: vec![7; 16],
+            iterations: 4096,
+            stored_key: vec![1; 32],
+            server_key: vec![2; 32],
+        };
+        let commands = [
+            MetadataCommand::UpsertUser {
+                name: "alice".into(),
+                credential: credential.clone(),
+            },
+            MetadataCommand::CreateToken {
+                id: "abc".into(),
+                token: sluice_metadata::security::TokenRecord {
+                    principal: "alice".into(),
+                    hash: vec![9; 32],
+                    description: "ci".into(),
+                    created_ms: 1,
+                    expires_ms: None,
+                },
+            },
+            MetadataCommand::SetQuota {
+                principal: "*".into(),
+                quota: Some(sluice_proto::auth::Quota {
+                    produce_bytes_per_sec: Some(1000),
+                    ..Default::default()
+                }),
+            },
+        ];
+        for (i, c) in commands.iter().enumerate() {
+            state.apply(i as u64 + 1, c).unwrap();
+        }
+        let payload = SnapshotPayload {
+            last_applied: None,
+            last_membership: Membership::default(),
+            state: state.clone(),
+        };
+        let bytes = payload.encode();
+        let back = SnapshotPayload::decode(&bytes).unwrap().state;
+        assert_eq!(back, state);
+        assert_eq!(back.security().user("alice"), Some(&credential));
+        assert_eq!(
+            back.security()
+                .quota_for("bob")
+                .unwrap()
+                .produce_bytes_per_sec,
+            Some(1000)
+        );
+        // Without sections (an older build's snapshot): an empty security state.
+        let plain = encode(&payload);
+        let back = SnapshotPayload::decode(&plain).unwrap().state;
+        assert!(back.security().user("alice").is_none());
+        // A section this build does not know is refused, not skipped.
+        let mut unknown = plain.clone();
+        unknown.extend(postcard::to_allocvec(&vec![("future".to_string(), vec![1u8])]).unwrap());
+        assert!(SnapshotPayload::decode(&unknown).is_err());
+    }
 
     #[test]
     fn snapshots_carry_components_and_older_snapshots_still_decode() {

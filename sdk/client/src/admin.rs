@@ -1,5 +1,6 @@
 //! Topic administration: thin typed wrappers over the admin requests.
 
+use sluice_proto::auth::{CreatedToken, Quota, QuotaEntry, TokenDescription, UserDescription};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -109,6 +110,104 @@ impl Admin {
         match self.client.request(request, Bytes::new()).await? {
             (ResponseBody::Acls(a), _) => Ok(a),
             (other, _) => Err(unexpected("Acls", &other)),
+        }
+    }
+
+    /// Creates a user or changes its password. The SCRAM credential is derived here: the
+    /// password never leaves this process. The users now known.
+    pub async fn upsert_user(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<Vec<UserDescription>, ClientError> {
+        if password.is_empty() {
+            return Err(ClientError::InvalidConfig("the password is empty".into()));
+        }
+        let credential = crate::scram::credential(password);
+        self.users(Request::UpsertUser {
+            name: name.to_owned(),
+            credential,
+        })
+        .await
+    }
+
+    /// Deletes a user; the connections it authenticated stop working at their next request.
+    pub async fn delete_user(&self, name: &str) -> Result<Vec<UserDescription>, ClientError> {
+        self.users(Request::DeleteUser {
+            name: name.to_owned(),
+        })
+        .await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserDescription>, ClientError> {
+        self.users(Request::ListUsers).await
+    }
+
+    async fn users(&self, request: Request) -> Result<Vec<UserDescription>, ClientError> {
+        match self.client.request(request, Bytes::new()).await? {
+            (ResponseBody::Users(u), _) => Ok(u),
+            (other, _) => Err(unexpected("Users", &other)),
+        }
+    }
+
+    /// Creates an API token for `principal` (this connection's own when `None`); the token
+    /// is in the answer only — the broker keeps a hash.
+    pub async fn create_token(
+        &self,
+        principal: Option<&str>,
+        description: &str,
+        expires_in: Option<std::time::Duration>,
+    ) -> Result<CreatedToken, ClientError> {
+        let request = Request::CreateToken {
+            principal: principal.map(str::to_owned),
+            description: description.to_owned(),
+            expires_in_ms: expires_in.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64),
+        };
+        match self.client.request(request, Bytes::new()).await? {
+            (ResponseBody::TokenCreated(t), _) => Ok(t),
+            (other, _) => Err(unexpected("TokenCreated", &other)),
+        }
+    }
+
+    /// Revokes a token; the connections it authenticated stop working at their next request.
+    pub async fn revoke_token(&self, id: &str) -> Result<Vec<TokenDescription>, ClientError> {
+        self.tokens(Request::RevokeToken { id: id.to_owned() })
+            .await
+    }
+
+    /// This principal's tokens (everyone's, for one that may describe the cluster).
+    pub async fn list_tokens(&self) -> Result<Vec<TokenDescription>, ClientError> {
+        self.tokens(Request::ListTokens).await
+    }
+
+    async fn tokens(&self, request: Request) -> Result<Vec<TokenDescription>, ClientError> {
+        match self.client.request(request, Bytes::new()).await? {
+            (ResponseBody::Tokens(t), _) => Ok(t),
+            (other, _) => Err(unexpected("Tokens", &other)),
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) a principal's quota (`*`: the default); the quotas.
+    pub async fn set_quota(
+        &self,
+        principal: &str,
+        quota: Option<Quota>,
+    ) -> Result<Vec<QuotaEntry>, ClientError> {
+        self.quotas(Request::SetQuota {
+            principal: principal.to_owned(),
+            quota,
+        })
+        .await
+    }
+
+    pub async fn list_quotas(&self) -> Result<Vec<QuotaEntry>, ClientError> {
+        self.quotas(Request::ListQuotas).await
+    }
+
+    async fn quotas(&self, request: Request) -> Result<Vec<QuotaEntry>, ClientError> {
+        match self.client.request(request, Bytes::new()).await? {
+            (ResponseBody::Quotas(q), _) => Ok(q),
+            (other, _) => Err(unexpected("Quotas", &other)),
         }
     }
 

@@ -3,7 +3,7 @@
 //! produce and fetch goes to the broker that leads its partition.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,51 @@ pub struct ClientConfig {
     pub congestion: QuicCongestion,
     /// The client certificate to present, for brokers that require mutual TLS (default none).
     pub identity: Option<crate::tls::ClientIdentity>,
+    /// A password or token to authenticate with on every connection, for brokers with
+    /// `client_auth = "credentials"` (default none).
+    pub credentials: Option<Credentials>,
+}
+
+/// What a client authenticates with on a connection (docs/security.md). Its `Debug` never
+/// shows the password or token.
+#[derive(Clone)]
+pub enum Credentials {
+    /// SCRAM-SHA-256: the password never leaves the client.
+    Password { user: String, password: String },
+    /// An API token from `sluice token create`.
+    Token(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Password { user, .. } => {
+                write!(f, "Password {{ user: {user:?}, password: <hidden> }}")
+            }
+            Credentials::Token(_) => write!(f, "Token(<hidden>)"),
+        }
+    }
+}
+
+/// How much the brokers' quotas have held this client's answers back.
+#[derive(Debug, Default)]
+pub(crate) struct Throttle {
+    answers: AtomicU64,
+    millis: AtomicU64,
+}
+
+impl Throttle {
+    pub(crate) fn record(&self, ms: u32) {
+        self.answers.fetch_add(1, Ordering::Relaxed);
+        self.millis.fetch_add(u64::from(ms), Ordering::Relaxed);
+    }
+}
+
+/// Answers held back by a quota, and for how long in all ([`Client::throttled`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThrottleStats {
+    pub answers: u64,
+    pub total: Duration,
 }
 
 impl ClientConfig {
@@ -53,6 +98,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             congestion: QuicCongestion::default(),
             identity: None,
+            credentials: None,
         }
     }
 }
@@ -79,6 +125,7 @@ pub(crate) struct Shared {
     pub(crate) closed: AtomicBool,
     /// The cluster of the first broker that answered; every other must belong to it.
     cluster_id: OnceLock<String>,
+    pub(crate) throttle: Throttle,
 }
 
 impl Shared {
@@ -161,6 +208,7 @@ impl Client {
             quic,
             closed: AtomicBool::new(false),
             cluster_id: OnceLock::new(),
+            throttle: Throttle::default(),
         });
         let mut last_err = None;
         for addr in &bootstrap {
@@ -593,6 +641,16 @@ impl Client {
 
     pub fn consumer(&self, config: ConsumerConfig) -> Consumer {
         Consumer::new(self.clone(), config)
+    }
+
+    /// How much the brokers' quotas have held this client's answers back so far (each held
+    /// answer says for how long; a producer or consumer over its quota runs at it).
+    pub fn throttled(&self) -> ThrottleStats {
+        let t = &self.inner.shared.throttle;
+        ThrottleStats {
+            answers: t.answers.load(Ordering::Relaxed),
+            total: Duration::from_millis(t.millis.load(Ordering::Relaxed)),
+        }
     }
 
     /// Node id of the bootstrap broker, from its Hello.

@@ -8,10 +8,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sluice_proto::auth::{AuthReply, AuthStep};
 use sluice_proto::frame;
 use sluice_proto::{
     Acks, HelloRequest, HelloResponse, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ProduceResponse,
-    Request, Response, ResponseBody,
+    Request, Response, ResponseBody, WireError,
 };
 use tracing::debug;
 
@@ -24,7 +25,7 @@ pub(crate) struct Conn {
     pub(crate) addr: String,
     host: String,
     port: u16,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     /// A `std` mutex: held only to clone or swap the handle, never across an await.
     live: Mutex<Option<Live>>,
     /// Serialises reconnects so that a burst of failing requests opens one connection, not many.
@@ -96,7 +97,12 @@ impl Conn {
                 Bytes::new(),
             ));
         }
-        read_response(&mut recv, self.shared.config.max_frame_bytes).await
+        read_response(
+            &mut recv,
+            self.shared.config.max_frame_bytes,
+            &self.shared.throttle,
+        )
+        .await
     }
 
     /// The live connection, (re)connecting (with a fresh Hello) if there is none open.
@@ -217,7 +223,7 @@ async fn establish(
     host: &str,
     port: u16,
 ) -> Result<(Live, HelloResponse), ClientError> {
-    let (config, quic) = (&shared.config, &shared.quic);
+    let config = &shared.config;
     let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| {
@@ -234,13 +240,14 @@ async fn establish(
     for addr in addrs {
         match tokio::time::timeout(
             config.connect_timeout,
-            connect_one(target, config, quic, host, addr),
+            connect_one(target, shared, host, addr),
         )
         .await
         {
             Ok(Ok(done)) => return Ok(done),
             Ok(Err(e @ ClientError::Tls(_))) => return Err(e),
             Ok(Err(e @ ClientError::Broker(_))) => return Err(e),
+            Ok(Err(e @ ClientError::Authentication(_))) => return Err(e),
             Ok(Err(e @ ClientError::UnexpectedResponse(_))) => return Err(e),
             Ok(Err(e)) => last_err = e,
             Err(_) => {
@@ -256,11 +263,11 @@ async fn establish(
 
 async fn connect_one(
     target: &str,
-    config: &crate::ClientConfig,
-    quic: &quinn::ClientConfig,
+    shared: &Shared,
     host: &str,
     addr: SocketAddr,
 ) -> Result<(Live, HelloResponse), ClientError> {
+    let (config, quic) = (&shared.config, &shared.quic);
     let bind: SocketAddr = match addr.ip() {
         IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -287,7 +294,7 @@ async fn connect_one(
             .await
             .map_err(ClientError::from_proto)?;
         let _ = send.finish();
-        read_response(&mut recv, config.max_frame_bytes).await
+        read_response(&mut recv, config.max_frame_bytes, &shared.throttle).await
     };
     let hello = match exchange.await {
         Ok((ResponseBody::Hello(h), _)) => h,
@@ -303,6 +310,17 @@ async fn connect_one(
             hello.version
         )));
     }
+    if let Some(credentials) = &config.credentials {
+        authenticate(&connection, shared, credentials)
+            .await
+            .map_err(|e| match e {
+                ClientError::Broker(w) => ClientError::Broker(WireError::new(
+                    w.code,
+                    format!("broker at {target}: {}", w.message),
+                )),
+                other => other,
+            })?;
+    }
     Ok((
         Live {
             _endpoint: endpoint,
@@ -312,10 +330,97 @@ async fn connect_one(
     ))
 }
 
+/// One request on its own stream, before the connection is handed out (Hello's way).
+async fn exchange(
+    connection: &quinn::Connection,
+    shared: &Shared,
+    request: &Request,
+) -> Result<ResponseBody, ClientError> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
+    frame::write_frame(&mut send, request, &[])
+        .await
+        .map_err(ClientError::from_proto)?;
+    let _ = send.finish();
+    let (body, _) =
+        read_response(&mut recv, shared.config.max_frame_bytes, &shared.throttle).await?;
+    Ok(body)
+}
+
+/// Authenticates a fresh connection with a password (SCRAM-SHA-256: the password never
+/// leaves this process) or a token, and checks a SCRAM broker's proof that it holds the
+/// credential too.
+async fn authenticate(
+    connection: &quinn::Connection,
+    shared: &Shared,
+    credentials: &crate::Credentials,
+) -> Result<(), ClientError> {
+    let step = |s| Request::Authenticate(s);
+    let refused = |what: &str| {
+        ClientError::Authentication(format!("the broker answered {what} unexpectedly"))
+    };
+    match credentials {
+        crate::Credentials::Token(token) => {
+            match exchange(
+                connection,
+                shared,
+                &step(AuthStep::Token {
+                    token: token.clone(),
+                }),
+            )
+            .await?
+            {
+                ResponseBody::Authenticated(AuthReply::Done { principal, .. }) => {
+                    debug!(%principal, "authenticated with a token");
+                    Ok(())
+                }
+                _ => Err(refused("a token")),
+            }
+        }
+        crate::Credentials::Password { user, password } => {
+            let (client, first) = crate::scram::ClientFirst::new(user)
+                .map_err(|e| ClientError::Authentication(e.to_string()))?;
+            let server_first = match exchange(
+                connection,
+                shared,
+                &step(AuthStep::ScramFirst { message: first }),
+            )
+            .await?
+            {
+                ResponseBody::Authenticated(AuthReply::ScramContinue { message }) => message,
+                _ => return Err(refused("SCRAM's first message")),
+            };
+            let (check, last) = client
+                .finish(password, &server_first)
+                .map_err(|e| ClientError::Authentication(e.to_string()))?;
+            match exchange(
+                connection,
+                shared,
+                &step(AuthStep::ScramFinal { message: last }),
+            )
+            .await?
+            {
+                ResponseBody::Authenticated(AuthReply::Done {
+                    principal,
+                    server_final: Some(server_final),
+                    ..
+                }) => {
+                    check
+                        .verify(&server_final)
+                        .map_err(|e| ClientError::Authentication(e.to_string()))?;
+                    debug!(%principal, "authenticated with SCRAM-SHA-256");
+                    Ok(())
+                }
+                _ => Err(refused("SCRAM's final message")),
+            }
+        }
+    }
+}
+
 /// Reads one response frame and turns a broker error into [`ClientError::Broker`].
 pub(crate) async fn read_response(
     recv: &mut quinn::RecvStream,
     max_frame: usize,
+    throttle: &crate::client::Throttle,
 ) -> Result<(ResponseBody, Bytes), ClientError> {
     let body = frame::read_frame(recv, max_frame)
         .await
@@ -323,13 +428,28 @@ pub(crate) async fn read_response(
         .ok_or_else(|| {
             ClientError::ConnectionLost("the broker closed the stream without answering".into())
         })?;
-    decode_response(body)
+    decode_response(body, throttle)
 }
 
-pub(crate) fn decode_response(body: Bytes) -> Result<(ResponseBody, Bytes), ClientError> {
+/// Decodes a response frame; an answer a quota held back is counted in `throttle` and
+/// unwrapped.
+pub(crate) fn decode_response(
+    body: Bytes,
+    throttle: &crate::client::Throttle,
+) -> Result<(ResponseBody, Bytes), ClientError> {
     let (response, raw): (Response, Bytes) =
         frame::decode_body(body).map_err(ClientError::Protocol)?;
     match response {
+        Ok(ResponseBody::Throttled { throttle_ms, body }) => {
+            throttle.record(throttle_ms);
+            debug!(throttle_ms, "answer held back by the broker's quota");
+            if matches!(*body, ResponseBody::Throttled { .. }) {
+                return Err(ClientError::UnexpectedResponse(
+                    "a throttled answer inside another".into(),
+                ));
+            }
+            Ok((*body, raw))
+        }
         Ok(body) => Ok((body, raw)),
         Err(e) => Err(ClientError::Broker(e)),
     }

@@ -25,6 +25,13 @@ pub enum ClientError {
     )]
     Tls(String),
 
+    /// Authenticating with a password or token went wrong on this side: a bad user name, or
+    /// a broker that could not prove it holds the credential (SCRAM's server signature).
+    /// Refusals by the broker (a wrong password) are [`ClientError::Broker`] with
+    /// `NotAuthenticated`.
+    #[error("authentication failed: {0}")]
+    Authentication(String),
+
     /// The broker answered the request with an error; code and message are the broker's.
     #[error("broker error {}: {}", code_name(.0.code), .0.message)]
     Broker(WireError),
@@ -123,6 +130,7 @@ impl ClientError {
             ClientError::Broker(e) => e.code.is_retriable(),
             ClientError::Connect(_) | ClientError::ConnectionLost(_) | ClientError::Timeout => true,
             ClientError::Tls(_)
+            | ClientError::Authentication(_)
             | ClientError::Protocol(_)
             | ClientError::UnexpectedResponse(_)
             | ClientError::DeliveryTimeout { .. }
@@ -165,6 +173,7 @@ impl Clone for ClientError {
         match self {
             ClientError::Connect(s) => ClientError::Connect(s.clone()),
             ClientError::Tls(s) => ClientError::Tls(s.clone()),
+            ClientError::Authentication(s) => ClientError::Authentication(s.clone()),
             ClientError::Broker(e) => ClientError::Broker(e.clone()),
             ClientError::Protocol(e) => ClientError::Protocol(clone_proto(e)),
             ClientError::UnexpectedResponse(s) => ClientError::UnexpectedResponse(s.clone()),

@@ -126,7 +126,13 @@ async fn run_writer(
         }
     };
     let (slots, slots_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run_reader(recv, max_frame, slots_rx, dead.clone()));
+    tokio::spawn(run_reader(
+        recv,
+        max_frame,
+        conn.shared.clone(),
+        slots_rx,
+        dead.clone(),
+    ));
     while let Some(cmd) = commands.recv().await {
         if dead.load(Ordering::Relaxed) {
             fail(cmd.reply, lane_closed());
@@ -164,6 +170,7 @@ async fn run_writer(
 async fn run_reader(
     mut recv: quinn::RecvStream,
     max_frame: usize,
+    shared: Arc<crate::client::Shared>,
     mut slots: mpsc::UnboundedReceiver<oneshot::Sender<Answer>>,
     dead: Arc<AtomicBool>,
 ) {
@@ -175,7 +182,7 @@ async fn run_reader(
         };
         match frame::read_frame(&mut recv, max_frame).await {
             Ok(Some(body)) => {
-                let _ = slot.send(decode_response(body));
+                let _ = slot.send(decode_response(body, &shared.throttle));
             }
             Ok(None) => {
                 let e = ClientError::ConnectionLost(

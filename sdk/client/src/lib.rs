@@ -37,10 +37,11 @@ mod error;
 mod group;
 mod lane;
 mod producer;
+pub mod scram;
 mod tls;
 
 pub use admin::Admin;
-pub use client::{Client, ClientConfig};
+pub use client::{Client, ClientConfig, Credentials, ThrottleStats};
 pub use conn::{QuicCongestion, send_frame};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchTransform, OffsetReset, SeekTo};
 pub use error::ClientError;

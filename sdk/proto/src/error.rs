@@ -88,6 +88,10 @@ pub enum ErrorCode {
     /// The client's principal may not do this; the message names the operation and the
     /// resource (docs/security.md).
     NotAuthorized,
+    /// The connection has not authenticated (and must, under this broker's `client_auth`),
+    /// its authentication failed, or the credential it used is gone (user deleted, token
+    /// revoked or expired). The message says which.
+    NotAuthenticated,
 }
 
 impl ErrorCode {

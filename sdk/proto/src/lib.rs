@@ -13,6 +13,7 @@
 //! The format is documented in `docs/protocol.md`.
 
 pub mod acl;
+pub mod auth;
 pub mod batch;
 pub mod error;
 pub mod frame;
@@ -32,8 +33,9 @@ pub const ALPN: &[u8] = b"sluice/1";
 /// and the `CoordinatorLoadInProgress` error; version 4 `CreateTopicReplicated`; version 5
 /// `ElectLeaders`, `AlterTopicReplication` and `DescribeTopicReplication`; version 6 the
 /// connector requests and the `UnknownConnector` and `ConnectorExists` errors; version 7
-/// `WhoAmI` — all appended, so older messages decode unchanged.
-pub const PROTOCOL_VERSION: u16 = 7;
+/// `WhoAmI`; version 8 `Authenticate`, the user, token and quota requests, the `Throttled`
+/// answer and the `NotAuthenticated` error — all appended, so older messages decode unchanged.
+pub const PROTOCOL_VERSION: u16 = 8;
 /// Oldest protocol version this build still speaks. Version 1 clients are told at `Hello` to
 /// upgrade: their produce and fetch requests would not decode.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;

@@ -191,6 +191,42 @@ pub enum Request {
     },
     /// Every access control binding.
     ListAcls,
+    /// One step of authenticating this connection (v8): SCRAM-SHA-256's two messages, or an
+    /// API token. Under a `client_auth` that takes credentials, a connection without a client
+    /// certificate may send nothing but `Hello`, `WhoAmI` and this until it succeeds.
+    Authenticate(crate::auth::AuthStep),
+    /// Creates a user, or replaces its credential (a password change). The client derives the
+    /// credential from the password: the password never leaves it. Answered with the users.
+    UpsertUser {
+        name: String,
+        credential: crate::auth::ScramCredential,
+    },
+    /// Deletes a user; connections it authenticated stop working at their next request.
+    DeleteUser {
+        name: String,
+    },
+    ListUsers,
+    /// Creates an API token for `principal` (the caller's own when `None`), answered with the
+    /// token, shown this once.
+    CreateToken {
+        principal: Option<String>,
+        description: String,
+        /// Lifetime from now; `None`: until revoked.
+        expires_in_ms: Option<u64>,
+    },
+    /// Revokes a token by id; connections it authenticated stop working at their next request.
+    RevokeToken {
+        id: String,
+    },
+    /// The caller's own tokens, or everyone's for a principal that may describe the cluster.
+    ListTokens,
+    /// Sets (or with `None` removes) a principal's quota; `*` is the default for principals
+    /// without one. Answered with the quotas.
+    SetQuota {
+        principal: String,
+        quota: Option<crate::auth::Quota>,
+    },
+    ListQuotas,
 }
 
 /// Most bindings one `CreateAcls` or `DeleteAcls` request carries.
@@ -264,6 +300,15 @@ impl Request {
             Request::CreateAcls { .. } => "create_acls",
             Request::DeleteAcls { .. } => "delete_acls",
             Request::ListAcls => "list_acls",
+            Request::Authenticate(_) => "authenticate",
+            Request::UpsertUser { .. } => "upsert_user",
+            Request::DeleteUser { .. } => "delete_user",
+            Request::ListUsers => "list_users",
+            Request::CreateToken { .. } => "create_token",
+            Request::RevokeToken { .. } => "revoke_token",
+            Request::ListTokens => "list_tokens",
+            Request::SetQuota { .. } => "set_quota",
+            Request::ListQuotas => "list_quotas",
         }
     }
 }
@@ -324,6 +369,21 @@ pub enum ResponseBody {
     },
     /// The answer to `CreateAcls`, `DeleteAcls` and `ListAcls`.
     Acls(Vec<crate::acl::AclBinding>),
+    /// The answer to `Authenticate`.
+    Authenticated(crate::auth::AuthReply),
+    /// The answer to `UpsertUser`, `DeleteUser` and `ListUsers`.
+    Users(Vec<crate::auth::UserDescription>),
+    TokenCreated(crate::auth::CreatedToken),
+    /// The answer to `RevokeToken` and `ListTokens`.
+    Tokens(Vec<crate::auth::TokenDescription>),
+    /// The answer to `SetQuota` and `ListQuotas`.
+    Quotas(Vec<crate::auth::QuotaEntry>),
+    /// An answer held back by the principal's quota for `throttle_ms` (v8 clients; older ones
+    /// get the answer itself, as late). Never nested.
+    Throttled {
+        throttle_ms: u32,
+        body: Box<ResponseBody>,
+    },
 }
 
 /// A connector to create (`sluice connector create`, from its config file).
