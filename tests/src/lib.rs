@@ -44,6 +44,8 @@ pub struct BrokerProcess {
     pub data_dir: PathBuf,
     pub addr: SocketAddr,
     config: String,
+    /// `RUST_LOG` of the process: `SLUICE_TEST_LOG`, else info.
+    log_filter: String,
 }
 
 /// Config used by tests unless they say otherwise: retention checked often.
@@ -65,6 +67,26 @@ impl BrokerProcess {
     /// Starts a broker process without waiting for it to serve (nodes of a cluster, which
     /// wait for each other at start); [`BrokerProcess::wait_ready`] waits.
     pub fn spawn_at(data_dir: &Path, config: &str, listen: SocketAddr) -> BrokerProcess {
+        let filter =
+            std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into());
+        Self::spawn_logging(data_dir, config, listen, &filter)
+    }
+
+    /// Starts a broker like [`BrokerProcess::start`] whose log (`broker.log`) has `filter`'s
+    /// lines (a `RUST_LOG` value), kept across restarts.
+    pub fn start_logging(data_dir: &Path, config: &str, filter: &str) -> BrokerProcess {
+        let listen = "127.0.0.1:0".parse().expect("addr");
+        let mut broker = Self::spawn_logging(data_dir, config, listen, filter);
+        broker.wait_ready();
+        broker
+    }
+
+    fn spawn_logging(
+        data_dir: &Path,
+        config: &str,
+        listen: SocketAddr,
+        filter: &str,
+    ) -> BrokerProcess {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let config_path = data_dir.join("test-config.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -82,10 +104,7 @@ impl BrokerProcess {
             .arg(data_dir)
             .arg("--listen")
             .arg(listen.to_string())
-            .env(
-                "RUST_LOG",
-                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-            )
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -96,6 +115,7 @@ impl BrokerProcess {
             data_dir: data_dir.to_owned(),
             addr: listen,
             config: config.to_owned(),
+            log_filter: filter.to_owned(),
         }
     }
 
@@ -138,7 +158,9 @@ impl BrokerProcess {
             "restart a broker only after it stopped"
         );
         let (dir, config, addr) = (self.data_dir.clone(), self.config.clone(), self.addr);
-        *self = BrokerProcess::start_at(&dir, &config, addr);
+        let filter = self.log_filter.clone();
+        *self = BrokerProcess::spawn_logging(&dir, &config, addr, &filter);
+        self.wait_ready();
     }
 
     /// The broker's log so far.
@@ -244,7 +266,19 @@ impl BrokerProcess {
             .arg(self.addr.to_string())
             .arg("--tls-ca")
             .arg(self.ca_path());
-        c.env_remove("SLUICE_BROKER").env_remove("SLUICE_TLS_CA");
+        for var in [
+            "SLUICE_BROKER",
+            "SLUICE_TLS_CA",
+            "SLUICE_TLS_CERT",
+            "SLUICE_TLS_KEY",
+            "SLUICE_USER",
+            "SLUICE_PASSWORD",
+            "SLUICE_TOKEN",
+            "SLUICE_PROFILE",
+            "SLUICE_NEW_PASSWORD",
+        ] {
+            c.env_remove(var);
+        }
         c
     }
 

@@ -1,8 +1,10 @@
-//! Security (issue 13): authentication by mutual TLS, through the real binary.
+//! Security (issue 13), through the real binary: authentication by mutual TLS, passwords
+//! and tokens; authorisation by ACLs, in requests, listings and pipelines; quotas; secrets
+//! kept out of logs, listings and the metadata store.
 
 use std::time::Duration;
 
-use sluice_client::{Client, ClientConfig, ClientError, ClientIdentity};
+use sluice_client::{Client, ClientConfig, ClientError, ClientIdentity, Credentials};
 use sluice_tests::{BrokerProcess, TEST_CONFIG};
 
 fn client_config(
@@ -324,4 +326,707 @@ async fn acls_allow_exactly_what_they_grant() {
         broker.log().contains("not authorized"),
         "refusals are logged"
     );
+}
+
+/// Issues dev client certificates for `names` from `broker`'s CA into `dir`.
+fn issue_certs(broker: &BrokerProcess, dir: &std::path::Path, names: &[&str]) {
+    for name in names {
+        broker.run_ok(&[
+            "auth",
+            "issue-cert",
+            name,
+            "--data-dir",
+            broker.data_dir.to_str().unwrap(),
+            "--out-dir",
+            dir.to_str().unwrap(),
+        ]);
+    }
+}
+
+fn with_credentials(broker: &BrokerProcess, credentials: Credentials) -> ClientConfig {
+    let mut config = client_config(broker, None);
+    config.credentials = Some(credentials);
+    config
+}
+
+fn is_not_authenticated<T: std::fmt::Debug>(result: &Result<T, ClientError>) -> bool {
+    matches!(
+        result,
+        Err(ClientError::Broker(e)) if e.code == sluice_proto::ErrorCode::NotAuthenticated
+    )
+}
+
+/// Acceptance 2 of issue 13: passwords (SCRAM-SHA-256) and tokens. A wrong password is
+/// refused; a revoked token, or a deleted user, stops working at the next request on the
+/// connection it opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_and_tokens_authenticate_and_revocation_bites_at_the_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let broker = BrokerProcess::start(
+        &dir.path().join("b"),
+        &format!(
+            "{TEST_CONFIG}client_auth = \"credentials\"\nauthorization = true\nsuper_users = [\"admin\"]\n"
+        ),
+    );
+    issue_certs(&broker, &certs, &["admin"]);
+    // Under `credentials` a certificate from the client CA still authenticates (brokers
+    // present theirs): the operator's way in before any user exists.
+    let admin = Client::connect(client_config(&broker, Some((&certs, "admin"))))
+        .await
+        .unwrap();
+    assert_eq!(admin.who_am_i().await.unwrap().0, "admin");
+
+    // Nothing but Hello, Authenticate and WhoAmI before authenticating.
+    let anonymous = Client::connect(client_config(&broker, None)).await.unwrap();
+    let refused = anonymous.admin().list_topics().await;
+    assert!(is_not_authenticated(&refused), "{refused:?}");
+    assert!(
+        refused
+            .unwrap_err()
+            .to_string()
+            .contains("requires authentication"),
+        "says what to do"
+    );
+
+    // A user created through the CLI, its password from standard input.
+    let out = broker.run_ok_in(
+        &[
+            "--tls-cert",
+            certs.join("admin.pem").to_str().unwrap(),
+            "--tls-key",
+            certs.join("admin.key").to_str().unwrap(),
+            "user",
+            "create",
+            "alice",
+        ],
+        b"correct horse battery staple\n",
+    );
+    assert!(out.contains("alice"), "{out}");
+    let users = admin.admin().list_users().await.unwrap();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].name, "alice");
+    assert_eq!(
+        users[0].iterations,
+        sluice_client::scram::DEFAULT_ITERATIONS
+    );
+
+    let password = |p: &str| Credentials::Password {
+        user: "alice".into(),
+        password: p.into(),
+    };
+    let alice = Client::connect(with_credentials(
+        &broker,
+        password("correct horse battery staple"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        alice.who_am_i().await.unwrap(),
+        ("alice".into(), "scram-sha-256".into())
+    );
+    // A wrong password, and an unknown user, are refused alike (no telling which).
+    for (user, pw) in [("alice", "wrong"), ("nobody", "x")] {
+        let e = Client::connect(with_credentials(
+            &broker,
+            Credentials::Password {
+                user: user.into(),
+                password: pw.into(),
+            },
+        ))
+        .await
+        .map(drop);
+        assert!(is_not_authenticated(&e), "{e:?}");
+        assert!(
+            e.unwrap_err()
+                .to_string()
+                .contains("wrong user name or password"),
+            "{user}"
+        );
+    }
+
+    // Tokens: one the admin makes for bob, one alice makes for herself (no ACL needed).
+    let bob_token = admin
+        .admin()
+        .create_token(Some("bob"), "ci", None)
+        .await
+        .unwrap();
+    assert_eq!(bob_token.description.principal, "bob");
+    let own = alice
+        .admin()
+        .create_token(None, "mine", None)
+        .await
+        .unwrap();
+    assert_eq!(own.description.principal, "alice");
+    // Alice may not make one for somebody else, nor see bob's.
+    let refused = alice.admin().create_token(Some("bob"), "", None).await;
+    assert!(is_not_authorized(refused));
+    let seen: Vec<String> = alice
+        .admin()
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(seen, vec![own.description.id.clone()]);
+    assert_eq!(admin.admin().list_tokens().await.unwrap().len(), 2);
+
+    let bob = Client::connect(with_credentials(
+        &broker,
+        Credentials::Token(bob_token.token.clone()),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        bob.who_am_i().await.unwrap(),
+        ("bob".into(), "token".into())
+    );
+    let who = broker.run_ok(&["--token", &bob_token.token, "auth", "whoami"]);
+    assert_eq!(who.trim(), "bob (authenticated by token)");
+    let mut cli = broker.cli();
+    cli.env("SLUICE_TOKEN", &bob_token.token)
+        .args(["auth", "whoami"]);
+    let out = sluice_tests::run_bounded(&mut cli, b"", Duration::from_secs(60));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "bob (authenticated by token)"
+    );
+    // A token with its secret changed is refused.
+    let mut forged = bob_token.token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let e = Client::connect(with_credentials(&broker, Credentials::Token(forged)))
+        .await
+        .map(drop);
+    assert!(is_not_authenticated(&e), "{e:?}");
+
+    // Revoked: bob's open connection fails at its very next request.
+    admin
+        .admin()
+        .revoke_token(&bob_token.description.id)
+        .await
+        .unwrap();
+    let after = bob.who_am_i().await;
+    assert!(is_not_authenticated(&after), "{after:?}");
+    assert!(after.unwrap_err().to_string().contains("revoked"));
+    let e = Client::connect(with_credentials(
+        &broker,
+        Credentials::Token(bob_token.token.clone()),
+    ))
+    .await
+    .map(drop);
+    assert!(
+        is_not_authenticated(&e),
+        "a revoked token opens no new connection"
+    );
+
+    // A deleted user: the same, at the next request.
+    alice.who_am_i().await.unwrap();
+    admin.admin().delete_user("alice").await.unwrap();
+    let after = alice.who_am_i().await;
+    assert!(is_not_authenticated(&after), "{after:?}");
+    // The broker served on through all of it.
+    admin
+        .admin()
+        .create_topic("t", 1, Default::default())
+        .await
+        .unwrap();
+}
+
+/// Acceptance 3's listings: a principal sees in every listing only what it may describe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_show_only_what_the_principal_may_describe() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let broker = BrokerProcess::start(
+        &dir.path().join("b"),
+        &format!(
+            "{TEST_CONFIG}client_auth = \"mtls\"\nauthorization = true\nsuper_users = [\"admin\"]\n"
+        ),
+    );
+    issue_certs(&broker, &certs, &["admin", "A", "B"]);
+    let connect = |name: &'static str| {
+        let config = client_config(&broker, Some((&certs, name)));
+        async move { Client::connect(config).await.unwrap() }
+    };
+    let admin = connect("admin").await;
+    for t in ["orders", "reports", "secret"] {
+        admin
+            .admin()
+            .create_topic(t, 1, Default::default())
+            .await
+            .unwrap();
+    }
+    broker.run_ok(&[
+        "--tls-cert",
+        certs.join("admin.pem").to_str().unwrap(),
+        "--tls-key",
+        certs.join("admin.key").to_str().unwrap(),
+        "acl",
+        "add",
+        "--principal",
+        "B",
+        "--resource",
+        "topic",
+        "--name",
+        "orders",
+        "--operation",
+        "read",
+    ]);
+    let a = connect("A").await;
+    let b = connect("B").await;
+    // User topics by name (a super-user also sees the internal `__consumer_offsets`).
+    let names = |topics: Vec<sluice_proto::TopicDescription>| {
+        let mut n: Vec<String> = topics
+            .into_iter()
+            .map(|t| t.name)
+            .filter(|n| !n.starts_with("__"))
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(admin.admin().list_topics().await.unwrap()),
+        ["orders", "reports", "secret"]
+    );
+    assert_eq!(names(b.admin().list_topics().await.unwrap()), ["orders"]);
+    assert!(a.admin().list_topics().await.unwrap().is_empty());
+    // The metadata of every topic, too; naming a topic one may not describe is refused
+    // (not answered as unknown).
+    let all = b
+        .request(
+            sluice_proto::Request::Metadata { topics: None },
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    match all.0 {
+        sluice_proto::ResponseBody::Metadata(m) => {
+            let n: Vec<&str> = m.topics.iter().map(|t| t.name.as_str()).collect();
+            assert_eq!(n, ["orders"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let named = b
+        .request(
+            sluice_proto::Request::Metadata {
+                topics: Some(vec!["secret".into()]),
+            },
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert!(is_not_authorized(named));
+    // Through the CLI: B's `topic list` shows orders only.
+    let out = broker.run_ok(&[
+        "--tls-cert",
+        certs.join("B.pem").to_str().unwrap(),
+        "--tls-key",
+        certs.join("B.key").to_str().unwrap(),
+        "topic",
+        "list",
+    ]);
+    assert!(
+        out.contains("orders") && !out.contains("secret") && !out.contains("reports"),
+        "{out}"
+    );
+    // Plugins, pipelines and groups the admin made are not listed to A or B.
+    let wasm = bytes::Bytes::from(sluice_wasm_plugins::read("identity-map"));
+    admin
+        .request(
+            sluice_proto::Request::DeployPlugin { name: "idm".into() },
+            wasm,
+        )
+        .await
+        .unwrap();
+    for c in [&a, &b] {
+        match c
+            .request(sluice_proto::Request::ListPlugins, bytes::Bytes::new())
+            .await
+            .unwrap()
+            .0
+        {
+            sluice_proto::ResponseBody::Plugins(p) => assert!(p.is_empty(), "{p:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    match admin
+        .request(sluice_proto::Request::ListPlugins, bytes::Bytes::new())
+        .await
+        .unwrap()
+        .0
+    {
+        sluice_proto::ResponseBody::Plugins(p) => assert_eq!(p.len(), 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Acceptance 4 of issue 13: a pipeline acts with its creator's rights; when the creator
+/// loses read on the input, the pipeline stops with a clear error and copies nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_stops_when_its_creator_loses_read_on_its_input() {
+    use sluice_client::{ProducerConfig, ProducerRecord};
+    use sluice_proto::acl::{AclBinding, Operation, PatternKind, Permission, ResourceType};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let broker = BrokerProcess::start(
+        &dir.path().join("b"),
+        &format!(
+            "{TEST_CONFIG}client_auth = \"mtls\"\nauthorization = true\nsuper_users = [\"admin\"]\n"
+        ),
+    );
+    issue_certs(&broker, &certs, &["admin", "carol"]);
+    let admin = Client::connect(client_config(&broker, Some((&certs, "admin"))))
+        .await
+        .unwrap();
+    for t in ["in", "out"] {
+        admin
+            .admin()
+            .create_topic(t, 1, Default::default())
+            .await
+            .unwrap();
+    }
+    let wasm = bytes::Bytes::from(sluice_wasm_plugins::read("identity-map"));
+    admin
+        .request(
+            sluice_proto::Request::DeployPlugin { name: "idm".into() },
+            wasm,
+        )
+        .await
+        .unwrap();
+    let allow = |r, n: &str, o| AclBinding {
+        principal: "carol".into(),
+        resource: r,
+        pattern: n.into(),
+        kind: PatternKind::Literal,
+        operation: o,
+        permission: Permission::Allow,
+    };
+    let read_in = allow(ResourceType::Topic, "in", Operation::Read);
+    admin
+        .admin()
+        .create_acls(vec![
+            allow(ResourceType::Pipeline, "copy", Operation::All),
+            read_in.clone(),
+            allow(ResourceType::Topic, "out", Operation::Write),
+            allow(ResourceType::Plugin, "idm", Operation::Read),
+        ])
+        .await
+        .unwrap();
+    let carol = Client::connect(client_config(&broker, Some((&certs, "carol"))))
+        .await
+        .unwrap();
+    carol
+        .request(
+            sluice_proto::Request::CreatePipeline(sluice_proto::CreatePipelineRequest {
+                name: "copy".into(),
+                plugins: vec!["idm".into()],
+                from: "in".into(),
+                to: "out".into(),
+                config: vec![],
+                start: sluice_proto::PipelineStart::Earliest,
+                max_call_ms: None,
+                max_memory_bytes: None,
+            }),
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    let producer = admin.producer(ProducerConfig::default());
+    let produce = |n: usize| {
+        let producer = producer.clone();
+        async move {
+            for i in 0..n {
+                producer
+                    .send_and_wait(ProducerRecord::new("in", format!("r{i}")))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let out_end = || async {
+        admin
+            .admin()
+            .list_offsets("out", vec![(0, sluice_proto::OffsetSpec::Latest)])
+            .await
+            .unwrap()[0]
+            .result
+            .clone()
+            .unwrap()
+    };
+    let describe = || async {
+        match admin
+            .request(
+                sluice_proto::Request::DescribePipeline {
+                    name: "copy".into(),
+                },
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap()
+            .0
+        {
+            sluice_proto::ResponseBody::Pipeline(p) => p,
+            other => panic!("{other:?}"),
+        }
+    };
+    produce(5).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while out_end().await < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            describe().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Carol loses read on the input: the pipeline stops, saying why.
+    admin.admin().delete_acls(vec![read_in]).await.unwrap();
+    produce(5).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let p = loop {
+        let p = describe().await;
+        if p.status == "failed" {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "{p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = p.error.unwrap_or_default();
+    assert!(
+        error.contains("no longer authorized") && error.contains("carol may not read topic \"in\""),
+        "{error}"
+    );
+    assert_eq!(
+        out_end().await,
+        5,
+        "nothing copied after the right was lost"
+    );
+}
+
+/// Produces 1,000-byte records to `topic` for `run`, at most 256 unacknowledged; the record
+/// bytes acknowledged between `skip` and `run` after the start, per second of that window.
+async fn acknowledged_rate(
+    client: &Client,
+    topic: &'static str,
+    skip: Duration,
+    run: Duration,
+) -> f64 {
+    use futures::StreamExt;
+    use sluice_client::{ProducerConfig, ProducerRecord};
+    let producer = client.producer(ProducerConfig {
+        max_batch_bytes: 16 * 1024,
+        ..ProducerConfig::default()
+    });
+    let value = vec![b'x'; 1000];
+    let start = std::time::Instant::now();
+    let (from, to) = (start + skip, start + run);
+    let mut pending = futures::stream::FuturesUnordered::new();
+    let mut counted = 0u64;
+    let mut count = |done: std::time::Instant| {
+        if done >= from && done < to {
+            counted += 1000;
+        }
+    };
+    while std::time::Instant::now() < to {
+        if pending.len() >= 256 {
+            pending.next().await.unwrap();
+            count(std::time::Instant::now());
+            continue;
+        }
+        let delivery = producer
+            .send(ProducerRecord::new(topic, value.clone()))
+            .await
+            .unwrap();
+        pending.push(async move { delivery.await.unwrap() });
+    }
+    drop(pending);
+    counted as f64 / (run - skip).as_secs_f64()
+}
+
+/// Acceptance 5 of issue 13: a producer over its byte quota is slowed to it (its rate over
+/// 10 s within 10% of the quota) while another principal's producer is not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_over_its_quota_is_slowed_to_it_and_no_one_else_is() {
+    const QUOTA: u64 = 200_000;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let broker = BrokerProcess::start(
+        &dir.path().join("b"),
+        &format!("{TEST_CONFIG}client_auth = \"mtls\"\n"),
+    );
+    issue_certs(&broker, &certs, &["slow", "fast"]);
+    let slow = Client::connect(client_config(&broker, Some((&certs, "slow"))))
+        .await
+        .unwrap();
+    let fast = Client::connect(client_config(&broker, Some((&certs, "fast"))))
+        .await
+        .unwrap();
+    slow.admin()
+        .create_topic("q", 1, Default::default())
+        .await
+        .unwrap();
+    // Set through the CLI, listed back.
+    let tls = |name: &str| {
+        [
+            "--tls-cert".to_string(),
+            certs.join(format!("{name}.pem")).display().to_string(),
+            "--tls-key".to_string(),
+            certs.join(format!("{name}.key")).display().to_string(),
+        ]
+    };
+    let mut args: Vec<String> = tls("slow").to_vec();
+    args.extend(
+        [
+            "quota",
+            "set",
+            "slow",
+            "--produce-bytes-per-sec",
+            &QUOTA.to_string(),
+        ]
+        .map(String::from),
+    );
+    let out = broker.run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.contains(&format!("slow\t{QUOTA}\t-\t-")), "{out}");
+
+    let (slow_rate, fast_rate) = tokio::join!(
+        acknowledged_rate(&slow, "q", Duration::from_secs(2), Duration::from_secs(12)),
+        acknowledged_rate(&fast, "q", Duration::from_secs(2), Duration::from_secs(12)),
+    );
+    let ratio = slow_rate / QUOTA as f64;
+    eprintln!("throttled {slow_rate:.0} B/s ({ratio:.3} of the quota), other {fast_rate:.0} B/s");
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "over 10 s the throttled producer ran at {slow_rate:.0} B/s, {ratio:.3} of its quota"
+    );
+    // Told how long it was held back; the other principal never was, and ran past the quota.
+    let held = slow.throttled();
+    assert!(held.answers > 0 && !held.total.is_zero(), "{held:?}");
+    assert_eq!(fast.throttled().answers, 0);
+    assert!(
+        fast_rate > 2.0 * QUOTA as f64,
+        "the unthrottled principal ran at {fast_rate:.0} B/s"
+    );
+}
+
+/// Acceptance 6 of issue 13: no password or token appears in the broker's log (at debug
+/// level), in listings, or anywhere in its data directory (the metadata log and snapshots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_and_tokens_are_never_stored_or_shown_in_clear() {
+    const PASSWORD: &str = "Tr0ub4dor&3-never-in-clear";
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    // Logging at debug level: every request the broker handles leaves a line.
+    let mut broker = BrokerProcess::start_logging(
+        &dir.path().join("b"),
+        &format!("{TEST_CONFIG}client_auth = \"credentials\"\n"),
+        "debug,openraft=info",
+    );
+    issue_certs(&broker, &certs, &["admin"]);
+    let admin = Client::connect(client_config(&broker, Some((&certs, "admin"))))
+        .await
+        .unwrap();
+    let mut cli = broker.cli();
+    cli.env("SLUICE_NEW_PASSWORD", PASSWORD).args([
+        "--tls-cert",
+        certs.join("admin.pem").to_str().unwrap(),
+        "--tls-key",
+        certs.join("admin.key").to_str().unwrap(),
+        "user",
+        "create",
+        "dave",
+    ]);
+    let out = sluice_tests::run_bounded(&mut cli, b"", Duration::from_secs(60));
+    assert!(out.status.success(), "{out:?}");
+    let dave = Client::connect(with_credentials(
+        &broker,
+        Credentials::Password {
+            user: "dave".into(),
+            password: PASSWORD.into(),
+        },
+    ))
+    .await
+    .unwrap();
+    let token = dave.admin().create_token(None, "ci", None).await.unwrap();
+    let secret = token.token.rsplit('_').next().unwrap().to_owned();
+    let user = Client::connect(with_credentials(
+        &broker,
+        Credentials::Token(token.token.clone()),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(user.who_am_i().await.unwrap().0, "dave");
+    // A wrong password and a forged token are logged as failures, without the secret.
+    let _ = Client::connect(with_credentials(
+        &broker,
+        Credentials::Password {
+            user: "dave".into(),
+            password: format!("{PASSWORD}-wrong"),
+        },
+    ))
+    .await;
+    let mut shown = String::new();
+    for args in [
+        vec!["user", "list"],
+        vec!["token", "list"],
+        vec!["quota", "list"],
+    ] {
+        let mut all = vec!["--token", token.token.as_str()];
+        all.extend(args);
+        shown.push_str(&broker.run_ok(&all));
+    }
+    shown.push_str(&format!("{:?}", admin.admin().list_tokens().await.unwrap()));
+    shown.push_str(&format!("{:?}", admin.admin().list_users().await.unwrap()));
+    shown.push_str(&format!(
+        "{:?}",
+        Credentials::Password {
+            user: "dave".into(),
+            password: PASSWORD.into()
+        }
+    ));
+    assert!(
+        shown.contains("dave") && shown.contains(&token.description.id),
+        "{shown}"
+    );
+    // Across a restart the metadata log (and any snapshot of it) is read back from disk.
+    assert!(broker.terminate());
+    broker.restart();
+    let again = Client::connect(with_credentials(
+        &broker,
+        Credentials::Token(token.token.clone()),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(again.who_am_i().await.unwrap().0, "dave");
+    assert!(broker.log().contains("authentication failed"));
+
+    let needles = [
+        PASSWORD.as_bytes(),
+        token.token.as_bytes(),
+        secret.as_bytes(),
+    ];
+    let leaks = |what: &str, bytes: &[u8]| {
+        for n in needles {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n),
+                "{what} holds a secret in clear"
+            );
+        }
+    };
+    leaks("the broker log", broker.log().as_bytes());
+    leaks("listings", shown.as_bytes());
+    let mut files = 0;
+    let mut stack = vec![broker.data_dir.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                leaks(&path.display().to_string(), &std::fs::read(&path).unwrap());
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 3, "the data dir was searched ({files} files)");
 }
