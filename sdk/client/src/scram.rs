@@ -425,6 +425,25 @@ mod tests {
         assert!(parse_client_first(&format!("n,,n=a,r={}", "x".repeat(2000))).is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever a peer sends, each side answers with an error or a message, never a panic.
+        #[test]
+        fn arbitrary_messages_never_panic(text in ".{0,300}", junk in "[a-z=,]{0,60}") {
+            let _ = parse_client_first(&text);
+            let _ = parse_client_first(&format!("n,,{junk}"));
+            let (server, _) = ServerFirst::new("n,,n=a,r=xyz", credential_with("p", &[0; 16], 4096))
+                .unwrap();
+            let _ = server.finish(&text);
+            let _ = server.finish(&junk);
+            let (client, _) = ClientFirst::with_nonce("a", "xyz").unwrap();
+            let _ = client.finish("p", &text);
+            let (client, _) = ClientFirst::with_nonce("a", "xyz").unwrap();
+            let _ = client.finish("p", &format!("r=xyz1,s=AAAAAAAAAAAAAAAAAAAAAA==,{junk}"));
+            let _ = ClientFinal { server_signature: [0; 32] }.verify(&text);
+            let _ = token_id(&text);
+        }
+    }
+
     #[test]
     fn tokens_carry_their_id_and_are_kept_hashed() {
         let (token, hash) = new_token("k3y1d");

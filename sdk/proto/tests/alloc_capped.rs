@@ -359,6 +359,31 @@ fn sample_controls() -> Vec<Vec<u8>> {
             bindings: vec![binding.clone(), binding.clone()],
         },
         Request::WhoAmI,
+        Request::Authenticate(sluice_proto::auth::AuthStep::ScramFirst {
+            message: "n,,n=alice,r=abc".into(),
+        }),
+        Request::UpsertUser {
+            name: "alice".into(),
+            credential: sluice_proto::auth::ScramCredential {
+                salt: vec![1; 16],
+                iterations: 4096,
+                stored_key: vec![2; 32],
+                server_key: vec![3; 32],
+            },
+        },
+        Request::CreateToken {
+            principal: Some("bob".into()),
+            description: "ci".into(),
+            expires_in_ms: Some(1000),
+        },
+        Request::SetQuota {
+            principal: "*".into(),
+            quota: Some(sluice_proto::auth::Quota {
+                produce_bytes_per_sec: Some(1),
+                fetch_bytes_per_sec: None,
+                requests_per_sec: Some(2),
+            }),
+        },
         Request::Metadata {
             topics: Some(vec!["orders".into(), "payments".into()]),
         },
@@ -373,8 +398,33 @@ fn sample_controls() -> Vec<Vec<u8>> {
             }],
         }),
     ];
-    let responses: [Response; 4] = [
+    let token = sluice_proto::auth::TokenDescription {
+        id: "abc".into(),
+        principal: "bob".into(),
+        description: "ci".into(),
+        created_ms: 1,
+        expires_ms: Some(2),
+    };
+    let responses: [Response; 7] = [
         Ok(ResponseBody::Acls(vec![binding])),
+        Ok(ResponseBody::Authenticated(
+            sluice_proto::auth::AuthReply::Done {
+                principal: "alice".into(),
+                mechanism: "scram-sha-256".into(),
+                server_final: Some("v=xyz".into()),
+            },
+        )),
+        Ok(ResponseBody::Tokens(vec![token.clone(), token])),
+        Ok(ResponseBody::Throttled {
+            throttle_ms: 7,
+            body: Box::new(ResponseBody::Users(vec![
+                sluice_proto::auth::UserDescription {
+                    name: "alice".into(),
+                    mechanism: "scram-sha-256".into(),
+                    iterations: 4096,
+                },
+            ])),
+        }),
         Ok(ResponseBody::WhoAmI {
             principal: "alice".into(),
             mechanism: "mtls".into(),
