@@ -215,35 +215,68 @@ pub(crate) fn filter(broker: &Broker, principal: &str, reply: &mut Reply) {
     });
 }
 
-/// Whether the principal pipeline `name` acts as (its creator) may still do what it does:
+/// Whether the principal pipeline `spec` acts as (its creator) may still do what it does:
 /// read its input and its plugins, write its output. Checked when a runner starts and before
 /// each step, so a creator who loses a right stops the pipeline with this error.
 pub(crate) fn pipeline_rights(
     broker: &Broker,
     spec: &sluice_metadata::PipelineSpec,
 ) -> Result<(), String> {
-    if !broker.config.authorization {
-        return Ok(());
-    }
-    let Some(owner) = broker
+    let owner = broker
         .controller
-        .read(|s| s.pipeline_principal(&spec.name).map(str::to_owned))
-    else {
-        return Ok(());
-    };
+        .read(|s| s.pipeline_principal(&spec.name).map(str::to_owned));
     let mut needs = vec![
         (Operation::Read, ResourceType::Topic, spec.from.as_str()),
         (Operation::Write, ResourceType::Topic, spec.to.as_str()),
     ];
-    needs.extend(
-        spec.plugins
-            .iter()
-            .map(|p| (Operation::Read, ResourceType::Plugin, p.as_str())),
-    );
+    needs.extend(plugin_reads(&spec.plugins));
+    creator_rights(broker, owner, &needs, "pipeline")
+}
+
+/// The same for a connector: a source writes its topics, a sink reads them; both read their
+/// plugin and transforms. Checked when its task starts and before each batch.
+pub(crate) fn connector_rights(
+    broker: &Broker,
+    spec: &sluice_metadata::ConnectorSpec,
+) -> Result<(), String> {
+    let owner = broker
+        .controller
+        .read(|s| s.connector_principal(&spec.name).map(str::to_owned));
+    let op = match spec.kind {
+        sluice_metadata::ConnectorKind::Source => Operation::Write,
+        sluice_metadata::ConnectorKind::Sink => Operation::Read,
+    };
+    let mut needs: Vec<_> = spec
+        .topics
+        .iter()
+        .map(|t| (op, ResourceType::Topic, t.as_str()))
+        .collect();
+    needs.extend(plugin_reads(std::slice::from_ref(&spec.plugin)));
+    needs.extend(plugin_reads(&spec.transforms));
+    creator_rights(broker, owner, &needs, "connector")
+}
+
+fn plugin_reads(plugins: &[String]) -> impl Iterator<Item = (Operation, ResourceType, &str)> {
+    plugins
+        .iter()
+        .map(|p| (Operation::Read, ResourceType::Plugin, p.as_str()))
+}
+
+/// Checks `needs` for `owner`, the principal a pipeline or connector acts as (`None`: made
+/// before owners were recorded, and not checked).
+fn creator_rights(
+    broker: &Broker,
+    owner: Option<String>,
+    needs: &[(Operation, ResourceType, &str)],
+    what: &str,
+) -> Result<(), String> {
+    let Some(owner) = owner.filter(|_| broker.config.authorization) else {
+        return Ok(());
+    };
     for (operation, resource, name) in needs {
-        require(broker, &owner, operation, resource, name).map_err(|e| {
+        require(broker, &owner, *operation, *resource, name).map_err(|e| {
             format!(
-                "the pipeline acts as its creator, who is no longer authorized: {}; \
+                "the {what} acts as its creator, who is no longer authorized: {}; \
                  resume it once the rights are back",
                 e.message
             )

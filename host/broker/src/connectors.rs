@@ -216,6 +216,8 @@ async fn run(
     if rec.owner != Some(broker.node_id) {
         return Ok(());
     }
+    // The connector acts as its creator: checked at each start and before each batch.
+    crate::authz::connector_rights(broker, &rec.spec)?;
     let plugin = broker
         .plugin(&rec.spec.plugin)
         .map_err(|e| format!("plugin {:?}: {}", rec.spec.plugin, e.message))?;
@@ -429,6 +431,7 @@ async fn run_source(
     let paced_from = Instant::now();
     let mut written: u64 = 0;
     loop {
+        crate::authz::connector_rights(broker, &rec.spec)?;
         if let Some(rate) = rate {
             let due = Duration::from_secs_f64(written as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(paced_from.elapsed()) {
@@ -632,6 +635,7 @@ async fn run_sink(
     let mut last_flush = Instant::now();
     let mut idle = Duration::from_millis(50);
     loop {
+        crate::authz::connector_rights(broker, &rec.spec)?;
         let partitions: Vec<(String, u32)> = broker.controller.read(|s| {
             spec.topics
                 .iter()
