@@ -295,7 +295,7 @@ async fn produce_with_epoch(
             .rate
             .map(|r| Duration::from_secs_f64(f64::from(args.producers) / r.max(1) as f64));
         tasks.push(tokio::spawn(async move {
-            let _client = client;
+            let client = client;
             let acks = AckCollector::new(window, move || {
                 done.fetch_add(1, Ordering::Relaxed);
             });
@@ -333,6 +333,14 @@ async fn produce_with_epoch(
                 acks.push(producer.send(record).await?, due).await;
             }
             producer.flush().await?;
+            let held = client.throttled();
+            if held.answers > 0 {
+                eprintln!(
+                    "producer {i}: {} answers held back by the broker's quota, {:.1} s in all",
+                    held.answers,
+                    held.total.as_secs_f64()
+                );
+            }
             let tally = acks.finish().await;
             match tally.first_error {
                 Some(e) => Err(e),
