@@ -377,8 +377,9 @@ async fn passwords_and_tokens_authenticate_and_revocation_bites_at_the_next_requ
         .unwrap();
     assert_eq!(admin.who_am_i().await.unwrap().0, "admin");
 
-    // Nothing but Hello, Authenticate and WhoAmI before authenticating.
+    // Nothing but Hello and Authenticate before authenticating.
     let anonymous = Client::connect(client_config(&broker, None)).await.unwrap();
+    let connected = std::time::Instant::now();
     let refused = anonymous.admin().list_topics().await;
     assert!(is_not_authenticated(&refused), "{refused:?}");
     assert!(
@@ -501,6 +502,10 @@ async fn passwords_and_tokens_authenticate_and_revocation_bites_at_the_next_requ
         .map(drop);
     assert!(is_not_authenticated(&e), "{e:?}");
 
+    // A token cannot mint tokens (a leaked short-lived one would make a lasting one).
+    assert!(is_not_authorized(
+        bob.admin().create_token(None, "child", None).await
+    ));
     // Revoked: bob's open connection fails at its very next request.
     admin
         .admin()
@@ -521,11 +526,43 @@ async fn passwords_and_tokens_authenticate_and_revocation_bites_at_the_next_requ
         "a revoked token opens no new connection"
     );
 
-    // A deleted user: the same, at the next request.
+    // A password change ends the connections made with the old one at their next request.
     alice.who_am_i().await.unwrap();
+    admin
+        .admin()
+        .upsert_user("alice", "a new password")
+        .await
+        .unwrap();
+    let after = alice.who_am_i().await;
+    assert!(is_not_authenticated(&after), "{after:?}");
+    let alice = Client::connect(with_credentials(&broker, password("a new password")))
+        .await
+        .unwrap();
+    let alice_token = Client::connect(with_credentials(
+        &broker,
+        Credentials::Token(own.token.clone()),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(alice_token.who_am_i().await.unwrap().0, "alice");
+    // A deleted user: the same, at the next request, and the tokens made for it go too.
     admin.admin().delete_user("alice").await.unwrap();
     let after = alice.who_am_i().await;
     assert!(is_not_authenticated(&after), "{after:?}");
+    let after = alice_token.who_am_i().await;
+    assert!(is_not_authenticated(&after), "{after:?}");
+    assert!(admin.admin().list_tokens().await.unwrap().is_empty());
+    // A connection that never authenticated is closed 10 s after it connected.
+    tokio::time::sleep(Duration::from_secs(11).saturating_sub(connected.elapsed())).await;
+    assert!(
+        broker
+            .log()
+            .contains("closing a connection that did not authenticate in time"),
+        "{}",
+        broker.log()
+    );
+    // (The client opens a new connection, which is refused the same way.)
+    assert!(is_not_authenticated(&anonymous.admin().list_topics().await));
     // The broker served on through all of it.
     admin
         .admin()
@@ -1029,4 +1066,139 @@ async fn passwords_and_tokens_are_never_stored_or_shown_in_clear() {
         }
     }
     assert!(files >= 3, "the data dir was searched ({files} files)");
+}
+
+/// A connector acts as its creator too: a sink whose creator loses read on its topic fails
+/// with the reason, and writes nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_connector_stops_when_its_creator_loses_read_on_its_topic() {
+    use sluice_client::{ProducerConfig, ProducerRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let io = dir.path().join("io");
+    std::fs::create_dir_all(&io).unwrap();
+    let output = io.join("out.log");
+    let broker = BrokerProcess::start(
+        &dir.path().join("b"),
+        &format!(
+            "{TEST_CONFIG}client_auth = \"mtls\"\nauthorization = true\nsuper_users = [\"admin\"]\n"
+        ),
+    );
+    issue_certs(&broker, &certs, &["admin", "erin"]);
+    let as_user = |name: &str, args: &[&str]| {
+        let mut all = vec![
+            "--tls-cert".to_string(),
+            certs.join(format!("{name}.pem")).display().to_string(),
+            "--tls-key".to_string(),
+            certs.join(format!("{name}.key")).display().to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        broker.run_ok(&all.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    as_user("admin", &["topic", "create", "lines", "--partitions", "1"]);
+    as_user(
+        "admin",
+        &["plugin", "deploy", "write", "--builtin", "file-sink"],
+    );
+    for (resource, name, op) in [
+        ("connector", "out", "all"),
+        ("topic", "lines", "read"),
+        ("topic", "lines", "write"),
+        ("plugin", "write", "read"),
+    ] {
+        as_user(
+            "admin",
+            &[
+                "acl",
+                "add",
+                "--principal",
+                "erin",
+                "--resource",
+                resource,
+                "--name",
+                name,
+                "--operation",
+                op,
+            ],
+        );
+    }
+    let config = dir.path().join("sink.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "topics = [\"lines\"]\n[settings]\npath = \"{}\"\n[grants]\ndirs = [\"{}:rw\"]\n",
+            output.display(),
+            io.display()
+        ),
+    )
+    .unwrap();
+    let out = as_user(
+        "erin",
+        &[
+            "connector",
+            "create",
+            "out",
+            "--plugin",
+            "write",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("created sink connector out"), "{out}");
+    let admin = Client::connect(client_config(&broker, Some((&certs, "admin"))))
+        .await
+        .unwrap();
+    let producer = admin.producer(ProducerConfig::default());
+    let lines = || {
+        std::fs::read_to_string(&output)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    for i in 0..3 {
+        producer
+            .send_and_wait(ProducerRecord::new("lines", format!("a{i}")))
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lines() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{}", broker.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    as_user(
+        "admin",
+        &[
+            "acl",
+            "remove",
+            "--principal",
+            "erin",
+            "--resource",
+            "topic",
+            "--name",
+            "lines",
+            "--operation",
+            "read",
+        ],
+    );
+    for i in 0..3 {
+        producer
+            .send_and_wait(ProducerRecord::new("lines", format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let described = as_user("admin", &["connector", "describe", "out"]);
+        if described.contains("no longer authorized") {
+            assert!(
+                described.contains("erin may not read topic \"lines\""),
+                "{described}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{described}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(lines(), 3, "nothing written after the right was lost");
 }

@@ -3,13 +3,13 @@
 //!
 //! A connection under `none` is `ANONYMOUS` and under `mtls` its certificate's principal from
 //! the start. Under `credentials` a connection that presented no certificate has no principal
-//! until an `Authenticate` succeeds, and may send nothing but `Hello`, `Authenticate` and
-//! `WhoAmI` before. A principal established by a password or a token is looked up again on
-//! every request: a deleted user or a revoked (or expired) token stops the connection at its
-//! next request, not only at its next connection.
+//! until an `Authenticate` succeeds, and may send nothing but `Hello` and `Authenticate`
+//! before. A principal established by a password or a token is looked up again on every
+//! request: a deleted user, a changed password or a revoked (or expired) token stops the
+//! connection at its next request, not only at its next connection.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::OnceCell;
 
@@ -55,7 +55,8 @@ pub(crate) struct Identity {
 enum Credential {
     /// Fixed for the connection's life: anonymous, or a certificate.
     Fixed,
-    User(String),
+    /// A user, with the stored key it authenticated against (a password change ends it).
+    User(String, Vec<u8>),
     Token(String),
 }
 
@@ -74,11 +75,6 @@ impl Session {
     /// The identity, if the connection has authenticated (or needed not).
     pub(crate) fn identity(&self) -> Option<&Identity> {
         self.identity.get()
-    }
-
-    /// The principal for logs: `-` before authentication.
-    pub(crate) fn principal(&self) -> &str {
-        self.identity().map_or("-", |i| i.principal.as_str())
     }
 
     /// Failed authentication steps so far.
@@ -122,10 +118,10 @@ pub(crate) fn current<'s>(
     })?;
     let gone = match &identity.credential {
         Credential::Fixed => None,
-        Credential::User(name) => broker
+        Credential::User(name, key) => broker
             .controller
-            .read(|s| s.security().user(name).is_none())
-            .then(|| format!("user {name:?} was deleted")),
+            .read(|s| s.security().user(name).is_none_or(|c| c.stored_key != *key))
+            .then(|| format!("user {name:?} was deleted or its password changed")),
         Credential::Token(id) => {
             let now = crate::retention::now_ms();
             broker
@@ -145,7 +141,7 @@ pub(crate) fn current<'s>(
 /// One `Authenticate` step. A failure counts towards [`MAX_AUTH_FAILURES`]; its message never
 /// says whether the user exists.
 pub(crate) fn step(
-    broker: &Broker,
+    broker: &Arc<Broker>,
     session: &Session,
     step: AuthStep,
 ) -> Result<AuthReply, WireError> {
@@ -158,11 +154,18 @@ pub(crate) fn step(
             ),
         ));
     }
-    if session.identity().is_some() {
+    if let Some(identity) = session.identity() {
         return Err(WireError::new(
             ErrorCode::InvalidRequest,
-            "this connection is authenticated already",
+            format!(
+                "this connection is authenticated already, as {} by {}: connect without a \
+                 client certificate to authenticate with a password or token",
+                identity.principal, identity.mechanism
+            ),
         ));
+    }
+    if session.failures() >= MAX_AUTH_FAILURES {
+        return Err(failed("too many failed attempts on this connection"));
     }
     let result = match step {
         AuthStep::ScramFirst { message } => scram_first(broker, session, &message),
@@ -181,13 +184,26 @@ fn failed(why: impl std::fmt::Display) -> WireError {
     not_authenticated(format!("authentication failed: {why}"))
 }
 
-fn scram_first(broker: &Broker, session: &Session, message: &str) -> Result<AuthReply, WireError> {
+fn scram_first(
+    broker: &Arc<Broker>,
+    session: &Session,
+    message: &str,
+) -> Result<AuthReply, WireError> {
     let (user, _) = scram::parse_client_first(message).map_err(failed)?;
-    let credential = broker
-        .controller
-        .read(|s| s.security().user(&user).cloned())
-        // An unknown user is answered like a known one and fails at the proof.
-        .unwrap_or_else(|| scram::decoy_credential(&user, &broker.auth_secret));
+    let (credential, secret) = broker.controller.read(|s| {
+        let sec = s.security();
+        (sec.user(&user).cloned(), sec.decoy_secret().to_vec())
+    });
+    // An unknown user is answered like a known one, alike on every broker and across
+    // restarts (the cluster's decoy secret), and fails at the proof.
+    let credential = credential.unwrap_or_else(|| {
+        if secret.is_empty() {
+            init_decoy_secret(broker);
+            scram::decoy_credential(&user, &broker.auth_secret)
+        } else {
+            scram::decoy_credential(&user, &secret)
+        }
+    });
     let (server, reply) = ServerFirst::new(message, credential).map_err(failed)?;
     *session.scram.lock().expect("scram lock") = Some((user, server));
     Ok(AuthReply::ScramContinue { message: reply })
@@ -204,7 +220,7 @@ fn scram_final(session: &Session, message: &str) -> Result<AuthReply, WireError>
     let identity = Identity {
         principal: user.clone(),
         mechanism: scram::MECHANISM,
-        credential: Credential::User(user),
+        credential: Credential::User(user, server.stored_key().to_vec()),
     };
     authenticated(session, identity, Some(server_final))
 }
@@ -241,11 +257,12 @@ fn authenticated(
         mechanism: identity.mechanism.to_owned(),
         server_final,
     };
-    tracing::info!(principal = %identity.principal, mechanism = identity.mechanism, "authenticated");
+    let (principal, mechanism) = (identity.principal.clone(), identity.mechanism);
     session
         .identity
         .set(identity)
         .map_err(|_| failed("this connection is authenticated already"))?;
+    tracing::info!(%principal, mechanism, "authenticated");
     Ok(reply)
 }
 
@@ -262,13 +279,14 @@ pub(crate) fn is_admin(request: &Request) -> bool {
     )
 }
 
-/// The user and token requests, for `caller` (already authorised as `authz` says; a token of
-/// another principal needs `alter cluster`, checked here). Blocking: proposes and waits.
+/// The user and token requests, for `identity` (already authorised as `authz` says; a token
+/// of another principal needs `alter cluster`, checked here). Blocking: proposes and waits.
 pub(crate) fn admin(
     broker: &Broker,
-    caller: &str,
+    identity: &Identity,
     request: Request,
 ) -> Result<ResponseBody, WireError> {
+    let caller = identity.principal.as_str();
     let users = |broker: &Broker| broker.controller.read(|s| s.security().users());
     match request {
         Request::UpsertUser { name, credential } => {
@@ -296,6 +314,14 @@ pub(crate) fn admin(
             description,
             expires_in_ms,
         } => {
+            if identity.mechanism == "token" {
+                // A leaked short-lived token must not mint a lasting one.
+                return Err(WireError::new(
+                    ErrorCode::NotAuthorized,
+                    "a connection authenticated by a token cannot create tokens; use a \
+                     password or a certificate",
+                ));
+            }
             let principal = principal.unwrap_or_else(|| caller.to_owned());
             if principal != caller {
                 crate::authz::require(
@@ -386,6 +412,26 @@ fn tokens(broker: &Broker, caller: &str) -> Vec<sluice_proto::auth::TokenDescrip
             .map(|(id, t)| t.describe(id))
             .collect()
     })
+}
+
+/// Proposes the cluster's decoy secret, once per process, when the state has none.
+fn init_decoy_secret(broker: &Arc<Broker>) {
+    static PROPOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if PROPOSED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        let secret = scram::random_bytes(32);
+        if let Err(e) = broker
+            .controller
+            .propose_async(MetadataCommand::InitDecoySecret { secret })
+            .await
+        {
+            PROPOSED.store(false, Ordering::Relaxed);
+            tracing::warn!(cause = %e, "could not set the cluster's decoy secret");
+        }
+    });
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -105,6 +105,12 @@ pub(crate) fn needs(request: &Request) -> Vec<Need> {
                 n.push((Read, Topic, t.clone()));
                 n.push((Write, Topic, t.clone()));
             }
+            for t in &c.transforms {
+                n.push((Read, Plugin, t.clone()));
+            }
+            if let Some(dlq) = &c.dead_letter_topic {
+                n.push((Write, Topic, dlq.clone()));
+            }
             n
         }
         Request::DescribeConnector { name } => one(Describe, Connector, name),
@@ -196,6 +202,17 @@ pub(crate) fn filter(broker: &Broker, principal: &str, reply: &mut Reply) {
     let Reply::Frame(Ok(body), _) = reply else {
         return;
     };
+    if !matches!(
+        body,
+        ResponseBody::Metadata(_)
+            | ResponseBody::Topics(_)
+            | ResponseBody::Groups(_)
+            | ResponseBody::Plugins(_)
+            | ResponseBody::Pipelines(_)
+            | ResponseBody::Connectors(_)
+    ) {
+        return;
+    }
     let super_users = &broker.config.super_users;
     broker.controller.read(|s| {
         let may = |resource, name: &str| {
@@ -251,6 +268,9 @@ pub(crate) fn connector_rights(
         .iter()
         .map(|t| (op, ResourceType::Topic, t.as_str()))
         .collect();
+    if let Some(dlq) = &spec.dead_letter_topic {
+        needs.push((Operation::Write, ResourceType::Topic, dlq.as_str()));
+    }
     needs.extend(plugin_reads(std::slice::from_ref(&spec.plugin)));
     needs.extend(plugin_reads(&spec.transforms));
     creator_rights(broker, owner, &needs, "connector")

@@ -494,12 +494,13 @@ async fn compact_if_due(broker: &Arc<Broker>, partition: u32) -> Result<(), Wire
 }
 
 /// Handles a consumer group request.
-pub(crate) async fn handle(broker: Arc<Broker>, request: Request) -> Reply {
+/// `principal`: who sent the request (a subscription by pattern covers the topics it may read).
+pub(crate) async fn handle(broker: Arc<Broker>, request: Request, principal: String) -> Reply {
     let span = tracing::debug_span!("group", group = request.group().unwrap_or(""));
-    tracing::Instrument::instrument(handle_in_span(broker, request), span).await
+    tracing::Instrument::instrument(handle_in_span(broker, request, principal), span).await
 }
 
-async fn handle_in_span(broker: Arc<Broker>, request: Request) -> Reply {
+async fn handle_in_span(broker: Arc<Broker>, request: Request, principal: String) -> Reply {
     if let Some(group) = request.group()
         && let Err(e) = broker.check_coordinator(group)
     {
@@ -507,7 +508,7 @@ async fn handle_in_span(broker: Arc<Broker>, request: Request) -> Reply {
     }
     let result = match request {
         Request::FindCoordinator { group } => find_coordinator(&broker, &group),
-        Request::GroupHeartbeat(req) => heartbeat(&broker, req).await,
+        Request::GroupHeartbeat(req) => heartbeat(&broker, req, &principal).await,
         Request::OffsetCommit(req) => commit(&broker, req).await,
         Request::OffsetFetch { group } => {
             let committed = broker
@@ -583,6 +584,7 @@ fn find_coordinator(broker: &Broker, group: &str) -> Result<ResponseBody, WireEr
 async fn heartbeat(
     broker: &Arc<Broker>,
     req: GroupHeartbeatRequest,
+    principal: &str,
 ) -> Result<ResponseBody, WireError> {
     if req.group.is_empty() {
         return Err(WireError::new(
@@ -613,6 +615,17 @@ async fn heartbeat(
                             partitions
                                 .keys()
                                 .filter(|t| glob_match(pattern, t))
+                                // Only the topics the member's principal may read.
+                                .filter(|t| {
+                                    crate::authz::require(
+                                        broker,
+                                        principal,
+                                        sluice_proto::acl::Operation::Read,
+                                        sluice_proto::acl::ResourceType::Topic,
+                                        t,
+                                    )
+                                    .is_ok()
+                                })
                                 .cloned()
                                 .collect(),
                         ),

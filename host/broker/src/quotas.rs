@@ -37,12 +37,11 @@ impl RateClock {
     pub(crate) fn charge(&mut self, now: Instant, amount: u64, rate: u64) -> Duration {
         let from = self.paid_until.filter(|t| *t > now).unwrap_or(now);
         let cost = Duration::from_secs_f64(amount as f64 / rate.max(1) as f64);
-        let until = from + cost.min(Duration::from_secs(3600));
+        // Debt beyond what one answer can be held for is forgiven: one huge request must not
+        // hold back the principal's answers for long after.
+        let until = (from + cost.min(MAX_THROTTLE + BURST)).min(now + MAX_THROTTLE + BURST);
         self.paid_until = Some(until);
-        until
-            .saturating_duration_since(now)
-            .saturating_sub(BURST)
-            .min(MAX_THROTTLE)
+        until.saturating_duration_since(now).saturating_sub(BURST)
     }
 }
 
@@ -55,6 +54,8 @@ pub(crate) struct Usage {
 
 #[derive(Debug, Default)]
 struct Clocks {
+    /// The quota the clocks ran under: a changed quota starts them afresh.
+    quota: Quota,
     produce: RateClock,
     fetch: RateClock,
     requests: RateClock,
@@ -63,6 +64,12 @@ struct Clocks {
 impl Clocks {
     /// Charges one request's `usage` under `quota`; the longest wait any limit asks for.
     fn charge(&mut self, now: Instant, quota: &Quota, usage: Usage) -> Duration {
+        if self.quota != *quota {
+            *self = Clocks {
+                quota: *quota,
+                ..Clocks::default()
+            };
+        }
         let mut wait = Duration::ZERO;
         if let Some(rate) = quota.produce_bytes_per_sec
             && usage.produce_bytes > 0
@@ -188,6 +195,18 @@ mod tests {
             fetch_bytes: 0,
         };
         assert_eq!(clocks.charge("a", &quota, big), MAX_THROTTLE);
+        // The debt is capped: the next request waits no longer than the cap either, and a
+        // changed quota starts afresh.
+        assert!(clocks.charge("a", &quota, Usage::default()) <= MAX_THROTTLE);
+        let raised = Quota {
+            produce_bytes_per_sec: Some(1_000_000_000),
+            ..quota
+        };
+        let small = Usage {
+            produce_bytes: 1_000,
+            fetch_bytes: 0,
+        };
+        assert_eq!(clocks.charge("a", &raised, small), Duration::ZERO);
         assert_eq!(clocks.charge("b", &quota, Usage::default()), Duration::ZERO);
         // A fetch is not charged against the produce limit.
         let fetch = Usage {

@@ -106,7 +106,9 @@ pub(crate) fn handle(
         | Request::DescribeGroup { .. }
         | Request::ResetOffsets(_)
         | Request::DeleteGroup { .. }
-        | Request::FindCoordinator { .. } => Box::pin(crate::groups::handle(broker, request)),
+        | Request::FindCoordinator { .. } => {
+            Box::pin(crate::groups::handle(broker, request, principal))
+        }
         Request::ClusterStatus => Box::pin(crate::cluster::status(broker)),
         Request::AddNode { node_id, peer_addr } => {
             Box::pin(crate::cluster::add_node(broker, node_id, peer_addr))

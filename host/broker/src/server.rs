@@ -51,8 +51,18 @@ pub(crate) const CONNECTION_SMALL_BYTES: usize = 16 * SMALL_FRAME;
 pub const IDLE_CLOSE_CODE: u32 = 2;
 /// QUIC stop code for a stream the broker stops reading (a frame too large or too slow).
 pub const STREAM_REFUSED_CODE: u32 = 3;
-/// QUIC application close code for a connection whose verified certificate names no principal.
+/// QUIC application close code for a connection refused for who it is (or is not): a verified
+/// certificate that names no principal, repeated authentication failures, or no authentication
+/// in time.
 pub const AUTH_CLOSE_CODE: u32 = 4;
+
+/// Largest frame read from a connection that has not authenticated yet (SCRAM's messages are
+/// under 1 KiB): it cannot hold more of the broker's memory than this per stream.
+const UNAUTHENTICATED_MAX_FRAME: usize = 16 * 1024;
+
+/// How long a connection may take to authenticate (under `client_auth = "credentials"`)
+/// before it is closed.
+const AUTHENTICATION_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Limits shared by every connection of a broker.
 #[derive(Debug)]
@@ -125,12 +135,15 @@ struct ConnectionState {
     last_active: Mutex<Instant>,
     /// The connection itself (closed after repeated authentication failures).
     connection: quinn::Connection,
+    /// The connection's log span: it gets the principal once the client authenticates.
+    span: tracing::Span,
 }
 
 impl ConnectionState {
     fn new(config: &BrokerConfig, connection: quinn::Connection) -> Self {
         ConnectionState {
             connection,
+            span: tracing::Span::current(),
             request_memory: Arc::new(Semaphore::new(config.connection_request_memory_bytes)),
             small_request_memory: Arc::new(Semaphore::new(CONNECTION_SMALL_BYTES)),
             validation: Arc::new(Semaphore::new(1)),
@@ -290,7 +303,25 @@ async fn serve_connection(broker: Arc<Broker>, conn: quinn::Connection) {
             return;
         }
     };
-    tracing::Span::current().record("principal", session.principal());
+    match session.identity() {
+        Some(identity) => {
+            tracing::Span::current().record("principal", identity.principal.as_str());
+        }
+        None => {
+            // Authenticate soon or be closed: an idle unauthenticated connection holds a slot.
+            let (conn, session) = (conn.clone(), session.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(AUTHENTICATION_DEADLINE).await;
+                if session.identity().is_none() {
+                    tracing::info!("closing a connection that did not authenticate in time");
+                    conn.close(
+                        AUTH_CLOSE_CODE.into(),
+                        b"not authenticated within 10 s of connecting",
+                    );
+                }
+            });
+        }
+    }
     tracing::debug!(
         mechanism = session.identity().map_or("pending", |i| i.mechanism),
         "connection open"
@@ -394,7 +425,7 @@ async fn serve_stream(
     });
 
     loop {
-        let queued = match read_request(&broker, &state, &mut recv).await {
+        let queued = match read_request(&broker, &session, &state, &mut recv).await {
             Ok(ReadRequest::Read { body, grant, busy }) => match decode_request(body) {
                 Ok((request, raw)) => {
                     dispatch(&broker, &session, &state, request, raw, grant, busy).await
@@ -444,6 +475,7 @@ impl Drop for StreamOpen {
 /// within the frame timeout.
 async fn read_request(
     broker: &Broker,
+    session: &Session,
     state: &Arc<ConnectionState>,
     recv: &mut quinn::RecvStream,
 ) -> Result<ReadRequest, ReadEnd> {
@@ -482,7 +514,10 @@ async fn read_request(
         }
         Err(_) => return Err(timed_out("the frame's length prefix did not arrive")),
     };
-    let max = config.max_frame_bytes;
+    let max = match session.identity() {
+        Some(_) => config.max_frame_bytes,
+        None => UNAUTHENTICATED_MAX_FRAME.min(config.max_frame_bytes),
+    };
     if len > max {
         // The body is not read, so the stream cannot be resynchronised: answer, then stop
         // reading it. Other streams and connections are unaffected.
@@ -651,7 +686,7 @@ async fn dispatch(
     } else if let Request::Authenticate(step) = request {
         let reply = crate::auth::step(broker, session, step);
         if let Ok(sluice_proto::auth::AuthReply::Done { principal, .. }) = &reply {
-            tracing::Span::current().record("principal", principal.as_str());
+            state.span.record("principal", principal.as_str());
         }
         if session.failures() >= crate::auth::MAX_AUTH_FAILURES {
             tracing::warn!("closing the connection after repeated authentication failures");
@@ -682,14 +717,15 @@ async fn dispatch(
                 {
                     Err(Reply::error(refused))
                 } else {
-                    Ok((identity.principal.clone(), request))
+                    Ok((identity.clone(), request))
                 }
             }
         }
     };
-    let (principal, request) = match early {
+    let (identity, request) = match early {
         Ok(go) => go,
         Err(reply) => {
+            let reply = older_codes(reply, session.version.get().copied().unwrap_or(0));
             return Queued {
                 pending: tokio::spawn(async move { (reply, grant) }),
                 silent,
@@ -697,6 +733,7 @@ async fn dispatch(
             .silenced(broker);
         }
     };
+    let principal = identity.principal.clone();
     let guard = crate::InFlight::new(broker);
     let kind = crate::metrics::RequestKind::of(&request);
     // Super-users (operators, the brokers themselves) are never throttled.
@@ -727,7 +764,7 @@ async fn dispatch(
             crate::produce::produce(broker.clone(), p, raw, validated)
         }
         request if crate::auth::is_admin(&request) => {
-            let caller = principal.clone();
+            let caller = identity.clone();
             crate::router::blocking(broker.clone(), move |b| {
                 crate::auth::admin(b, &caller, request)
             })
@@ -744,14 +781,18 @@ async fn dispatch(
                 let mut grant = grant;
                 let mut reply = fut.await;
                 drop(guard);
-                drop(busy);
-                crate::authz::filter(&b, &principal, &mut reply);
-                if let Some(quota) = quota {
-                    reply = throttle(&b, &principal, &quota, produce_bytes, version, reply).await;
-                }
                 let took = started.elapsed();
                 kind.done(&reply, took);
                 tracing::debug!(micros = took.as_micros() as u64, "request handled");
+                crate::authz::filter(&b, &principal, &mut reply);
+                let wait = quota.map_or(Duration::ZERO, |quota| {
+                    charge_quota(&b, &principal, &quota, produce_bytes, &reply)
+                });
+                if !wait.is_zero() {
+                    // The request is handled: its memory is not held while the answer waits
+                    // (the answer's own bytes are accounted for below).
+                    grant = Grant::default();
+                }
                 // The answer's bytes wait for the writer (and the client) under the same budgets
                 // as requests; without room for them now, a retriable error goes instead.
                 if let Reply::Frame(_, raw) = &reply
@@ -768,6 +809,11 @@ async fn dispatch(
                         ),
                     ));
                 }
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                    reply = throttled(reply, wait, version);
+                }
+                drop(busy);
                 (reply, grant)
             }
             .instrument(span),
@@ -777,17 +823,16 @@ async fn dispatch(
     .silenced(broker)
 }
 
-/// Holds `reply` back as long as `principal`'s quota asks (its clocks charged with the
-/// request's bytes and the answer's), and tells a v8 client how long it was held.
-async fn throttle(
+/// Charges `principal`'s quota clocks with a handled request (its batch's bytes, the
+/// answer's fetched bytes, one request); how long its answer is held back.
+fn charge_quota(
     broker: &Broker,
     principal: &str,
     quota: &sluice_proto::auth::Quota,
     produce_bytes: u64,
-    version: u16,
-    reply: Reply,
-) -> Reply {
-    let fetch_bytes = match &reply {
+    reply: &Reply,
+) -> Duration {
+    let fetch_bytes = match reply {
         Reply::Frame(Ok(sluice_proto::ResponseBody::Fetched(_)), raw)
         | Reply::Frame(Ok(sluice_proto::ResponseBody::FetchedTransformed(_)), raw) => {
             raw.len() as u64
@@ -799,11 +844,26 @@ async fn throttle(
         fetch_bytes,
     };
     let wait = broker.quota_clocks.charge(principal, quota, usage);
-    if wait.is_zero() {
-        return reply;
+    if !wait.is_zero() {
+        crate::metrics::throttled(wait);
     }
-    crate::metrics::throttled(wait);
-    tokio::time::sleep(wait).await;
+    wait
+}
+
+/// `NotAuthenticated` came with protocol v8: an older client cannot decode it, and is told
+/// `NotAuthorized` with the same message.
+fn older_codes(reply: Reply, version: u16) -> Reply {
+    match reply {
+        Reply::Frame(Err(mut e), raw) if version < 8 && e.code == ErrorCode::NotAuthenticated => {
+            e.code = ErrorCode::NotAuthorized;
+            Reply::Frame(Err(e), raw)
+        }
+        other => other,
+    }
+}
+
+/// An answer held back for `wait`: a v8 client is told how long.
+fn throttled(reply: Reply, wait: Duration, version: u16) -> Reply {
     match reply {
         Reply::Frame(Ok(body), raw) if version >= 8 => Reply::Frame(
             Ok(sluice_proto::ResponseBody::Throttled {

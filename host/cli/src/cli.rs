@@ -390,7 +390,19 @@ struct Profile {
 fn load_profile(path: &std::path::Path) -> Result<Profile> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the profile {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing the profile {}", path.display()))
+    // The error's message only: toml's full report quotes the offending line, which may
+    // hold a password.
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        anyhow::anyhow!(
+            "parsing the profile {}{}: {}",
+            path.display(),
+            line.map_or(String::new(), |l| format!(", line {l}")),
+            e.message()
+        )
+    })
 }
 
 /// The client configuration from flags, environment variables and the profile, in that
@@ -416,8 +428,12 @@ pub fn client_config(cli: &Cli) -> Result<ClientConfig> {
     if let (Some(cert), Some(key)) = (cert, key) {
         config.identity = Some(sluice_client::ClientIdentity { cert, key });
     }
-    let user = cli.user.clone().or(profile.user);
-    let token = cli.token.clone().or(profile.token);
+    // Whichever of user and token the flags or the environment name wins over the profile's.
+    let (user, token) = if cli.user.is_some() || cli.token.is_some() {
+        (cli.user.clone(), cli.token.clone())
+    } else {
+        (profile.user, profile.token)
+    };
     config.credentials = match (user, token) {
         (Some(user), _) => {
             let Some(password) = cli.password.clone().or(profile.password) else {

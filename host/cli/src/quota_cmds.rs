@@ -20,8 +20,11 @@ pub enum QuotaCommand {
         fetch_bytes_per_sec: Option<u64>,
         #[arg(long)]
         requests_per_sec: Option<u32>,
+        /// No limits at all: exempts PRINCIPAL from the default quota.
+        #[arg(long, conflicts_with_all = ["produce_bytes_per_sec", "fetch_bytes_per_sec", "requests_per_sec"])]
+        unlimited: bool,
     },
-    /// Remove PRINCIPAL's quota.
+    /// Remove PRINCIPAL's quota (the default then applies to it).
     Remove { principal: String },
     /// List the quotas.
     List,
@@ -39,15 +42,16 @@ pub async fn run(client: &Client, cmd: &QuotaCommand) -> Result<ExitCode> {
             produce_bytes_per_sec,
             fetch_bytes_per_sec,
             requests_per_sec,
+            unlimited,
         } => {
             let quota = Quota {
                 produce_bytes_per_sec: *produce_bytes_per_sec,
                 fetch_bytes_per_sec: *fetch_bytes_per_sec,
                 requests_per_sec: *requests_per_sec,
             };
-            if quota.is_unlimited() {
+            if quota.is_unlimited() && !unlimited {
                 bail!(
-                    "name at least one limit (--produce-bytes-per-sec, --fetch-bytes-per-sec, --requests-per-sec), or use `quota remove`"
+                    "name at least one limit (--produce-bytes-per-sec, --fetch-bytes-per-sec, --requests-per-sec), or --unlimited, or use `quota remove`"
                 );
             }
             admin.set_quota(principal, Some(quota)).await?

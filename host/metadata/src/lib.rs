@@ -317,6 +317,11 @@ pub enum MetadataCommand {
         spec: ConnectorSpec,
         owner: String,
     },
+    /// Sets the cluster's decoy secret (docs/security.md) unless it is set: proposed by a
+    /// broker that finds none.
+    InitDecoySecret {
+        secret: Vec<u8>,
+    },
 }
 
 /// A topic's replication settings (Kafka's `min.insync.replicas` and
@@ -1162,6 +1167,15 @@ impl MetadataState {
                 .security
                 .validate_quota(principal, &quota.unwrap_or_default())
                 .map_err(MetadataError::InvalidConfig),
+            MetadataCommand::InitDecoySecret { secret } => {
+                if (16..=64).contains(&secret.len()) {
+                    Ok(())
+                } else {
+                    Err(MetadataError::InvalidConfig(
+                        "a decoy secret is 16 to 64 bytes".into(),
+                    ))
+                }
+            }
             MetadataCommand::AddAcl(binding) => {
                 binding.validate().map_err(MetadataError::InvalidConfig)?;
                 if !self.acls.iter().any(|b| b == binding) && self.acls.len() >= acl::MAX_ACLS {
@@ -1764,6 +1778,9 @@ impl MetadataState {
             MetadataCommand::RevokeToken { id } => self.security.revoke_token(id),
             MetadataCommand::SetQuota { principal, quota } => {
                 self.security.set_quota(principal, quota.as_ref());
+            }
+            MetadataCommand::InitDecoySecret { secret } => {
+                self.security.init_decoy_secret(secret);
             }
             MetadataCommand::RemoveAcl(binding) => {
                 self.acls.remove(binding);

@@ -56,6 +56,10 @@ pub struct Security {
     tokens: BTreeMap<String, TokenRecord>,
     quotas: BTreeMap<String, Quota>,
     owners: BTreeMap<(ResourceType, String), Owner>,
+    /// A random secret of the cluster, set once: the decoy SCRAM credentials of unknown users
+    /// derive from it, so every broker, across restarts, answers an unknown name alike.
+    #[serde(with = "serde_bytes")]
+    decoy_secret: Vec<u8>,
 }
 
 impl Security {
@@ -82,12 +86,14 @@ impl Security {
         self.tokens.iter()
     }
 
-    /// The quota that applies to `principal`: its own, else the default (`*`), else none.
+    /// The quota that applies to `principal`: its own, else the default (`*`), else none
+    /// (an unlimited quota is none).
     pub fn quota_for(&self, principal: &str) -> Option<Quota> {
         self.quotas
             .get(principal)
             .or_else(|| self.quotas.get(DEFAULT_QUOTA_PRINCIPAL))
             .copied()
+            .filter(|q| !q.is_unlimited())
     }
 
     pub fn quotas(&self) -> Vec<QuotaEntry> {
@@ -180,20 +186,39 @@ impl Security {
         self.users.insert(name.to_owned(), credential.clone());
     }
 
+    /// Deletes a user and every token made for it: nothing it made outlives it.
     pub(crate) fn delete_user(&mut self, name: &str) {
         self.users.remove(name);
+        self.tokens.retain(|_, t| t.principal != name);
     }
 
+    /// Adds a token, and forgets the tokens that had expired by its creation time (the
+    /// command's own time, so every node forgets the same ones).
     pub(crate) fn add_token(&mut self, id: &str, token: &TokenRecord) {
+        self.tokens.retain(|_, t| t.is_current(token.created_ms));
         self.tokens.insert(id.to_owned(), token.clone());
+    }
+
+    /// The cluster's decoy secret; empty until set.
+    pub fn decoy_secret(&self) -> &[u8] {
+        &self.decoy_secret
+    }
+
+    /// Sets the decoy secret unless it is set already (the first proposal wins).
+    pub(crate) fn init_decoy_secret(&mut self, secret: &[u8]) {
+        if self.decoy_secret.is_empty() {
+            self.decoy_secret = secret.to_vec();
+        }
     }
 
     pub(crate) fn revoke_token(&mut self, id: &str) {
         self.tokens.remove(id);
     }
 
+    /// Sets a principal's quota; an unlimited one is kept (it exempts the principal from the
+    /// default), `None` removes it.
     pub(crate) fn set_quota(&mut self, principal: &str, quota: Option<&Quota>) {
-        match quota.filter(|q| !q.is_unlimited()) {
+        match quota {
             Some(q) => self.quotas.insert(principal.to_owned(), *q),
             None => self.quotas.remove(principal),
         };
@@ -270,4 +295,120 @@ pub(crate) fn decode_sections(bytes: &[u8]) -> Result<Security, String> {
         }
     }
     Ok(security)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MetadataCommand, MetadataState};
+
+    fn credential() -> ScramCredential {
+        ScramCredential {
+            salt: vec![1; 16],
+            iterations: 4096,
+            stored_key: vec![2; 32],
+            server_key: vec![3; 32],
+        }
+    }
+
+    fn token(principal: &str, created_ms: i64, expires_ms: Option<i64>) -> TokenRecord {
+        TokenRecord {
+            principal: principal.into(),
+            hash: vec![9; 32],
+            description: String::new(),
+            created_ms,
+            expires_ms,
+        }
+    }
+
+    #[test]
+    fn a_deleted_user_takes_its_tokens_and_expired_tokens_are_forgotten() {
+        let mut s = MetadataState::new();
+        let cmds = [
+            MetadataCommand::UpsertUser {
+                name: "alice".into(),
+                credential: credential(),
+            },
+            MetadataCommand::CreateToken {
+                id: "a1".into(),
+                token: token("alice", 10, None),
+            },
+            MetadataCommand::CreateToken {
+                id: "b1".into(),
+                token: token("bob", 10, Some(20)),
+            },
+            MetadataCommand::CreateToken {
+                id: "b2".into(),
+                token: token("bob", 30, None),
+            },
+        ];
+        for (i, c) in cmds.iter().enumerate() {
+            s.apply(i as u64 + 1, c).unwrap();
+        }
+        // b1 expired at 20, before b2 was made at 30.
+        assert!(s.security().token("b1").is_none());
+        assert!(s.security().token("b2").is_some());
+        s.apply(
+            9,
+            &MetadataCommand::DeleteUser {
+                name: "alice".into(),
+            },
+        )
+        .unwrap();
+        assert!(s.security().user("alice").is_none());
+        assert!(
+            s.security().token("a1").is_none(),
+            "alice's token went with her"
+        );
+        assert!(s.security().token("b2").is_some());
+        // Deleting or revoking what is not there is refused (and changes nothing).
+        assert!(
+            s.apply(10, &MetadataCommand::RevokeToken { id: "a1".into() })
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_unlimited_quota_exempts_from_the_default_and_the_first_decoy_secret_stays() {
+        let mut s = MetadataState::new();
+        let limited = Quota {
+            produce_bytes_per_sec: Some(100),
+            ..Quota::default()
+        };
+        let cmds = [
+            MetadataCommand::SetQuota {
+                principal: "*".into(),
+                quota: Some(limited),
+            },
+            MetadataCommand::SetQuota {
+                principal: "etl".into(),
+                quota: Some(Quota::default()),
+            },
+            MetadataCommand::InitDecoySecret {
+                secret: vec![1; 32],
+            },
+            MetadataCommand::InitDecoySecret {
+                secret: vec![2; 32],
+            },
+        ];
+        for (i, c) in cmds.iter().enumerate() {
+            s.apply(i as u64 + 1, c).unwrap();
+        }
+        assert_eq!(s.security().quota_for("anyone"), Some(limited));
+        assert_eq!(s.security().quota_for("etl"), None);
+        assert_eq!(s.security().decoy_secret(), &[1; 32][..]);
+        s.apply(
+            9,
+            &MetadataCommand::SetQuota {
+                principal: "etl".into(),
+                quota: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(s.security().quota_for("etl"), Some(limited));
+        assert!(
+            s.apply(10, &MetadataCommand::InitDecoySecret { secret: vec![1; 3] })
+                .is_err()
+        );
+    }
 }

@@ -278,6 +278,11 @@ impl ServerFirst {
         ))
     }
 
+    /// The stored key of the credential this exchange checks against.
+    pub fn stored_key(&self) -> &[u8] {
+        &self.credential.stored_key
+    }
+
     /// Checks the client's proof; on success the server-final message to send.
     pub fn finish(&self, client_final: &str) -> Result<String, ScramError> {
         let [binding, nonce, proof] = attributes(client_final, &['c', 'r', 'p'])?[..] else {

@@ -382,8 +382,27 @@ pub enum ResponseBody {
     /// get the answer itself, as late). Never nested.
     Throttled {
         throttle_ms: u32,
+        #[serde(deserialize_with = "not_throttled")]
         body: Box<ResponseBody>,
     },
+}
+
+/// Decodes the answer inside [`ResponseBody::Throttled`], refusing another `Throttled` in it
+/// before decoding into it: a hostile frame of nested answers would otherwise recurse until the
+/// stack overflows.
+fn not_throttled<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Box<ResponseBody>, D::Error> {
+    thread_local! {
+        static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if INSIDE.get() {
+        return Err(serde::de::Error::custom(
+            "a throttled answer inside another",
+        ));
+    }
+    INSIDE.set(true);
+    let body = ResponseBody::deserialize(d);
+    INSIDE.set(false);
+    body.map(Box::new)
 }
 
 /// A connector to create (`sluice connector create`, from its config file).
@@ -1001,6 +1020,32 @@ mod tests {
     use crate::frame::{decode_body, encode_body};
     use bytes::Bytes;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_throttled_answer_inside_another_is_refused_without_recursing() {
+        let one = ResponseBody::Throttled {
+            throttle_ms: 5,
+            body: Box::new(ResponseBody::Quotas(vec![])),
+        };
+        let bytes = postcard::to_allocvec(&one).unwrap();
+        assert_eq!(postcard::from_bytes::<ResponseBody>(&bytes).unwrap(), one);
+        let two = ResponseBody::Throttled {
+            throttle_ms: 5,
+            body: Box::new(one.clone()),
+        };
+        assert!(
+            postcard::from_bytes::<ResponseBody>(&postcard::to_allocvec(&two).unwrap()).is_err()
+        );
+        // A million nested levels (a hostile frame) are refused at the second.
+        let tag = bytes[0];
+        let mut deep = Vec::new();
+        for _ in 0..1_000_000 {
+            deep.extend_from_slice(&[tag, 5]);
+        }
+        assert!(postcard::from_bytes::<ResponseBody>(&deep).is_err());
+        // Decoding still works after a refusal.
+        assert_eq!(postcard::from_bytes::<ResponseBody>(&bytes).unwrap(), one);
+    }
 
     fn arb_wire_error() -> impl Strategy<Value = WireError> {
         (
