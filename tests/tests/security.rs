@@ -1202,3 +1202,127 @@ async fn a_sink_connector_stops_when_its_creator_loses_read_on_its_topic() {
     }
     assert_eq!(lines(), 3, "nothing written after the right was lost");
 }
+
+/// Retries `f` for up to 20 s until it returns `Some`.
+async fn within_20s<T, F: std::future::Future<Output = Option<T>>>(mut f: impl FnMut() -> F) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "not within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Users, tokens and ACLs live in the Raft-replicated metadata: made through one broker of a
+/// cluster, they hold on every other, and a token revoked through one stops a connection on
+/// another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_acls_made_on_one_broker_hold_on_every_broker() {
+    use sluice_client::{ProducerConfig, ProducerRecord, TlsConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let nodes = sluice_tests::start_cluster(
+        dir.path(),
+        3,
+        "client_auth = \"credentials\"\nauthorization = true\nsuper_users = [\"admin\"]\n",
+    );
+    nodes[0].run_ok(&[
+        "auth",
+        "issue-cert",
+        "admin",
+        "--ca-dir",
+        dir.path().join("ca").to_str().unwrap(),
+        "--out-dir",
+        certs.to_str().unwrap(),
+    ]);
+    let at = |i: usize, identity: Option<&str>, credentials: Option<Credentials>| {
+        let mut config = ClientConfig::new(
+            nodes[i].addr.to_string(),
+            TlsConfig::CaFile(nodes[i].ca_path()),
+        );
+        config.identity = identity.map(|name| ClientIdentity {
+            cert: certs.join(format!("{name}.pem")),
+            key: certs.join(format!("{name}.key")),
+        });
+        config.credentials = credentials;
+        config
+    };
+    let admin = nodes[0].client_with(at(0, Some("admin"), None)).await;
+    for t in ["orders", "secret"] {
+        admin
+            .admin()
+            .create_topic(t, 1, Default::default())
+            .await
+            .unwrap();
+    }
+    admin
+        .admin()
+        .upsert_user("alice", "pw-alice")
+        .await
+        .unwrap();
+    broker_acl(&admin, "alice", "orders").await;
+
+    // Alice, created through node 1, authenticates at node 2 and writes where she may.
+    let alice_pw = || Credentials::Password {
+        user: "alice".into(),
+        password: "pw-alice".into(),
+    };
+    let alice = within_20s(|| {
+        let config = at(1, None, Some(alice_pw()));
+        async move { Client::connect(config).await.ok() }
+    })
+    .await;
+    let producer = alice.producer(ProducerConfig::default());
+    producer
+        .send_and_wait(ProducerRecord::new("orders", "o1"))
+        .await
+        .unwrap();
+    assert!(is_not_authorized(
+        producer
+            .send_and_wait(ProducerRecord::new("secret", "s1"))
+            .await
+    ));
+
+    // A token made through node 1 works at node 3; revoked through node 1, it stops the
+    // connection at node 3 as soon as node 3 has applied the revocation.
+    let token = admin
+        .admin()
+        .create_token(Some("bob"), "", None)
+        .await
+        .unwrap();
+    let bob = within_20s(|| {
+        let config = at(2, None, Some(Credentials::Token(token.token.clone())));
+        async move { Client::connect(config).await.ok() }
+    })
+    .await;
+    assert_eq!(bob.who_am_i().await.unwrap().0, "bob");
+    admin
+        .admin()
+        .revoke_token(&token.description.id)
+        .await
+        .unwrap();
+    within_20s(|| {
+        let bob = bob.clone();
+        async move { is_not_authenticated(&bob.who_am_i().await).then_some(()) }
+    })
+    .await;
+}
+
+/// Allows `principal` to write `topic` (and so describe it).
+async fn broker_acl(admin: &Client, principal: &str, topic: &str) {
+    use sluice_proto::acl::{AclBinding, Operation, PatternKind, Permission, ResourceType};
+    admin
+        .admin()
+        .create_acls(vec![AclBinding {
+            principal: principal.into(),
+            resource: ResourceType::Topic,
+            pattern: topic.into(),
+            kind: PatternKind::Literal,
+            operation: Operation::Write,
+            permission: Permission::Allow,
+        }])
+        .await
+        .unwrap();
+}
