@@ -174,23 +174,7 @@ async fn acls_allow_exactly_what_they_grant() {
     use sluice_client::{ConsumerConfig, GroupOptions, ProducerConfig, ProducerRecord, SeekTo};
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let broker = BrokerProcess::start(
-        &dir.path().join("b"),
-        &format!(
-            "{TEST_CONFIG}client_auth = \"mtls\"\nauthorization = true\nsuper_users = [\"admin\"]\n"
-        ),
-    );
-    for name in ["admin", "A", "B"] {
-        broker.run_ok(&[
-            "auth",
-            "issue-cert",
-            name,
-            "--data-dir",
-            broker.data_dir.to_str().unwrap(),
-            "--out-dir",
-            certs.to_str().unwrap(),
-        ]);
-    }
+    let broker = locked_broker(dir.path(), &["admin", "A", "B"]);
     let connect = |name: &'static str| {
         let config = client_config(&broker, Some((&certs, name)));
         async move { Client::connect(config).await.unwrap() }
@@ -341,6 +325,35 @@ fn issue_certs(broker: &BrokerProcess, dir: &std::path::Path, names: &[&str]) {
             dir.to_str().unwrap(),
         ]);
     }
+}
+
+/// A broker requiring mTLS, with authorisation on and `admin` a super-user; certificates for
+/// `names` are issued into DIR/certs.
+fn locked_broker(dir: &std::path::Path, names: &[&str]) -> BrokerProcess {
+    let broker = BrokerProcess::start(
+        &dir.join("b"),
+        &format!(
+            "{TEST_CONFIG}client_auth = \"mtls\"\nauthorization = true\nsuper_users = [\"admin\"]\n"
+        ),
+    );
+    issue_certs(&broker, &dir.join("certs"), names);
+    broker
+}
+
+/// Runs the CLI as `name` (its certificate in `certs`); its stdout.
+fn as_user(broker: &BrokerProcess, certs: &std::path::Path, name: &str, args: &[&str]) -> String {
+    let (cert, key) = (
+        certs.join(format!("{name}.pem")),
+        certs.join(format!("{name}.key")),
+    );
+    let mut all = vec![
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    all.extend(args);
+    broker.run_ok(&all)
 }
 
 fn with_credentials(broker: &BrokerProcess, credentials: Credentials) -> ClientConfig {
@@ -576,13 +589,7 @@ async fn passwords_and_tokens_authenticate_and_revocation_bites_at_the_next_requ
 async fn listings_show_only_what_the_principal_may_describe() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let broker = BrokerProcess::start(
-        &dir.path().join("b"),
-        &format!(
-            "{TEST_CONFIG}client_auth = \"mtls\"\nauthorization = true\nsuper_users = [\"admin\"]\n"
-        ),
-    );
-    issue_certs(&broker, &certs, &["admin", "A", "B"]);
+    let broker = locked_broker(dir.path(), &["admin", "A", "B"]);
     let connect = |name: &'static str| {
         let config = client_config(&broker, Some((&certs, name)));
         async move { Client::connect(config).await.unwrap() }
@@ -595,22 +602,23 @@ async fn listings_show_only_what_the_principal_may_describe() {
             .await
             .unwrap();
     }
-    broker.run_ok(&[
-        "--tls-cert",
-        certs.join("admin.pem").to_str().unwrap(),
-        "--tls-key",
-        certs.join("admin.key").to_str().unwrap(),
-        "acl",
-        "add",
-        "--principal",
-        "B",
-        "--resource",
-        "topic",
-        "--name",
-        "orders",
-        "--operation",
-        "read",
-    ]);
+    as_user(
+        &broker,
+        &certs,
+        "admin",
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "B",
+            "--resource",
+            "topic",
+            "--name",
+            "orders",
+            "--operation",
+            "read",
+        ],
+    );
     let a = connect("A").await;
     let b = connect("B").await;
     // User topics by name (a super-user also sees the internal `__consumer_offsets`).
@@ -655,14 +663,7 @@ async fn listings_show_only_what_the_principal_may_describe() {
         .await;
     assert!(is_not_authorized(named));
     // Through the CLI: B's `topic list` shows orders only.
-    let out = broker.run_ok(&[
-        "--tls-cert",
-        certs.join("B.pem").to_str().unwrap(),
-        "--tls-key",
-        certs.join("B.key").to_str().unwrap(),
-        "topic",
-        "list",
-    ]);
+    let out = as_user(&broker, &certs, "B", &["topic", "list"]);
     assert!(
         out.contains("orders") && !out.contains("secret") && !out.contains("reports"),
         "{out}"
@@ -706,13 +707,7 @@ async fn a_pipeline_stops_when_its_creator_loses_read_on_its_input() {
     use sluice_proto::acl::{AclBinding, Operation, PatternKind, Permission, ResourceType};
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let broker = BrokerProcess::start(
-        &dir.path().join("b"),
-        &format!(
-            "{TEST_CONFIG}client_auth = \"mtls\"\nauthorization = true\nsuper_users = [\"admin\"]\n"
-        ),
-    );
-    issue_certs(&broker, &certs, &["admin", "carol"]);
+    let broker = locked_broker(dir.path(), &["admin", "carol"]);
     let admin = Client::connect(client_config(&broker, Some((&certs, "admin"))))
         .await
         .unwrap();
@@ -904,26 +899,13 @@ async fn a_producer_over_its_quota_is_slowed_to_it_and_no_one_else_is() {
         .await
         .unwrap();
     // Set through the CLI, listed back.
-    let tls = |name: &str| {
-        [
-            "--tls-cert".to_string(),
-            certs.join(format!("{name}.pem")).display().to_string(),
-            "--tls-key".to_string(),
-            certs.join(format!("{name}.key")).display().to_string(),
-        ]
-    };
-    let mut args: Vec<String> = tls("slow").to_vec();
-    args.extend(
-        [
-            "quota",
-            "set",
-            "slow",
-            "--produce-bytes-per-sec",
-            &QUOTA.to_string(),
-        ]
-        .map(String::from),
+    let quota = QUOTA.to_string();
+    let out = as_user(
+        &broker,
+        &certs,
+        "slow",
+        &["quota", "set", "slow", "--produce-bytes-per-sec", &quota],
     );
-    let out = broker.run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.contains(&format!("slow\t{QUOTA}\t-\t-")), "{out}");
 
     let (slow_rate, fast_rate) = tokio::join!(
@@ -1078,23 +1060,8 @@ async fn a_sink_connector_stops_when_its_creator_loses_read_on_its_topic() {
     let io = dir.path().join("io");
     std::fs::create_dir_all(&io).unwrap();
     let output = io.join("out.log");
-    let broker = BrokerProcess::start(
-        &dir.path().join("b"),
-        &format!(
-            "{TEST_CONFIG}client_auth = \"mtls\"\nauthorization = true\nsuper_users = [\"admin\"]\n"
-        ),
-    );
-    issue_certs(&broker, &certs, &["admin", "erin"]);
-    let as_user = |name: &str, args: &[&str]| {
-        let mut all = vec![
-            "--tls-cert".to_string(),
-            certs.join(format!("{name}.pem")).display().to_string(),
-            "--tls-key".to_string(),
-            certs.join(format!("{name}.key")).display().to_string(),
-        ];
-        all.extend(args.iter().map(|a| a.to_string()));
-        broker.run_ok(&all.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let broker = locked_broker(dir.path(), &["admin", "erin"]);
+    let as_user = |name: &str, args: &[&str]| as_user(&broker, &certs, name, args);
     as_user("admin", &["topic", "create", "lines", "--partitions", "1"]);
     as_user(
         "admin",

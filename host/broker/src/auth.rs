@@ -324,13 +324,7 @@ pub(crate) fn admin(
             }
             let principal = principal.unwrap_or_else(|| caller.to_owned());
             if principal != caller {
-                crate::authz::require(
-                    broker,
-                    caller,
-                    Operation::Alter,
-                    ResourceType::Cluster,
-                    "*",
-                )?;
+                on_cluster(broker, caller, Operation::Alter)?;
             } else if principal == ANONYMOUS {
                 return Err(WireError::new(
                     ErrorCode::InvalidRequest,
@@ -372,13 +366,7 @@ pub(crate) fn admin(
                 ));
             };
             if owner != caller {
-                crate::authz::require(
-                    broker,
-                    caller,
-                    Operation::Alter,
-                    ResourceType::Cluster,
-                    "*",
-                )?;
+                on_cluster(broker, caller, Operation::Alter)?;
             }
             broker
                 .controller
@@ -397,14 +385,7 @@ pub(crate) fn admin(
 
 /// The tokens `caller` may see: every one when it may describe the cluster, else its own.
 fn tokens(broker: &Broker, caller: &str) -> Vec<sluice_proto::auth::TokenDescription> {
-    let all = crate::authz::require(
-        broker,
-        caller,
-        Operation::Describe,
-        ResourceType::Cluster,
-        "*",
-    )
-    .is_ok();
+    let all = on_cluster(broker, caller, Operation::Describe).is_ok();
     broker.controller.read(|s| {
         s.security()
             .tokens()
@@ -432,6 +413,11 @@ fn init_decoy_secret(broker: &Arc<Broker>) {
             tracing::warn!(cause = %e, "could not set the cluster's decoy secret");
         }
     });
+}
+
+/// Whether `caller` may do `operation` on the cluster (another principal's tokens).
+fn on_cluster(broker: &Broker, caller: &str, operation: Operation) -> Result<(), WireError> {
+    crate::authz::require(broker, caller, operation, ResourceType::Cluster, "*")
 }
 
 fn hex(bytes: &[u8]) -> String {
