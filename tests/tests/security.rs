@@ -506,6 +506,11 @@ async fn passwords_and_tokens_authenticate_and_revocation_bites_at_the_next_requ
         String::from_utf8_lossy(&out.stdout).trim(),
         "bob (authenticated by token)"
     );
+    // From a profile file, too.
+    let profile = dir.path().join("bob.toml");
+    std::fs::write(&profile, format!("token = \"{}\"\n", bob_token.token)).unwrap();
+    let who = broker.run_ok(&["--profile", profile.to_str().unwrap(), "auth", "whoami"]);
+    assert_eq!(who.trim(), "bob (authenticated by token)");
     // A token with its secret changed is refused.
     let mut forged = bob_token.token.clone();
     let last = forged.pop().unwrap();

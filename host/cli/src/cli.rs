@@ -374,43 +374,12 @@ pub fn tls_config(cli: &Cli) -> TlsConfig {
     TlsConfig::SystemRoots
 }
 
-/// What a profile file may hold (`--profile`); flags and environment variables win.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Profile {
-    broker: Option<String>,
-    tls_ca: Option<PathBuf>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    user: Option<String>,
-    password: Option<String>,
-    token: Option<String>,
-}
-
-fn load_profile(path: &std::path::Path) -> Result<Profile> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the profile {}", path.display()))?;
-    // The error's message only: toml's full report quotes the offending line, which may
-    // hold a password.
-    toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
-        anyhow::anyhow!(
-            "parsing the profile {}{}: {}",
-            path.display(),
-            line.map_or(String::new(), |l| format!(", line {l}")),
-            e.message()
-        )
-    })
-}
-
 /// The client configuration from flags, environment variables and the profile, in that
 /// order of precedence.
 pub fn client_config(cli: &Cli) -> Result<ClientConfig> {
     let profile = match &cli.profile {
-        Some(path) => load_profile(path)?,
-        None => Profile::default(),
+        Some(path) => sluice_client::Profile::load(path)?,
+        None => sluice_client::Profile::default(),
     };
     // `--broker` always has a value (its default); the profile's counts when it was not given.
     let broker_given = cli.broker != DEFAULT_BROKER;
@@ -423,28 +392,22 @@ pub fn client_config(cli: &Cli) -> Result<ClientConfig> {
         _ => tls_config(cli),
     };
     let mut config = ClientConfig::new(broker, tls);
-    let cert = cli.tls_cert.clone().or(profile.tls_cert);
-    let key = cli.tls_key.clone().or(profile.tls_key);
-    if let (Some(cert), Some(key)) = (cert, key) {
-        config.identity = Some(sluice_client::ClientIdentity { cert, key });
-    }
-    // Whichever of user and token the flags or the environment name wins over the profile's.
-    let (user, token) = if cli.user.is_some() || cli.token.is_some() {
-        (cli.user.clone(), cli.token.clone())
-    } else {
-        (profile.user, profile.token)
+    config.identity = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(sluice_client::ClientIdentity {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => profile.identity(),
     };
-    config.credentials = match (user, token) {
-        (Some(user), _) => {
-            let Some(password) = cli.password.clone().or(profile.password) else {
-                anyhow::bail!(
-                    "--user {user} needs a password: set SLUICE_PASSWORD, or put it in a profile (--profile)"
-                );
-            };
-            Some(sluice_client::Credentials::Password { user, password })
-        }
-        (None, Some(token)) => Some(sluice_client::Credentials::Token(token)),
-        (None, None) => None,
+    // Whichever of user and token the flags or the environment name wins over the profile's.
+    config.credentials = if cli.user.is_some() || cli.token.is_some() {
+        sluice_client::Credentials::choose(
+            cli.user.clone(),
+            cli.password.clone().or(profile.password),
+            cli.token.clone(),
+        )?
+    } else {
+        profile.credentials()?
     };
     Ok(config)
 }

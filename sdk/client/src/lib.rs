@@ -37,6 +37,7 @@ mod error;
 mod group;
 mod lane;
 mod producer;
+mod profile;
 pub mod scram;
 mod tls;
 
@@ -47,6 +48,7 @@ pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchTransform, Off
 pub use error::ClientError;
 pub use group::{GroupEvent, GroupOptions};
 pub use producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use profile::Profile;
 pub use tls::{ClientIdentity, TlsConfig};
 
 /// The protocol types callers need alongside this crate.
