@@ -257,6 +257,27 @@ async fn acls_allow_exactly_what_they_grant() {
         }
     };
     join(&b, "billing").await.unwrap();
+    // Group listings show what the principal may describe: billing to B and the super-user,
+    // nothing to A.
+    let groups = |c: &Client| {
+        let c = c.clone();
+        async move {
+            match c
+                .request(sluice_proto::Request::ListGroups, bytes::Bytes::new())
+                .await
+                .unwrap()
+                .0
+            {
+                sluice_proto::ResponseBody::Groups(g) => {
+                    g.into_iter().map(|g| g.group).collect::<Vec<_>>()
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(groups(&b).await, ["billing"]);
+    assert_eq!(groups(&admin).await, ["billing"]);
+    assert!(groups(&a).await.is_empty());
     assert!(is_not_authorized(join(&b, "other").await));
     assert!(is_not_authorized(join(&a, "billing").await));
 
@@ -327,13 +348,14 @@ fn issue_certs(broker: &BrokerProcess, dir: &std::path::Path, names: &[&str]) {
     }
 }
 
-/// A broker requiring mTLS, with authorisation on and `admin` a super-user; certificates for
-/// `names` are issued into DIR/certs.
+/// A broker requiring mTLS, with authorisation on and `admin` a super-user, serving metrics;
+/// certificates for `names` are issued into DIR/certs.
 fn locked_broker(dir: &std::path::Path, names: &[&str]) -> BrokerProcess {
     let broker = BrokerProcess::start(
         &dir.join("b"),
         &format!(
-            "{TEST_CONFIG}client_auth = \"mtls\"\nauthorization = true\nsuper_users = [\"admin\"]\n"
+            "{TEST_CONFIG}{}client_auth = \"mtls\"\nauthorization = true\nsuper_users = [\"admin\"]\n",
+            sluice_tests::scrape::METRICS
         ),
     );
     issue_certs(&broker, &dir.join("certs"), names);
@@ -1138,6 +1160,13 @@ async fn a_sink_connector_stops_when_its_creator_loses_read_on_its_topic() {
         assert!(std::time::Instant::now() < deadline, "{}", broker.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The sink's calls (writes, flushes) are counted like every plugin call.
+    let scraped =
+        sluice_tests::scrape::scrape(sluice_tests::scrape::metrics_addr(&dir.path().join("b")))
+            .await;
+    let calls =
+        sluice_tests::scrape::sum(&scraped, "sluice_plugin_calls_total", &[("outcome", "ok")]);
+    assert!(calls >= 2.0, "{calls} connector calls counted");
     as_user(
         "admin",
         &[

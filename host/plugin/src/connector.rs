@@ -216,13 +216,16 @@ impl Connector {
                 "the connector instance failed earlier ({why}); restart it"
             )));
         }
-        arm(&mut self.store, &self.limits);
-        let result = f.call(&mut self.store, params);
-        let result = match result {
-            Ok((Ok(r),)) => Ok(r),
-            Ok((Err(g),)) => Err(PluginError::Guest(g.message)),
-            Err(e) => Err(classify(e, &self.store, &self.limits)),
-        };
+        // Counted and timed like every plugin call (docs/metrics.md).
+        let label = self.plugin.label();
+        let result = crate::instance::observed_call(&label, || {
+            arm(&mut self.store, &self.limits);
+            match f.call(&mut self.store, params) {
+                Ok((Ok(r),)) => Ok(r),
+                Ok((Err(g),)) => Err(PluginError::Guest(g.message)),
+                Err(e) => Err(classify(e, &self.store, &self.limits)),
+            }
+        });
         match &result {
             // The guest refused these records for good and kept nothing of them: it goes on.
             Err(e) if is_permanent(e) => {}
