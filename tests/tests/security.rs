@@ -1327,3 +1327,82 @@ async fn broker_acl(admin: &Client, principal: &str, topic: &str) {
         .await
         .unwrap();
 }
+
+/// Fetch-byte and request-rate quotas hold answers back too: reading 1 MB under a 400 kB/s
+/// fetch quota takes at least about 2.5 s, and 40 requests under 20 requests/s about 2 s
+/// (lower bounds only: a slower machine only takes longer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_and_request_quotas_hold_answers_back() {
+    use sluice_client::{ConsumerConfig, ProducerConfig, ProducerRecord, SeekTo};
+    use sluice_proto::auth::Quota;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(dir.path(), TEST_CONFIG);
+    let client = Client::connect(client_config(&broker, None)).await.unwrap();
+    let admin = client.admin();
+    admin
+        .create_topic("f", 1, Default::default())
+        .await
+        .unwrap();
+    let producer = client.producer(ProducerConfig::default());
+    for _ in 0..1000 {
+        producer
+            .send(ProducerRecord::new("f", vec![b'v'; 1000]))
+            .await
+            .unwrap();
+    }
+    producer.flush().await.unwrap();
+    let reader = Client::connect(client_config(&broker, None)).await.unwrap();
+    admin
+        .set_quota(
+            "ANONYMOUS",
+            Some(Quota {
+                fetch_bytes_per_sec: Some(400_000),
+                ..Quota::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let mut consumer = reader.consumer(ConsumerConfig {
+        max_partition_bytes: 64 * 1024,
+        ..ConsumerConfig::default()
+    });
+    consumer.assign("f", &[0]).await.unwrap();
+    consumer.seek("f", 0, SeekTo::Earliest).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut read = 0;
+    while read < 1000 {
+        read += consumer.poll().await.unwrap().len();
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2_300),
+        "1 MB read in {took:?} under 400 kB/s"
+    );
+    assert!(reader.throttled().answers > 0);
+
+    admin
+        .set_quota(
+            "ANONYMOUS",
+            Some(Quota {
+                requests_per_sec: Some(20),
+                ..Quota::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..40 {
+        reader.admin().list_topics().await.unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1_800),
+        "40 requests in {took:?} under 20 requests/s"
+    );
+    // Listed, then removed: answers flow freely again.
+    let listed = admin.list_quotas().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].quota.requests_per_sec, Some(20));
+    admin.set_quota("ANONYMOUS", None).await.unwrap();
+    assert!(admin.list_quotas().await.unwrap().is_empty());
+}
