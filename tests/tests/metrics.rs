@@ -504,3 +504,58 @@ fn the_dashboard_queries_documented_metrics() {
         );
     }
 }
+
+/// With `metrics_bearer_token_file`, `/metrics` answers only a scrape that carries the token
+/// (as Prometheus's `bearer_token_file` sends it); health stays open for probes; `sluice top`
+/// sends it from `--metrics-token-file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_can_require_a_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("metrics.token");
+    std::fs::write(&token_file, "t0ken-for-prometheus\n").unwrap();
+    let data = dir.path().join("b");
+    let broker = BrokerProcess::start(
+        &data,
+        &format!(
+            "{TEST_CONFIG}{METRICS}metrics_bearer_token_file = \"{}\"\n",
+            token_file.display()
+        ),
+    );
+    let addr = metrics_addr(&data);
+    let (status, body) = get(addr, "/metrics").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("sluice_"), "{body}");
+    assert_eq!(get(addr, "/health/live").await.0, 200);
+    let wait = Duration::from_secs(20);
+    let text = sluice_observe::scrape::fetch(addr, wait, Some("t0ken-for-prometheus"))
+        .await
+        .unwrap();
+    assert!(
+        text.contains("sluice_requests_total") || text.contains("# HELP"),
+        "{text}"
+    );
+    assert!(
+        sluice_observe::scrape::fetch(addr, wait, Some("wrong"))
+            .await
+            .unwrap_err()
+            .contains("401")
+    );
+    let top = |with_token: bool| {
+        let mut args = vec![
+            "top".to_string(),
+            "--metrics".into(),
+            addr.to_string(),
+            "--iterations".into(),
+            "1".into(),
+        ];
+        if with_token {
+            args.push("--metrics-token-file".into());
+            args.push(token_file.display().to_string());
+        }
+        broker.run_cli(&args.iter().map(String::as_str).collect::<Vec<_>>(), b"")
+    };
+    assert!(top(true).status.success());
+    let refused = top(false);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+}

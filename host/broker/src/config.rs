@@ -88,6 +88,9 @@ pub struct BrokerConfig {
     /// TCP address of the metrics and health listener (plain HTTP: `/metrics` in the
     /// Prometheus text format, `/health/live`, `/health/ready`). Off unless set.
     pub metrics_listen: Option<SocketAddr>,
+    /// A file holding a bearer token that `/metrics` then requires (`Authorization: Bearer
+    /// …`; Prometheus's `bearer_token_file`). The health endpoints stay open for probes.
+    pub metrics_bearer_token_file: Option<PathBuf>,
     /// Whether metrics carry per-partition series (log offsets, size, high watermark, group
     /// lag by partition). On by default; turn off where partitions number in the tens of
     /// thousands.
@@ -286,6 +289,7 @@ impl Default for BrokerConfig {
             authorization: false,
             super_users: Vec::new(),
             metrics_listen: None,
+            metrics_bearer_token_file: None,
             metrics_per_partition: true,
             group_load_delay_ms: 0,
             pipeline_fault_abort_before_checkpoint: None,

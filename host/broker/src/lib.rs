@@ -204,7 +204,11 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, BrokerError
     // Up first, so that an operator sees the node live (and not yet ready) while it opens.
     let observe = match config.metrics_listen {
         Some(addr) => {
-            let endpoint = sluice_observe::Endpoint::start(addr)
+            let bearer = match &config.metrics_bearer_token_file {
+                Some(path) => Some(metrics_token(path).map_err(BrokerError::Metadata)?),
+                None => None,
+            };
+            let endpoint = sluice_observe::Endpoint::start(addr, bearer)
                 .await
                 .map_err(BrokerError::Metadata)?;
             endpoint.set_not_ready("opening the store");
@@ -376,6 +380,21 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, BrokerError
 }
 
 /// Writes `name` in the data dir with the address a listener is bound to: tools and tests that
+
+/// The bearer token in `path` (surrounding whitespace dropped; it must not be empty).
+fn metrics_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("metrics_bearer_token_file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() || token.chars().any(char::is_control) {
+        return Err(format!(
+            "metrics_bearer_token_file {}: empty, or not one line",
+            path.display()
+        ));
+    }
+    Ok(token.to_owned())
+}
+
 /// start a broker on port 0 learn it from there. Written whole (a rename), once it serves.
 fn write_addr_file(
     data_dir: &std::path::Path,

@@ -25,6 +25,9 @@ pub struct TopArgs {
     /// Stop after this many frames (default: until interrupted).
     #[arg(long)]
     pub iterations: Option<u64>,
+    /// A file holding the brokers' metrics bearer token (their `metrics_bearer_token_file`).
+    #[arg(long, env = "SLUICE_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<std::path::PathBuf>,
 }
 
 /// What one frame shows, summed over the brokers.
@@ -141,6 +144,15 @@ pub async fn run(args: &TopArgs) -> Result<ExitCode> {
     if args.interval_ms == 0 {
         bail!("--interval-ms must be at least 1");
     }
+    let token = match &args.metrics_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
     let interval = Duration::from_millis(args.interval_ms);
     let timeout = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
     let terminal = std::io::stdout().is_terminal();
@@ -156,7 +168,7 @@ pub async fn run(args: &TopArgs) -> Result<ExitCode> {
         };
         let mut errors = Vec::new();
         for addr in &args.metrics {
-            match scrape::fetch(*addr, timeout)
+            match scrape::fetch(*addr, timeout, token.as_deref())
                 .await
                 .and_then(|t| scrape::parse(&t))
             {

@@ -146,6 +146,8 @@ type Collector =
 
 struct State {
     handle: PrometheusHandle,
+    /// When set, `/metrics` needs `Authorization: Bearer <this>`; health stays open.
+    bearer: Option<String>,
     ready: AtomicBool,
     /// Why the node is not ready yet, for the answer's body.
     not_ready: Mutex<String>,
@@ -161,8 +163,9 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Binds `addr` (TCP) and serves from now on; the node is live at once and not ready
-    /// until [`Endpoint::set_ready`].
-    pub async fn start(addr: SocketAddr) -> Result<Endpoint, String> {
+    /// until [`Endpoint::set_ready`]. With `bearer`, `/metrics` answers only requests that
+    /// carry it (`Authorization: Bearer …`); the health endpoints stay open for probes.
+    pub async fn start(addr: SocketAddr, bearer: Option<String>) -> Result<Endpoint, String> {
         let handle = recorder()?;
         let listener = TcpListener::bind(addr)
             .await
@@ -172,6 +175,7 @@ impl Endpoint {
             .map_err(|e| format!("metrics listener on {addr}: {e}"))?;
         let state = Arc::new(State {
             handle,
+            bearer,
             ready: AtomicBool::new(false),
             not_ready: Mutex::new("starting".into()),
             collector: OnceLock::new(),
@@ -252,7 +256,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let state = state.clone();
                 async move {
-                    let scrape = route(request.method(), request.uri().path()) == Route::Metrics;
+                    let scrape = route(request.method(), request.uri().path()) == Route::Metrics
+                        && authorized(&state, &request);
                     if scrape && let Some(collect) = state.collector.get() {
                         let _ = tokio::time::timeout(COLLECT_TIMEOUT, collect()).await;
                     }
@@ -273,8 +278,38 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
     }
 }
 
+/// Whether `request` carries the bearer token `/metrics` needs (always, without one).
+fn authorized(state: &State, request: &Request<Incoming>) -> bool {
+    let Some(want) = &state.bearer else {
+        return true;
+    };
+    let given = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    // In time independent of where the two differ.
+    given.len() == want.len()
+        && given
+            .iter()
+            .zip(want.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     match route(request.method(), request.uri().path()) {
+        Route::Metrics if !authorized(state, &request) => {
+            let mut response = text(
+                StatusCode::UNAUTHORIZED,
+                "/metrics needs the bearer token (metrics_bearer_token_file)\n".into(),
+            );
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
         Route::Metrics => {
             let mut response = text(StatusCode::OK, state.handle.render());
             response.headers_mut().insert(
@@ -340,9 +375,53 @@ mod tests {
         out
     }
 
+    async fn get_with(addr: SocketAddr, path: &str, header: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\n{header}connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_bearer_token_guards_metrics_but_not_health() {
+        let endpoint = Endpoint::start("127.0.0.1:0".parse().unwrap(), Some("s3cret".into()))
+            .await
+            .unwrap();
+        let addr = endpoint.local_addr();
+        let refused = get(addr, "/metrics").await;
+        assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+        assert!(
+            refused.to_lowercase().contains("www-authenticate: bearer"),
+            "{refused}"
+        );
+        for wrong in ["Bearer s3cre", "Bearer s3cretX", "Basic s3cret", "Bearer "] {
+            let answer = get_with(addr, "/metrics", &format!("authorization: {wrong}\r\n")).await;
+            assert!(answer.starts_with("HTTP/1.1 401"), "{wrong}: {answer}");
+        }
+        let served = get_with(addr, "/metrics", "authorization: Bearer s3cret\r\n").await;
+        assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+        assert!(get(addr, "/health/live").await.starts_with("HTTP/1.1 200"));
+        // The reading side sends it.
+        assert!(
+            scrape::fetch(addr, Duration::from_secs(10), Some("s3cret"))
+                .await
+                .is_ok()
+        );
+        let e = scrape::fetch(addr, Duration::from_secs(10), None)
+            .await
+            .unwrap_err();
+        assert!(e.contains("401"), "{e}");
+    }
+
     #[tokio::test]
     async fn serves_metrics_and_health_and_survives_garbage() {
-        let endpoint = Endpoint::start("127.0.0.1:0".parse().unwrap())
+        let endpoint = Endpoint::start("127.0.0.1:0".parse().unwrap(), None)
             .await
             .unwrap();
         let addr = endpoint.local_addr();

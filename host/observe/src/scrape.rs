@@ -13,14 +13,19 @@ pub use prometheus_parse::{Sample, Scrape, Value};
 /// Largest `/metrics` answer read.
 pub const MAX_SCRAPE_BYTES: usize = 64 * 1024 * 1024;
 
-/// `GET http://ADDR/metrics`: the body, within `timeout`.
-pub async fn fetch(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
-    tokio::time::timeout(timeout, fetch_unbounded(addr))
+/// `GET http://ADDR/metrics` (with `bearer` as `Authorization: Bearer …` when given): the
+/// body, within `timeout`.
+pub async fn fetch(
+    addr: SocketAddr,
+    timeout: Duration,
+    bearer: Option<&str>,
+) -> Result<String, String> {
+    tokio::time::timeout(timeout, fetch_unbounded(addr, bearer))
         .await
         .map_err(|_| format!("{addr}: no answer within {timeout:?}"))?
 }
 
-async fn fetch_unbounded(addr: SocketAddr) -> Result<String, String> {
+async fn fetch_unbounded(addr: SocketAddr, bearer: Option<&str>) -> Result<String, String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
@@ -28,8 +33,11 @@ async fn fetch_unbounded(addr: SocketAddr) -> Result<String, String> {
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
     tokio::spawn(connection);
-    let request = Request::get("/metrics")
-        .header(hyper::header::HOST, addr.to_string())
+    let mut request = Request::get("/metrics").header(hyper::header::HOST, addr.to_string());
+    if let Some(token) = bearer {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let response = sender
