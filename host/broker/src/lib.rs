@@ -379,8 +379,6 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, BrokerError
     })
 }
 
-/// Writes `name` in the data dir with the address a listener is bound to: tools and tests that
-
 /// The bearer token in `path` (surrounding whitespace dropped; it must not be empty).
 fn metrics_token(path: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
@@ -395,6 +393,7 @@ fn metrics_token(path: &std::path::Path) -> Result<String, String> {
     Ok(token.to_owned())
 }
 
+/// Writes `name` in the data dir with the address a listener is bound to: tools and tests that
 /// start a broker on port 0 learn it from there. Written whole (a rename), once it serves.
 fn write_addr_file(
     data_dir: &std::path::Path,
