@@ -265,6 +265,10 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, BrokerError
     // another in-sync replica can lead, and is in sync again only once it has caught up.
     // The quorum may still be settling (an election right after this node's restart): an
     // unavailable metadata log is waited out, bounded, rather than failing the start.
+    // Ready before registering: from its registration on, the node's session runs, so what
+    // comes between registering and heartbeating must be short (a node fenced during its own
+    // start on a busy machine, found by the dev cluster test).
+    let plugins = plugins::PluginRegistry::new(&config.data_dir.join("plugin-cache"))?;
     let registering = std::time::Instant::now();
     loop {
         let registration = sessions::registration(&config, &advertised, fresh);
@@ -290,7 +294,6 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, BrokerError
     // both right.
     replicas::reconcile(&store, &controller, node_id)?;
 
-    let plugins = plugins::PluginRegistry::new(&config.data_dir.join("plugin-cache"))?;
     let limits = server::ClientLimits::new(&config);
     let broker = Arc::new(Broker {
         config,
@@ -315,6 +318,10 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, BrokerError
         quota_clocks: quotas::QuotaClocks::default(),
         auth_secret: sluice_client::scram::random_bytes(32),
     });
+    if broker.controller.is_clustered() {
+        // Heartbeats from now on: loading group state and the rest below may take a while.
+        tokio::spawn(sessions::run(broker.clone()));
+    }
     tracing::info!(node_id, addr = %local_addr, cluster_id = %broker.cluster_id, client_auth = broker.config.client_auth.as_str(), "broker listening (QUIC, ALPN sluice/1)");
     if broker.config.client_auth == config::ClientAuth::None {
         tracing::warn!(
@@ -348,7 +355,6 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, BrokerError
             broker.clone(),
             Duration::from_millis(250),
         ));
-        tokio::spawn(sessions::run(broker.clone()));
         tokio::spawn(leadership::balance(broker.clone()));
     }
     if let Some(endpoint) = &observe {

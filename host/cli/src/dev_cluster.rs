@@ -286,7 +286,8 @@ async fn wait_ready(
     }
 }
 
-/// Whether the cluster has a metadata leader and every node registered and live.
+/// Whether the cluster has a metadata leader and every node registered, live and not fenced
+/// (a node fenced during its start is live again before it has registered again).
 async fn status_complete(config: &ClientConfig, nodes: usize) -> Result<()> {
     let client = Client::connect(config.clone()).await?;
     let status = client.admin().cluster_status().await;
@@ -295,7 +296,7 @@ async fn status_complete(config: &ClientConfig, nodes: usize) -> Result<()> {
     if status.controller.is_none() {
         bail!("no metadata leader yet");
     }
-    let live = status.nodes.iter().filter(|n| n.live).count();
+    let live = status.nodes.iter().filter(|n| n.live && !n.fenced).count();
     if live < nodes {
         bail!("{live} of {nodes} nodes live");
     }
