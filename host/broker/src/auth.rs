@@ -235,7 +235,9 @@ fn token_login(broker: &Broker, session: &Session, token: &str) -> Result<AuthRe
             s.security()
                 .token(id)
                 .filter(|t| t.is_current(now))
-                .filter(|t| scram::constant_time_eq(&t.hash, &scram::token_hash(token)))
+                .filter(|t| {
+                    sluice_proto::auth::constant_time_eq(&t.hash, &scram::token_hash(token))
+                })
                 .map(|t| t.principal.clone())
         })
         .ok_or_else(invalid)?;
@@ -331,7 +333,7 @@ pub(crate) fn admin(
                     "an anonymous connection cannot create a token for itself; name a principal",
                 ));
             }
-            let id = hex(&scram::random_bytes(8));
+            let id = crate::hex(&scram::random_bytes(8));
             let (token, hash) = scram::new_token(&id);
             let created_ms = crate::retention::now_ms();
             let record = TokenRecord {
@@ -418,8 +420,4 @@ fn init_decoy_secret(broker: &Arc<Broker>) {
 /// Whether `caller` may do `operation` on the cluster (another principal's tokens).
 fn on_cluster(broker: &Broker, caller: &str, operation: Operation) -> Result<(), WireError> {
     crate::authz::require(broker, caller, operation, ResourceType::Cluster, "*")
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -911,10 +911,6 @@ fn create(
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn describe(broker: &Broker, rec: &ConnectorRecord) -> ConnectorDescription {
     let owner = broker
         .controller
@@ -939,7 +935,7 @@ fn describe(broker: &Broker, rec: &ConnectorRecord) -> ConnectorDescription {
         ConnectorKind::Source => rec
             .intent
             .as_ref()
-            .map_or_else(|| "none".to_owned(), |i| hex(&i.after)),
+            .map_or_else(|| "none".to_owned(), |i| crate::hex(&i.after)),
         ConnectorKind::Sink => rec
             .offsets
             .iter()

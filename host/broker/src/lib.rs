@@ -385,6 +385,11 @@ pub async fn start(mut config: BrokerConfig) -> Result<BrokerHandle, BrokerError
     })
 }
 
+/// Lower-case hexadecimal of `bytes` (token ids, connector positions in listings).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The bearer token in `path` (surrounding whitespace dropped; it must not be empty).
 fn metrics_token(path: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)

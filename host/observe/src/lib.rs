@@ -288,13 +288,7 @@ fn authorized(state: &State, request: &Request<Incoming>) -> bool {
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .unwrap_or_default();
-    // In time independent of where the two differ.
-    given.len() == want.len()
-        && given
-            .iter()
-            .zip(want.as_bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    sluice_proto::auth::constant_time_eq(given, want.as_bytes())
 }
 
 fn answer(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -17,7 +17,7 @@ use std::num::NonZeroU32;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::{digest, hmac, pbkdf2, rand::SecureRandom};
-use sluice_proto::auth::{MAX_SCRAM_MESSAGE, ScramCredential, valid_user_name};
+use sluice_proto::auth::{MAX_SCRAM_MESSAGE, ScramCredential, constant_time_eq, valid_user_name};
 
 /// The mechanism's name, as `WhoAmI` reports it.
 pub const MECHANISM: &str = "scram-sha-256";
@@ -73,11 +73,6 @@ fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
         &mut out,
     );
     out
-}
-
-/// Compares in time independent of where the inputs differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The credential a broker stores for `password`, with `salt` and `iterations`.

@@ -20,6 +20,12 @@ pub const MAX_TOKEN_DESCRIPTION: usize = 256;
 /// The principal a quota entry of this name applies to: everyone without an entry of their own.
 pub const DEFAULT_QUOTA_PRINCIPAL: &str = "*";
 
+/// Compares two secrets (hashes, signatures, tokens) in time independent of where they
+/// differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Whether `name` is a valid user name: 1 to 128 of `A-Z a-z 0-9 . _ @ -` (so SCRAM needs no
 /// escaping and a name never looks like a token or a pattern).
 pub fn valid_user_name(name: &str) -> bool {
